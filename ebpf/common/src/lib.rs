@@ -1,0 +1,324 @@
+//! Types shared by the hoptrace kernel programs and the userspace agent.
+//!
+//! Everything here is `#[repr(C)]`, made of plain integers, and has no padding the
+//! compiler could fill with garbage: the kernel writes these bytes into the ring buffer
+//! and the agent reads them back with `read_unaligned`, so both sides must agree on the
+//! layout to the byte. The size assertions at the bottom keep that honest.
+#![no_std]
+
+/// Payload bytes carried by one data event. A syscall that moves more bytes than this is
+/// split into several chunk events (same `call_offset`, growing `chunk_offset`).
+pub const CHUNK_SIZE: usize = 4096;
+/// How many chunks one syscall may produce; bounds the kernel loop and the capture cap.
+pub const MAX_CHUNKS_PER_CALL: u32 = 16;
+/// Largest per-syscall capture cap the kernel programs can honour (64 KiB).
+pub const MAX_CAPTURE_CAP: u32 = CHUNK_SIZE as u32 * MAX_CHUNKS_PER_CALL;
+/// Default per-syscall capture cap: large enough for real HTTP header blocks (tens of KiB).
+pub const DEFAULT_CAPTURE_CAP: u32 = 64 * 1024;
+/// Most iovec entries walked per readv/writev/recvmsg/sendmsg call.
+pub const MAX_IOVECS: u32 = 16;
+pub const COMM_LEN: usize = 16;
+
+/// First byte of every ring-buffer record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A process gained a file descriptor on a TCP connection (accept, connect, or first
+    /// traffic seen on a connection that predates the agent).
+    Open = 1,
+    /// Bytes moved by one syscall (one or more chunk records).
+    Data = 2,
+    /// A process closed its descriptor on a TCP connection.
+    Close = 3,
+}
+
+/// Direction of a data event, from the point of view of the socket owner.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// write/send: bytes leaving this process.
+    Egress = 0,
+    /// read/recv: bytes arriving at this process.
+    Ingress = 1,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Seen first through traffic (connection predates the agent); userspace decides.
+    Unknown = 0,
+    /// This side called connect().
+    Client = 1,
+    /// This side came out of accept().
+    Server = 2,
+}
+
+/// Which syscall produced an event; kept in events for debugging and accounting.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 1,
+    Readv = 2,
+    Recvfrom = 3,
+    Recvmsg = 4,
+    Write = 5,
+    Writev = 6,
+    Sendto = 7,
+    Sendmsg = 8,
+    Sendfile = 9,
+    Connect = 10,
+    Accept = 11,
+    Accept4 = 12,
+    /// Connection first seen through a data syscall (it predates the agent).
+    FirstData = 13,
+}
+
+impl Syscall {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Read,
+            2 => Self::Readv,
+            3 => Self::Recvfrom,
+            4 => Self::Recvmsg,
+            5 => Self::Write,
+            6 => Self::Writev,
+            7 => Self::Sendto,
+            8 => Self::Sendmsg,
+            9 => Self::Sendfile,
+            10 => Self::Connect,
+            11 => Self::Accept,
+            12 => Self::Accept4,
+            13 => Self::FirstData,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Readv => "readv",
+            Self::Recvfrom => "recvfrom",
+            Self::Recvmsg => "recvmsg",
+            Self::Write => "write",
+            Self::Writev => "writev",
+            Self::Sendto => "sendto",
+            Self::Sendmsg => "sendmsg",
+            Self::Sendfile => "sendfile",
+            Self::Connect => "connect",
+            Self::Accept => "accept",
+            Self::Accept4 => "accept4",
+            Self::FirstData => "first_data",
+        }
+    }
+
+    pub fn direction(self) -> Direction {
+        match self {
+            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg => Direction::Ingress,
+            _ => Direction::Egress,
+        }
+    }
+}
+
+/// A process holds a descriptor on a TCP connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenEvent {
+    pub kind: u8,
+    pub role: u8,
+    /// `Syscall` through which the descriptor was first seen.
+    pub via: u8,
+    pub _pad0: u8,
+    /// Address family: 2 = AF_INET, 10 = AF_INET6.
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad1: u16,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub fd: i32,
+    pub _pad2: u32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    /// IPv4 addresses use the first 4 bytes; network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Header of a data chunk record; `chunk_len` payload bytes follow it in the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    pub kind: u8,
+    pub direction: u8,
+    pub syscall: u8,
+    pub _pad0: u8,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_id: u64,
+    pub ts_enter_ns: u64,
+    pub ts_exit_ns: u64,
+    /// Offset, in this direction's byte stream of the connection, of the syscall's first byte.
+    pub call_offset: u64,
+    /// Bytes the syscall really moved (its return value).
+    pub call_len: u32,
+    /// Bytes of the call the kernel was allowed to copy (min(call_len, capture cap)).
+    pub call_captured: u32,
+    /// Offset of this chunk inside the syscall's bytes.
+    pub chunk_offset: u32,
+    /// Payload bytes in this record.
+    pub chunk_len: u32,
+}
+
+/// A full data record as the kernel assembles it in per-CPU scratch space; only
+/// `size_of::<DataHeader>() + chunk_len` bytes of it are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: DataHeader,
+    pub data: [u8; CHUNK_SIZE],
+}
+
+/// A process closed its descriptor on a TCP connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub kind: u8,
+    pub _pad0: [u8; 3],
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    /// Stream totals at close time (bytes sent / received through this socket).
+    pub bytes_egress: u64,
+    pub bytes_ingress: u64,
+}
+
+/// Why the kernel side lost or cut something; index into the `DROPS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The ring buffer had no room: the whole record was lost.
+    RingbufFull = 0,
+    /// Bytes beyond the per-syscall capture cap (counted in bytes, not records).
+    CapTruncatedBytes = 1,
+    /// Syscalls that hit the capture cap.
+    CapTruncatedCalls = 2,
+    /// Copying user memory failed (page not resident, bad pointer).
+    UserReadFault = 3,
+    /// readv/writev/msg calls with more iovecs than the kernel walks; counted in bytes.
+    IovLimitBytes = 4,
+    /// In-flight syscall table full: a syscall on a captured socket went unrecorded.
+    ArgsMapFull = 5,
+    /// Connection table full (insert failed).
+    ConnMapFull = 6,
+    /// Kernel memory read failed while resolving a descriptor.
+    KernelReadFault = 7,
+    /// Open/close records lost because the ring buffer was full.
+    ControlRingbufFull = 8,
+    /// The tail call into the chunk emitter failed: the call's bytes were not sent.
+    TailCallFailed = 9,
+}
+
+pub const DROP_REASONS: usize = 10;
+
+impl DropReason {
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        Self::RingbufFull,
+        Self::CapTruncatedBytes,
+        Self::CapTruncatedCalls,
+        Self::UserReadFault,
+        Self::IovLimitBytes,
+        Self::ArgsMapFull,
+        Self::ConnMapFull,
+        Self::KernelReadFault,
+        Self::ControlRingbufFull,
+        Self::TailCallFailed,
+    ];
+
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RingbufFull => "ringbuf_full",
+            Self::CapTruncatedBytes => "capture_cap_bytes",
+            Self::CapTruncatedCalls => "capture_cap_calls",
+            Self::UserReadFault => "user_read_fault",
+            Self::IovLimitBytes => "iov_limit_bytes",
+            Self::ArgsMapFull => "inflight_table_full",
+            Self::ConnMapFull => "conn_table_full",
+            Self::KernelReadFault => "kernel_read_fault",
+            Self::ControlRingbufFull => "control_ringbuf_full",
+            Self::TailCallFailed => "tail_call_failed",
+        }
+    }
+}
+
+/// Byte offsets of the kernel struct fields the programs read, computed by the agent
+/// from the running kernel's BTF (never hard-coded: they differ between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+}
+
+/// Filter switches: a bit is set when the matching include/exclude map has entries.
+pub const FILTER_PID_INCLUDE: u32 = 1 << 0;
+pub const FILTER_PID_EXCLUDE: u32 = 1 << 1;
+pub const FILTER_CGROUP_INCLUDE: u32 = 1 << 2;
+pub const FILTER_CGROUP_EXCLUDE: u32 = 1 << 3;
+pub const FILTER_PORT_INCLUDE: u32 = 1 << 4;
+pub const FILTER_PORT_EXCLUDE: u32 = 1 << 5;
+
+/// Values of the filter maps.
+pub const FILTER_INCLUDE: u8 = 1;
+pub const FILTER_EXCLUDE: u8 = 2;
+
+/// Load-time configuration, written into the programs' read-only data before load so the
+/// verifier can treat it as constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// The agent's own tgid: never captured.
+    pub self_tgid: u32,
+    /// Per-syscall capture cap in bytes (<= MAX_CAPTURE_CAP).
+    pub capture_cap: u32,
+    pub filter_flags: u32,
+    pub _pad: u32,
+    pub offsets: KernelOffsets,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), every bit pattern valid, no implicit padding.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<OpenEvent>() == 104);
+    assert!(core::mem::size_of::<DataHeader>() == 64);
+    assert!(core::mem::size_of::<CloseEvent>() == 48);
+    assert!(core::mem::size_of::<KernelOffsets>() == 18 * 4);
+    assert!(core::mem::size_of::<Config>() == 16 + 18 * 4);
+};
