@@ -1,0 +1,192 @@
+//! Developer tasks: `cargo xtask <setup|build-ebpf|run|test>`.
+//!
+//! `run` and `test` install what is missing first (idempotent, a few hundred milliseconds
+//! when everything is there), so the two README commands work on a fresh machine.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the kernel-side toolchain and the test servers (idempotent).
+    Setup,
+    /// Build the eBPF object on its own and report its size (the agent's build.rs embeds
+    /// the same object; this is for inspecting it).
+    BuildEbpf,
+    /// Build the agent (release) and run it; arguments after `--` go to `hoptrace capture`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: unit tests and end-to-end tests on the real kernel (root).
+    Test {
+        /// Extra arguments for the test harness (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Pinned kernel-side toolchain (see shared/toolchain/README.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "nginx", "curl", "util-linux"];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn apt_missing() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn setup() -> Result<()> {
+    let t = Instant::now();
+    let missing = apt_missing();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing packages {missing:?}: run `sudo apt-get install -y {}`", missing.join(" "));
+        }
+        eprintln!("xtask: installing {missing:?} with apt-get");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    // rust-src for the nightly toolchain (the bpf target builds core from source).
+    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .context("no nightly toolchain: run `rustup toolchain install nightly`")?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let core_src = sysroot.join("lib/rustlib/src/rust/library/core");
+    if !core_src.is_dir() {
+        eprintln!("xtask: adding rust-src to the nightly toolchain");
+        let ok = Command::new("rustup")
+            .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let archive = workspace_root().join("../shared/toolchain/rust-src-nightly-2026-05-19.tar.xz");
+            if !archive.exists() {
+                bail!("cannot install rust-src: run `rustup component add rust-src --toolchain nightly`");
+            }
+            eprintln!("xtask: rustup failed; unpacking {}", archive.display());
+            run(Command::new("tar")
+                .arg("-xJf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(sysroot.join("lib/rustlib")))?;
+        }
+    }
+
+    let linker_ok = output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
+        run(Command::new("cargo")
+            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX))?;
+    }
+    eprintln!("xtask: prerequisites ready ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    let root = workspace_root();
+    let target_dir = root.join("target/ebpf");
+    let rustflags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "-p", "hoptrace-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(&root)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    let object = target_dir.join("bpfel-unknown-none/release/hoptrace");
+    let size = std::fs::metadata(&object)?.len();
+    println!("eBPF object: {} ({size} bytes)", object.display());
+    Ok(object)
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root);
+    c
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup(),
+        Task::BuildEbpf => {
+            setup()?;
+            build_ebpf().map(|_| ())
+        }
+        Task::Run { args } => {
+            setup()?;
+            run(cargo(&root).args(["build", "--release", "-p", "hoptrace"]))?;
+            let bin = root.join("target/release/hoptrace");
+            let mut cmd = Command::new(bin);
+            cmd.arg("capture").args(&args);
+            run(&mut cmd)
+        }
+        Task::Test { args } => {
+            if !is_root() {
+                bail!("the end-to-end tests load eBPF programs and need root: run `sudo -E cargo xtask test`");
+            }
+            setup()?;
+            run(cargo(&root).args(["build", "-p", "hoptrace"]))?;
+            let bin = root.join("target/debug/hoptrace");
+            run(cargo(&root)
+                .args(["test", "--workspace", "--exclude", "hoptrace-ebpf", "--"])
+                .args(&args)
+                .env("HOPTRACE_BIN", bin))
+        }
+    }
+}
