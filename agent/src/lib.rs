@@ -19,4 +19,5 @@ pub mod counters;
 pub mod events;
 pub mod loader;
 pub mod procnet;
+pub mod spans;
 pub mod stream;

@@ -1,0 +1,122 @@
+//! The agent's span model: what the pipeline produces and the exporters encode.
+//!
+//! Deliberately independent of any OpenTelemetry crate so the hot path builds plain
+//! structs; the exporter turns them into OTLP protobuf or OTLP-JSON. Resources are shared
+//! (`Arc`) so that one export request groups spans of many services, each under its own
+//! Resource, without copying attribute lists per span.
+
+use std::sync::Arc;
+
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyValue {
+    Str(String),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: AnyValue,
+}
+
+impl KeyValue {
+    pub fn str(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self { key: key.into(), value: AnyValue::Str(value.into()) }
+    }
+    pub fn int(key: impl Into<String>, value: i64) -> Self {
+        Self { key: key.into(), value: AnyValue::Int(value) }
+    }
+    pub fn bool(key: impl Into<String>, value: bool) -> Self {
+        Self { key: key.into(), value: AnyValue::Bool(value) }
+    }
+}
+
+/// A service's resource attributes. Two spans belong to the same Resource in an export
+/// request when their `Arc<Resource>` compare equal by content.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resource {
+    pub attributes: Vec<KeyValue>,
+}
+
+/// OTLP span kinds (the numeric values are OTLP's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+    Producer = 4,
+    Consumer = 5,
+}
+
+/// OTLP status codes (the numeric values are OTLP's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatusCode {
+    #[default]
+    Unset = 0,
+    Ok = 1,
+    Error = 2,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Status {
+    pub code: StatusCode,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanEvent {
+    pub name: String,
+    pub time_unix_ns: u64,
+    pub attributes: Vec<KeyValue>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub trace_state: String,
+    pub attributes: Vec<KeyValue>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanRecord {
+    pub resource: Arc<Resource>,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// All zero for a root span.
+    pub parent_span_id: SpanId,
+    /// W3C tracestate, passed through as received (size-limited by the parser).
+    pub trace_state: String,
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u8,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub attributes: Vec<KeyValue>,
+    pub events: Vec<SpanEvent>,
+    pub links: Vec<SpanLink>,
+    pub status: Status,
+}
+
+impl SpanRecord {
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id == [0; 8]
+    }
+}
+
+/// Lowercase hex, as trace ids are written everywhere (logs, OTLP-JSON, tests).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
