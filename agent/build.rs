@@ -11,6 +11,16 @@ fn main() {
         root_dir: &root_dir,
         ..Default::default()
     };
+    // AYA_BUILD_SKIP=1 (unit-test loops that never load programs): aya-build skips the
+    // kernel build; leave an empty object so the agent still compiles. The loader refuses
+    // an empty object with a clear message.
+    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skip {
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("hoptrace");
+        if !out.exists() {
+            std::fs::write(&out, []).expect("writing placeholder eBPF object");
+        }
+    }
     if let Err(err) = aya_build::build_ebpf([package], aya_build::Toolchain::default()) {
         panic!(
             "building the eBPF programs failed: {err:#}\n\

@@ -265,6 +265,7 @@ impl ConnTable {
                 call_len: h.call_len,
                 call_captured: h.call_captured,
                 chunk_offset: h.chunk_offset,
+                ts_enter_ns: h.ts_enter_ns,
                 ts_ns: h.ts_exit_ns,
                 bytes: payload,
             },

@@ -22,7 +22,13 @@ pub enum GapReason {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Segment {
-    Data { offset: u64, ts_ns: u64, bytes: Vec<u8> },
+    Data {
+        offset: u64,
+        /// The syscall that moved these bytes: when it started and when it returned.
+        ts_enter_ns: u64,
+        ts_ns: u64,
+        bytes: Vec<u8>,
+    },
     Gap { offset: u64, len: u64, reason: GapReason },
 }
 
@@ -50,6 +56,7 @@ pub struct Chunk<'a> {
     pub call_len: u32,
     pub call_captured: u32,
     pub chunk_offset: u32,
+    pub ts_enter_ns: u64,
     pub ts_ns: u64,
     pub bytes: &'a [u8],
 }
@@ -84,7 +91,12 @@ impl Stream {
     pub fn push(&mut self, c: Chunk<'_>, out: &mut Vec<Segment>) {
         let start = c.call_offset + c.chunk_offset as u64;
         if !c.bytes.is_empty() {
-            self.insert(Segment::Data { offset: start, ts_ns: c.ts_ns, bytes: c.bytes.to_vec() });
+            self.insert(Segment::Data {
+                offset: start,
+                ts_enter_ns: c.ts_enter_ns,
+                ts_ns: c.ts_ns,
+                bytes: c.bytes.to_vec(),
+            });
         }
         // The record that completes the captured part also announces the uncaptured tail.
         let end_of_captured = c.chunk_offset as u64 + c.bytes.len() as u64;
@@ -157,8 +169,9 @@ impl Stream {
         let skip = self.next - start;
         self.duplicate_bytes += skip.min(seg.len());
         match seg {
-            Segment::Data { ts_ns, bytes, .. } => Segment::Data {
+            Segment::Data { ts_enter_ns, ts_ns, bytes, .. } => Segment::Data {
                 offset: self.next,
+                ts_enter_ns,
                 ts_ns,
                 bytes: bytes.get(skip as usize..).unwrap_or_default().to_vec(),
             },
@@ -174,7 +187,7 @@ mod tests {
     use super::*;
 
     fn chunk(call_offset: u64, call_len: u32, captured: u32, chunk_offset: u32, b: &[u8]) -> Chunk<'_> {
-        Chunk { call_offset, call_len, call_captured: captured, chunk_offset, ts_ns: 1, bytes: b }
+        Chunk { call_offset, call_len, call_captured: captured, chunk_offset, ts_enter_ns: 0, ts_ns: 1, bytes: b }
     }
 
     fn bytes_of(segs: &[Segment]) -> Vec<u8> {

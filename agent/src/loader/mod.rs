@@ -142,6 +142,11 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
+    if EBPF_OBJECT.is_empty() {
+        return Err(anyhow!(
+            "this hoptrace binary was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild without it"
+        ));
+    }
     let offsets = btf::KernelBtf::from_file(preflight::BTF_PATH)?.kernel_offsets()?;
     let f = &opts.filters;
     let mut flags = 0;
