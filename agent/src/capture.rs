@@ -306,7 +306,9 @@ pub fn run(args: CaptureArgs) -> Result<()> {
             break;
         }
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        unsafe { libc::poll(&mut pfd, 1, 100) };
+        // The kernel side rarely wakes us (see ring_flags in ebpf/programs): poll on a
+        // 10 ms timer, which bounds the added latency.
+        unsafe { libc::poll(&mut pfd, 1, 10) };
         while let Some(item) = loaded.ring.next() {
             p.handle(&mut table, &item, &mut segs)?;
         }

@@ -162,15 +162,15 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
             flags |= bit;
         }
     }
+    let page = 4096u32;
+    let ring_bytes = opts.ringbuf_bytes.max(page).next_power_of_two();
     let config = Config {
         self_tgid: std::process::id(),
         capture_cap: opts.capture_cap,
         filter_flags: flags,
-        _pad: 0,
+        wakeup_bytes: ring_bytes / 8,
         offsets,
     };
-    let page = 4096u32;
-    let ring_bytes = opts.ringbuf_bytes.max(page).next_power_of_two();
 
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)

@@ -304,7 +304,8 @@ pub struct Config {
     /// Per-syscall capture cap in bytes (<= MAX_CAPTURE_CAP).
     pub capture_cap: u32,
     pub filter_flags: u32,
-    pub _pad: u32,
+    /// Wake the consumer only once this many bytes wait in the ring (it polls otherwise).
+    pub wakeup_bytes: u32,
     pub offsets: KernelOffsets,
 }
 

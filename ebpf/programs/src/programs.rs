@@ -77,7 +77,8 @@ struct Inflight {
     fd: i32,
     syscall: u8,
     vectored: u8,
-    valid: u8,
+    /// The descriptor was already recorded for this process at enter time.
+    known: u8,
     _pad: u8,
 }
 
@@ -124,6 +125,22 @@ fn config() -> &'static Config {
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(ARG0 + 8 * n) as *const u64) }
+}
+
+/// Ring-buffer flags for one record. Waking the consumer costs an irq_work per record
+/// (microseconds); instead records go in silently and userspace polls on a short timer,
+/// except when the ring holds more than `wakeup_bytes`: then wake it now so it drains
+/// before the ring fills.
+#[inline(always)]
+fn ring_flags() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > config().wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 #[inline(always)]
@@ -323,7 +340,7 @@ fn emit_open(c: &ConnEntry, via: Syscall, fd: i32, ts: u64) {
         remote_addr: c.remote_addr,
         comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
     };
-    if EVENTS.output::<OpenEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<OpenEvent>(&ev, ring_flags()).is_err() {
         count_drop(DropReason::ControlRingbufFull, 1);
     }
 }
@@ -376,10 +393,14 @@ fn data_enter(fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
     }
     let key = ((tgid as u64) << 32) | fd as u32 as u64;
     let gen = current_gen(tgid);
+    let mut known = 1;
     let sk = match unsafe { FDS.get(key) } {
         Some(e) if e.gen == gen => e.sk,
         _ => match resolve_fd(fd) {
-            Resolved::Tcp(sk) => sk,
+            Resolved::Tcp(sk) => {
+                known = 0;
+                sk
+            }
             Resolved::Other => {
                 let _ = FDS.insert(key, FdEntry { sk: 0, gen }, 0);
                 0
@@ -401,7 +422,7 @@ fn data_enter(fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
         fd,
         syscall: syscall as u8,
         vectored: vectored as u8,
-        valid: 1,
+        known,
         _pad: 0,
     };
     if INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
@@ -449,7 +470,7 @@ fn send_chunk(scratch: *mut DataEvent, src: u64, n: u32, chunk_offset: u32) -> b
         (*scratch).header.chunk_len = n;
         let len = size_of::<DataHeader>() + n as usize;
         let bytes = core::slice::from_raw_parts(scratch as *const u8, len);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        if EVENTS.output::<[u8]>(bytes, ring_flags()).is_err() {
             count_drop(DropReason::RingbufFull, 1);
         }
     }
@@ -524,31 +545,23 @@ pub fn emit_vectored(ctx: TracePointContext) -> u32 {
 fn data_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(inf_ptr) = INFLIGHT.get_ptr_mut(tid) else { return };
+    let Some(inf_ptr) = INFLIGHT.get_ptr(tid) else { return };
     let inf = unsafe { *inf_ptr };
-    if inf.valid == 0 {
+    let _ = INFLIGHT.remove(tid);
+    if inf.syscall == Syscall::Connect as u8 {
         return;
     }
-    unsafe { (*inf_ptr).valid = 0 };
     let ret = arg(ctx, 0) as i64;
     if ret <= 0 {
         return;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
     let conn = match CONNS.get_ptr_mut(inf.sk) {
-        Some(c) => {
-            // Another process may hold the socket (fork); make sure this one is recorded.
-            let tgid = (pid_tgid >> 32) as u32;
-            let key = ((tgid as u64) << 32) | inf.fd as u32 as u64;
-            match unsafe { FDS.get(key) } {
-                Some(e) if e.sk == inf.sk && e.gen == current_gen(tgid) => c,
-                _ => match attach_fd(inf.sk, inf.fd, Role::Unknown, Syscall::FirstData, false, ts) {
-                    Some(c) => c,
-                    None => return,
-                },
-            }
-        }
-        None => match attach_fd(inf.sk, inf.fd, Role::Unknown, Syscall::FirstData, false, ts) {
+        // Known at enter: the common, cheap path.
+        Some(c) if inf.known != 0 => c,
+        // First traffic of this process on the socket (it predates the agent, or a forked
+        // child inherited it): record the descriptor and announce it.
+        _ => match attach_fd(inf.sk, inf.fd, Role::Unknown, Syscall::FirstData, false, ts) {
             Some(c) => c,
             None => return,
         },
@@ -599,7 +612,7 @@ fn data_exit(ctx: &TracePointContext) {
     if captured == 0 {
         // Nothing to copy (sendfile): still tell userspace how many bytes went by.
         let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, size_of::<DataHeader>()) };
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        if EVENTS.output::<[u8]>(bytes, ring_flags()).is_err() {
             count_drop(DropReason::RingbufFull, 1);
         }
         return;
@@ -710,7 +723,7 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
         fd: arg(&ctx, 0) as i32,
         syscall: Syscall::Connect as u8,
         vectored: 0,
-        valid: 1,
+        known: 0,
         _pad: 0,
     };
     if INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
@@ -722,12 +735,12 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn exit_connect(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(inf_ptr) = INFLIGHT.get_ptr_mut(tid) else { return 0 };
+    let Some(inf_ptr) = INFLIGHT.get_ptr(tid) else { return 0 };
     let inf = unsafe { *inf_ptr };
-    if inf.valid == 0 || inf.syscall != Syscall::Connect as u8 {
+    let _ = INFLIGHT.remove(tid);
+    if inf.syscall != Syscall::Connect as u8 {
         return 0;
     }
-    unsafe { (*inf_ptr).valid = 0 };
     let ret = arg(&ctx, 0) as i64;
     if ret != 0 && ret != -EINPROGRESS {
         return 0;
@@ -798,7 +811,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         bytes_egress: conn.bytes_egress,
         bytes_ingress: conn.bytes_ingress,
     };
-    if EVENTS.output::<CloseEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<CloseEvent>(&ev, ring_flags()).is_err() {
         count_drop(DropReason::ControlRingbufFull, 1);
     }
     0
