@@ -11,10 +11,13 @@
 //! 4. [`capture`] — the `hoptrace capture` command: all of the above as JSON lines.
 //!
 //! [`counters`] keeps every count of what was captured and what was dropped, and why.
+//!
+//! [`context`] — W3C traceparent, tracestate and baggage, read from captured headers.
 
 pub mod capture;
 pub mod clock;
 pub mod conntrack;
+pub mod context;
 pub mod counters;
 pub mod events;
 pub mod loader;
