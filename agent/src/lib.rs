@@ -12,7 +12,8 @@
 //!
 //! [`counters`] keeps every count of what was captured and what was dropped, and why.
 //!
-//! [`context`] — W3C traceparent, tracestate and baggage, read from captured headers.
+//! - [`protocols`] — protocol detection and parsers (HTTP/1) turning streams into exchanges.
+//! - [`context`] — W3C traceparent, tracestate and baggage, read from captured headers.
 
 pub mod capture;
 pub mod clock;
@@ -22,5 +23,6 @@ pub mod counters;
 pub mod events;
 pub mod loader;
 pub mod procnet;
+pub mod protocols;
 pub mod spans;
 pub mod stream;
