@@ -11,13 +11,18 @@
 //! 4. [`capture`] — the `hoptrace capture` command: all of the above as JSON lines.
 //!
 //! [`counters`] keeps every count of what was captured and what was dropped, and why.
+//!
+//! - [`protocols`] — protocol detection and parsers (HTTP/1) turning streams into exchanges.
+//! - [`context`] — W3C traceparent, tracestate and baggage, read from captured headers.
 
 pub mod capture;
 pub mod clock;
 pub mod conntrack;
+pub mod context;
 pub mod counters;
 pub mod events;
 pub mod loader;
 pub mod procnet;
+pub mod protocols;
 pub mod spans;
 pub mod stream;
