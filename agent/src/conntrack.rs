@@ -267,6 +267,7 @@ impl ConnTable {
                 chunk_offset: h.chunk_offset,
                 ts_enter_ns: h.ts_enter_ns,
                 ts_ns: h.ts_exit_ns,
+                tid: h.tid,
                 bytes: payload,
             },
             out,

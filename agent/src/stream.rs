@@ -27,6 +27,8 @@ pub enum Segment {
         /// The syscall that moved these bytes: when it started and when it returned.
         ts_enter_ns: u64,
         ts_ns: u64,
+        /// Thread that made the syscall (thread-per-request parent linking).
+        tid: u32,
         bytes: Vec<u8>,
     },
     Gap { offset: u64, len: u64, reason: GapReason },
@@ -58,6 +60,7 @@ pub struct Chunk<'a> {
     pub chunk_offset: u32,
     pub ts_enter_ns: u64,
     pub ts_ns: u64,
+    pub tid: u32,
     pub bytes: &'a [u8],
 }
 
@@ -95,6 +98,7 @@ impl Stream {
                 offset: start,
                 ts_enter_ns: c.ts_enter_ns,
                 ts_ns: c.ts_ns,
+                tid: c.tid,
                 bytes: c.bytes.to_vec(),
             });
         }
@@ -169,10 +173,11 @@ impl Stream {
         let skip = self.next - start;
         self.duplicate_bytes += skip.min(seg.len());
         match seg {
-            Segment::Data { ts_enter_ns, ts_ns, bytes, .. } => Segment::Data {
+            Segment::Data { ts_enter_ns, ts_ns, tid, bytes, .. } => Segment::Data {
                 offset: self.next,
                 ts_enter_ns,
                 ts_ns,
+                tid,
                 bytes: bytes.get(skip as usize..).unwrap_or_default().to_vec(),
             },
             Segment::Gap { len, reason, .. } => {
@@ -187,7 +192,7 @@ mod tests {
     use super::*;
 
     fn chunk(call_offset: u64, call_len: u32, captured: u32, chunk_offset: u32, b: &[u8]) -> Chunk<'_> {
-        Chunk { call_offset, call_len, call_captured: captured, chunk_offset, ts_enter_ns: 0, ts_ns: 1, bytes: b }
+        Chunk { call_offset, call_len, call_captured: captured, chunk_offset, ts_enter_ns: 0, ts_ns: 1, tid: 1, bytes: b }
     }
 
     fn bytes_of(segs: &[Segment]) -> Vec<u8> {

@@ -106,6 +106,8 @@ pub struct Header {
 /// message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timing {
+    /// Thread whose syscall carried the first byte.
+    pub first_tid: u32,
     pub first_enter_ns: u64,
     pub first_exit_ns: u64,
     pub last_exit_ns: u64,
@@ -468,6 +470,7 @@ impl Protocol for Http1 {
                 Segment::Data {
                     ts_enter_ns,
                     ts_ns,
+                    tid,
                     bytes,
                     ..
                 } => {
@@ -475,7 +478,7 @@ impl Protocol for Http1 {
                     loop {
                         let step =
                             self.reader(is_request)
-                                .data(bytes, &mut pos, *ts_enter_ns, *ts_ns);
+                                .data(bytes, &mut pos, *ts_enter_ns, *ts_ns, *tid);
                         if !self.handle(is_request, step, out) {
                             break;
                         }
@@ -890,7 +893,7 @@ impl Reader {
     }
 
     /// Consumes `bytes[*pos..]` (one data segment) until something happens.
-    fn data(&mut self, bytes: &[u8], pos: &mut usize, enter: u64, exit: u64) -> Step {
+    fn data(&mut self, bytes: &[u8], pos: &mut usize, enter: u64, exit: u64, tid: u32) -> Step {
         while let Some(rest) = bytes.get(*pos..).filter(|r| !r.is_empty()) {
             match self.state {
                 State::Opaque => *pos = bytes.len(),
@@ -913,6 +916,7 @@ impl Reader {
                     *pos += blank;
                     if blank < rest.len() {
                         self.timing = Timing {
+                            first_tid: tid,
                             first_enter_ns: enter,
                             first_exit_ns: exit,
                             last_exit_ns: exit,

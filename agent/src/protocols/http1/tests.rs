@@ -17,6 +17,7 @@ fn split_bytes(segment: &Segment) -> Vec<Segment> {
             offset,
             ts_enter_ns,
             ts_ns,
+            tid,
             bytes,
         } => bytes
             .iter()
@@ -25,6 +26,7 @@ fn split_bytes(segment: &Segment) -> Vec<Segment> {
                 offset: offset + i as u64,
                 ts_enter_ns: *ts_enter_ns,
                 ts_ns: *ts_ns,
+                tid: *tid,
                 bytes: vec![b],
             })
             .collect(),
@@ -73,6 +75,7 @@ impl Conn {
             offset: *offset,
             ts_enter_ns: enter,
             ts_ns: exit,
+            tid: 7,
             bytes: bytes.to_vec(),
         };
         *offset += bytes.len() as u64;
@@ -177,6 +180,7 @@ fn keep_alive_exchanges_pair_in_order_with_timing() {
         assert_eq!(
             req.timing,
             Timing {
+                first_tid: 7,
                 first_enter_ns: e1,
                 first_exit_ns: x1,
                 last_exit_ns: x1
@@ -187,6 +191,7 @@ fn keep_alive_exchanges_pair_in_order_with_timing() {
         assert_eq!(
             resp.timing,
             Timing {
+                first_tid: 7,
                 first_enter_ns: e2,
                 first_exit_ns: x2,
                 last_exit_ns: x2
@@ -219,6 +224,7 @@ fn message_timing_spans_the_syscalls_that_carry_it() {
         assert_eq!(
             ex[0].request.timing,
             Timing {
+                first_tid: 7,
                 first_enter_ns: e1,
                 first_exit_ns: x1,
                 last_exit_ns: x3
@@ -229,6 +235,7 @@ fn message_timing_spans_the_syscalls_that_carry_it() {
         assert_eq!(
             resp.timing,
             Timing {
+                first_tid: 7,
                 first_enter_ns: e4,
                 first_exit_ns: x4,
                 last_exit_ns: x5
@@ -868,6 +875,7 @@ fn unknown_role_infers_the_request_direction() {
             offset: 0,
             ts_enter_ns: 1,
             ts_ns: 2,
+            tid: 7,
             bytes: b.to_vec(),
         }]
     };
@@ -954,6 +962,7 @@ fn fuzz(seed: u64, rounds: usize, mut chunk: impl FnMut(&mut XorShift, bool) -> 
                         offset: *offset,
                         ts_enter_ns: 1,
                         ts_ns: 2,
+                        tid: 7,
                         bytes: head.to_vec(),
                     });
                     *offset += head.len() as u64;
