@@ -8,24 +8,22 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{BufWriter, Write},
-    os::fd::AsRawFd,
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoptrace_common::{Direction, Syscall, DEFAULT_CAPTURE_CAP};
+use hoptrace_common::{CloseEvent, DataHeader, Direction, OpenEvent, Syscall, DEFAULT_CAPTURE_CAP, DROP_REASONS};
 use serde_json::{json, Value};
 
 use crate::{
     clock::Clock,
     conntrack::{role_name, ConnTable, Connection, Limits},
     counters::Counters,
-    events::{decode, Event},
+    driver::{install_signal_handlers, Consumer, Driver},
     loader::{self, CaptureOptions, Filters},
-    stream::{GapReason, Segment},
+    stream::Segment,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -77,18 +75,6 @@ pub struct CaptureArgs {
     pub no_mount_tracefs: bool,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
 const PREFIX_LEN: usize = 80;
 
 fn printable_prefix(b: &[u8]) -> String {
@@ -112,7 +98,10 @@ struct Printer<W: Write> {
     show_payload: bool,
     dump_dir: Option<PathBuf>,
     dumps: HashMap<(u64, usize), File>,
-    counters: Counters,
+    stats_every: Option<Duration>,
+    last_stats: Instant,
+    loaded_drops: Box<dyn Fn() -> Result<[u64; DROP_REASONS]>>,
+    tracked: usize,
 }
 
 impl<W: Write> Printer<W> {
@@ -130,132 +119,105 @@ impl<W: Write> Printer<W> {
         v["remote_port"] = json!(c.tuple.remote.port());
     }
 
-    fn segments(&mut self, conn_id: u64, dir: usize, segs: &[Segment]) -> Result<()> {
+    /// `--dump-dir`: append captured bytes to the connection's per-direction file.
+    fn dump(&mut self, conn_id: u64, dir: usize, segs: &[Segment]) -> Result<()> {
+        let Some(dir_path) = &self.dump_dir else { return Ok(()) };
         for s in segs {
-            match s {
-                Segment::Data { bytes, .. } => {
-                    self.counters.bytes_captured += bytes.len() as u64;
-                    if let Some(dir_path) = &self.dump_dir {
-                        let file = match self.dumps.entry((conn_id, dir)) {
-                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                let name = format!("{conn_id}-{}.bin", direction_name(dir as u8));
-                                let path = dir_path.join(name);
-                                e.insert(File::create(&path).with_context(|| format!("creating {}", path.display()))?)
-                            }
-                        };
-                        file.write_all(bytes)?;
+            if let Segment::Data { bytes, .. } = s {
+                let file = match self.dumps.entry((conn_id, dir)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let path = dir_path.join(format!("{conn_id}-{}.bin", direction_name(dir as u8)));
+                        e.insert(File::create(&path).with_context(|| format!("creating {}", path.display()))?)
                     }
-                }
-                Segment::Gap { len, reason: GapReason::NotCaptured, .. } => self.counters.bytes_not_captured += len,
-                Segment::Gap { len, reason: GapReason::Lost, .. } => self.counters.bytes_lost += len,
-            }
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, table: &mut ConnTable, record: &[u8], segs: &mut Vec<Segment>) -> Result<()> {
-        self.counters.records_total += 1;
-        let event = match decode(record) {
-            Ok(e) => e,
-            Err(_) => {
-                self.counters.decode_errors += 1;
-                return Ok(());
-            }
-        };
-        match event {
-            Event::Open(ev) => {
-                self.counters.open_records += 1;
-                let Some(c) = table.on_open(&ev) else { return Ok(()) };
-                let mut v = json!({
-                    "event": "open",
-                    "ts": self.clock.to_unix_ns(ev.ts_ns),
-                    "conn_id": ev.conn_id,
-                    "pid": ev.pid,
-                    "tid": ev.tid,
-                    "ppid": ev.ppid,
-                    "comm": c.comm,
-                    "fd": ev.fd,
-                    "via": Syscall::from_u8(ev.via).map(Syscall::name).unwrap_or("unknown"),
-                    "role_source": c.role_source,
-                    "family": if ev.family == 10 { "ipv6" } else { "ipv4" },
-                    "cgroup_id": ev.cgroup_id,
-                });
-                Self::conn_fields(c, &mut v);
-                self.line(v)?;
-            }
-            Event::Data { header: h, payload } => {
-                self.counters.data_records += 1;
-                segs.clear();
-                let Some(c) = table.on_data(&h, payload, segs) else { return Ok(()) };
-                if h.chunk_offset == 0 {
-                    let mut v = json!({
-                        "event": "data",
-                        "ts": self.clock.to_unix_ns(h.ts_exit_ns),
-                        "conn_id": h.conn_id,
-                        "pid": h.pid,
-                        "tid": h.tid,
-                        "fd": h.fd,
-                        "comm": c.comm,
-                        "direction": direction_name(h.direction),
-                        "syscall": Syscall::from_u8(h.syscall).map(Syscall::name).unwrap_or("unknown"),
-                        "len": h.call_len,
-                        "captured": h.call_captured,
-                        "stream_offset": h.call_offset,
-                        "duration_ns": h.ts_exit_ns.saturating_sub(h.ts_enter_ns),
-                    });
-                    Self::conn_fields(c, &mut v);
-                    if self.show_payload {
-                        v["payload_prefix"] = json!(printable_prefix(payload));
-                    }
-                    self.line(v)?;
-                }
-                let segs_now = std::mem::take(segs);
-                self.segments(h.conn_id, (h.direction & 1) as usize, &segs_now)?;
-                *segs = segs_now;
-            }
-            Event::Close(ev) => {
-                self.counters.close_records += 1;
-                let mut flushed: [Vec<Segment>; 2] = Default::default();
-                let closed = table.on_close(&ev, &mut flushed);
-                for (dir, s) in flushed.iter().enumerate() {
-                    self.segments(ev.conn_id, dir, s)?;
-                    self.dumps.remove(&(ev.conn_id, dir));
-                }
-                if closed.is_some() {
-                    self.line(json!({
-                        "event": "close",
-                        "ts": self.clock.to_unix_ns(ev.ts_ns),
-                        "conn_id": ev.conn_id,
-                        "pid": ev.pid,
-                        "tid": ev.tid,
-                        "fd": ev.fd,
-                        "bytes_egress": ev.bytes_egress,
-                        "bytes_ingress": ev.bytes_ingress,
-                    }))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Connections leaving the table without a close record (idle, shutdown).
-    fn retire(&mut self, conns: Vec<Connection>) -> Result<()> {
-        for mut c in conns {
-            for dir in 0..2 {
-                let mut segs = Vec::new();
-                c.streams[dir].flush(&mut segs);
-                self.segments(c.id, dir, &segs)?;
-                self.dumps.remove(&(c.id, dir));
+                };
+                file.write_all(bytes)?;
             }
         }
         Ok(())
     }
 }
 
-pub fn run(args: CaptureArgs) -> Result<()> {
-    install_signal_handlers();
-    let opts = CaptureOptions {
+impl<W: Write> Consumer for Printer<W> {
+    fn open(&mut self, ev: &OpenEvent, conn: Option<&Connection>) -> Result<()> {
+        let Some(c) = conn else { return Ok(()) };
+        let mut v = json!({
+            "event": "open",
+            "ts": self.clock.to_unix_ns(ev.ts_ns),
+            "conn_id": ev.conn_id,
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "ppid": ev.ppid,
+            "comm": c.comm,
+            "fd": ev.fd,
+            "via": Syscall::from_u8(ev.via).map(Syscall::name).unwrap_or("unknown"),
+            "role_source": c.role_source,
+            "family": if ev.family == 10 { "ipv6" } else { "ipv4" },
+            "cgroup_id": ev.cgroup_id,
+        });
+        Self::conn_fields(c, &mut v);
+        self.line(v)
+    }
+
+    fn data(&mut self, h: &DataHeader, payload: &[u8], c: &Connection, segs: &[Segment]) -> Result<()> {
+        if h.chunk_offset == 0 {
+            let mut v = json!({
+                "event": "data",
+                "ts": self.clock.to_unix_ns(h.ts_exit_ns),
+                "conn_id": h.conn_id,
+                "pid": h.pid,
+                "tid": h.tid,
+                "fd": h.fd,
+                "comm": c.comm,
+                "direction": direction_name(h.direction),
+                "syscall": Syscall::from_u8(h.syscall).map(Syscall::name).unwrap_or("unknown"),
+                "len": h.call_len,
+                "captured": h.call_captured,
+                "stream_offset": h.call_offset,
+                "duration_ns": h.ts_exit_ns.saturating_sub(h.ts_enter_ns),
+            });
+            Self::conn_fields(c, &mut v);
+            if self.show_payload {
+                v["payload_prefix"] = json!(printable_prefix(payload));
+            }
+            self.line(v)?;
+        }
+        self.dump(h.conn_id, (h.direction & 1) as usize, segs)
+    }
+
+    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+        for (dir, segs) in flushed.iter().enumerate() {
+            self.dump(conn.id, dir, segs)?;
+            self.dumps.remove(&(conn.id, dir));
+        }
+        let Some(ev) = ev else { return Ok(()) };
+        self.line(json!({
+            "event": "close",
+            "ts": self.clock.to_unix_ns(ev.ts_ns),
+            "conn_id": ev.conn_id,
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "fd": ev.fd,
+            "bytes_egress": ev.bytes_egress,
+            "bytes_ingress": ev.bytes_ingress,
+        }))
+    }
+
+    fn tick(&mut self, counters: &Counters) -> Result<()> {
+        self.out.flush()?;
+        if self.stats_every.is_some_and(|every| self.last_stats.elapsed() >= every) {
+            self.last_stats = Instant::now();
+            let drops = (self.loaded_drops)()?;
+            let v = counters.to_json(&Default::default(), self.tracked, &drops);
+            self.line(v)?;
+        }
+        Ok(())
+    }
+}
+
+/// Options shared by every command that loads the kernel programs.
+pub fn capture_options(args: &CaptureArgs) -> CaptureOptions {
+    CaptureOptions {
         capture_cap: args.capture_cap,
         ringbuf_bytes: args.ringbuf_size,
         allow_mount_tracefs: !args.no_mount_tracefs,
@@ -267,11 +229,23 @@ pub fn run(args: CaptureArgs) -> Result<()> {
             ports: args.ports.clone(),
             exclude_ports: args.exclude_ports.clone(),
         },
-    };
+    }
+}
+
+pub fn conn_table(args: &CaptureArgs) -> ConnTable {
+    ConnTable::new(Limits {
+        max_connections: args.max_connections,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+    })
+}
+
+pub fn run(args: CaptureArgs) -> Result<()> {
+    install_signal_handlers();
     if let Some(dir) = &args.dump_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating dump dir {}", dir.display()))?;
     }
-    let mut loaded = loader::load(&opts)?;
+    let mut loaded = loader::load(&capture_options(&args))?;
+    let drops = loaded.drops_reader()?;
     let stdout = std::io::stdout();
     let mut p = Printer {
         out: BufWriter::new(stdout.lock()),
@@ -279,12 +253,11 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         show_payload: args.show_payload,
         dump_dir: args.dump_dir.clone(),
         dumps: HashMap::new(),
-        counters: Counters::default(),
+        stats_every: args.stats_interval.map(Duration::from_secs_f64),
+        last_stats: Instant::now(),
+        loaded_drops: Box::new(move || drops.read()),
+        tracked: 0,
     };
-    let mut table = ConnTable::new(Limits {
-        max_connections: args.max_connections,
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-    });
     p.line(json!({
         "event": "ready",
         "pid": std::process::id(),
@@ -293,45 +266,10 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         "capture_cap": args.capture_cap,
     }))?;
     p.out.flush()?;
-
-    let start = Instant::now();
-    let deadline = args.duration.map(|d| start + Duration::from_secs_f64(d));
-    let stats_every = args.stats_interval.map(Duration::from_secs_f64);
-    let mut last_stats = Instant::now();
-    let mut last_housekeeping = Instant::now();
-    let mut segs = Vec::new();
-    let fd = loaded.ring.as_raw_fd();
-    loop {
-        if STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // The kernel side rarely wakes us (see ring_flags in ebpf/programs): poll on a
-        // 10 ms timer, which bounds the added latency.
-        unsafe { libc::poll(&mut pfd, 1, 10) };
-        while let Some(item) = loaded.ring.next() {
-            p.handle(&mut table, &item, &mut segs)?;
-        }
-        p.out.flush()?;
-        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
-            last_housekeeping = Instant::now();
-            let idle = table.evict_idle();
-            p.retire(idle)?;
-        }
-        if stats_every.is_some_and(|every| last_stats.elapsed() >= every) {
-            last_stats = Instant::now();
-            let drops = loaded.kernel_drops()?;
-            let v = p.counters.to_json(&table.stats, table.len(), &drops);
-            p.line(v)?;
-        }
-    }
-    while let Some(item) = loaded.ring.next() {
-        p.handle(&mut table, &item, &mut segs)?;
-    }
-    let rest = table.drain();
-    p.retire(rest)?;
-    let drops = loaded.kernel_drops()?;
-    let v = p.counters.to_json(&table.stats, 0, &drops);
+    let mut driver = Driver::new(conn_table(&args));
+    driver.run(&mut loaded, args.duration.map(Duration::from_secs_f64), &mut p)?;
+    let kernel = loaded.kernel_drops()?;
+    let v = driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel);
     p.line(v)?;
     p.out.flush()?;
     Ok(())

@@ -110,13 +110,36 @@ impl Loaded {
     /// Kernel-side drop counters, summed over CPUs, in `DropReason` order.
     pub fn kernel_drops(&self) -> Result<[u64; DROP_REASONS]> {
         let map = self.ebpf.map("DROPS").context("DROPS map missing")?;
-        let drops: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        let mut out = [0u64; DROP_REASONS];
-        for reason in DropReason::ALL {
-            let values = drops.get(&(reason as u32), 0)?;
-            out[reason as usize] = values.iter().sum();
-        }
-        Ok(out)
+        read_drops(&PerCpuArray::try_from(map)?)
+    }
+
+    /// A handle on the drop counters that outlives borrows of `self` (own map fd).
+    pub fn drops_reader(&self) -> Result<DropsReader> {
+        let map = self.ebpf.map("DROPS").context("DROPS map missing")?;
+        let data = match map {
+            aya::maps::Map::PerCpuArray(d) => MapData::from_id(d.info()?.id())?,
+            _ => return Err(anyhow!("DROPS is not a per-CPU array")),
+        };
+        Ok(DropsReader { map: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))? })
+    }
+}
+
+fn read_drops<T: std::borrow::Borrow<MapData>>(drops: &PerCpuArray<T, u64>) -> Result<[u64; DROP_REASONS]> {
+    let mut out = [0u64; DROP_REASONS];
+    for reason in DropReason::ALL {
+        let values = drops.get(&(reason as u32), 0)?;
+        out[reason as usize] = values.iter().sum();
+    }
+    Ok(out)
+}
+
+pub struct DropsReader {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl DropsReader {
+    pub fn read(&self) -> Result<[u64; DROP_REASONS]> {
+        read_drops(&self.map)
     }
 }
 

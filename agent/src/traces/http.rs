@@ -1,0 +1,240 @@
+//! HTTP exchanges → SERVER / CLIENT spans with OpenTelemetry semantic-convention
+//! attributes.
+//!
+//! Nothing from the request goes out verbatim except what is safe by construction: the
+//! path is templated (ids, numbers, hex and anything that is not a plain word become
+//! `{id}`), the query string is dropped, and header values are exported only for headers
+//! explicitly mapped in the configuration.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use crate::{
+    clock::Clock,
+    protocols::{
+        http1::{HttpRequest, Outcome},
+        HttpExchange,
+    },
+    spans::{KeyValue, Resource, SpanEvent, SpanId, SpanKind, SpanRecord, Status, StatusCode, TraceId},
+};
+
+use super::TraceConfig;
+
+pub struct Addrs {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// A path segment that is a plain word (letters, dashes, underscores, dots, with at most
+/// a couple of digits, as in `v2` or `api`) is kept; anything else is an identifier.
+fn is_plain_word(seg: &str) -> bool {
+    let digits = seg.bytes().filter(u8::is_ascii_digit).count();
+    !seg.is_empty()
+        && seg.len() <= 32
+        && digits <= 2
+        && seg.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !seg.contains('@')
+}
+
+/// `/customers/12345/orders?token=x` → `/customers/{id}/orders`.
+pub fn route_template(target: &[u8]) -> String {
+    let target = String::from_utf8_lossy(target);
+    // Absolute-form targets (proxies): keep only the path.
+    let path = match target.find("://") {
+        Some(i) => target[i + 3..].find('/').map_or("/", |j| &target[i + 3 + j..]),
+        None => &target,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("/");
+    if !path.starts_with('/') {
+        return "/".into();
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        out.push('/');
+        if seg.is_empty() {
+            continue;
+        }
+        if is_plain_word(seg) {
+            out.push_str(seg);
+        } else {
+            out.push_str("{id}");
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+fn version(v: u8) -> &'static str {
+    if v == 0 {
+        "1.0"
+    } else {
+        "1.1"
+    }
+}
+
+/// Mapped header values become attributes only when they look like identifiers: short,
+/// printable, no spaces (the privacy work tightens this with detectors).
+fn safe_header_value(v: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+}
+
+fn common(cfg: &TraceConfig, req: &HttpRequest, addrs: &Addrs, peer: SocketAddr) -> (String, Vec<KeyValue>) {
+    let route = route_template(&req.target);
+    let name = format!("{} {}", req.method, route);
+    let mut a = vec![
+        KeyValue::str("http.request.method", req.method.clone()),
+        KeyValue::str("url.path", route.clone()),
+        KeyValue::str("http.route", route),
+        KeyValue::str("network.protocol.name", "http"),
+        KeyValue::str("network.protocol.version", version(req.version)),
+        KeyValue::str("network.transport", "tcp"),
+        KeyValue::str("network.peer.address", peer.ip().to_string()),
+        KeyValue::int("network.peer.port", peer.port() as i64),
+    ];
+    let _ = addrs;
+    for (header, attr) in &cfg.request_header_attributes {
+        if let Some(v) = req.header(header).and_then(safe_header_value) {
+            a.push(KeyValue::str(attr.clone(), v));
+        }
+    }
+    if cfg.record_user_agent {
+        if let Some(v) = req.header("user-agent").and_then(safe_header_value) {
+            a.push(KeyValue::str("user_agent.original", v));
+        }
+    }
+    (name, a)
+}
+
+fn response_attributes(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, span: &mut SpanRecord) {
+    let Some(resp) = &x.response else { return };
+    span.attributes.push(KeyValue::int("http.response.status_code", resp.status as i64));
+    for (header, attr) in &cfg.response_header_attributes {
+        if let Some(v) = resp.header(header).and_then(safe_header_value) {
+            span.attributes.push(KeyValue::str(attr.clone(), v));
+        }
+    }
+    for h in &cfg.risk_signal_headers {
+        if resp.header(h).is_some() {
+            span.events.push(SpanEvent {
+                name: "risk_signal".into(),
+                time_unix_ns: clock.to_unix_ns(resp.timing.first_exit_ns),
+                attributes: vec![KeyValue::str("hoptrace.risk.signal", h.clone())],
+            });
+        }
+    }
+}
+
+fn outcome_status(x: &HttpExchange, error_from: u16) -> Status {
+    match (&x.response, x.outcome) {
+        (Some(r), _) if r.status >= error_from => Status { code: StatusCode::Error, message: String::new() },
+        (Some(_), Outcome::ClosedMidResponse) => {
+            Status { code: StatusCode::Error, message: "connection closed mid-response".into() }
+        }
+        (None, _) => Status { code: StatusCode::Error, message: "connection closed before the response".into() },
+        _ => Status::default(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn span(
+    kind: SpanKind,
+    name: String,
+    resource: Arc<Resource>,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: SpanId,
+    flags: u8,
+    trace_state: String,
+    start: u64,
+    end: u64,
+    attributes: Vec<KeyValue>,
+    status: Status,
+) -> SpanRecord {
+    SpanRecord {
+        resource,
+        trace_id,
+        span_id,
+        parent_span_id: parent,
+        trace_state,
+        flags,
+        name,
+        kind,
+        start_unix_ns: start,
+        end_unix_ns: end.max(start),
+        attributes,
+        events: Vec::new(),
+        links: Vec::new(),
+        status,
+    }
+}
+
+/// Server span: first request byte read → last response byte written.
+#[allow(clippy::too_many_arguments)]
+pub fn server_span(
+    cfg: &TraceConfig,
+    clock: &Clock,
+    x: &HttpExchange,
+    addrs: &Addrs,
+    resource: Arc<Resource>,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: SpanId,
+    flags: u8,
+    trace_state: String,
+) -> SpanRecord {
+    let (name, mut attrs) = common(cfg, &x.request, addrs, addrs.remote);
+    attrs.push(KeyValue::str("server.address", addrs.local.ip().to_string()));
+    attrs.push(KeyValue::int("server.port", addrs.local.port() as i64));
+    attrs.push(KeyValue::str("client.address", addrs.remote.ip().to_string()));
+    let start = clock.to_unix_ns(x.request.timing.first_exit_ns);
+    let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
+    let mut s = span(SpanKind::Server, name, resource, trace_id, span_id, parent, flags, trace_state, start, end, attrs, outcome_status(x, 500));
+    response_attributes(cfg, clock, x, &mut s);
+    s
+}
+
+/// Client span: first request byte sent → last response byte received.
+#[allow(clippy::too_many_arguments)]
+pub fn client_span(
+    cfg: &TraceConfig,
+    clock: &Clock,
+    x: &HttpExchange,
+    addrs: &Addrs,
+    resource: Arc<Resource>,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: SpanId,
+    flags: u8,
+    trace_state: String,
+) -> SpanRecord {
+    let (name, mut attrs) = common(cfg, &x.request, addrs, addrs.remote);
+    let host = x.request.header("host").and_then(safe_header_value);
+    let host_name = host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string());
+    attrs.push(KeyValue::str("server.address", host_name.unwrap_or_else(|| addrs.remote.ip().to_string())));
+    attrs.push(KeyValue::int("server.port", addrs.remote.port() as i64));
+    let start = clock.to_unix_ns(x.request.timing.first_enter_ns);
+    let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
+    let mut s = span(SpanKind::Client, name, resource, trace_id, span_id, parent, flags, trace_state, start, end, attrs, outcome_status(x, 400));
+    response_attributes(cfg, clock, x, &mut s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_template;
+
+    #[test]
+    fn routes_are_templated_and_queries_dropped() {
+        assert_eq!(route_template(b"/customers/12345/orders?token=abc"), "/customers/{id}/orders");
+        assert_eq!(route_template(b"/users/550e8400-e29b-41d4-a716-446655440000"), "/users/{id}");
+        assert_eq!(route_template(b"/api/v2/predict"), "/api/v2/predict");
+        assert_eq!(route_template(b"/mail/joao@example.com"), "/mail/{id}");
+        assert_eq!(route_template(b"/files/deadbeefcafe0123"), "/files/{id}");
+        assert_eq!(route_template(b"http://svc:8080/a/1?x"), "/a/{id}");
+        assert_eq!(route_template(b"*"), "/");
+        assert_eq!(route_template(b"/"), "/");
+    }
+}

@@ -1,0 +1,453 @@
+//! From connection streams to spans.
+//!
+//! Each connection gets a protocol parser (detected from its first bytes). Completed HTTP
+//! exchanges become spans:
+//!
+//! * inbound request (server side of the connection) → SERVER span, joined to the
+//!   incoming `traceparent` when it is valid, else a new trace;
+//! * outbound request (client side) → CLIENT span.
+//!
+//! **Thread-per-request parent linking.** A client call made on a thread that is, at that
+//! moment, serving an inbound request is that request's child. The pipeline marks a
+//! thread busy when request bytes arrive on one of its server connections; a client
+//! exchange that completes on a busy thread is held until the server exchange completes,
+//! then becomes its child. When more than one inbound request was in flight on the same
+//! thread (an async runtime multiplexing requests), the agent does not guess: the call
+//! stays a root span with `hoptrace.parent.unresolved` saying why.
+//!
+//! **Services that instrument themselves** (an OpenTelemetry SDK in the process, seen in
+//! its environment, or seen creating trace context: outbound `traceparent` that is not
+//! the inbound one passed through) already emit their own SERVER/CLIENT spans; by default
+//! the agent does not duplicate them, and counts what it suppressed.
+
+pub mod http;
+mod ids;
+pub mod resource;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hoptrace_common::{Direction, Role};
+use serde::Serialize;
+
+use crate::{
+    clock::Clock,
+    conntrack::Connection,
+    context::{self, TraceParent},
+    process::ProcessCache,
+    protocols::{self, http1::header_values, HttpExchange, L7Event, Protocol},
+    spans::{KeyValue, SpanId, SpanRecord, TraceId},
+    stream::Segment,
+};
+
+use self::{ids::IdGenerator, resource::ResourceResolver};
+
+/// Where finished spans go (the exporter's queue, or a test's Vec).
+pub trait SpanSink {
+    fn submit(&mut self, span: SpanRecord);
+}
+
+impl SpanSink for Vec<SpanRecord> {
+    fn submit(&mut self, span: SpanRecord) {
+        self.push(span);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// Do not emit SERVER/CLIENT spans for processes that instrument themselves.
+    pub suppress_instrumented: bool,
+    /// How long a client call may wait for the inbound request it belongs to.
+    pub hold_timeout: Duration,
+    /// Request header (lowercase) → span attribute (the seed's `tenant`, `correlation_id`…).
+    pub request_header_attributes: Vec<(String, String)>,
+    /// Response header (lowercase) → span attribute (`model_name`, `model_version`…).
+    pub response_header_attributes: Vec<(String, String)>,
+    /// Response headers whose presence marks a risk signal; each becomes a span event.
+    pub risk_signal_headers: Vec<String>,
+    /// Record `user_agent.original` (off by default: it can identify people).
+    pub record_user_agent: bool,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            suppress_instrumented: true,
+            hold_timeout: Duration::from_secs(10),
+            request_header_attributes: vec![
+                ("x-tenant-id".into(), "tenant".into()),
+                ("x-correlation-id".into(), "correlation_id".into()),
+            ],
+            response_header_attributes: Vec::new(),
+            risk_signal_headers: Vec::new(),
+            record_user_agent: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TraceStats {
+    pub exchanges: u64,
+    pub spans_server: u64,
+    pub spans_client: u64,
+    pub spans_suppressed_instrumented: u64,
+    pub parents_linked_same_thread: u64,
+    pub parents_unresolved_concurrent: u64,
+    pub held_calls_expired: u64,
+    pub connections_unknown_protocol: u64,
+    /// Invalid trace context headers, by reason (never the value).
+    pub invalid_context: HashMap<&'static str, u64>,
+    /// Parse errors, by protocol/reason.
+    pub parse_errors: HashMap<String, u64>,
+}
+
+/// Per-connection protocol state.
+struct ConnL7 {
+    proto: Option<Box<dyn Protocol>>,
+    /// Detection was attempted and failed in these directions; give up after both.
+    tried: [bool; 2],
+}
+
+/// A client exchange waiting for the server exchange it was made from.
+struct Held {
+    exchange: HttpExchange,
+    conn: ConnView,
+    since: Instant,
+}
+
+/// The connection facts a span needs (connections may be gone by the time it is built).
+#[derive(Clone, Debug)]
+struct ConnView {
+    pid: u32,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+}
+
+impl ConnView {
+    fn of(c: &Connection) -> Self {
+        Self { pid: c.pid, local: c.tuple.local, remote: c.tuple.remote }
+    }
+}
+
+#[derive(Default)]
+struct Busy {
+    conns: Vec<u64>,
+    /// Another inbound request overlapped on this thread since it was last idle.
+    overlapped: bool,
+}
+
+/// Why the agent believes a process instruments itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Instrumented {
+    SdkEnvironment,
+    CreatesContext,
+}
+
+pub struct TracePipeline {
+    cfg: TraceConfig,
+    clock: Clock,
+    ids: IdGenerator,
+    conns: HashMap<u64, ConnL7>,
+    busy: HashMap<(u32, u32), Busy>,
+    held: HashMap<(u32, u32), Vec<Held>>,
+    instrumented: HashMap<u32, Instrumented>,
+    processes: ProcessCache,
+    resources: ResourceResolver,
+    pub stats: TraceStats,
+}
+
+/// The trace context a span continues.
+struct Ctx {
+    trace_id: TraceId,
+    parent: SpanId,
+    flags: u8,
+    trace_state: String,
+}
+
+impl TracePipeline {
+    pub fn new(cfg: TraceConfig, resources: ResourceResolver) -> Self {
+        Self {
+            cfg,
+            clock: Clock::now(),
+            ids: IdGenerator::new(),
+            conns: HashMap::new(),
+            busy: HashMap::new(),
+            held: HashMap::new(),
+            instrumented: HashMap::new(),
+            processes: ProcessCache::default(),
+            resources,
+            stats: TraceStats::default(),
+        }
+    }
+
+    /// New in-order bytes of one direction of `conn`.
+    pub fn on_segments(&mut self, conn: &Connection, dir: Direction, segs: &[Segment], sink: &mut dyn SpanSink) {
+        if segs.is_empty() {
+            return;
+        }
+        let state = self.conns.entry(conn.id).or_insert(ConnL7 { proto: None, tried: [false; 2] });
+        if state.proto.is_none() {
+            if state.tried[0] && state.tried[1] {
+                return;
+            }
+            let first = segs.iter().find_map(|s| match s {
+                Segment::Data { bytes, .. } if !bytes.is_empty() => Some(bytes.as_slice()),
+                _ => None,
+            });
+            let Some(first) = first else { return };
+            state.proto = protocols::detect(conn.role, dir, first);
+            if state.proto.is_none() {
+                state.tried[dir as usize] = true;
+                if state.tried[0] && state.tried[1] {
+                    self.stats.connections_unknown_protocol += 1;
+                }
+                return;
+            }
+        }
+        // Inbound request bytes make the reading thread busy serving this connection.
+        if conn.role == Role::Server && dir == Direction::Ingress {
+            for s in segs {
+                if let Segment::Data { tid, .. } = s {
+                    let busy = self.busy.entry((conn.pid, *tid)).or_default();
+                    if !busy.conns.contains(&conn.id) {
+                        if !busy.conns.is_empty() {
+                            busy.overlapped = true;
+                        }
+                        busy.conns.push(conn.id);
+                    }
+                }
+            }
+        }
+        let mut events = Vec::new();
+        if let Some(proto) = state.proto.as_mut() {
+            proto.feed(dir, segs, &mut events);
+        }
+        self.handle_events(conn, events, sink);
+    }
+
+    /// The connection left the table: report what its parser still holds.
+    pub fn on_close(&mut self, conn: &Connection, sink: &mut dyn SpanSink) {
+        let Some(mut state) = self.conns.remove(&conn.id) else { return };
+        let mut events = Vec::new();
+        if let Some(proto) = state.proto.as_mut() {
+            proto.close(&mut events);
+        }
+        self.handle_events(conn, events, sink);
+        for busy in self.busy.values_mut() {
+            busy.conns.retain(|&c| c != conn.id);
+        }
+        self.busy.retain(|_, b| !b.conns.is_empty());
+    }
+
+    /// Periodic housekeeping: held calls whose inbound request never completed are
+    /// emitted on their own.
+    pub fn tick(&mut self, sink: &mut dyn SpanSink) {
+        let timeout = self.cfg.hold_timeout;
+        let mut expired = Vec::new();
+        for list in self.held.values_mut() {
+            let (old, keep): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| h.since.elapsed() > timeout);
+            *list = keep;
+            expired.extend(old);
+        }
+        self.held.retain(|_, l| !l.is_empty());
+        for h in expired {
+            self.stats.held_calls_expired += 1;
+            self.emit_client(h.exchange, &h.conn, None, Some("inbound_request_not_completed"), sink);
+        }
+    }
+
+    fn handle_events(&mut self, conn: &Connection, events: Vec<L7Event>, sink: &mut dyn SpanSink) {
+        for ev in events {
+            match ev {
+                L7Event::Http(x) => {
+                    self.stats.exchanges += 1;
+                    match conn.role {
+                        Role::Server => self.server_exchange(conn, x, sink),
+                        Role::Client => self.client_exchange(conn, x, sink),
+                        Role::Unknown => {}
+                    }
+                }
+                L7Event::ParseError { protocol, reason } => {
+                    *self.stats.parse_errors.entry(format!("{protocol}/{reason}")).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    fn client_exchange(&mut self, conn: &Connection, x: HttpExchange, sink: &mut dyn SpanSink) {
+        let key = (conn.pid, x.request.timing.first_tid);
+        if self.busy.get(&key).is_some_and(|b| !b.conns.is_empty()) {
+            self.held.entry(key).or_default().push(Held {
+                exchange: x,
+                conn: ConnView::of(conn),
+                since: Instant::now(),
+            });
+            return;
+        }
+        self.emit_client(x, &ConnView::of(conn), None, None, sink);
+    }
+
+    fn inbound_context(&mut self, x: &HttpExchange) -> (Option<TraceParent>, String) {
+        let mut values = header_values(&x.request.headers, "traceparent");
+        let (first, second) = (values.next(), values.next());
+        let parent = match (first, second) {
+            (Some(v), None) => match context::parse_traceparent(v) {
+                Ok(tp) => Some(tp),
+                Err(e) => {
+                    *self.stats.invalid_context.entry(e.reason()).or_default() += 1;
+                    None
+                }
+            },
+            // Several traceparent headers: invalid per the spec.
+            (Some(_), Some(_)) => {
+                *self.stats.invalid_context.entry("traceparent_multiple").or_default() += 1;
+                None
+            }
+            _ => None,
+        };
+        let state = if parent.is_some() {
+            let lines: Vec<&[u8]> = header_values(&x.request.headers, "tracestate").collect();
+            match context::parse_tracestate(&lines) {
+                Ok(s) => s,
+                Err(e) => {
+                    *self.stats.invalid_context.entry(e.reason()).or_default() += 1;
+                    String::new()
+                }
+            }
+        } else {
+            String::new()
+        };
+        (parent, state)
+    }
+
+    fn is_instrumented(&mut self, pid: u32) -> bool {
+        if let Some(_why) = self.instrumented.get(&pid) {
+            return true;
+        }
+        if self.processes.get(pid).is_some_and(|p| p.otel_sdk_env) {
+            self.instrumented.insert(pid, Instrumented::SdkEnvironment);
+            return true;
+        }
+        false
+    }
+
+    fn server_exchange(&mut self, conn: &Connection, x: HttpExchange, sink: &mut dyn SpanSink) {
+        let tid = x.request.timing.first_tid;
+        let key = (conn.pid, tid);
+        let mut overlapped = false;
+        if let Some(busy) = self.busy.get_mut(&key) {
+            overlapped = busy.overlapped;
+            busy.conns.retain(|&c| c != conn.id);
+            if busy.conns.is_empty() {
+                self.busy.remove(&key);
+            }
+        }
+        let start = x.request.timing.first_exit_ns;
+        let end = x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns);
+        // Calls made from this thread while it served the request.
+        let mut children = Vec::new();
+        if let Some(list) = self.held.get_mut(&key) {
+            let (inside, rest): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| {
+                let t = &h.exchange.request.timing;
+                t.first_enter_ns >= start && t.first_enter_ns <= end
+            });
+            *list = rest;
+            children = inside;
+        }
+        self.held.retain(|_, l| !l.is_empty());
+
+        let (inbound, trace_state) = self.inbound_context(&x);
+        // A process that sends trace context it did not receive creates spans itself.
+        for child in &children {
+            if let Some(v) = header_values(&child.exchange.request.headers, "traceparent").next() {
+                if let Ok(out) = context::parse_traceparent(v) {
+                    let passed_through = inbound
+                        .as_ref()
+                        .is_some_and(|i| i.trace_id == out.trace_id && i.parent_id == out.parent_id);
+                    if !passed_through {
+                        self.instrumented.insert(conn.pid, Instrumented::CreatesContext);
+                    }
+                }
+            }
+        }
+        let suppressed = self.cfg.suppress_instrumented && self.is_instrumented(conn.pid);
+
+        let ctx = match &inbound {
+            Some(tp) => Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state },
+            None => Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new() },
+        };
+        let span_id = self.ids.span_id();
+        let view = ConnView::of(conn);
+        if suppressed {
+            self.stats.spans_suppressed_instrumented += 1 + children.len() as u64;
+            return;
+        }
+        for child in children {
+            if overlapped {
+                self.stats.parents_unresolved_concurrent += 1;
+                self.emit_client(child.exchange, &child.conn, None, Some("concurrent_requests_on_thread"), sink);
+            } else {
+                self.stats.parents_linked_same_thread += 1;
+                let parent = Ctx {
+                    trace_id: ctx.trace_id,
+                    parent: span_id,
+                    flags: ctx.flags,
+                    trace_state: ctx.trace_state.clone(),
+                };
+                self.emit_client(child.exchange, &child.conn, Some(parent), None, sink);
+            }
+        }
+        let resource = self.resource_for(view.pid);
+        let span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
+        self.stats.spans_server += 1;
+        sink.submit(span);
+    }
+
+    /// Emits a CLIENT span. `parent` is the enclosing server span's context when linked.
+    fn emit_client(
+        &mut self,
+        x: HttpExchange,
+        view: &ConnView,
+        parent: Option<Ctx>,
+        unresolved: Option<&'static str>,
+        sink: &mut dyn SpanSink,
+    ) {
+        if self.cfg.suppress_instrumented && self.is_instrumented(view.pid) {
+            self.stats.spans_suppressed_instrumented += 1;
+            return;
+        }
+        // The request's own traceparent (a service that propagates) decides the trace when
+        // it differs from the enclosing span's.
+        let outbound = header_values(&x.request.headers, "traceparent")
+            .next()
+            .and_then(|v| context::parse_traceparent(v).ok());
+        let ctx = match (parent, outbound) {
+            (Some(p), Some(o)) if o.trace_id != p.trace_id => {
+                Ctx { trace_id: o.trace_id, parent: o.parent_id, flags: o.flags, trace_state: String::new() }
+            }
+            (Some(p), _) => p,
+            (None, Some(o)) => Ctx { trace_id: o.trace_id, parent: o.parent_id, flags: o.flags, trace_state: String::new() },
+            (None, None) => Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new() },
+        };
+        let span_id = self.ids.span_id();
+        let resource = self.resource_for(view.pid);
+        let mut span = http::client_span(&self.cfg, &self.clock, &x, &view_addrs(view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
+        if let Some(why) = unresolved {
+            span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
+        }
+        self.stats.spans_client += 1;
+        sink.submit(span);
+    }
+
+    fn resource_for(&mut self, pid: u32) -> Arc<crate::spans::Resource> {
+        let info = self.processes.get(pid);
+        self.resources.resolve(pid, info.as_deref())
+    }
+}
+
+fn view_addrs(v: &ConnView) -> http::Addrs {
+    http::Addrs { local: v.local, remote: v.remote }
+}
