@@ -11,12 +11,16 @@
 //! 4. [`capture`] — the `hoptrace capture` command: all of the above as JSON lines.
 //!
 //! [`counters`] keeps every count of what was captured and what was dropped, and why.
+//!
+//! [`export`] sends the pipeline's [`spans`] to an OpenTelemetry collector (OTLP over gRPC
+//! or HTTP/protobuf), or prints them as OTLP/JSON lines when none is configured.
 
 pub mod capture;
 pub mod clock;
 pub mod conntrack;
 pub mod counters;
 pub mod events;
+pub mod export;
 pub mod loader;
 pub mod procnet;
 pub mod spans;
