@@ -26,6 +26,9 @@ mod stdout;
 mod tls;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
