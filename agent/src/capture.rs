@@ -26,8 +26,9 @@ use crate::{
     stream::Segment,
 };
 
+/// What to load and capture; shared by every command that loads the kernel programs.
 #[derive(Args, Debug, Clone)]
-pub struct CaptureArgs {
+pub struct ProbeArgs {
     /// Capture only connections with this local or remote port (repeatable).
     #[arg(long = "port")]
     pub ports: Vec<u16>,
@@ -58,9 +59,18 @@ pub struct CaptureArgs {
     /// Seconds without traffic after which a connection is forgotten.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Do not mount tracefs when it is missing; fail instead.
+    #[arg(long)]
+    pub no_mount_tracefs: bool,
     /// Exit after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// Print a stats line every N seconds (one is always printed at exit).
     #[arg(long)]
     pub stats_interval: Option<f64>,
@@ -70,9 +80,6 @@ pub struct CaptureArgs {
     /// Write each connection's reassembled streams to DIR/<conn_id>-<direction>.bin.
     #[arg(long)]
     pub dump_dir: Option<PathBuf>,
-    /// Do not mount tracefs when it is missing; fail instead.
-    #[arg(long)]
-    pub no_mount_tracefs: bool,
 }
 
 const PREFIX_LEN: usize = 80;
@@ -216,7 +223,7 @@ impl<W: Write> Consumer for Printer<W> {
 }
 
 /// Options shared by every command that loads the kernel programs.
-pub fn capture_options(args: &CaptureArgs) -> CaptureOptions {
+pub fn capture_options(args: &ProbeArgs) -> CaptureOptions {
     CaptureOptions {
         capture_cap: args.capture_cap,
         ringbuf_bytes: args.ringbuf_size,
@@ -232,7 +239,7 @@ pub fn capture_options(args: &CaptureArgs) -> CaptureOptions {
     }
 }
 
-pub fn conn_table(args: &CaptureArgs) -> ConnTable {
+pub fn conn_table(args: &ProbeArgs) -> ConnTable {
     ConnTable::new(Limits {
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout),
@@ -244,7 +251,7 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     if let Some(dir) = &args.dump_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating dump dir {}", dir.display()))?;
     }
-    let mut loaded = loader::load(&capture_options(&args))?;
+    let mut loaded = loader::load(&capture_options(&args.probe))?;
     let drops = loaded.drops_reader()?;
     let stdout = std::io::stdout();
     let mut p = Printer {
@@ -263,11 +270,11 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         "pid": std::process::id(),
         "programs": loaded.attachments,
         "skipped_tracepoints": loaded.skipped,
-        "capture_cap": args.capture_cap,
+        "capture_cap": args.probe.capture_cap,
     }))?;
     p.out.flush()?;
-    let mut driver = Driver::new(conn_table(&args));
-    driver.run(&mut loaded, args.duration.map(Duration::from_secs_f64), &mut p)?;
+    let mut driver = Driver::new(conn_table(&args.probe));
+    driver.run(&mut loaded, args.probe.duration.map(Duration::from_secs_f64), &mut p)?;
     let kernel = loaded.kernel_drops()?;
     let v = driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel);
     p.line(v)?;

@@ -5,15 +5,17 @@
 //!
 //! 1. [`loader`] — preflight checks, kernel struct offsets from BTF, load and attach the
 //!    syscall tracepoint programs (`ebpf/programs`).
-//! 2. [`events`] — decode ring-buffer records into typed events.
+//! 2. [`events`] — decode ring-buffer records into typed events; [`driver`] runs the loop.
 //! 3. [`conntrack`] — the connection table: tuples, roles, processes, and per-direction
-//!    ordered byte [`stream`]s (with [`procnet`] for what /proc knows).
-//! 4. [`capture`] — the `hoptrace capture` command: all of the above as JSON lines.
+//!    ordered byte [`stream`]s (with [`procnet`] for what /proc knows about sockets).
+//! 4. [`protocols`] — protocol detection and parsers (HTTP/1) turning streams into
+//!    exchanges; [`context`] reads W3C traceparent, tracestate and baggage from them.
+//! 5. [`traces`] — exchanges become [`spans`] with resources from [`process`] information.
+//! 6. [`export`] — spans go to an OpenTelemetry collector (OTLP over gRPC or HTTP/protobuf),
+//!    or are printed as OTLP/JSON lines when none is configured.
 //!
-//! [`counters`] keeps every count of what was captured and what was dropped, and why.
-//!
-//! - [`protocols`] — protocol detection and parsers (HTTP/1) turning streams into exchanges.
-//! - [`context`] — W3C traceparent, tracestate and baggage, read from captured headers.
+//! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
+//! agent's main job). [`counters`] keeps every count of what was captured and dropped.
 
 pub mod capture;
 pub mod clock;
@@ -22,9 +24,11 @@ pub mod context;
 pub mod counters;
 pub mod driver;
 pub mod events;
+pub mod export;
 pub mod loader;
 pub mod process;
 pub mod procnet;
+pub mod run;
 pub mod protocols;
 pub mod spans;
 pub mod stream;

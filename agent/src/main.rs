@@ -11,6 +11,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent: HTTP traffic on this node becomes OpenTelemetry spans (OTLP).
+    Run(hoptrace::run::RunArgs),
     /// Print TCP connection open/data/close events seen by the kernel as JSON lines.
     Capture(hoptrace::capture::CaptureArgs),
 }
@@ -18,6 +20,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => hoptrace::run::run(args),
         Command::Capture(args) => hoptrace::capture::run(args),
     };
     if let Err(err) = result {

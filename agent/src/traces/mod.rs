@@ -37,7 +37,7 @@ use crate::{
     clock::Clock,
     conntrack::Connection,
     context::{self, TraceParent},
-    process::ProcessCache,
+    process::{ProcessCache, ProcessInfo},
     protocols::{self, http1::header_values, HttpExchange, L7Event, Protocol},
     spans::{KeyValue, SpanId, SpanRecord, TraceId},
     stream::Segment,
@@ -122,13 +122,16 @@ struct Held {
 #[derive(Clone, Debug)]
 struct ConnView {
     pid: u32,
+    /// Process name from the kernel: the service name of last resort when the process is
+    /// gone before /proc could be read (short-lived clients).
+    comm: String,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
 }
 
 impl ConnView {
     fn of(c: &Connection) -> Self {
-        Self { pid: c.pid, local: c.tuple.local, remote: c.tuple.remote }
+        Self { pid: c.pid, comm: c.comm.clone(), local: c.tuple.local, remote: c.tuple.remote }
     }
 }
 
@@ -400,7 +403,7 @@ impl TracePipeline {
                 self.emit_client(child.exchange, &child.conn, Some(parent), None, sink);
             }
         }
-        let resource = self.resource_for(view.pid);
+        let resource = self.resource_for(view.pid, &view.comm);
         let span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
         self.stats.spans_server += 1;
         sink.submit(span);
@@ -433,7 +436,7 @@ impl TracePipeline {
             (None, None) => Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new() },
         };
         let span_id = self.ids.span_id();
-        let resource = self.resource_for(view.pid);
+        let resource = self.resource_for(view.pid, &view.comm);
         let mut span = http::client_span(&self.cfg, &self.clock, &x, &view_addrs(view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
         if let Some(why) = unresolved {
             span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
@@ -442,9 +445,13 @@ impl TracePipeline {
         sink.submit(span);
     }
 
-    fn resource_for(&mut self, pid: u32) -> Arc<crate::spans::Resource> {
-        let info = self.processes.get(pid);
-        self.resources.resolve(pid, info.as_deref())
+    fn resource_for(&mut self, pid: u32, comm: &str) -> Arc<crate::spans::Resource> {
+        let info = self.processes.get(pid).map(|p| (*p).clone()).unwrap_or_else(|| ProcessInfo {
+            pid,
+            exe_name: comm.to_string(),
+            ..Default::default()
+        });
+        self.resources.resolve(pid, Some(&info))
     }
 }
 

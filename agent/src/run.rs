@@ -1,0 +1,124 @@
+//! `hoptrace run`: the agent's main job. Capture → HTTP exchanges → spans → OTLP.
+//!
+//! With no collector configured (no `OTEL_EXPORTER_OTLP_*ENDPOINT`), spans are printed as
+//! OTLP/JSON lines on stdout (or `--output FILE`), so the agent shows traces with nothing
+//! else installed. The agent's own log lines are JSON on stderr.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hoptrace_common::{CloseEvent, DataHeader, Direction, OpenEvent};
+use serde_json::json;
+
+use crate::{
+    capture::{capture_options, conn_table, ProbeArgs},
+    conntrack::Connection,
+    counters::Counters,
+    driver::{install_signal_handlers, Consumer, Driver},
+    export::{Exporter, ExporterConfig, JsonOutput},
+    loader,
+    spans::SpanRecord,
+    stream::Segment,
+    traces::{resource::ResourceResolver, SpanSink, TraceConfig, TracePipeline},
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Without a collector endpoint: write OTLP/JSON lines here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Also emit SERVER/CLIENT spans for services that instrument themselves.
+    #[arg(long)]
+    pub no_suppress_instrumented: bool,
+}
+
+/// One JSON log line on stderr.
+pub fn log(level: &str, msg: &str, fields: serde_json::Value) {
+    let mut v = json!({ "level": level, "msg": msg });
+    if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), fields) {
+        obj.extend(extra);
+    }
+    eprintln!("{v}");
+}
+
+impl SpanSink for Exporter {
+    fn submit(&mut self, span: SpanRecord) {
+        Exporter::submit(self, span);
+    }
+}
+
+fn direction(d: u8) -> Direction {
+    if d == Direction::Ingress as u8 {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    }
+}
+
+struct Traces {
+    pipeline: TracePipeline,
+    exporter: Exporter,
+}
+
+impl Consumer for Traces {
+    fn open(&mut self, _ev: &OpenEvent, _conn: Option<&Connection>) -> Result<()> {
+        Ok(())
+    }
+
+    fn data(&mut self, h: &DataHeader, _payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()> {
+        self.pipeline.on_segments(conn, direction(h.direction), segs, &mut self.exporter);
+        Ok(())
+    }
+
+    fn closed(&mut self, conn: &Connection, _ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+        self.pipeline.on_segments(conn, Direction::Egress, &flushed[0], &mut self.exporter);
+        self.pipeline.on_segments(conn, Direction::Ingress, &flushed[1], &mut self.exporter);
+        self.pipeline.on_close(conn, &mut self.exporter);
+        Ok(())
+    }
+
+    fn tick(&mut self, _counters: &Counters) -> Result<()> {
+        self.pipeline.tick(&mut self.exporter);
+        Ok(())
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    install_signal_handlers();
+    let mut base = ExporterConfig::default();
+    if let Some(path) = &args.output {
+        base.json_output = JsonOutput::File(path.clone());
+    }
+    let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
+    let endpoint = exporter_cfg.endpoint.clone();
+    let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
+    let mut loaded = loader::load(&capture_options(&args.probe))?;
+    let cfg = TraceConfig { suppress_instrumented: !args.no_suppress_instrumented, ..TraceConfig::default() };
+    let resources = ResourceResolver::new(Vec::new(), ResourceResolver::node_attributes_from_env());
+    let mut traces = Traces { pipeline: TracePipeline::new(cfg, resources), exporter };
+    log(
+        "info",
+        "ready",
+        json!({ "pid": std::process::id(), "programs": loaded.attachments,
+                "exporter": endpoint.as_deref().unwrap_or("otlp-json") }),
+    );
+    let mut driver = Driver::new(conn_table(&args.probe));
+    driver.run(&mut loaded, args.probe.duration.map(Duration::from_secs_f64), &mut traces)?;
+    traces.pipeline.tick(&mut traces.exporter);
+    let Traces { pipeline, exporter } = traces;
+    let export = exporter.shutdown(Duration::from_secs(5));
+    let kernel = loaded.kernel_drops()?;
+    log(
+        "info",
+        "stopped",
+        json!({
+            "capture": driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel),
+            "traces": pipeline.stats,
+            "export": format!("{export:?}"),
+        }),
+    );
+    Ok(())
+}
