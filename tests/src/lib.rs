@@ -257,6 +257,30 @@ impl Running {
         }
     }
 
+    /// Waits for a stderr line containing `needle` (the agent's JSON logs go to stderr).
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let err = text(&self.stderr);
+            if let Some(line) = err.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            let exited = self.child.try_wait().expect("try_wait");
+            if exited.is_some() || Instant::now() >= deadline {
+                panic!(
+                    "pid {} never logged {needle:?} (exit status: {exited:?})\nstderr:\n{err}",
+                    self.pid()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        signal(self.pid() as i32, sig);
+    }
+
     /// Waits for the process to exit (killing it and panicking after `timeout`).
     pub fn finish(mut self, timeout: Duration) -> Finished {
         let mut status = None;

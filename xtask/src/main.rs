@@ -26,7 +26,7 @@ enum Task {
     /// Build the eBPF object on its own and report its size (the agent's build.rs embeds
     /// the same object; this is for inspecting it).
     BuildEbpf,
-    /// Build the agent (release) and run it; arguments after `--` go to `hoptrace capture`.
+    /// Build the agent (release) and run its main job; arguments after `--` go to `hoptrace run`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -173,7 +173,7 @@ fn main() -> Result<()> {
             run(cargo(&root).args(["build", "--release", "-p", "hoptrace"]))?;
             let bin = root.join("target/release/hoptrace");
             let mut cmd = Command::new(bin);
-            cmd.arg("capture").args(&args);
+            cmd.arg("run").args(&args);
             run(&mut cmd)
         }
         Task::Test { args } => {
