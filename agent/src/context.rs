@@ -401,7 +401,8 @@ fn hex_digit(d: u8) -> Option<u8> {
 }
 
 /// Strips RFC 9110 optional whitespace (spaces and tabs) from both ends.
-fn trim_ows(s: &[u8]) -> &[u8] {
+/// Strips HTTP optional whitespace (spaces and tabs) from both ends.
+pub(crate) fn trim_ows(s: &[u8]) -> &[u8] {
     let start = s
         .iter()
         .position(|&b| b != b' ' && b != b'\t')

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use hoptrace_common::{Direction, Role};
 
 use super::{opposite, L7Event, Protocol};
-use crate::stream::Segment;
+use crate::{context::trim_ows, stream::Segment};
 
 const PROTOCOL: &str = "http1";
 /// Largest header block (or trailer section) buffered before giving up on a message.
@@ -777,17 +777,6 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     })
 }
 
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |i| i + 1);
-    s.get(start..end).unwrap_or_default()
-}
 
 // ---------------------------------------------------------------------------------------
 // Framing of one direction.

@@ -190,8 +190,36 @@ pub fn server_span(
     attrs.push(KeyValue::int("server.port", addrs.local.port() as i64));
     attrs.push(KeyValue::str("client.address", addrs.remote.ip().to_string()));
     let start = clock.to_unix_ns(x.request.timing.first_exit_ns);
+    let ids = Ids { trace_id, span_id, parent, flags, trace_state };
+    finish(cfg, clock, x, SpanKind::Server, name, resource, ids, start, attrs, 500)
+}
+
+struct Ids {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: SpanId,
+    flags: u8,
+    trace_state: String,
+}
+
+/// Common tail: end time (last response byte), status (errors from `error_from`), and
+/// response attributes.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    cfg: &TraceConfig,
+    clock: &Clock,
+    x: &HttpExchange,
+    kind: SpanKind,
+    name: String,
+    resource: Arc<Resource>,
+    ids: Ids,
+    start: u64,
+    attrs: Vec<KeyValue>,
+    error_from: u16,
+) -> SpanRecord {
     let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
-    let mut s = span(SpanKind::Server, name, resource, trace_id, span_id, parent, flags, trace_state, start, end, attrs, outcome_status(x, 500));
+    let status = outcome_status(x, error_from);
+    let mut s = span(kind, name, resource, ids.trace_id, ids.span_id, ids.parent, ids.flags, ids.trace_state, start, end, attrs, status);
     response_attributes(cfg, clock, x, &mut s);
     s
 }
@@ -216,10 +244,8 @@ pub fn client_span(
     attrs.push(KeyValue::str("server.address", host_name.unwrap_or_else(|| addrs.remote.ip().to_string())));
     attrs.push(KeyValue::int("server.port", addrs.remote.port() as i64));
     let start = clock.to_unix_ns(x.request.timing.first_enter_ns);
-    let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
-    let mut s = span(SpanKind::Client, name, resource, trace_id, span_id, parent, flags, trace_state, start, end, attrs, outcome_status(x, 400));
-    response_attributes(cfg, clock, x, &mut s);
-    s
+    let ids = Ids { trace_id, span_id, parent, flags, trace_state };
+    finish(cfg, clock, x, SpanKind::Client, name, resource, ids, start, attrs, 400)
 }
 
 #[cfg(test)]
