@@ -33,6 +33,12 @@ pub struct RunArgs {
     /// Also emit SERVER/CLIENT spans for services that instrument themselves.
     #[arg(long)]
     pub no_suppress_instrumented: bool,
+    /// Spans held for export while the collector is slow or down (oldest dropped beyond).
+    #[arg(long)]
+    pub export_queue_capacity: Option<usize>,
+    /// Spans per export request at most.
+    #[arg(long)]
+    pub export_batch_size: Option<usize>,
 }
 
 /// One JSON log line on stderr.
@@ -92,6 +98,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(path) = &args.output {
         base.json_output = JsonOutput::File(path.clone());
     }
+    if let Some(n) = args.export_queue_capacity {
+        base.queue_capacity = n;
+    }
+    if let Some(n) = args.export_batch_size {
+        base.batch_max_spans = n;
+    }
     let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
     let endpoint = exporter_cfg.endpoint.clone();
     let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
@@ -117,7 +129,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         json!({
             "capture": driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel),
             "traces": pipeline.stats,
-            "export": format!("{export:?}"),
+            "export": export,
         }),
     );
     Ok(())

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 ///
 /// Accounting: `spans_submitted = spans_exported + spans_rejected_by_collector +
 /// spans_dropped_* + queue_depth` once nothing is in flight.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ExportStats {
     pub spans_submitted: u64,
     /// Accepted by the collector (sent minus those it reported rejected).
