@@ -1,8 +1,9 @@
 //! `hoptrace run` on the real kernel: HTTP traffic between real processes becomes spans,
 //! printed as OTLP/JSON (the default sink when no collector is configured).
 
+mod support;
+
 use std::{
-    collections::HashMap,
     fs,
     io::{Read, Write},
     net::TcpStream,
@@ -11,98 +12,7 @@ use std::{
 
 use hoptrace_e2e::*;
 use serde_json::Value;
-
-/// One exported span, flattened from OTLP/JSON.
-#[derive(Debug, Clone)]
-struct Span {
-    service: String,
-    resource: HashMap<String, Value>,
-    kind: u64,
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    start: u64,
-    end: u64,
-    attrs: HashMap<String, Value>,
-}
-
-fn attr_map(list: &Value) -> HashMap<String, Value> {
-    list.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|kv| {
-                    let v = kv["value"].as_object().and_then(|o| o.values().next().cloned()).unwrap_or(Value::Null);
-                    (kv["key"].as_str().unwrap_or_default().to_string(), v)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn parse_spans(text: &str) -> Vec<Span> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let req: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not OTLP/JSON ({e}): {line}"));
-        for rs in req["resourceSpans"].as_array().expect("resourceSpans") {
-            let resource = attr_map(&rs["resource"]["attributes"]);
-            let service = resource.get("service.name").and_then(Value::as_str).unwrap_or_default().to_string();
-            for ss in rs["scopeSpans"].as_array().expect("scopeSpans") {
-                for s in ss["spans"].as_array().expect("spans") {
-                    let num = |k: &str| {
-                        s[k].as_str().map(|v| v.parse().unwrap()).or_else(|| s[k].as_u64()).unwrap_or(0)
-                    };
-                    out.push(Span {
-                        service: service.clone(),
-                        resource: resource.clone(),
-                        kind: s["kind"].as_u64().unwrap_or(0),
-                        name: s["name"].as_str().unwrap_or_default().to_string(),
-                        trace_id: s["traceId"].as_str().unwrap_or_default().to_string(),
-                        span_id: s["spanId"].as_str().unwrap_or_default().to_string(),
-                        parent: s["parentSpanId"].as_str().unwrap_or_default().to_string(),
-                        start: num("startTimeUnixNano"),
-                        end: num("endTimeUnixNano"),
-                        attrs: attr_map(&s["attributes"]),
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
-/// OTLP/JSON writes 64-bit integers as strings.
-fn int(v: Option<&Value>) -> Option<i64> {
-    let v = v?;
-    v.as_i64().or_else(|| v.as_str()?.parse().ok())
-}
-
-const SERVER: u64 = 2;
-const CLIENT: u64 = 3;
-
-/// Starts `hoptrace run` on the given ports with OTLP/JSON into a file; waits for ready.
-fn start_run(ports: &[u16], out: &std::path::Path) -> Running {
-    let mut cmd = std::process::Command::new(hoptrace_bin());
-    cmd.arg("run").arg("--output").arg(out);
-    for p in ports {
-        cmd.args(["--port", &p.to_string()]);
-    }
-    // No collector: the embedded OTLP/JSON sink. Make sure the environment does not say
-    // otherwise.
-    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] {
-        cmd.env_remove(var);
-    }
-    let mut agent = Running::spawn(&mut cmd);
-    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
-    agent
-}
-
-fn stop(agent: Running) -> Finished {
-    agent.signal(libc::SIGINT);
-    let done = agent.finish(TIMEOUT);
-    assert!(done.status.success(), "agent failed: {}", done.stderr);
-    done
-}
+use support::*;
 
 /// The exchange on one keep-alive connection: request with `traceparent`, then without.
 fn keepalive_pair(port: u16, traceparent: &str) {

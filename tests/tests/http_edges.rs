@@ -1,0 +1,97 @@
+//! HTTP/1.1 edge cases through `hoptrace run` on the real kernel: pipelining on one
+//! keep-alive connection, a chunked response, a 500, a malformed `traceparent`, and a
+//! `traceparent` sitting behind 6 KiB of other headers.
+
+mod support;
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use hoptrace_e2e::*;
+use support::*;
+
+/// Writes `raw` in one go and reads until `last` has arrived (the end of the last
+/// response).
+fn exchange(port: u16, raw: &[u8], last: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while count_occurrences(&got, last) == 0 {
+        let n = s.read(&mut buf).expect("response");
+        assert!(n > 0, "server closed early; got:\n{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[test]
+fn pipelined_chunked_error_and_malformed_context() {
+    require_root();
+    let server = PyServer::start("edge_server.py", &["0"]);
+    let port = server.port();
+    let dir = TempDir::new("edges");
+    let out = dir.join("otlp.jsonl");
+    let agent = start_run(&[port], &out);
+
+    let good = "4bf92f3577b34da6a3ce929d0e0e4736";
+    // Three pipelined requests in one write, one keep-alive connection: the first carries
+    // context, the second none, the third a malformed (uppercase) traceparent.
+    let pipelined = format!(
+        "GET /ok HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{good}-00f067aa0ba902b7-01\r\n\r\n\
+         GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /fail HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{}-00F067AA0BA902B7-01\r\n\r\n",
+        good.to_uppercase()
+    );
+    let got = exchange(port, pipelined.as_bytes(), b"boom\n");
+    assert_eq!(count_occurrences(&got, b"HTTP/1.1 "), 3, "{}", String::from_utf8_lossy(&got));
+
+    // traceparent after 6 KiB of other headers, in a separate connection.
+    let far = "0af7651916cd43dd8448eb211c80319c";
+    let filler: String = (0..96).map(|i| format!("x-filler-{i:03}: {}\r\n", "f".repeat(50))).collect();
+    assert!(filler.len() > 6 * 1024);
+    let late = format!("GET /ok?late=1 HTTP/1.1\r\nHost: x\r\n{filler}traceparent: 00-{far}-b7ad6b7169203331-01\r\nConnection: close\r\n\r\n");
+    exchange(port, late.as_bytes(), b"ok\n");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let done = stop(agent);
+    let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
+    let server_spans: Vec<&Span> = spans.iter().filter(|s| s.kind == SERVER).collect();
+    let find = |name: &str| -> Vec<&Span> { server_spans.iter().copied().filter(|s| s.name == name).collect() };
+
+    // Pipelining: each request paired with its own response, in order.
+    let ok = find("GET /ok");
+    let chunked = find("GET /chunked");
+    let fail = find("GET /fail");
+    assert_eq!((ok.len(), chunked.len(), fail.len()), (2, 1, 1), "{}", show(&spans));
+    let first = ok.iter().find(|s| s.trace_id == good).unwrap_or_else(|| panic!("{}", show(&spans)));
+    assert_eq!(first.parent, "00f067aa0ba902b7");
+    assert_eq!(int(first.attrs.get("http.response.status_code")), Some(200));
+
+    // Chunked response: parsed to its end (the 500 after it still pairs), no context leak.
+    assert_eq!(int(chunked[0].attrs.get("http.response.status_code")), Some(200));
+    assert_ne!(chunked[0].trace_id, good, "context leaked into the next pipelined request");
+    assert!(chunked[0].parent.is_empty());
+
+    // 500: an error on the server span; the malformed header is ignored, not trusted.
+    assert_eq!(int(fail[0].attrs.get("http.response.status_code")), Some(500));
+    assert_ne!(fail[0].trace_id, good);
+    assert_ne!(fail[0].trace_id.to_lowercase(), good);
+    assert!(fail[0].parent.is_empty(), "malformed traceparent must be treated as absent");
+
+    // traceparent after 6 KiB of headers is still found.
+    let late_span = ok.iter().find(|s| s.trace_id == far).unwrap_or_else(|| panic!("late traceparent lost:\n{}", show(&spans)));
+    assert_eq!(late_span.parent, "b7ad6b7169203331");
+
+    // The invalid header was counted by reason, and its value never left the process.
+    let stopped = stopped_log(&done);
+    assert_eq!(stopped["traces"]["invalid_context"]["traceparent_uppercase"], 1, "{stopped}");
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(!text.to_lowercase().contains("00f067aa0ba902b7-01"), "raw header text exported");
+    assert!(!text.contains("late=1"), "query string exported");
+}

@@ -1,0 +1,116 @@
+#![allow(dead_code)] // each test file uses a subset
+//! Shared by the `hoptrace run` test files: start/stop the agent with the OTLP/JSON sink
+//! and read the spans it exported.
+
+use std::{collections::HashMap, path::Path};
+
+use hoptrace_e2e::*;
+use serde_json::Value;
+
+/// One exported span, flattened from OTLP/JSON.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub service: String,
+    pub resource: HashMap<String, Value>,
+    pub kind: u64,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent: String,
+    pub start: u64,
+    pub end: u64,
+    pub attrs: HashMap<String, Value>,
+}
+
+pub fn attr_map(list: &Value) -> HashMap<String, Value> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| {
+                    let v = kv["value"].as_object().and_then(|o| o.values().next().cloned()).unwrap_or(Value::Null);
+                    (kv["key"].as_str().unwrap_or_default().to_string(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn parse_spans(text: &str) -> Vec<Span> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let req: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not OTLP/JSON ({e}): {line}"));
+        for rs in req["resourceSpans"].as_array().expect("resourceSpans") {
+            let resource = attr_map(&rs["resource"]["attributes"]);
+            let service = resource.get("service.name").and_then(Value::as_str).unwrap_or_default().to_string();
+            for ss in rs["scopeSpans"].as_array().expect("scopeSpans") {
+                for s in ss["spans"].as_array().expect("spans") {
+                    let num = |k: &str| {
+                        s[k].as_str().map(|v| v.parse().unwrap()).or_else(|| s[k].as_u64()).unwrap_or(0)
+                    };
+                    out.push(Span {
+                        service: service.clone(),
+                        resource: resource.clone(),
+                        kind: s["kind"].as_u64().unwrap_or(0),
+                        name: s["name"].as_str().unwrap_or_default().to_string(),
+                        trace_id: s["traceId"].as_str().unwrap_or_default().to_string(),
+                        span_id: s["spanId"].as_str().unwrap_or_default().to_string(),
+                        parent: s["parentSpanId"].as_str().unwrap_or_default().to_string(),
+                        start: num("startTimeUnixNano"),
+                        end: num("endTimeUnixNano"),
+                        attrs: attr_map(&s["attributes"]),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// OTLP/JSON writes 64-bit integers as strings.
+pub fn int(v: Option<&Value>) -> Option<i64> {
+    let v = v?;
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+pub const SERVER: u64 = 2;
+pub const CLIENT: u64 = 3;
+
+/// Starts `hoptrace run` on the given ports with OTLP/JSON into a file; waits for ready.
+pub fn start_run(ports: &[u16], out: &Path) -> Running {
+    let mut cmd = std::process::Command::new(hoptrace_bin());
+    cmd.arg("run").arg("--output").arg(out);
+    for p in ports {
+        cmd.args(["--port", &p.to_string()]);
+    }
+    // No collector: the embedded OTLP/JSON sink. Make sure the environment does not say
+    // otherwise.
+    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] {
+        cmd.env_remove(var);
+    }
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
+    agent
+}
+
+pub fn stop(agent: Running) -> Finished {
+    agent.signal(libc::SIGINT);
+    let done = agent.finish(TIMEOUT);
+    assert!(done.status.success(), "agent failed: {}", done.stderr);
+    done
+}
+
+
+/// The JSON `stopped` log line of a finished agent (its final counters).
+pub fn stopped_log(done: &Finished) -> Value {
+    done.stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["msg"] == "stopped")
+        .unwrap_or_else(|| panic!("no stopped log line:\n{}", done.stderr))
+}
+
+/// Spans as one line each, for failure messages.
+pub fn show(spans: &[Span]) -> String {
+    spans.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join("\n")
+}
+
