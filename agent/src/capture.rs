@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoptrace_common::{CloseEvent, DataHeader, Direction, OpenEvent, Syscall, DEFAULT_CAPTURE_CAP, DROP_REASONS};
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, Direction, OpenEvent, Syscall, DEFAULT_CAPTURE_CAP, DROP_REASONS};
 use serde_json::{json, Value};
 
 use crate::{
@@ -207,6 +207,22 @@ impl<W: Write> Consumer for Printer<W> {
             "fd": ev.fd,
             "bytes_egress": ev.bytes_egress,
             "bytes_ingress": ev.bytes_ingress,
+        }))
+    }
+
+    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
+        let (local, remote) = crate::conntrack::failed_tuple(ev);
+        self.line(json!({
+            "event": "connect_failed",
+            "ts": self.clock.to_unix_ns(ev.ts_ns),
+            "conn_id": ev.conn_id,
+            "pid": conn.map_or(ev.pid, |c| c.pid),
+            "tid": ev.tid,
+            "error": crate::conntrack::errno_name(ev.error),
+            "local_addr": local.ip().to_string(),
+            "local_port": local.port(),
+            "remote_addr": remote.ip().to_string(),
+            "remote_port": remote.port(),
         }))
     }
 

@@ -117,6 +117,24 @@ fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// Local and remote address of a failed connection attempt.
+pub fn failed_tuple(ev: &hoptrace_common::ConnectFailedEvent) -> (SocketAddr, SocketAddr) {
+    (addr(ev.family, ev.local_addr, ev.local_port), addr(ev.family, ev.remote_addr, ev.remote_port))
+}
+
+/// `error.type` values for the socket errors a connection attempt ends with.
+pub fn errno_name(err: i32) -> &'static str {
+    match err {
+        libc::ECONNREFUSED => "connection_refused",
+        libc::ETIMEDOUT => "timed_out",
+        libc::EHOSTUNREACH => "host_unreachable",
+        libc::ENETUNREACH => "network_unreachable",
+        libc::ECONNRESET => "connection_reset",
+        0 => "connection_closed",
+        _ => "connect_error",
+    }
+}
+
 fn comm_string(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()

@@ -12,6 +12,7 @@ pub struct Counters {
     pub open_records: u64,
     pub data_records: u64,
     pub close_records: u64,
+    pub connect_failed_records: u64,
     pub decode_errors: u64,
     pub bytes_captured: u64,
     /// Bytes the kernel saw move but did not copy (capture cap, sendfile).
@@ -44,7 +45,12 @@ impl Counters {
             s("hoptrace_connections_rebuilt_from_proc_total", table.conns_rebuilt_from_proc),
         ];
         for (kind, v) in
-            [("open", self.open_records), ("data", self.data_records), ("close", self.close_records)]
+            [
+            ("open", self.open_records),
+            ("data", self.data_records),
+            ("close", self.close_records),
+            ("connect_failed", self.connect_failed_records),
+        ]
         {
             out.push(Sample { name: "hoptrace_capture_records_by_kind_total", labels: vec![("kind", kind)], value: v });
         }
@@ -82,6 +88,7 @@ impl Counters {
             "open_records": self.open_records,
             "data_records": self.data_records,
             "close_records": self.close_records,
+            "connect_failed_records": self.connect_failed_records,
             "decode_errors": self.decode_errors,
             "bytes_captured": self.bytes_captured,
             "bytes_not_captured": self.bytes_not_captured,

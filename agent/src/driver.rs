@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
-use hoptrace_common::{CloseEvent, DataHeader, OpenEvent};
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, OpenEvent};
 
 use crate::{
     conntrack::{ConnTable, Connection},
@@ -29,6 +29,10 @@ pub trait Consumer {
     fn data(&mut self, h: &DataHeader, payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()>;
     /// A connection left the table (closed, idle, shutdown) with its last segments.
     fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()>;
+    /// An outgoing connection attempt failed (`conn` when connect() had returned already).
+    fn connect_failed(&mut self, _ev: &ConnectFailedEvent, _conn: Option<&Connection>) -> Result<()> {
+        Ok(())
+    }
     /// Once a second.
     fn tick(&mut self, _counters: &Counters) -> Result<()> {
         Ok(())
@@ -91,6 +95,11 @@ impl Driver {
                 }
                 self.count(&segs);
                 self.segs = segs;
+            }
+            Event::ConnectFailed(ev) => {
+                self.counters.connect_failed_records += 1;
+                let conn = (ev.conn_id != 0).then(|| self.table.get(ev.conn_id)).flatten();
+                c.connect_failed(&ev, conn)?;
             }
             Event::Close(ev) => {
                 self.counters.close_records += 1;

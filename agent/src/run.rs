@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoptrace_common::{CloseEvent, DataHeader, Direction, OpenEvent};
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, Direction, OpenEvent};
 use serde_json::json;
 
 use crate::{
@@ -79,10 +79,22 @@ impl Consumer for Traces {
         Ok(())
     }
 
-    fn closed(&mut self, conn: &Connection, _ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
         self.pipeline.on_segments(conn, Direction::Egress, &flushed[0], &mut self.exporter);
         self.pipeline.on_segments(conn, Direction::Ingress, &flushed[1], &mut self.exporter);
-        self.pipeline.on_close(conn, &mut self.exporter);
+        self.pipeline.on_close(conn, ev.map(|e| e.ts_ns), &mut self.exporter);
+        Ok(())
+    }
+
+    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
+        let (local, remote) = crate::conntrack::failed_tuple(ev);
+        let error = crate::conntrack::errno_name(ev.error);
+        match conn {
+            // connect() had returned: the owner is known, the running thread is not.
+            Some(c) => self.pipeline.on_connect_failed(c.pid, None, &c.comm, local, remote, error, ev.ts_ns, &mut self.exporter),
+            // Failed inside connect(): the running thread is the connecting one.
+            None => self.pipeline.on_connect_failed(ev.pid, Some(ev.tid), "", local, remote, error, ev.ts_ns, &mut self.exporter),
+        }
         Ok(())
     }
 
@@ -119,7 +131,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
     let mut driver = Driver::new(conn_table(&args.probe));
     driver.run(&mut loaded, args.probe.duration.map(Duration::from_secs_f64), &mut traces)?;
-    traces.pipeline.tick(&mut traces.exporter);
+    traces.pipeline.flush(&mut traces.exporter);
     let Traces { pipeline, exporter } = traces;
     let export = exporter.shutdown(Duration::from_secs(5));
     let kernel = loaded.kernel_drops()?;

@@ -101,3 +101,36 @@ fn spans_join_w3c_context_and_link_thread_per_request_calls() {
     let without = ka.iter().find(|s| s.trace_id != trace).expect("second request: a new trace");
     assert!(without.parent.is_empty(), "{without:?}");
 }
+
+#[test]
+fn refused_connection_is_an_error_client_span_inside_its_request() {
+    require_root();
+    let closed_port = free_port(); // nothing listens here
+    let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{closed_port}")]);
+    let dir = TempDir::new("refused");
+    let out = dir.join("otlp.jsonl");
+    let agent = start_run(&[front.port(), closed_port], &out);
+
+    // The front service's handler dies on the refused call: no response, connection closed.
+    let _ = run(
+        std::process::Command::new("curl").args(["-s", "-m", "5", &format!("http://127.0.0.1:{}/pay", front.port())]),
+        TIMEOUT,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let done = stop(agent);
+    let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
+
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SERVER && s.name == "GET /pay")
+        .unwrap_or_else(|| panic!("no server span:\n{}", show(&spans)));
+    let failed = spans
+        .iter()
+        .find(|s| s.kind == CLIENT && s.name == "connect")
+        .unwrap_or_else(|| panic!("no failed-connect span:\n{}", show(&spans)));
+    assert_eq!(failed.attrs.get("error.type"), Some(&Value::from("connection_refused")), "{failed:?}");
+    assert_eq!(int(failed.attrs.get("server.port")), Some(closed_port as i64));
+    assert_eq!(int(failed.resource.get("process.pid")), Some(front.pid() as i64));
+    assert_eq!((failed.trace_id.as_str(), failed.parent.as_str()), (server.trace_id.as_str(), server.span_id.as_str()));
+    assert_eq!(stopped_log(&done)["traces"]["connect_failures"], 1);
+}

@@ -85,7 +85,7 @@ impl KernelBtf {
                     .ok_or_else(|| anyhow!("{root}.{seg} is not a struct in this kernel's BTF"))?;
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             bail!("{root}.{path} is not byte aligned in this kernel's BTF");
         }
         Ok(bits / 8)
@@ -112,6 +112,8 @@ impl KernelBtf {
             sk_daddr: self.offset_of("sock", "__sk_common.skc_daddr")?,
             sk_v6_rcv_saddr: self.offset_of("sock", "__sk_common.skc_v6_rcv_saddr")?,
             sk_v6_daddr: self.offset_of("sock", "__sk_common.skc_v6_daddr")?,
+            sk_err: self.offset_of("sock", "sk_err")?,
+            ..Default::default()
         })
     }
 }

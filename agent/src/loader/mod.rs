@@ -55,7 +55,12 @@ const ATTACHMENTS: &[(&str, &str, &str, bool)] = &[
     ("bump_generation", "syscalls", "sys_enter_close_range", true),
     ("bump_generation", "sched", "sched_process_exec", false),
     ("exit_process", "sched", "sched_process_exit", false),
+    ("sock_state", "sock", "inet_sock_set_state", true),
 ];
+
+/// Fields of sock/inet_sock_set_state the `sock_state` program reads, in KernelOffsets order.
+const SOCK_STATE_FIELDS: [&str; 11] =
+    ["skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr", "daddr", "saddr_v6", "daddr_v6"];
 
 /// Tail-call targets, in EMITTERS index order (see ebpf/programs).
 const EMITTERS: [&str; 2] = ["emit_contiguous", "emit_vectored"];
@@ -170,7 +175,25 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
             "this hoptrace binary was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild without it"
         ));
     }
-    let offsets = btf::KernelBtf::from_file(preflight::BTF_PATH)?.kernel_offsets()?;
+    let mut offsets = btf::KernelBtf::from_file(preflight::BTF_PATH)?.kernel_offsets()?;
+    // Optional: without this tracepoint, failed connects are simply not reported.
+    let sock_state = tracefs.join("events/sock/inet_sock_set_state").is_dir();
+    if sock_state {
+        let f = tracefs::field_offsets(&tracefs, "sock/inet_sock_set_state", &SOCK_STATE_FIELDS)?;
+        (
+            offsets.tp_skaddr,
+            offsets.tp_oldstate,
+            offsets.tp_newstate,
+            offsets.tp_sport,
+            offsets.tp_dport,
+            offsets.tp_family,
+            offsets.tp_protocol,
+            offsets.tp_saddr,
+            offsets.tp_daddr,
+            offsets.tp_saddr_v6,
+            offsets.tp_daddr_v6,
+        ) = (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10]);
+    }
     let f = &opts.filters;
     let mut flags = 0;
     for (list, bit) in [
@@ -207,6 +230,10 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     let mut skipped = Vec::new();
     let mut loaded_programs: Vec<&str> = Vec::new();
     for &(prog_name, category, tp, optional) in ATTACHMENTS {
+        if category == "sock" && !sock_state {
+            skipped.push(format!("{category}/{tp}"));
+            continue;
+        }
         if category == "syscalls" {
             let dir = tracefs.join("events/syscalls").join(tp);
             if !dir.is_dir() {

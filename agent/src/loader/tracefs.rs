@@ -79,6 +79,23 @@ fn check_layout_text(name: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Offsets of `names` in a tracepoint's record (`category/name`), from its format file.
+pub fn field_offsets(tracefs: &Path, tracepoint: &str, names: &[&str]) -> Result<Vec<u32>> {
+    let path = tracefs.join("events").join(tracepoint).join("format");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let fields = parse_format(&text);
+    names
+        .iter()
+        .map(|n| {
+            fields
+                .iter()
+                .find(|f| f.name == *n || f.name.strip_suffix(']').and_then(|x| x.split('[').next()) == Some(*n))
+                .map(|f| f.offset as u32)
+                .with_context(|| format!("tracepoint {tracepoint} has no field {n} on this kernel"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,6 +248,31 @@ pub fn client_span(
     finish(cfg, clock, x, SpanKind::Client, name, resource, ids, start, attrs, 400)
 }
 
+/// A connection attempt that failed: an error CLIENT span named after what was tried.
+#[allow(clippy::too_many_arguments)]
+pub fn connect_failed_span(
+    addrs: &Addrs,
+    resource: Arc<Resource>,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: SpanId,
+    flags: u8,
+    trace_state: String,
+    time: u64,
+    error: &'static str,
+) -> SpanRecord {
+    let attrs = vec![
+        KeyValue::str("server.address", addrs.remote.ip().to_string()),
+        KeyValue::int("server.port", addrs.remote.port() as i64),
+        KeyValue::str("network.peer.address", addrs.remote.ip().to_string()),
+        KeyValue::int("network.peer.port", addrs.remote.port() as i64),
+        KeyValue::str("network.transport", "tcp"),
+        KeyValue::str("error.type", error),
+    ];
+    let status = Status { code: StatusCode::Error, message: format!("connect failed: {error}") };
+    span(SpanKind::Client, "connect".into(), resource, trace_id, span_id, parent, flags, trace_state, time, time, attrs, status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::route_template;

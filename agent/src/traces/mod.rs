@@ -97,6 +97,7 @@ pub struct TraceStats {
     pub parents_linked_same_thread: u64,
     pub parents_unresolved_concurrent: u64,
     pub held_calls_expired: u64,
+    pub connect_failures: u64,
     pub connections_unknown_protocol: u64,
     /// Invalid trace context headers, by reason (never the value).
     pub invalid_context: HashMap<&'static str, u64>,
@@ -111,9 +112,24 @@ struct ConnL7 {
     tried: [bool; 2],
 }
 
-/// A client exchange waiting for the server exchange it was made from.
+/// An outbound call: an HTTP exchange, or a connection attempt that failed.
+enum Call {
+    Http(HttpExchange),
+    Failed { error: &'static str, start_ns: u64 },
+}
+
+impl Call {
+    fn start_ns(&self) -> u64 {
+        match self {
+            Call::Http(x) => x.request.timing.first_enter_ns,
+            Call::Failed { start_ns, .. } => *start_ns,
+        }
+    }
+}
+
+/// A client call waiting for the server exchange it was made from.
 struct Held {
-    exchange: HttpExchange,
+    call: Call,
     conn: ConnView,
     since: Instant,
 }
@@ -159,6 +175,8 @@ pub struct TracePipeline {
     instrumented: HashMap<u32, Instrumented>,
     processes: ProcessCache,
     resources: ResourceResolver,
+    /// Set while handling the events a connection close produced.
+    close_ns: Option<u64>,
     pub stats: TraceStats,
 }
 
@@ -182,6 +200,7 @@ impl TracePipeline {
             instrumented: HashMap::new(),
             processes: ProcessCache::default(),
             resources,
+            close_ns: None,
             stats: TraceStats::default(),
         }
     }
@@ -231,14 +250,17 @@ impl TracePipeline {
         self.handle_events(conn, events, sink);
     }
 
-    /// The connection left the table: report what its parser still holds.
-    pub fn on_close(&mut self, conn: &Connection, sink: &mut dyn SpanSink) {
+    /// The connection left the table (`close_ns`: kernel time of the close, when known):
+    /// report what its parser still holds. An exchange cut short by the close ends then.
+    pub fn on_close(&mut self, conn: &Connection, close_ns: Option<u64>, sink: &mut dyn SpanSink) {
         let Some(mut state) = self.conns.remove(&conn.id) else { return };
         let mut events = Vec::new();
         if let Some(proto) = state.proto.as_mut() {
             proto.close(&mut events);
         }
+        self.close_ns = close_ns;
         self.handle_events(conn, events, sink);
+        self.close_ns = None;
         for busy in self.busy.values_mut() {
             busy.conns.retain(|&c| c != conn.id);
         }
@@ -258,7 +280,15 @@ impl TracePipeline {
         self.held.retain(|_, l| !l.is_empty());
         for h in expired {
             self.stats.held_calls_expired += 1;
-            self.emit_client(h.exchange, &h.conn, None, Some("inbound_request_not_completed"), sink);
+            self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), sink);
+        }
+    }
+
+    /// Shutdown: every held call goes out on its own.
+    pub fn flush(&mut self, sink: &mut dyn SpanSink) {
+        let held: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
+        for h in held {
+            self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), sink);
         }
     }
 
@@ -281,16 +311,39 @@ impl TracePipeline {
     }
 
     fn client_exchange(&mut self, conn: &Connection, x: HttpExchange, sink: &mut dyn SpanSink) {
-        let key = (conn.pid, x.request.timing.first_tid);
+        let tid = x.request.timing.first_tid;
+        self.client_call(ConnView::of(conn), tid, Call::Http(x), sink);
+    }
+
+    /// An outgoing connection attempt failed: an error CLIENT span, linked like any call.
+    #[allow(clippy::too_many_arguments)]
+    /// `tid` is the connecting thread when the failure happened inside connect().
+    pub fn on_connect_failed(
+        &mut self,
+        pid: u32,
+        tid: Option<u32>,
+        comm: &str,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        error: &'static str,
+        ts_ns: u64,
+        sink: &mut dyn SpanSink,
+    ) {
+        let view = ConnView { pid, comm: comm.to_string(), local, remote };
+        let call = Call::Failed { error, start_ns: ts_ns };
+        match tid {
+            Some(tid) => self.client_call(view, tid, call, sink),
+            None => self.emit_call(call, &view, None, None, sink),
+        }
+    }
+
+    fn client_call(&mut self, view: ConnView, tid: u32, call: Call, sink: &mut dyn SpanSink) {
+        let key = (view.pid, tid);
         if self.busy.get(&key).is_some_and(|b| !b.conns.is_empty()) {
-            self.held.entry(key).or_default().push(Held {
-                exchange: x,
-                conn: ConnView::of(conn),
-                since: Instant::now(),
-            });
+            self.held.entry(key).or_default().push(Held { call, conn: view, since: Instant::now() });
             return;
         }
-        self.emit_client(x, &ConnView::of(conn), None, None, sink);
+        self.emit_call(call, &view, None, None, sink);
     }
 
     fn inbound_context(&mut self, x: &HttpExchange) -> (Option<TraceParent>, String) {
@@ -349,13 +402,16 @@ impl TracePipeline {
             }
         }
         let start = x.request.timing.first_exit_ns;
-        let end = x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns);
+        let end = match &x.response {
+            Some(r) => r.timing.last_exit_ns,
+            None => self.close_ns.unwrap_or(x.request.timing.last_exit_ns),
+        };
         // Calls made from this thread while it served the request.
         let mut children = Vec::new();
         if let Some(list) = self.held.get_mut(&key) {
             let (inside, rest): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| {
-                let t = &h.exchange.request.timing;
-                t.first_enter_ns >= start && t.first_enter_ns <= end
+                let t = h.call.start_ns();
+                t >= start && t <= end
             });
             *list = rest;
             children = inside;
@@ -365,7 +421,8 @@ impl TracePipeline {
         let (inbound, trace_state) = self.inbound_context(&x);
         // A process that sends trace context it did not receive creates spans itself.
         for child in &children {
-            if let Some(v) = header_values(&child.exchange.request.headers, "traceparent").next() {
+            let Call::Http(x) = &child.call else { continue };
+            if let Some(v) = header_values(&x.request.headers, "traceparent").next() {
                 if let Ok(out) = context::parse_traceparent(v) {
                     let passed_through = inbound
                         .as_ref()
@@ -391,7 +448,7 @@ impl TracePipeline {
         for child in children {
             if overlapped {
                 self.stats.parents_unresolved_concurrent += 1;
-                self.emit_client(child.exchange, &child.conn, None, Some("concurrent_requests_on_thread"), sink);
+                self.emit_call(child.call, &child.conn, None, Some("concurrent_requests_on_thread"), sink);
             } else {
                 self.stats.parents_linked_same_thread += 1;
                 let parent = Ctx {
@@ -400,19 +457,20 @@ impl TracePipeline {
                     flags: ctx.flags,
                     trace_state: ctx.trace_state.clone(),
                 };
-                self.emit_client(child.exchange, &child.conn, Some(parent), None, sink);
+                self.emit_call(child.call, &child.conn, Some(parent), None, sink);
             }
         }
         let resource = self.resource_for(view.pid, &view.comm);
-        let span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
+        let mut span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
+        span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         self.stats.spans_server += 1;
         sink.submit(span);
     }
 
     /// Emits a CLIENT span. `parent` is the enclosing server span's context when linked.
-    fn emit_client(
+    fn emit_call(
         &mut self,
-        x: HttpExchange,
+        call: Call,
         view: &ConnView,
         parent: Option<Ctx>,
         unresolved: Option<&'static str>,
@@ -422,6 +480,26 @@ impl TracePipeline {
             self.stats.spans_suppressed_instrumented += 1;
             return;
         }
+        let x = match call {
+            Call::Http(x) => x,
+            Call::Failed { error, start_ns } => {
+                let ctx = match parent {
+                    Some(p) => p,
+                    None => Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new() },
+                };
+                let span_id = self.ids.span_id();
+                let resource = self.resource_for(view.pid, &view.comm);
+                let t = self.clock.to_unix_ns(start_ns);
+                let mut span = http::connect_failed_span(&view_addrs(view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state, t, error);
+                if let Some(why) = unresolved {
+                    span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
+                }
+                self.stats.spans_client += 1;
+                self.stats.connect_failures += 1;
+                sink.submit(span);
+                return;
+            }
+        };
         // The request's own traceparent (a service that propagates) decides the trace when
         // it differs from the enclosing span's.
         let outbound = header_values(&x.request.headers, "traceparent")
@@ -446,11 +524,14 @@ impl TracePipeline {
     }
 
     fn resource_for(&mut self, pid: u32, comm: &str) -> Arc<crate::spans::Resource> {
-        let info = self.processes.get(pid).map(|p| (*p).clone()).unwrap_or_else(|| ProcessInfo {
+        let mut info = self.processes.get(pid).map(|p| (*p).clone()).unwrap_or_else(|| ProcessInfo {
             pid,
-            exe_name: comm.to_string(),
             ..Default::default()
         });
+        // Gone or a zombie already (short-lived clients): the kernel's name is what is left.
+        if info.exe_name.is_empty() {
+            info.exe_name = comm.to_string();
+        }
         self.resources.resolve(pid, Some(&info))
     }
 }

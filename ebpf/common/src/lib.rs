@@ -30,6 +30,8 @@ pub enum EventKind {
     Data = 2,
     /// A process closed its descriptor on a TCP connection.
     Close = 3,
+    /// An outgoing connection attempt failed (SYN_SENT → CLOSE: refused, timed out…).
+    ConnectFailed = 4,
 }
 
 /// Direction of a data event, from the point of view of the socket owner.
@@ -198,6 +200,29 @@ pub struct CloseEvent {
     pub bytes_ingress: u64,
 }
 
+/// An outgoing TCP connection that never got established.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectFailedEvent {
+    pub kind: u8,
+    pub _pad0: u8,
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Thread running when the state changed: the connecting one when the failure happens
+    /// inside connect() (loopback, immediate refusal); otherwise use `conn_id`'s owner.
+    pub pid: u32,
+    pub tid: u32,
+    /// sk_err: ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH…
+    pub error: i32,
+    pub _pad1: u32,
+    /// The connection's id when connect() had already returned (0 when not yet known).
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
 /// Why the kernel side lost or cut something; index into the `DROPS` per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,6 +305,19 @@ pub struct KernelOffsets {
     pub sk_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
+    pub sk_err: u32,
+    /// Fields of the `sock/inet_sock_set_state` tracepoint record (from its format file).
+    pub tp_skaddr: u32,
+    pub tp_oldstate: u32,
+    pub tp_newstate: u32,
+    pub tp_sport: u32,
+    pub tp_dport: u32,
+    pub tp_family: u32,
+    pub tp_protocol: u32,
+    pub tp_saddr: u32,
+    pub tp_daddr: u32,
+    pub tp_saddr_v6: u32,
+    pub tp_daddr_v6: u32,
 }
 
 /// Filter switches: a bit is set when the matching include/exclude map has entries.
@@ -320,6 +358,7 @@ const _: () = {
     assert!(core::mem::size_of::<OpenEvent>() == 104);
     assert!(core::mem::size_of::<DataHeader>() == 64);
     assert!(core::mem::size_of::<CloseEvent>() == 48);
-    assert!(core::mem::size_of::<KernelOffsets>() == 18 * 4);
-    assert!(core::mem::size_of::<Config>() == 16 + 18 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
+    assert!(core::mem::size_of::<Config>() == 16 + 30 * 4);
+    assert!(core::mem::size_of::<ConnectFailedEvent>() == 72);
 };

@@ -362,6 +362,11 @@ fn attach_fd(sk: u64, fd: i32, role: Role, via: Syscall, fresh: bool, ts: u64) -
                 count_drop(DropReason::KernelReadFault, 1);
                 return None;
             }
+            if role == Role::Client && entry.local_port == 0 {
+                // connect() returned but the socket is already closed again (refused on
+                // loopback): sock_state reports the failure; there is no connection.
+                return None;
+            }
             entry.conn_id = next_conn_id();
             entry.role = role as u8;
             entry.ignored = port_filtered(entry.local_port, entry.remote_port) as u8;
@@ -846,6 +851,61 @@ pub fn exit_process(_ctx: TracePointContext) -> u32 {
     if tgid == pid_tgid as u32 {
         let gen = unsafe { bpf_ktime_get_ns() };
         let _ = GENS.insert(tgid, gen, 0);
+    }
+    0
+}
+
+/// Outgoing connections that fail before being established (SYN_SENT → CLOSE). Most
+/// clients connect without blocking, so the failure never comes back as a syscall return;
+/// the socket state change is the one place every failure shows.
+#[tracepoint]
+pub fn sock_state(ctx: TracePointContext) -> u32 {
+    const TCP_SYN_SENT: i32 = 2;
+    const TCP_CLOSE: i32 = 7;
+    let o = &config().offsets;
+    // Offsets come from the format file at run time; the verifier only allows constant
+    // offsets for direct ctx loads, so read through the helper.
+    let field = |off: u32| -> Option<[u8; 16]> { unsafe { ctx.read_at::<[u8; 16]>(off as usize).ok() } };
+    let read_i32 = |off: u32| unsafe { ctx.read_at::<i32>(off as usize).unwrap_or(0) };
+    let read_u16 = |off: u32| unsafe { ctx.read_at::<u16>(off as usize).unwrap_or(0) };
+    if read_i32(o.tp_oldstate) != TCP_SYN_SENT
+        || read_i32(o.tp_newstate) != TCP_CLOSE
+        || read_u16(o.tp_protocol) != IPPROTO_TCP
+    {
+        return 0;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(o.tp_skaddr as usize).unwrap_or(0) };
+    let (sport, dport, family) = (read_u16(o.tp_sport), read_u16(o.tp_dport), read_u16(o.tp_family));
+    if port_filtered(sport, dport) {
+        return 0;
+    }
+    let conn_id = match unsafe { CONNS.get(sk) } {
+        Some(c) if c.ignored != 0 => return 0,
+        Some(c) => c.conn_id,
+        None => 0,
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut ev: ConnectFailedEvent = unsafe { core::mem::zeroed() };
+    ev.kind = EventKind::ConnectFailed as u8;
+    ev.family = family;
+    ev.local_port = sport;
+    ev.remote_port = dport;
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.error = kread::<i32>(sk + o.sk_err as u64).unwrap_or(0);
+    ev.conn_id = conn_id;
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if family == AF_INET {
+        let (Some(l), Some(r)) = (field(o.tp_saddr), field(o.tp_daddr)) else { return 0 };
+        ev.local_addr[..4].copy_from_slice(&l[..4]);
+        ev.remote_addr[..4].copy_from_slice(&r[..4]);
+    } else {
+        let (Some(l), Some(r)) = (field(o.tp_saddr_v6), field(o.tp_daddr_v6)) else { return 0 };
+        ev.local_addr = l;
+        ev.remote_addr = r;
+    }
+    if EVENTS.output::<ConnectFailedEvent>(&ev, ring_flags()).is_err() {
+        count_drop(DropReason::ControlRingbufFull, 1);
     }
     0
 }
