@@ -58,6 +58,11 @@ fn pipelined_chunked_error_and_malformed_context() {
     let late = format!("GET /ok?late=1 HTTP/1.1\r\nHost: x\r\n{filler}traceparent: 00-{far}-b7ad6b7169203331-01\r\nConnection: close\r\n\r\n");
     exchange(port, late.as_bytes(), b"ok\n");
 
+    // A parent that was not sampled (flags 00): honoured, nothing exported for it.
+    let unsampled = "11111111111111111111111111111111";
+    let req = format!("GET /ok?u=1 HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{unsampled}-2222222222222222-00\r\nConnection: close\r\n\r\n");
+    exchange(port, req.as_bytes(), b"ok\n");
+
     std::thread::sleep(Duration::from_millis(300));
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
@@ -88,8 +93,11 @@ fn pipelined_chunked_error_and_malformed_context() {
     let late_span = ok.iter().find(|s| s.trace_id == far).unwrap_or_else(|| panic!("late traceparent lost:\n{}", show(&spans)));
     assert_eq!(late_span.parent, "b7ad6b7169203331");
 
+    assert!(spans.iter().all(|s| s.trace_id != unsampled), "unsampled trace exported:\n{}", show(&spans));
+
     // The invalid header was counted by reason, and its value never left the process.
     let stopped = stopped_log(&done);
+    assert_eq!(stopped["traces"]["spans_not_sampled"], 1, "{stopped}");
     assert_eq!(stopped["traces"]["invalid_context"]["traceparent_uppercase"], 1, "{stopped}");
     let text = fs::read_to_string(&out).unwrap();
     assert!(!text.to_lowercase().contains("00f067aa0ba902b7-01"), "raw header text exported");

@@ -98,6 +98,8 @@ pub struct TraceStats {
     pub parents_unresolved_concurrent: u64,
     pub held_calls_expired: u64,
     pub connect_failures: u64,
+    /// Spans whose parent context was not sampled (flags 00): honoured, not exported.
+    pub spans_not_sampled: u64,
     pub connections_unknown_protocol: u64,
     /// Invalid trace context headers, by reason (never the value).
     pub invalid_context: HashMap<&'static str, u64>,
@@ -172,6 +174,10 @@ pub struct TracePipeline {
     conns: HashMap<u64, ConnL7>,
     busy: HashMap<(u32, u32), Busy>,
     held: HashMap<(u32, u32), Vec<Held>>,
+    /// Calls with their own `traceparent` made while the process served requests on other
+    /// threads (async runtimes, thread pools): held until those requests complete to learn
+    /// whether the process passed the inbound context through or created its own.
+    held_by_pid: HashMap<u32, Vec<Held>>,
     instrumented: HashMap<u32, Instrumented>,
     processes: ProcessCache,
     resources: ResourceResolver,
@@ -197,6 +203,7 @@ impl TracePipeline {
             conns: HashMap::new(),
             busy: HashMap::new(),
             held: HashMap::new(),
+            held_by_pid: HashMap::new(),
             instrumented: HashMap::new(),
             processes: ProcessCache::default(),
             resources,
@@ -272,21 +279,33 @@ impl TracePipeline {
     pub fn tick(&mut self, sink: &mut dyn SpanSink) {
         let timeout = self.cfg.hold_timeout;
         let mut expired = Vec::new();
-        for list in self.held.values_mut() {
+        for list in self.held.values_mut().chain(self.held_by_pid.values_mut()) {
             let (old, keep): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| h.since.elapsed() > timeout);
             *list = keep;
             expired.extend(old);
         }
         self.held.retain(|_, l| !l.is_empty());
+        self.held_by_pid.retain(|_, l| !l.is_empty());
         for h in expired {
             self.stats.held_calls_expired += 1;
             self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), sink);
         }
     }
 
+    /// Parent-based sampling: a span whose trace context says "not sampled" (W3C flags
+    /// bit 0 clear) is counted but not exported.
+    fn submit(&mut self, span: SpanRecord, sink: &mut dyn SpanSink) {
+        if span.flags & 1 == 0 {
+            self.stats.spans_not_sampled += 1;
+            return;
+        }
+        sink.submit(span);
+    }
+
     /// Shutdown: every held call goes out on its own.
     pub fn flush(&mut self, sink: &mut dyn SpanSink) {
-        let held: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
+        let mut held: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
+        held.extend(self.held_by_pid.drain().flat_map(|(_, l)| l));
         for h in held {
             self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), sink);
         }
@@ -342,6 +361,17 @@ impl TracePipeline {
         if self.busy.get(&key).is_some_and(|b| !b.conns.is_empty()) {
             self.held.entry(key).or_default().push(Held { call, conn: view, since: Instant::now() });
             return;
+        }
+        if let Call::Http(x) = &call {
+            if outbound_context(x).is_some() {
+                if self.busy.keys().any(|(pid, _)| *pid == view.pid) {
+                    let held = Held { call, conn: view.clone(), since: Instant::now() };
+                    self.held_by_pid.entry(view.pid).or_default().push(held);
+                    return;
+                }
+                // Sent trace context while serving nothing: the process made it up itself.
+                self.instrumented.insert(view.pid, Instrumented::CreatesContext);
+            }
         }
         self.emit_call(call, &view, None, None, sink);
     }
@@ -433,7 +463,32 @@ impl TracePipeline {
                 }
             }
         }
+        // Calls with their own context made on other threads while this request was served.
+        let mut passed_through = Vec::new();
+        if let Some(list) = self.held_by_pid.get_mut(&conn.pid) {
+            let (inside, rest): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| {
+                let t = h.call.start_ns();
+                t >= start && t <= end
+            });
+            *list = rest;
+            for h in inside {
+                let Call::Http(x) = &h.call else { continue };
+                let same = match (outbound_context(x), &inbound) {
+                    (Some(out), Some(i)) => out.trace_id == i.trace_id && out.parent_id == i.parent_id,
+                    _ => false,
+                };
+                if same {
+                    passed_through.push(h);
+                } else {
+                    self.instrumented.insert(conn.pid, Instrumented::CreatesContext);
+                }
+            }
+        }
+        self.held_by_pid.retain(|_, l| !l.is_empty());
         let suppressed = self.cfg.suppress_instrumented && self.is_instrumented(conn.pid);
+        for h in passed_through {
+            self.emit_call(h.call, &h.conn, None, None, sink);
+        }
 
         let ctx = match &inbound {
             Some(tp) => Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state },
@@ -464,7 +519,7 @@ impl TracePipeline {
         let mut span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         self.stats.spans_server += 1;
-        sink.submit(span);
+        self.submit(span, sink);
     }
 
     /// Emits a CLIENT span. `parent` is the enclosing server span's context when linked.
@@ -496,15 +551,13 @@ impl TracePipeline {
                 }
                 self.stats.spans_client += 1;
                 self.stats.connect_failures += 1;
-                sink.submit(span);
+                self.submit(span, sink);
                 return;
             }
         };
         // The request's own traceparent (a service that propagates) decides the trace when
         // it differs from the enclosing span's.
-        let outbound = header_values(&x.request.headers, "traceparent")
-            .next()
-            .and_then(|v| context::parse_traceparent(v).ok());
+        let outbound = outbound_context(&x);
         let ctx = match (parent, outbound) {
             (Some(p), Some(o)) if o.trace_id != p.trace_id => {
                 Ctx { trace_id: o.trace_id, parent: o.parent_id, flags: o.flags, trace_state: String::new() }
@@ -520,7 +573,7 @@ impl TracePipeline {
             span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
         }
         self.stats.spans_client += 1;
-        sink.submit(span);
+        self.submit(span, sink);
     }
 
     fn resource_for(&mut self, pid: u32, comm: &str) -> Arc<crate::spans::Resource> {
@@ -534,6 +587,11 @@ impl TracePipeline {
         }
         self.resources.resolve(pid, Some(&info))
     }
+}
+
+/// The valid `traceparent` an outbound request carries, if any.
+fn outbound_context(x: &HttpExchange) -> Option<TraceParent> {
+    header_values(&x.request.headers, "traceparent").next().and_then(|v| context::parse_traceparent(v).ok())
 }
 
 fn view_addrs(v: &ConnView) -> http::Addrs {
