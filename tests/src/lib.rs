@@ -6,7 +6,7 @@
 //! its scenario must fail loudly, never skip.
 
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
@@ -180,6 +180,39 @@ pub fn python(script: &str) -> Command {
     cmd
 }
 
+/// The interpreter of the tests' Python venv (`target/pyenv`, made by `cargo xtask setup`
+/// from `tests/requirements.txt`), for fixtures that need packages beyond the stdlib.
+pub fn venv_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "no Python venv at {}: run `cargo xtask setup`",
+        python.display()
+    );
+    python
+}
+
+/// Like [`python`], with the venv's interpreter ([`venv_python`]).
+pub fn venv(script: &str) -> Command {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg(fixture(script))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
+}
+
+/// Removes every `OTEL_*` variable the test process inherited from `cmd`'s environment, so
+/// neither the agent's exporter nor a fixture's SDK is configured behind the test's back
+/// (and the agent does not take a fixture for an SDK-instrumented process).
+pub fn without_otel_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// A process that has exited, with everything it printed.
 #[derive(Debug)]
 pub struct Finished {
@@ -274,6 +307,21 @@ impl Running {
             }
             thread::sleep(POLL);
         }
+    }
+
+    /// Everything the process printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        text(&self.stdout)
+    }
+
+    /// Everything the process printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        text(&self.stderr)
+    }
+
+    /// Whether the process has exited (it is reaped then).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     /// Sends `sig` to the process.
@@ -637,12 +685,27 @@ pub struct PyServer {
 impl PyServer {
     /// Runs `python3 tests/fixtures/<script> <args>` and waits for its READY line.
     pub fn start(script: &str, args: &[&str]) -> PyServer {
-        let mut process = Running::spawn(python(script).args(args));
+        PyServer::start_cmd(python(script).args(args))
+    }
+
+    /// Runs `tests/fixtures/<script> <args>` with the venv's interpreter (see [`venv`]).
+    pub fn start_venv(script: &str, args: &[&str]) -> PyServer {
+        PyServer::start_cmd(venv(script).args(args))
+    }
+
+    /// Runs `cmd` (a fixture printing `READY <port>`) and waits for its READY line.
+    pub fn start_cmd(cmd: &mut Command) -> PyServer {
+        let mut process = Running::spawn(cmd);
         let line = process.wait_for_line("READY ", TIMEOUT);
         let port = line["READY ".len()..]
             .parse()
-            .unwrap_or_else(|_| panic!("bad READY line from {script}: {line:?}"));
+            .unwrap_or_else(|_| panic!("bad READY line from {cmd:?}: {line:?}"));
         PyServer { process, port }
+    }
+
+    /// What the server printed on stderr so far (tracebacks, SDK export errors).
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
     }
 
     pub fn port(&self) -> u16 {
@@ -785,4 +848,387 @@ pub fn stream_bytes(dump_dir: &Path, conn_id: u64, direction: &str) -> Vec<u8> {
             path.display()
         )
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// `hoptrace run` and OTLP
+// ---------------------------------------------------------------------------------------
+
+/// OTLP span kinds (`Span.SpanKind`).
+pub const SPAN_KIND_SERVER: u64 = 2;
+pub const SPAN_KIND_CLIENT: u64 = 3;
+
+/// One span from an `ExportTraceServiceRequest` in OTLP/JSON form (as the receiver records
+/// it: ids in lowercase hex, enums as integers), flattened with its resource. Attribute
+/// values are unwrapped from `AnyValue`: strings and booleans as JSON strings/booleans,
+/// `intValue` (a string in OTLP/JSON) as a JSON integer, `doubleValue` as a number; any
+/// other value stays as its `AnyValue` object.
+#[derive(Debug, Clone)]
+pub struct OtlpSpan {
+    pub resource: BTreeMap<String, Value>,
+    pub scope: String,
+    pub kind: u64,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// "" for a root span.
+    pub parent_span_id: String,
+    pub start: u64,
+    pub end: u64,
+    pub attrs: BTreeMap<String, Value>,
+}
+
+/// An `AnyValue` in OTLP/JSON as a plain JSON value (see [`OtlpSpan`]).
+pub fn any_value(v: &Value) -> Value {
+    let Some(obj) = v.as_object() else {
+        return v.clone();
+    };
+    if let Some(i) = obj.get("intValue") {
+        let n = i.as_i64().or_else(|| i.as_str()?.parse().ok());
+        return n.map_or_else(|| i.clone(), Value::from);
+    }
+    for key in ["stringValue", "boolValue", "doubleValue"] {
+        if let Some(x) = obj.get(key) {
+            return x.clone();
+        }
+    }
+    v.clone()
+}
+
+/// OTLP/JSON `attributes` (a list of `{key, value}`) as a map.
+pub fn attributes(list: &Value) -> BTreeMap<String, Value> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| {
+                    let key = kv["key"].as_str().unwrap_or_default().to_string();
+                    (key, any_value(&kv["value"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// OTLP/JSON writes fixed64 timestamps as strings.
+fn json_u64(v: &Value) -> u64 {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok()).unwrap_or(0)
+}
+
+/// The spans of one `ExportTraceServiceRequest` in OTLP/JSON form.
+pub fn otlp_spans(request: &Value) -> Vec<OtlpSpan> {
+    let mut out = Vec::new();
+    let empty = Vec::new();
+    for rs in request["resourceSpans"].as_array().unwrap_or(&empty) {
+        let resource = attributes(&rs["resource"]["attributes"]);
+        for ss in rs["scopeSpans"].as_array().unwrap_or(&empty) {
+            let scope = ss["scope"]["name"].as_str().unwrap_or_default().to_string();
+            for s in ss["spans"].as_array().unwrap_or(&empty) {
+                let string = |k: &str| s[k].as_str().unwrap_or_default().to_string();
+                out.push(OtlpSpan {
+                    resource: resource.clone(),
+                    scope: scope.clone(),
+                    kind: s["kind"].as_u64().unwrap_or(0),
+                    name: string("name"),
+                    trace_id: string("traceId"),
+                    span_id: string("spanId"),
+                    parent_span_id: string("parentSpanId"),
+                    start: json_u64(&s["startTimeUnixNano"]),
+                    end: json_u64(&s["endTimeUnixNano"]),
+                    attrs: attributes(&s["attributes"]),
+                });
+            }
+        }
+    }
+    out
+}
+
+impl OtlpSpan {
+    /// A string resource attribute, or "".
+    pub fn resource_str(&self, key: &str) -> &str {
+        self.resource.get(key).and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn service(&self) -> &str {
+        self.resource_str("service.name")
+    }
+
+    /// Exported by hoptrace (`telemetry.distro.name=hoptrace`), not by an SDK.
+    pub fn from_agent(&self) -> bool {
+        self.resource_str("telemetry.distro.name") == "hoptrace"
+    }
+
+    /// The resource's `process.pid`, if any.
+    pub fn pid(&self) -> Option<i64> {
+        self.resource.get("process.pid").and_then(Value::as_i64)
+    }
+}
+
+/// Spans one per line, for assertion messages.
+pub fn show_spans(spans: &[OtlpSpan]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} kind={} {:?} trace={} span={} parent={} [{}..{}] resource={:?} attrs={:?}",
+                s.service(),
+                s.kind,
+                s.name,
+                s.trace_id,
+                s.span_id,
+                s.parent_span_id,
+                s.start,
+                s.end,
+                s.resource,
+                s.attrs
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `tests/fixtures/otlp_receiver.py`: a real OTLP receiver (gRPC TraceService and HTTP
+/// `POST /v1/traces`, decoded with the official protobuf definitions) that records every
+/// request as a JSON line. Dropping it stops the receiver.
+pub struct OtlpReceiver {
+    // Dropped in order: the process goes before its temp dir.
+    process: Running,
+    dir: TempDir,
+    grpc_port: u16,
+    http_port: u16,
+}
+
+impl OtlpReceiver {
+    /// A receiver on ephemeral ports.
+    pub fn start() -> OtlpReceiver {
+        OtlpReceiver::start_on(0, 0)
+    }
+
+    /// A receiver on the given ports (0 = ephemeral): e.g. a collector that comes up on a
+    /// port the agent has been trying all along.
+    pub fn start_on(grpc_port: u16, http_port: u16) -> OtlpReceiver {
+        let dir = TempDir::new("otlp-receiver");
+        let out = dir.join("requests.jsonl");
+        let mut process = Running::spawn(
+            venv("otlp_receiver.py")
+                .arg("--out")
+                .arg(&out)
+                .args(["--grpc-port", &grpc_port.to_string()])
+                .args(["--http-port", &http_port.to_string()]),
+        );
+        let line = process.wait_for_line("READY ", TIMEOUT);
+        let port = |name: &str| -> u16 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} port in the receiver's {line:?}"))
+        };
+        let (grpc, http) = (port("grpc"), port("http"));
+        for (asked, got) in [(grpc_port, grpc), (http_port, http)] {
+            assert!(
+                asked == 0 || asked == got,
+                "receiver asked for port {asked}, got {got}"
+            );
+        }
+        OtlpReceiver {
+            process,
+            dir,
+            grpc_port: grpc,
+            http_port: http,
+        }
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// `http://127.0.0.1:<grpc port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc`.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// `http://127.0.0.1:<http port>`, the generic OTLP/HTTP endpoint (`/v1/traces` is
+    /// appended by exporters).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// `http://127.0.0.1:<http port>/v1/traces`, for exporters given the full URL.
+    pub fn http_traces_url(&self) -> String {
+        format!("{}/v1/traces", self.http_endpoint())
+    }
+
+    /// The recorded file as written so far (complete lines only).
+    pub fn raw(&self) -> String {
+        let text = fs::read_to_string(self.dir.join("requests.jsonl")).unwrap_or_default();
+        match text.rfind('\n') {
+            Some(i) => text[..=i].to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// Every request received so far: `{"transport", "path", "content_type",
+    /// "content_encoding", "headers", "spans", "request"}` (see the fixture).
+    pub fn requests(&self) -> Vec<Value> {
+        self.raw()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Every span received so far, in arrival order.
+    pub fn spans(&self) -> Vec<OtlpSpan> {
+        self.requests()
+            .iter()
+            .flat_map(|r| otlp_spans(&r["request"]))
+            .collect()
+    }
+
+    /// Waits until `check` holds for the spans received so far and returns them; panics
+    /// with what was received (and the receiver's stderr) after `timeout`.
+    pub fn wait_for_spans(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&[OtlpSpan]) -> bool,
+    ) -> Vec<OtlpSpan> {
+        let mut spans = Vec::new();
+        if wait_until(timeout, || {
+            spans = self.spans();
+            check(&spans)
+        }) {
+            return spans;
+        }
+        panic!(
+            "the receiver never got {what} within {timeout:?}; it got:\n{}\nreceiver stderr:\n{}",
+            show_spans(&spans),
+            self.process.stderr()
+        );
+    }
+
+    /// Waits until nothing new has arrived for `quiet` (at most `timeout`), returning the
+    /// number of spans received.
+    pub fn wait_until_quiet(&self, quiet: Duration, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut last = (self.requests().len(), Instant::now());
+        loop {
+            thread::sleep(POLL);
+            let n = self.requests().len();
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                return self.spans().len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver kept receiving for {timeout:?} ({n} requests)"
+            );
+        }
+    }
+
+    /// The receiver's stderr (decode errors).
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+}
+
+/// A running `hoptrace run`. Dropping it kills the agent.
+pub struct RunAgent {
+    process: Running,
+}
+
+/// What `hoptrace run` logged when it stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The `{"level":"info","msg":"stopped",...}` line, parsed.
+    pub log: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Stopped {
+    /// `log.<section>.<key>` as an unsigned integer; panics if absent.
+    pub fn counter(&self, section: &str, key: &str) -> u64 {
+        self.log[section][key].as_u64().unwrap_or_else(|| {
+            panic!(
+                "no unsigned {section}.{key} in the stopped log: {}",
+                self.log
+            )
+        })
+    }
+
+    /// `export.<key>`.
+    pub fn export(&self, key: &str) -> u64 {
+        self.counter("export", key)
+    }
+
+    /// `traces.<key>`.
+    pub fn traces(&self, key: &str) -> u64 {
+        self.counter("traces", key)
+    }
+}
+
+impl RunAgent {
+    /// Starts `hoptrace run --port <p>... <args>` with the inherited `OTEL_*` variables
+    /// removed and `env` set (the exporter's configuration), and waits for its ready log,
+    /// so traffic generated afterwards is observed.
+    pub fn start<K, V>(
+        ports: &[u16],
+        args: &[&str],
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> RunAgent
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(hoptrace_bin());
+        cmd.arg("run");
+        for p in ports {
+            cmd.args(["--port", &p.to_string()]);
+        }
+        cmd.args(args);
+        without_otel_env(&mut cmd);
+        cmd.envs(env);
+        let mut process = Running::spawn(&mut cmd);
+        process.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
+        RunAgent { process }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The agent's log lines so far.
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// SIGINT, then a clean exit (status 0) with a `stopped` log line, returned parsed.
+    pub fn stop(self) -> Stopped {
+        self.process.signal(libc::SIGINT);
+        // The exporter's shutdown deadline is 5 s; leave room for the flush.
+        let done = self.process.finish(TIMEOUT);
+        assert!(
+            done.status.success(),
+            "hoptrace run exited with {} after SIGINT; stderr:\n{}",
+            done.status,
+            done.stderr
+        );
+        let log = done
+            .stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["msg"] == "stopped")
+            .unwrap_or_else(|| panic!("no stopped log line; stderr:\n{}", done.stderr));
+        Stopped {
+            log,
+            stdout: done.stdout,
+            stderr: done.stderr,
+        }
+    }
 }

@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the kernel-side toolchain and the test servers (idempotent).
+    /// Install the kernel-side toolchain, the test servers and the tests' Python venv
+    /// (target/pyenv, from tests/requirements.txt) (idempotent).
     Setup,
     /// Build the eBPF object on its own and report its size (the agent's build.rs embeds
     /// the same object; this is for inspecting it).
@@ -131,7 +132,55 @@ fn setup() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
+    python_env()?;
     eprintln!("xtask: prerequisites ready ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// FNV-1a (64-bit): a content hash that is stable across Rust releases, unlike std's
+/// `DefaultHasher`, so the stamp does not go stale on a toolchain update.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The Python environment of the e2e fixtures: a venv at `target/pyenv` (made with the
+/// machine's `python3` when missing or broken), with `tests/requirements.txt` installed
+/// whenever that file's content differs from the last successful install (a stamp file
+/// inside the venv holds the hash of what was installed).
+fn python_env() -> Result<()> {
+    let root = workspace_root();
+    let venv = root.join("target/pyenv");
+    let python = venv.join("bin/python");
+    let requirements = root.join("tests/requirements.txt");
+    let stamp = venv.join(".requirements-stamp");
+    let content = std::fs::read(&requirements).with_context(|| format!("cannot read {}", requirements.display()))?;
+    let wanted = format!("{:016x}\n", fnv1a64(&content));
+
+    // A venv whose base interpreter went away (pyenv switch, distro upgrade) cannot run.
+    let usable = python.exists()
+        && Command::new(&python)
+            .args(["-c", ""])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !usable {
+        if venv.exists() {
+            eprintln!("xtask: {} is broken; recreating it", venv.display());
+            std::fs::remove_dir_all(&venv).with_context(|| format!("cannot remove {}", venv.display()))?;
+        }
+        eprintln!("xtask: creating the tests' Python venv {} and installing tests/requirements.txt", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("cannot create the venv (Debian/Ubuntu: apt-get install python3-venv)")?;
+    } else if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    } else {
+        eprintln!("xtask: tests/requirements.txt changed; installing it into {}", venv.display());
+    }
+    // The stamp goes only after a successful install, so a failed one is retried next time.
+    let _ = std::fs::remove_file(&stamp);
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(())
 }
 
