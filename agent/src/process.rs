@@ -127,19 +127,27 @@ pub fn read_process(pid: u32) -> Option<ProcessInfo> {
 }
 
 /// pid → ProcessInfo, re-read when the pid was reused (start time changed). Bounded.
+///
+/// This is on the per-span path: a hit costs a hash lookup, and the pid-reuse check (a
+/// /proc read, which dominated the agent's CPU when done per span) runs at most once per
+/// `REVALIDATE` per pid.
 #[derive(Default)]
 pub struct ProcessCache {
-    by_pid: HashMap<u32, Arc<ProcessInfo>>,
+    by_pid: HashMap<u32, (Arc<ProcessInfo>, std::time::Instant)>,
 }
 
 const MAX_PROCESSES: usize = 65536;
+const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ProcessCache {
     pub fn get(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
-        if let Some(p) = self.by_pid.get(&pid) {
-            // Cheap reuse check only when asked again after a while is not needed: a
-            // reused pid shows a different start time.
+        if let Some((p, checked)) = self.by_pid.get_mut(&pid) {
+            if checked.elapsed() < REVALIDATE {
+                return Some(p.clone());
+            }
+            // A reused pid shows a different start time; a gone one keeps its last info.
             if stat_fields(pid).is_none_or(|(_, start)| start == p.start_time) {
+                *checked = std::time::Instant::now();
                 return Some(p.clone());
             }
         }
@@ -147,7 +155,7 @@ impl ProcessCache {
         if self.by_pid.len() >= MAX_PROCESSES {
             self.by_pid.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
         }
-        self.by_pid.insert(pid, info.clone());
+        self.by_pid.insert(pid, (info.clone(), std::time::Instant::now()));
         Some(info)
     }
 
