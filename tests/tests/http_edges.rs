@@ -58,6 +58,10 @@ fn pipelined_chunked_error_and_malformed_context() {
     let late = format!("GET /ok?late=1 HTTP/1.1\r\nHost: x\r\n{filler}traceparent: 00-{far}-b7ad6b7169203331-01\r\nConnection: close\r\n\r\n");
     exchange(port, late.as_bytes(), b"ok\n");
 
+    // Model serving (Z6): model headers become the seed's attributes, a risk header an event.
+    let predict = "GET /predict HTTP/1.1\r\nHost: x\r\nX-Tenant-Id: banking-core\r\nConnection: close\r\n\r\n";
+    exchange(port, predict.as_bytes(), b"ok\n");
+
     // A parent that was not sampled (flags 00): honoured, nothing exported for it.
     let unsampled = "11111111111111111111111111111111";
     let req = format!("GET /ok?u=1 HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{unsampled}-2222222222222222-00\r\nConnection: close\r\n\r\n");
@@ -85,6 +89,8 @@ fn pipelined_chunked_error_and_malformed_context() {
 
     // 500: an error on the server span; the malformed header is ignored, not trusted.
     assert_eq!(int(fail[0].attrs.get("http.response.status_code")), Some(500));
+    assert_eq!(fail[0].status, 2, "5xx must be an error on a server span");
+    assert_eq!(first.status, 0);
     assert_ne!(fail[0].trace_id, good);
     assert_ne!(fail[0].trace_id.to_lowercase(), good);
     assert!(fail[0].parent.is_empty(), "malformed traceparent must be treated as absent");
@@ -92,6 +98,15 @@ fn pipelined_chunked_error_and_malformed_context() {
     // traceparent after 6 KiB of headers is still found.
     let late_span = ok.iter().find(|s| s.trace_id == far).unwrap_or_else(|| panic!("late traceparent lost:\n{}", show(&spans)));
     assert_eq!(late_span.parent, "b7ad6b7169203331");
+
+    let predict = find("GET /predict");
+    assert_eq!(predict.len(), 1, "{}", show(&spans));
+    for (k, v) in [("model_name", "churn"), ("model_version", "2.3.1"), ("tenant", "banking-core")] {
+        assert_eq!(predict[0].attrs.get(k), Some(&serde_json::Value::from(v)), "{k}: {:?}", predict[0]);
+    }
+    let risk: Vec<_> = predict[0].events.iter().filter(|(n, _)| n == "risk_signal").collect();
+    assert_eq!(risk.len(), 1, "{:?}", predict[0].events);
+    assert_eq!(risk[0].1.get("hoptrace.risk.signal"), Some(&serde_json::Value::from("abuse")));
 
     assert!(spans.iter().all(|s| s.trace_id != unsampled), "unsampled trace exported:\n{}", show(&spans));
 
@@ -102,4 +117,5 @@ fn pipelined_chunked_error_and_malformed_context() {
     let text = fs::read_to_string(&out).unwrap();
     assert!(!text.to_lowercase().contains("00f067aa0ba902b7-01"), "raw header text exported");
     assert!(!text.contains("late=1"), "query string exported");
+    assert!(!text.contains("joao@example.com") && !text.contains("0.97"), "a risk header value was exported");
 }

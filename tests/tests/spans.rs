@@ -129,6 +129,7 @@ fn refused_connection_is_an_error_client_span_inside_its_request() {
         .find(|s| s.kind == CLIENT && s.name == "connect")
         .unwrap_or_else(|| panic!("no failed-connect span:\n{}", show(&spans)));
     assert_eq!(failed.attrs.get("error.type"), Some(&Value::from("connection_refused")), "{failed:?}");
+    assert_eq!(failed.status, 2, "a failed connect is an error");
     assert_eq!(int(failed.attrs.get("server.port")), Some(closed_port as i64));
     assert_eq!(int(failed.resource.get("process.pid")), Some(front.pid() as i64));
     assert_eq!((failed.trace_id.as_str(), failed.parent.as_str()), (server.trace_id.as_str(), server.span_id.as_str()));

@@ -116,12 +116,15 @@ fn response_attributes(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, span:
             span.attributes.push(KeyValue::str(attr.clone(), v));
         }
     }
+    // Risk signals exposed by model serving (Z6): the header's presence is the signal;
+    // its name (minus the x-risk- prefix) names it. The value is never exported.
     for h in &cfg.risk_signal_headers {
         if resp.header(h).is_some() {
+            let signal = h.strip_prefix("x-risk-").unwrap_or(h);
             span.events.push(SpanEvent {
                 name: "risk_signal".into(),
                 time_unix_ns: clock.to_unix_ns(resp.timing.first_exit_ns),
-                attributes: vec![KeyValue::str("hoptrace.risk.signal", h.clone())],
+                attributes: vec![KeyValue::str("hoptrace.risk.signal", signal)],
             });
         }
     }

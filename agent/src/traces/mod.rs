@@ -77,12 +77,29 @@ impl Default for TraceConfig {
         Self {
             suppress_instrumented: true,
             hold_timeout: Duration::from_secs(10),
-            request_header_attributes: vec![
-                ("x-tenant-id".into(), "tenant".into()),
-                ("x-correlation-id".into(), "correlation_id".into()),
-            ],
-            response_header_attributes: Vec::new(),
-            risk_signal_headers: Vec::new(),
+            // The seed's attribute schema (no PII): request headers name the caller's
+            // tenant, business correlation id and consuming app (Z7)…
+            request_header_attributes: [
+                ("x-tenant-id", "tenant"),
+                ("x-correlation-id", "correlation_id"),
+                ("x-component", "component"),
+                ("x-consumer-app", "consumer_app"),
+                ("x-use-case", "use_case"),
+                ("x-purpose", "purpose"),
+                ("x-sdk-version", "sdk.version"),
+            ]
+            .map(|(h, a)| (h.to_string(), a.to_string()))
+            .to_vec(),
+            // …and model-serving responses (Z6) the model that answered.
+            response_header_attributes: [
+                ("x-model-name", "model_name"),
+                ("x-model-version", "model_version"),
+                ("x-model-stage", "model_stage"),
+                ("x-policy-digest", "policy_digest"),
+            ]
+            .map(|(h, a)| (h.to_string(), a.to_string()))
+            .to_vec(),
+            risk_signal_headers: ["x-risk-abuse", "x-risk-scraping", "x-risk-jailbreak"].map(String::from).to_vec(),
             record_user_agent: false,
         }
     }

@@ -20,6 +20,10 @@ pub struct Span {
     pub start: u64,
     pub end: u64,
     pub attrs: HashMap<String, Value>,
+    /// OTLP status code: 0 unset, 1 ok, 2 error.
+    pub status: u64,
+    /// Span event names with their attributes.
+    pub events: Vec<(String, HashMap<String, Value>)>,
 }
 
 pub fn attr_map(list: &Value) -> HashMap<String, Value> {
@@ -58,6 +62,15 @@ pub fn parse_spans(text: &str) -> Vec<Span> {
                         start: num("startTimeUnixNano"),
                         end: num("endTimeUnixNano"),
                         attrs: attr_map(&s["attributes"]),
+                        status: s["status"]["code"].as_u64().unwrap_or(0),
+                        events: s["events"]
+                            .as_array()
+                            .map(|evs| {
+                                evs.iter()
+                                    .map(|e| (e["name"].as_str().unwrap_or_default().to_string(), attr_map(&e["attributes"])))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                     });
                 }
             }
