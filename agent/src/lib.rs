@@ -26,6 +26,7 @@ pub mod driver;
 pub mod events;
 pub mod export;
 pub mod loader;
+pub mod logging;
 pub mod process;
 pub mod procnet;
 pub mod run;

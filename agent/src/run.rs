@@ -18,6 +18,7 @@ use crate::{
     driver::{install_signal_handlers, Consumer, Driver},
     export::{Exporter, ExporterConfig, JsonOutput},
     loader,
+    logging::log,
     spans::SpanRecord,
     stream::Segment,
     traces::{resource::ResourceResolver, SpanSink, TraceConfig, TracePipeline},
@@ -39,15 +40,6 @@ pub struct RunArgs {
     /// Spans per export request at most.
     #[arg(long)]
     pub export_batch_size: Option<usize>,
-}
-
-/// One JSON log line on stderr.
-pub fn log(level: &str, msg: &str, fields: serde_json::Value) {
-    let mut v = json!({ "level": level, "msg": msg });
-    if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), fields) {
-        obj.extend(extra);
-    }
-    eprintln!("{v}");
 }
 
 impl SpanSink for Exporter {

@@ -114,6 +114,16 @@ fn pipelined_chunked_error_and_malformed_context() {
     let stopped = stopped_log(&done);
     assert_eq!(stopped["traces"]["spans_not_sampled"], 1, "{stopped}");
     assert_eq!(stopped["traces"]["invalid_context"]["traceparent_uppercase"], 1, "{stopped}");
+    // …and logged once, as JSON, joined to the span it concerns.
+    let warn: Vec<serde_json::Value> = done
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "traceparent_uppercase")
+        .collect();
+    assert_eq!(warn.len(), 1, "{}", done.stderr);
+    assert_eq!((warn[0]["trace_id"].as_str(), warn[0]["span_id"].as_str()), (Some(fail[0].trace_id.as_str()), Some(fail[0].span_id.as_str())));
+    assert!(!done.stderr.to_lowercase().contains(&good.to_lowercase()), "header value in the logs");
     let text = fs::read_to_string(&out).unwrap();
     assert!(!text.to_lowercase().contains("00f067aa0ba902b7-01"), "raw header text exported");
     assert!(!text.contains("late=1"), "query string exported");

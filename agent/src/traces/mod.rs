@@ -32,6 +32,7 @@ use std::{
 
 use hoptrace_common::{Direction, Role};
 use serde::Serialize;
+use serde_json::json;
 
 use crate::{
     clock::Clock,
@@ -39,7 +40,8 @@ use crate::{
     context::{self, TraceParent},
     process::{ProcessCache, ProcessInfo},
     protocols::{self, http1::header_values, HttpExchange, L7Event, Protocol},
-    spans::{KeyValue, SpanId, SpanRecord, TraceId},
+    logging::{self, RateLimiter},
+    spans::{hex, KeyValue, SpanId, SpanRecord, TraceId},
     stream::Segment,
 };
 
@@ -200,6 +202,7 @@ pub struct TracePipeline {
     resources: ResourceResolver,
     /// Set while handling the events a connection close produced.
     close_ns: Option<u64>,
+    log_limit: RateLimiter,
     pub stats: TraceStats,
 }
 
@@ -225,6 +228,7 @@ impl TracePipeline {
             processes: ProcessCache::default(),
             resources,
             close_ns: None,
+            log_limit: RateLimiter::new(Duration::from_secs(10)),
             stats: TraceStats::default(),
         }
     }
@@ -305,6 +309,13 @@ impl TracePipeline {
         self.held_by_pid.retain(|_, l| !l.is_empty());
         for h in expired {
             self.stats.held_calls_expired += 1;
+            if let Some(suppressed) = self.log_limit.allow(&format!("held_expired/{}", h.conn.pid)) {
+                logging::log(
+                    "info",
+                    "an outbound call waited too long for the inbound request it was made from; exported as a root span",
+                    json!({ "pid": h.conn.pid, "suppressed_since_last": suppressed }),
+                );
+            }
             self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), sink);
         }
     }
@@ -393,37 +404,44 @@ impl TracePipeline {
         self.emit_call(call, &view, None, None, sink);
     }
 
-    fn inbound_context(&mut self, x: &HttpExchange) -> (Option<TraceParent>, String) {
+    /// The request's trace context; invalid headers are counted, and their reason kept so
+    /// the span can be logged (never the header value).
+    fn inbound_context(&mut self, x: &HttpExchange) -> (Option<TraceParent>, String, Option<&'static str>) {
         let mut values = header_values(&x.request.headers, "traceparent");
         let (first, second) = (values.next(), values.next());
+        let mut invalid = None;
         let parent = match (first, second) {
             (Some(v), None) => match context::parse_traceparent(v) {
                 Ok(tp) => Some(tp),
                 Err(e) => {
-                    *self.stats.invalid_context.entry(e.reason()).or_default() += 1;
+                    invalid = Some(e.reason());
                     None
                 }
             },
             // Several traceparent headers: invalid per the spec.
             (Some(_), Some(_)) => {
-                *self.stats.invalid_context.entry("traceparent_multiple").or_default() += 1;
+                invalid = Some("traceparent_multiple");
                 None
             }
             _ => None,
         };
+        if let Some(reason) = invalid {
+            *self.stats.invalid_context.entry(reason).or_default() += 1;
+        }
         let state = if parent.is_some() {
             let lines: Vec<&[u8]> = header_values(&x.request.headers, "tracestate").collect();
             match context::parse_tracestate(&lines) {
                 Ok(s) => s,
                 Err(e) => {
                     *self.stats.invalid_context.entry(e.reason()).or_default() += 1;
+                    invalid = Some(e.reason());
                     String::new()
                 }
             }
         } else {
             String::new()
         };
-        (parent, state)
+        (parent, state, invalid)
     }
 
     fn is_instrumented(&mut self, pid: u32) -> bool {
@@ -465,7 +483,7 @@ impl TracePipeline {
         }
         self.held.retain(|_, l| !l.is_empty());
 
-        let (inbound, trace_state) = self.inbound_context(&x);
+        let (inbound, trace_state, invalid) = self.inbound_context(&x);
         // A process that sends trace context it did not receive creates spans itself.
         for child in &children {
             let Call::Http(x) = &child.call else { continue };
@@ -535,6 +553,22 @@ impl TracePipeline {
         let resource = self.resource_for(view.pid, &view.comm);
         let mut span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
+        if let Some(reason) = invalid {
+            if let Some(suppressed) = self.log_limit.allow(&format!("invalid_context/{reason}/{}", view.pid)) {
+                logging::log(
+                    "warn",
+                    "invalid trace context on an inbound request; started a new trace",
+                    json!({
+                        "reason": reason,
+                        "trace_id": hex(&span.trace_id),
+                        "span_id": hex(&span.span_id),
+                        "pid": view.pid,
+                        "route": span.name,
+                        "suppressed_since_last": suppressed,
+                    }),
+                );
+            }
+        }
         self.stats.spans_server += 1;
         self.submit(span, sink);
     }
