@@ -14,11 +14,14 @@
 //! 6. [`export`] — spans go to an OpenTelemetry collector (OTLP over gRPC or HTTP/protobuf),
 //!    or are printed as OTLP/JSON lines when none is configured.
 //!
+//! [`config`] reads the YAML configuration file and its environment overrides.
+//!
 //! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
 //! agent's main job). [`counters`] keeps every count of what was captured and dropped.
 
 pub mod capture;
 pub mod clock;
+pub mod config;
 pub mod conntrack;
 pub mod context;
 pub mod counters;

@@ -1,12 +1,18 @@
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// eBPF node agent: captures HTTP and message-queue traffic from the kernel and turns it
 /// into OpenTelemetry traces.
 #[derive(Parser, Debug)]
-#[command(name = "hoptrace", version, about)]
+#[command(name = "hoptrace", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Check a configuration file (and the HOPTRACE_* environment over it): print every
+    /// problem as FILE:LINE:COLUMN and exit 1, or print "FILE: ok" and exit 0.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -19,9 +25,13 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => hoptrace::run::run(args),
-        Command::Capture(args) => hoptrace::capture::run(args),
+    let result = match (cli.command, cli.check_config) {
+        (_, Some(path)) => check_config(&path),
+        (Some(Command::Run(args)), None) => hoptrace::run::run(args),
+        (Some(Command::Capture(args)), None) => hoptrace::capture::run(args),
+        (None, None) => Cli::command()
+            .error(clap::error::ErrorKind::MissingSubcommand, "a subcommand or --check-config FILE is required")
+            .exit(),
     };
     if let Err(err) = result {
         // One line first (what happened and what to do), details after.
@@ -33,4 +43,17 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// `hoptrace --check-config FILE`: the diagnostics on stderr and exit 1, or "FILE: ok".
+fn check_config(path: &std::path::Path) -> ! {
+    let lines = hoptrace::config::check_path(path);
+    if lines.is_empty() {
+        println!("{}: ok", path.display());
+        std::process::exit(0);
+    }
+    for line in lines {
+        eprintln!("{line}");
+    }
+    std::process::exit(1);
 }

@@ -3,6 +3,9 @@
 //! With no collector configured (no `OTEL_EXPORTER_OTLP_*ENDPOINT`), spans are printed as
 //! OTLP/JSON lines on stdout (or `--output FILE`), so the agent shows traces with nothing
 //! else installed. The agent's own log lines are JSON on stderr.
+//!
+//! Settings come from the command line, the environment, and `--config FILE` (see
+//! [`crate::config`] for which wins).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -13,6 +16,7 @@ use serde_json::json;
 
 use crate::{
     capture::{capture_options, conn_table, ProbeArgs},
+    config,
     conntrack::Connection,
     counters::Counters,
     driver::{install_signal_handlers, Consumer, Driver},
@@ -21,13 +25,17 @@ use crate::{
     logging::log,
     spans::SpanRecord,
     stream::Segment,
-    traces::{resource::ResourceResolver, SpanSink, TraceConfig, TracePipeline},
+    traces::{resource::ResourceResolver, SpanSink, TracePipeline},
 };
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     #[command(flatten)]
     pub probe: ProbeArgs,
+    /// YAML configuration file (see deploy/hoptrace.yaml); flags and the environment win
+    /// over it.
+    #[arg(long, value_name = "FILE", env = "HOPTRACE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Without a collector endpoint: write OTLP/JSON lines here instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -98,7 +106,14 @@ impl Consumer for Traces {
 
 pub fn run(args: RunArgs) -> Result<()> {
     install_signal_handlers();
-    let mut base = ExporterConfig::default();
+    // Before anything is loaded: a configuration mistake is reported whole, up front.
+    let config = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::from_env()?,
+    };
+    let mut probe = args.probe.clone();
+    config.apply_probe(&mut probe);
+    let mut base = config.exporter_base();
     if let Some(path) = &args.output {
         base.json_output = JsonOutput::File(path.clone());
     }
@@ -111,18 +126,23 @@ pub fn run(args: RunArgs) -> Result<()> {
     let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
     let endpoint = exporter_cfg.endpoint.clone();
     let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
-    let mut loaded = loader::load(&capture_options(&args.probe))?;
-    let cfg = TraceConfig { suppress_instrumented: !args.no_suppress_instrumented, ..TraceConfig::default() };
-    let resources = ResourceResolver::new(Vec::new(), ResourceResolver::node_attributes_from_env());
+    let mut loaded = loader::load(&capture_options(&probe))?;
+    let mut cfg = config.trace_config();
+    if args.no_suppress_instrumented {
+        cfg.suppress_instrumented = false;
+    }
+    let resources = ResourceResolver::new(config.rules(), config.node_attributes());
     let mut traces = Traces { pipeline: TracePipeline::new(cfg, resources), exporter };
     log(
         "info",
         "ready",
         json!({ "pid": std::process::id(), "programs": loaded.attachments,
-                "exporter": endpoint.as_deref().unwrap_or("otlp-json") }),
+                "exporter": endpoint.as_deref().unwrap_or("otlp-json"),
+                "config": args.config.as_ref().map(|p| p.display().to_string()),
+                "service_rules": config.services.len() }),
     );
-    let mut driver = Driver::new(conn_table(&args.probe));
-    driver.run(&mut loaded, args.probe.duration.map(Duration::from_secs_f64), &mut traces)?;
+    let mut driver = Driver::new(conn_table(&probe));
+    driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
     traces.pipeline.flush(&mut traces.exporter);
     let Traces { pipeline, exporter } = traces;
     let export = exporter.shutdown(Duration::from_secs(5));
