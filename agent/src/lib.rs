@@ -28,6 +28,7 @@ pub mod counters;
 pub mod driver;
 pub mod events;
 pub mod export;
+pub mod gaps;
 pub mod loader;
 pub mod logging;
 pub mod process;
