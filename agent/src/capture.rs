@@ -108,7 +108,6 @@ struct Printer<W: Write> {
     stats_every: Option<Duration>,
     last_stats: Instant,
     loaded_drops: Box<dyn Fn() -> Result<[u64; DROP_REASONS]>>,
-    tracked: usize,
 }
 
 impl<W: Write> Printer<W> {
@@ -226,12 +225,12 @@ impl<W: Write> Consumer for Printer<W> {
         }))
     }
 
-    fn tick(&mut self, counters: &Counters) -> Result<()> {
+    fn tick(&mut self, counters: &Counters, table: &crate::conntrack::TableStats, tracked: usize) -> Result<()> {
         self.out.flush()?;
         if self.stats_every.is_some_and(|every| self.last_stats.elapsed() >= every) {
             self.last_stats = Instant::now();
             let drops = (self.loaded_drops)()?;
-            let v = counters.to_json(&Default::default(), self.tracked, &drops);
+            let v = counters.to_json(table, tracked, &drops);
             self.line(v)?;
         }
         Ok(())
@@ -279,7 +278,6 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         stats_every: args.stats_interval.map(Duration::from_secs_f64),
         last_stats: Instant::now(),
         loaded_drops: Box::new(move || drops.read()),
-        tracked: 0,
     };
     p.line(json!({
         "event": "ready",

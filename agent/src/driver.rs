@@ -15,7 +15,7 @@ use anyhow::Result;
 use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, OpenEvent};
 
 use crate::{
-    conntrack::{ConnTable, Connection},
+    conntrack::{ConnTable, Connection, TableStats},
     counters::Counters,
     events::{decode, Event},
     loader::Loaded,
@@ -33,8 +33,8 @@ pub trait Consumer {
     fn connect_failed(&mut self, _ev: &ConnectFailedEvent, _conn: Option<&Connection>) -> Result<()> {
         Ok(())
     }
-    /// Once a second.
-    fn tick(&mut self, _counters: &Counters) -> Result<()> {
+    /// Once a second, with the capture counters and the connection table's.
+    fn tick(&mut self, _counters: &Counters, _table: &TableStats, _tracked: usize) -> Result<()> {
         Ok(())
     }
 }
@@ -42,6 +42,11 @@ pub trait Consumer {
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Ends the loop from another thread (as SIGINT would).
+pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
@@ -145,7 +150,7 @@ impl Driver {
                 last_tick = Instant::now();
                 let idle = self.table.evict_idle();
                 self.retire(idle, c)?;
-                c.tick(&self.counters)?;
+                c.tick(&self.counters, &self.table.stats, self.table.len())?;
             }
         }
         while let Some(item) = loaded.ring.next() {

@@ -20,6 +20,7 @@
 //! agent's main job). [`counters`] keeps every count of what was captured and dropped.
 
 pub mod capture;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod conntrack;
@@ -34,6 +35,7 @@ pub mod logging;
 pub mod process;
 pub mod procnet;
 pub mod run;
+pub mod server;
 pub mod protocols;
 pub mod spans;
 pub mod stream;

@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the agent: HTTP traffic on this node becomes OpenTelemetry spans (OTLP).
     Run(hoptrace::run::RunArgs),
+    /// Run a command under capture and fail when trace context is lost on any hop (CI gate).
+    Check(hoptrace::check::CheckArgs),
     /// Print TCP connection open/data/close events seen by the kernel as JSON lines.
     Capture(hoptrace::capture::CaptureArgs),
 }
@@ -29,6 +31,10 @@ fn main() {
         (_, Some(path)) => check_config(&path),
         (Some(Command::Run(args)), None) => hoptrace::run::run(args),
         (Some(Command::Capture(args)), None) => hoptrace::capture::run(args),
+        (Some(Command::Check(args)), None) => match hoptrace::check::run(args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
         (None, None) => Cli::command()
             .error(clap::error::ErrorKind::MissingSubcommand, "a subcommand or --check-config FILE is required")
             .exit(),

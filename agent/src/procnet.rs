@@ -73,6 +73,23 @@ pub fn socket_inode(pid: u32, fd: i32) -> Option<u64> {
     s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// Every socket inode the process holds a descriptor on.
+pub fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Default::default() };
+    dir.filter_map(|e| {
+        let link = std::fs::read_link(e.ok()?.path()).ok()?;
+        link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    })
+    .collect()
+}
+
+/// Ports the process itself listens on. (/proc/<pid>/net/tcp lists the whole network
+/// namespace, so ownership is checked through the process's socket inodes.)
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let mine = socket_inodes(pid);
+    tcp_table(pid).into_iter().filter(|e| e.state == TCP_LISTEN && mine.contains(&e.inode)).map(|e| e.local.port()).collect()
+}
+
 fn netns_of(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
@@ -141,5 +158,7 @@ mod tests {
         assert_eq!(listeners.is_listening(std::process::id(), addr), Some(true));
         let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(listeners.is_listening(std::process::id(), other), Some(false));
+        assert!(listening_ports(std::process::id()).contains(&addr.port()));
+        assert!(!listening_ports(1).contains(&addr.port()), "another process's port counted as ours");
     }
 }

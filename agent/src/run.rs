@@ -7,22 +7,23 @@
 //! Settings come from the command line, the environment, and `--config FILE` (see
 //! [`crate::config`] for which wins).
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, Direction, OpenEvent};
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, Direction, OpenEvent, DROP_REASONS};
 use serde_json::json;
 
 use crate::{
     capture::{capture_options, conn_table, ProbeArgs},
     config,
-    conntrack::Connection,
-    counters::Counters,
+    conntrack::{Connection, TableStats},
+    counters::{Counters, Sample},
     driver::{install_signal_handlers, Consumer, Driver},
     export::{Exporter, ExporterConfig, JsonOutput},
-    loader,
+    loader::{self, DropsReader},
     logging::log,
+    server::{self, EndpointState},
     spans::SpanRecord,
     stream::Segment,
     traces::{resource::ResourceResolver, SpanSink, TracePipeline},
@@ -48,6 +49,9 @@ pub struct RunArgs {
     /// Spans per export request at most.
     #[arg(long)]
     pub export_batch_size: Option<usize>,
+    /// HTTP endpoint for /gaps, /metrics, /healthz, /readyz ("off" to disable).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: String,
 }
 
 impl SpanSink for Exporter {
@@ -64,25 +68,48 @@ fn direction(d: u8) -> Direction {
     }
 }
 
+/// The `run` consumer: capture → pipeline → exporter, plus the HTTP endpoint's metrics.
 struct Traces {
-    pipeline: TracePipeline,
-    exporter: Exporter,
+    inner: TraceConsumer<Exporter>,
+    endpoint: Arc<EndpointState>,
+    drops: DropsReader,
 }
 
-impl Consumer for Traces {
+/// Capture events into the trace pipeline, spans into `sink`. Shared by `run` and `check`.
+pub struct TraceConsumer<S: SpanSink> {
+    pub pipeline: TracePipeline,
+    pub sink: S,
+}
+
+impl<S: SpanSink> TraceConsumer<S> {
+    pub fn new(pipeline: TracePipeline, sink: S) -> Self {
+        Self { pipeline, sink }
+    }
+
+    /// Shutdown: held calls go out.
+    pub fn flush(&mut self) {
+        self.pipeline.flush(&mut self.sink);
+    }
+
+    pub fn exchanges(&self) -> u64 {
+        self.pipeline.stats.exchanges
+    }
+}
+
+impl<S: SpanSink> Consumer for TraceConsumer<S> {
     fn open(&mut self, _ev: &OpenEvent, _conn: Option<&Connection>) -> Result<()> {
         Ok(())
     }
 
     fn data(&mut self, h: &DataHeader, _payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()> {
-        self.pipeline.on_segments(conn, direction(h.direction), segs, &mut self.exporter);
+        self.pipeline.on_segments(conn, direction(h.direction), segs, &mut self.sink);
         Ok(())
     }
 
     fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
-        self.pipeline.on_segments(conn, Direction::Egress, &flushed[0], &mut self.exporter);
-        self.pipeline.on_segments(conn, Direction::Ingress, &flushed[1], &mut self.exporter);
-        self.pipeline.on_close(conn, ev.map(|e| e.ts_ns), &mut self.exporter);
+        self.pipeline.on_segments(conn, Direction::Egress, &flushed[0], &mut self.sink);
+        self.pipeline.on_segments(conn, Direction::Ingress, &flushed[1], &mut self.sink);
+        self.pipeline.on_close(conn, ev.map(|e| e.ts_ns), &mut self.sink);
         Ok(())
     }
 
@@ -91,16 +118,87 @@ impl Consumer for Traces {
         let error = crate::conntrack::errno_name(ev.error);
         match conn {
             // connect() had returned: the owner is known, the running thread is not.
-            Some(c) => self.pipeline.on_connect_failed(c.pid, None, &c.comm, local, remote, error, ev.ts_ns, &mut self.exporter),
+            Some(c) => self.pipeline.on_connect_failed(c.pid, None, &c.comm, local, remote, error, ev.ts_ns, &mut self.sink),
             // Failed inside connect(): the running thread is the connecting one.
-            None => self.pipeline.on_connect_failed(ev.pid, Some(ev.tid), "", local, remote, error, ev.ts_ns, &mut self.exporter),
+            None => self.pipeline.on_connect_failed(ev.pid, Some(ev.tid), "", local, remote, error, ev.ts_ns, &mut self.sink),
         }
         Ok(())
     }
 
-    fn tick(&mut self, _counters: &Counters) -> Result<()> {
-        self.pipeline.tick(&mut self.exporter);
+    fn tick(&mut self, _counters: &Counters, _table: &TableStats, _tracked: usize) -> Result<()> {
+        self.pipeline.tick(&mut self.sink);
         Ok(())
+    }
+}
+
+impl Traces {
+    /// Metric samples: capture, connection table, kernel drops, spans, export.
+    fn samples(&self, counters: &Counters, table: &TableStats, tracked: usize) -> Vec<Sample> {
+        let kernel = self.drops.read().unwrap_or([0; DROP_REASONS]);
+        let mut out = counters.samples(table, tracked, &kernel);
+        let t = &self.inner.pipeline.stats;
+        let e = self.inner.sink.stats();
+        let s = |name, labels: Vec<(&'static str, &'static str)>, value| Sample { name, labels, value };
+        out.extend([
+            s("hoptrace_http_exchanges_total", vec![], t.exchanges),
+            s("hoptrace_spans_total", vec![("kind", "server")], t.spans_server),
+            s("hoptrace_spans_total", vec![("kind", "client")], t.spans_client),
+            s("hoptrace_spans_suppressed_instrumented_total", vec![], t.spans_suppressed_instrumented),
+            s("hoptrace_spans_not_sampled_total", vec![], t.spans_not_sampled),
+            s("hoptrace_export_spans_exported_total", vec![], e.spans_exported),
+            s("hoptrace_export_spans_dropped_total", vec![("reason", "queue_full")], e.spans_dropped_queue_full),
+            s("hoptrace_export_spans_dropped_total", vec![("reason", "non_retryable")], e.spans_dropped_non_retryable),
+            s("hoptrace_export_spans_dropped_total", vec![("reason", "retries_exhausted")], e.spans_dropped_retries_exhausted),
+            s("hoptrace_export_spans_rejected_total", vec![], e.spans_rejected_by_collector),
+            s("hoptrace_export_queue_depth", vec![], e.queue_depth),
+        ]);
+        out
+    }
+}
+
+impl Consumer for Traces {
+    fn open(&mut self, ev: &OpenEvent, conn: Option<&Connection>) -> Result<()> {
+        self.inner.open(ev, conn)
+    }
+
+    fn data(&mut self, h: &DataHeader, payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()> {
+        self.inner.data(h, payload, conn, segs)
+    }
+
+    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+        self.inner.closed(conn, ev, flushed)
+    }
+
+    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
+        self.inner.connect_failed(ev, conn)
+    }
+
+    fn tick(&mut self, counters: &Counters, table: &TableStats, tracked: usize) -> Result<()> {
+        self.inner.tick(counters, table, tracked)?;
+        let samples = self.samples(counters, table, tracked);
+        if let Ok(mut s) = self.endpoint.samples.lock() {
+            *s = samples;
+        }
+        Ok(())
+    }
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+/// Starts the HTTP endpoint. The default address may be taken (another agent, a test):
+/// then the agent runs without it and says so; an address asked for explicitly must work.
+fn start_endpoint(listen: &str, state: Arc<EndpointState>) -> Result<Option<std::net::SocketAddr>> {
+    if listen == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = listen.parse().with_context(|| format!("--listen {listen}: not an address"))?;
+    match server::spawn(addr, state) {
+        Ok(bound) => Ok(Some(bound)),
+        Err(e) if listen == DEFAULT_LISTEN => {
+            log("warn", "HTTP endpoint not started", json!({ "listen": listen, "error": format!("{e:#}") }));
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -124,7 +222,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         base.batch_max_spans = n;
     }
     let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
-    let endpoint = exporter_cfg.endpoint.clone();
+    let collector = exporter_cfg.endpoint.clone();
     let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
     let mut loaded = loader::load(&capture_options(&probe))?;
     let mut cfg = config.trace_config();
@@ -132,19 +230,25 @@ pub fn run(args: RunArgs) -> Result<()> {
         cfg.suppress_instrumented = false;
     }
     let resources = ResourceResolver::new(config.rules(), config.node_attributes());
-    let mut traces = Traces { pipeline: TracePipeline::new(cfg, resources), exporter };
+    let pipeline = TracePipeline::new(cfg, resources);
+    let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
+    let listening = start_endpoint(&args.listen, endpoint.clone())?;
+    let drops = loaded.drops_reader()?;
+    let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops };
+    endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(
         "info",
         "ready",
         json!({ "pid": std::process::id(), "programs": loaded.attachments,
-                "exporter": endpoint.as_deref().unwrap_or("otlp-json"),
+                "exporter": collector.as_deref().unwrap_or("otlp-json"),
                 "config": args.config.as_ref().map(|p| p.display().to_string()),
-                "service_rules": config.services.len() }),
+                "service_rules": config.services.len(),
+                "listen": listening.map(|a| a.to_string()) }),
     );
     let mut driver = Driver::new(conn_table(&probe));
     driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
-    traces.pipeline.flush(&mut traces.exporter);
-    let Traces { pipeline, exporter } = traces;
+    traces.inner.flush();
+    let TraceConsumer { pipeline, sink: exporter } = traces.inner;
     let export = exporter.shutdown(Duration::from_secs(5));
     let kernel = loaded.kernel_drops()?;
     log(
@@ -153,6 +257,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         json!({
             "capture": driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel),
             "traces": pipeline.stats,
+            "gaps": pipeline.gaps.lock().map(|g| server::gaps_json(&g)).unwrap_or_default(),
             "export": export,
         }),
     );

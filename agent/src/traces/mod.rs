@@ -40,6 +40,7 @@ use crate::{
     context::{self, TraceParent},
     process::{ProcessCache, ProcessInfo},
     protocols::{self, http1::header_values, HttpExchange, L7Event, Protocol},
+    gaps::{Gap, GapKey, GapKind, GapTable},
     logging::{self, RateLimiter},
     spans::{hex, KeyValue, SpanId, SpanRecord, TraceId},
     stream::Segment,
@@ -72,6 +73,40 @@ pub struct TraceConfig {
     pub risk_signal_headers: Vec<String>,
     /// Record `user_agent.original` (off by default: it can identify people).
     pub record_user_agent: bool,
+    /// Propagation-gap detection.
+    pub gaps: GapConfig,
+}
+
+/// Which hops count as broken (see `gaps`).
+#[derive(Clone, Debug)]
+pub struct GapConfig {
+    /// Zones whose services are entry points: requests without context are normal there.
+    pub entry_zones: Vec<String>,
+    /// Services (service.name) that are entry points.
+    pub entry_services: Vec<String>,
+    /// Peers in these networks are internal (besides processes seen on this node).
+    pub internal_networks: Vec<ipnet::IpNet>,
+    /// Routes (templated, e.g. `/healthz`) never reported.
+    pub ignore_routes: Vec<String>,
+    /// Services (service.name) whose hops are never reported, as caller or callee.
+    pub ignore_services: Vec<String>,
+}
+
+impl Default for GapConfig {
+    fn default() -> Self {
+        Self {
+            entry_zones: vec!["Z1".into()],
+            entry_services: Vec::new(),
+            internal_networks: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128", "fc00::/7"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            ignore_routes: ["/health", "/healthz", "/ready", "/readyz", "/live", "/livez", "/metrics"]
+                .map(String::from)
+                .to_vec(),
+            ignore_services: Vec::new(),
+        }
+    }
 }
 
 impl Default for TraceConfig {
@@ -103,6 +138,7 @@ impl Default for TraceConfig {
             .to_vec(),
             risk_signal_headers: ["x-risk-abuse", "x-risk-scraping", "x-risk-jailbreak"].map(String::from).to_vec(),
             record_user_agent: false,
+            gaps: GapConfig::default(),
         }
     }
 }
@@ -119,6 +155,7 @@ pub struct TraceStats {
     pub connect_failures: u64,
     /// Spans whose parent context was not sampled (flags 00): honoured, not exported.
     pub spans_not_sampled: u64,
+    pub propagation_gaps: u64,
     pub connections_unknown_protocol: u64,
     /// Invalid trace context headers, by reason (never the value).
     pub invalid_context: HashMap<&'static str, u64>,
@@ -203,6 +240,13 @@ pub struct TracePipeline {
     /// Set while handling the events a connection close produced.
     close_ns: Option<u64>,
     log_limit: RateLimiter,
+    /// Client sockets on this node by (local, remote): who the peer of a server socket is.
+    client_peers: HashMap<(std::net::SocketAddr, std::net::SocketAddr), (u32, String)>,
+    /// Server sockets on this node by (local, remote): who answered a client call. Kept
+    /// after close (the hop is judged when the caller's request completes), bounded.
+    server_peers: HashMap<(std::net::SocketAddr, std::net::SocketAddr), (u32, String)>,
+    /// Broken hops, shared with the HTTP endpoint and `hoptrace check`.
+    pub gaps: Arc<std::sync::Mutex<GapTable>>,
     pub stats: TraceStats,
 }
 
@@ -229,6 +273,9 @@ impl TracePipeline {
             resources,
             close_ns: None,
             log_limit: RateLimiter::new(Duration::from_secs(10)),
+            client_peers: HashMap::new(),
+            server_peers: HashMap::new(),
+            gaps: Arc::new(std::sync::Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
         }
     }
@@ -237,6 +284,13 @@ impl TracePipeline {
     pub fn on_segments(&mut self, conn: &Connection, dir: Direction, segs: &[Segment], sink: &mut dyn SpanSink) {
         if segs.is_empty() {
             return;
+        }
+        if !self.conns.contains_key(&conn.id) {
+            let peers = if conn.role == Role::Client { &mut self.client_peers } else { &mut self.server_peers };
+            if peers.len() >= 65536 {
+                peers.clear();
+            }
+            peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.clone()));
         }
         let state = self.conns.entry(conn.id).or_insert(ConnL7 { proto: None, tried: [false; 2] });
         if state.proto.is_none() {
@@ -316,7 +370,75 @@ impl TracePipeline {
                     json!({ "pid": h.conn.pid, "suppressed_since_last": suppressed }),
                 );
             }
-            self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), sink);
+            self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), None, sink);
+        }
+    }
+
+    /// service.name and zone of a process, from its Resource.
+    fn service_zone(&mut self, pid: u32, comm: &str) -> (String, String) {
+        let r = self.resource_for(pid, comm);
+        let get = |k: &str| {
+            r.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| match &a.value {
+                    crate::spans::AnyValue::Str(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        (get("service.name"), get("zone"))
+    }
+
+    /// The service at the other end of a hop: a process on this node when it was seen,
+    /// else the address (bounded by the gap table's size).
+    fn peer_name(&mut self, seen: &Option<(u32, String)>, addr: std::net::SocketAddr) -> String {
+        match seen {
+            Some((pid, comm)) => self.service_zone(*pid, comm).0,
+            None => addr.to_string(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_gap(&mut self, kind: GapKind, service: &str, zone: &str, peer: &str, route: &str, trace_id: &str, span_id: &str, detail: &str) {
+        if self.cfg.gaps.ignore_routes.iter().any(|r| r == route) || self.cfg.gaps.ignore_services.iter().any(|s| s == service || s == peer) {
+            return;
+        }
+        let gap = Gap {
+            key: GapKey {
+                kind,
+                service: service.to_string(),
+                zone: zone.to_string(),
+                peer_service: peer.to_string(),
+                route: route.to_string(),
+            },
+            time_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            trace_id: trace_id.to_string(),
+            span_id: span_id.to_string(),
+            detail: detail.to_string(),
+        };
+        self.stats.propagation_gaps += 1;
+        let first = self.gaps.lock().map(|mut t| t.record(&gap)).unwrap_or(false);
+        let key = format!("gap/{}/{service}/{peer}/{route}", kind.as_str());
+        if let Some(suppressed) = self.log_limit.allow(&key) {
+            logging::log(
+                "warn",
+                "trace context lost on a hop",
+                json!({
+                    "kind": kind.as_str(),
+                    "service": service,
+                    "zone": zone,
+                    "peer_service": peer,
+                    "route": route,
+                    "detail": detail,
+                    "trace_id": trace_id,
+                    "span_id": span_id,
+                    "first_of_its_kind": first,
+                    "suppressed_since_last": suppressed,
+                }),
+            );
         }
     }
 
@@ -335,7 +457,7 @@ impl TracePipeline {
         let mut held: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
         held.extend(self.held_by_pid.drain().flat_map(|(_, l)| l));
         for h in held {
-            self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), sink);
+            self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), None, sink);
         }
     }
 
@@ -380,7 +502,7 @@ impl TracePipeline {
         let call = Call::Failed { error, start_ns: ts_ns };
         match tid {
             Some(tid) => self.client_call(view, tid, call, sink),
-            None => self.emit_call(call, &view, None, None, sink),
+            None => self.emit_call(call, &view, None, None, None, sink),
         }
     }
 
@@ -401,7 +523,7 @@ impl TracePipeline {
                 self.instrumented.insert(view.pid, Instrumented::CreatesContext);
             }
         }
-        self.emit_call(call, &view, None, None, sink);
+        self.emit_call(call, &view, None, None, None, sink);
     }
 
     /// The request's trace context; invalid headers are counted, and their reason kept so
@@ -516,13 +638,24 @@ impl TracePipeline {
                     passed_through.push(h);
                 } else {
                     self.instrumented.insert(conn.pid, Instrumented::CreatesContext);
+                    let restarted = match (outbound_context(x), &inbound) {
+                        (Some(out), Some(i)) => out.trace_id != i.trace_id,
+                        _ => false,
+                    };
+                    if restarted {
+                        let (service, zone) = self.service_zone(conn.pid, &conn.comm);
+                        let callee = self.peer_name(&self.server_peers.get(&(h.conn.remote, h.conn.local)).cloned(), h.conn.remote);
+                        let route = http::route_template(&x.request.target);
+                        let trace = inbound.as_ref().map(|i| hex(&i.trace_id)).unwrap_or_default();
+                        self.record_gap(GapKind::RestartedContext, &service, &zone, &callee, &route, &trace, "", "");
+                    }
                 }
             }
         }
         self.held_by_pid.retain(|_, l| !l.is_empty());
         let suppressed = self.cfg.suppress_instrumented && self.is_instrumented(conn.pid);
         for h in passed_through {
-            self.emit_call(h.call, &h.conn, None, None, sink);
+            self.emit_call(h.call, &h.conn, None, None, None, sink);
         }
 
         let ctx = match &inbound {
@@ -531,14 +664,54 @@ impl TracePipeline {
         };
         let span_id = self.ids.span_id();
         let view = ConnView::of(conn);
+
+        // Propagation gaps: judged for every service, instrumented or not.
+        let (service, zone) = self.service_zone(view.pid, &view.comm);
+        let route = http::route_template(&x.request.target);
+        let caller = self.peer_name(&self.client_peers.get(&(view.remote, view.local)).cloned(), view.remote);
+        let internal = self.client_peers.contains_key(&(view.remote, view.local))
+            || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&view.remote.ip()));
+        let (trace_hex, span_hex) = (hex(&ctx.trace_id), hex(&span_id));
+        let mut inbound_gap = None;
+        if let Some(reason) = invalid {
+            inbound_gap = Some(GapKind::InvalidContext);
+            self.record_gap(GapKind::InvalidContext, &service, &zone, &caller, &route, &trace_hex, &span_hex, reason);
+        } else if inbound.is_none()
+            && internal
+            && !self.cfg.gaps.entry_services.contains(&service)
+            && !self.cfg.gaps.entry_zones.contains(&zone)
+            && !self.cfg.gaps.ignore_services.contains(&caller)
+        {
+            inbound_gap = Some(GapKind::MissingInboundContext);
+            self.record_gap(GapKind::MissingInboundContext, &service, &zone, &caller, &route, &trace_hex, &span_hex, "");
+        }
+        let mut child_gaps = Vec::with_capacity(children.len());
+        for child in &children {
+            let mut gap = None;
+            if let (Call::Http(cx), Some(i)) = (&child.call, &inbound) {
+                let kind = match outbound_context(cx) {
+                    None => Some(GapKind::DroppedOutboundContext),
+                    Some(o) if o.trace_id != i.trace_id => Some(GapKind::RestartedContext),
+                    Some(_) => None,
+                };
+                if let Some(kind) = kind {
+                    let callee = self.peer_name(&self.server_peers.get(&(child.conn.remote, child.conn.local)).cloned(), child.conn.remote);
+                    let child_route = http::route_template(&cx.request.target);
+                    self.record_gap(kind, &service, &zone, &callee, &child_route, &trace_hex, &span_hex, "");
+                    gap = Some(kind);
+                }
+            }
+            child_gaps.push(gap);
+        }
+
         if suppressed {
             self.stats.spans_suppressed_instrumented += 1 + children.len() as u64;
             return;
         }
-        for child in children {
+        for (child, gap) in children.into_iter().zip(child_gaps) {
             if overlapped {
                 self.stats.parents_unresolved_concurrent += 1;
-                self.emit_call(child.call, &child.conn, None, Some("concurrent_requests_on_thread"), sink);
+                self.emit_call(child.call, &child.conn, None, Some("concurrent_requests_on_thread"), gap, sink);
             } else {
                 self.stats.parents_linked_same_thread += 1;
                 let parent = Ctx {
@@ -547,12 +720,15 @@ impl TracePipeline {
                     flags: ctx.flags,
                     trace_state: ctx.trace_state.clone(),
                 };
-                self.emit_call(child.call, &child.conn, Some(parent), None, sink);
+                self.emit_call(child.call, &child.conn, Some(parent), None, gap, sink);
             }
         }
         let resource = self.resource_for(view.pid, &view.comm);
         let mut span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
+        if let Some(kind) = inbound_gap {
+            mark_gap(&mut span, kind);
+        }
         if let Some(reason) = invalid {
             if let Some(suppressed) = self.log_limit.allow(&format!("invalid_context/{reason}/{}", view.pid)) {
                 logging::log(
@@ -580,6 +756,7 @@ impl TracePipeline {
         view: &ConnView,
         parent: Option<Ctx>,
         unresolved: Option<&'static str>,
+        gap: Option<GapKind>,
         sink: &mut dyn SpanSink,
     ) {
         if self.cfg.suppress_instrumented && self.is_instrumented(view.pid) {
@@ -623,6 +800,9 @@ impl TracePipeline {
         if let Some(why) = unresolved {
             span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
         }
+        if let Some(kind) = gap {
+            mark_gap(&mut span, kind);
+        }
         self.stats.spans_client += 1;
         self.submit(span, sink);
     }
@@ -638,6 +818,16 @@ impl TracePipeline {
         }
         self.resources.resolve(pid, Some(&info))
     }
+}
+
+/// Names the gap on the span itself: an attribute and an event.
+fn mark_gap(span: &mut SpanRecord, kind: GapKind) {
+    span.attributes.push(KeyValue::str("hoptrace.gap.kind", kind.as_str()));
+    span.events.push(crate::spans::SpanEvent {
+        name: "propagation_gap".into(),
+        time_unix_ns: span.start_unix_ns,
+        attributes: vec![KeyValue::str("hoptrace.gap.kind", kind.as_str())],
+    });
 }
 
 /// The valid `traceparent` an outbound request carries, if any.

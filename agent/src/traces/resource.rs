@@ -121,11 +121,7 @@ impl ResourceResolver {
         m.exe.as_ref().is_none_or(|e| *e == p.exe_name)
             && m.cmdline_contains.as_ref().is_none_or(|c| p.cmdline.contains(c.as_str()))
             && m.cgroup_contains.as_ref().is_none_or(|c| p.cgroup.contains(c.as_str()))
-            && m.port.is_none_or(|port| {
-                crate::procnet::tcp_table(p.pid).iter().any(|e| {
-                    e.state == crate::procnet::TCP_LISTEN && e.local.port() == port
-                })
-            })
+            && m.port.is_none_or(|port| crate::procnet::listening_ports(p.pid).contains(&port))
     }
 
     pub fn resolve(&mut self, pid: u32, info: Option<&ProcessInfo>) -> Arc<Resource> {
