@@ -81,6 +81,30 @@ fn check_finds_every_broken_hop_and_fails_the_gate() {
 }
 
 #[test]
+fn a_service_starting_a_new_trace_is_a_restarted_context() {
+    require_root();
+    let inventory = PyServer::start("chain_service.py", &["0"]);
+    let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port()), "restart"]);
+    let dir = TempDir::new("gaps-restart");
+    let config = mesh_config(&dir, front.port(), inventory.port());
+    let mut cmd = Command::new(hoptrace_bin());
+    cmd.args(["check", "--max-gaps", "5", "--config"]).arg(&config);
+    cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string()]);
+    cmd.args(["--", "curl", "-sf", "-m", "5", "-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01")]);
+    cmd.arg(format!("http://127.0.0.1:{}/orders/9", front.port()));
+    let done = run(&mut cmd, Duration::from_secs(60));
+    // One gap, within --max-gaps 5: reported, but the gate passes.
+    assert_eq!(done.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
+    let rows = table_rows(&done.stdout);
+    assert_eq!(
+        rows,
+        vec![("restarted_context".into(), "front".into(), "Z1".into(), "inventory".into(), "/items/{id}".into(), 1)],
+        "inventory got context (a new trace), so only the restart is a gap:\n{}",
+        done.stdout
+    );
+}
+
+#[test]
 fn clean_path_through_a_forwarding_proxy_passes_the_gate() {
     require_root();
     let inventory = PyServer::start("chain_service.py", &["0"]);
