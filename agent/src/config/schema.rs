@@ -20,7 +20,7 @@ use crate::export::{Compression, JsonOutput, Protocol};
 use crate::traces::resource::{Match, Rule};
 
 /// The top-level keys, in the order the documentation presents them.
-pub(crate) const SECTIONS: [&str; 5] = ["exporter", "capture", "traces", "resource", "services"];
+pub(crate) const SECTIONS: [&str; 6] = ["exporter", "capture", "traces", "gaps", "resource", "services"];
 
 /// Longest duration any timeout accepts. Durations are added to `Instant`s, which panics on
 /// overflow; anything longer than a day is a typo anyway.
@@ -370,12 +370,100 @@ static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        section: "gaps",
+        key: "entry_zones",
+        env: Env::List,
+        apply: |c, n| {
+            if let Some(v) = string_list(c, n, "gaps.entry_zones", |c, item, v| {
+                let ok = ZONES.contains(&v);
+                if !ok {
+                    c.error(item, format!("`gaps.entry_zones` entries must be one of Z1..Z7, got {v:?}"));
+                }
+                ok
+            }) {
+                c.cfg.traces.gaps.entry_zones = v;
+            }
+        },
+    },
+    Setting {
+        section: "gaps",
+        key: "entry_services",
+        env: Env::List,
+        apply: |c, n| {
+            if let Some(v) = string_list(c, n, "gaps.entry_services", |_, _, _| true) {
+                c.cfg.traces.gaps.entry_services = v;
+            }
+        },
+    },
+    Setting {
+        section: "gaps",
+        key: "internal_networks",
+        env: Env::List,
+        apply: |c, n| {
+            let Some(v) = string_list(c, n, "gaps.internal_networks", |c, item, v| {
+                let ok = v.parse::<ipnet::IpNet>().is_ok();
+                if !ok {
+                    c.error(item, format!("`gaps.internal_networks` entries must be CIDR networks like 10.0.0.0/8, got {v:?}"));
+                }
+                ok
+            }) else {
+                return;
+            };
+            c.cfg.traces.gaps.internal_networks = v.iter().filter_map(|x| x.parse().ok()).collect();
+        },
+    },
+    Setting {
+        section: "gaps",
+        key: "ignore_routes",
+        env: Env::List,
+        apply: |c, n| {
+            if let Some(v) = string_list(c, n, "gaps.ignore_routes", |c, item, v| {
+                let ok = v.starts_with('/');
+                if !ok {
+                    c.error(item, format!("`gaps.ignore_routes` entries are routes starting with `/`, got {v:?}"));
+                }
+                ok
+            }) {
+                c.cfg.traces.gaps.ignore_routes = v;
+            }
+        },
+    },
+    Setting {
+        section: "gaps",
+        key: "ignore_services",
+        env: Env::List,
+        apply: |c, n| {
+            if let Some(v) = string_list(c, n, "gaps.ignore_services", |_, _, _| true) {
+                c.cfg.traces.gaps.ignore_services = v;
+            }
+        },
+    },
+    Setting {
         section: "resource",
         key: "attributes",
         env: Env::No,
         apply: |c, n| c.cfg.resource.attributes = attributes(c, n, "resource.attributes"),
     },
 ];
+
+/// A list of non-empty strings, each accepted by `valid` (which reports its own problem);
+/// None when the list itself is malformed or any item was refused.
+fn string_list(c: &mut Ctx, n: &Node, what: &str, valid: fn(&mut Ctx, &Node, &str) -> bool) -> Option<Vec<String>> {
+    let items = list(c, n, what)?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match string(c, item, what) {
+            Some(v) if !v.is_empty() && valid(c, item, &v) => out.push(v),
+            Some(v) if v.is_empty() => {
+                c.error(item, format!("`{what}` entries must not be empty"));
+                ok = false;
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
 
 /// Walks the whole file.
 pub(crate) fn apply_file(c: &mut Ctx, root: Option<&Node>) {

@@ -178,7 +178,7 @@ traces:
         assert_eq!(cfg.capture, CaptureConfig::default());
         assert!(cfg.services.is_empty());
     }
-    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, resource, services), got a list")]);
+    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, gaps, resource, services), got a list")]);
 }
 
 #[test]
@@ -514,4 +514,17 @@ fn hostile_input_is_diagnosed_never_a_panic() {
         let _ = check(&text);
         let _ = check(&format!("services:\n  - match: {{ exe: {text} }}\n    attributes: {{ zone: {text} }}\n"));
     }
+}
+
+#[test]
+fn gaps_section_is_validated_and_applied() {
+    let ok = from_str("gaps:\n  entry_zones: [Z1, Z7]\n  entry_services: [public-api]\n  internal_networks: [10.1.0.0/16]\n  ignore_routes: [/ping]\n").unwrap();
+    let g = ok.trace_config().gaps;
+    assert_eq!(g.entry_zones, vec!["Z1", "Z7"]);
+    assert_eq!(g.entry_services, vec!["public-api"]);
+    assert_eq!(g.internal_networks, vec!["10.1.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+    assert_eq!(g.ignore_routes, vec!["/ping"]);
+    let bad = check("gaps:\n  entry_zones: [Z9]\n  internal_networks: [10.0.0.0/33]\n  ignore_routes: [ping]\n");
+    let lines: Vec<usize> = bad.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![2, 3, 4], "{bad:?}");
 }
