@@ -131,6 +131,40 @@ fn clean_path_through_a_forwarding_proxy_passes_the_gate() {
     assert!(seen >= 2, "expected the proxy and inventory exchanges: {}", done.stdout);
 }
 
+#[test]
+fn sdk_to_nginx_to_sdk_has_no_gaps() {
+    require_root();
+    let receiver = OtlpReceiver::start();
+    let leaf = PyServer::start_venv("sdk_app.py", &["0", "http://127.0.0.1:9", &receiver.http_traces_url()]);
+    let nginx = Nginx::start(free_port(), &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", leaf.port()));
+    let front = PyServer::start_venv("sdk_app.py", &["0", &format!("http://127.0.0.1:{}", nginx.port()), &receiver.http_traces_url()]);
+    let dir = TempDir::new("gaps-sdk");
+    let config = dir.join("hoptrace.yaml");
+    fs::write(
+        &config,
+        format!(
+            "services:\n  - match: {{ port: {} }}\n    attributes: {{ service.name: checkout-sdk, zone: Z1 }}\n  \
+             - match: {{ port: {} }}\n    attributes: {{ service.name: gateway, zone: Z2 }}\n  \
+             - match: {{ port: {} }}\n    attributes: {{ service.name: items-sdk, zone: Z6 }}\n",
+            front.port(),
+            nginx.port(),
+            leaf.port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(hoptrace_bin());
+    cmd.args(["check", "--config"]).arg(&config);
+    for p in [front.port(), nginx.port(), leaf.port()] {
+        cmd.args(["--port", &p.to_string()]);
+    }
+    cmd.args(["--", "curl", "-sf", "-m", "10", &format!("http://127.0.0.1:{}/checkout", front.port())]);
+    let done = run(&mut cmd, Duration::from_secs(90));
+    assert_eq!(done.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("no broken hops"), "{}", done.stdout);
+    let seen: u64 = done.stdout.split('(').nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(seen >= 4, "curl→checkout, checkout→nginx, nginx→items (both sides): {}", done.stdout);
+}
+
 fn http_get(port: u16, path: &str) -> String {
     let out = Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
     assert!(out.status.success(), "GET {path} failed");
