@@ -688,7 +688,9 @@ impl TracePipeline {
         let mut child_gaps = Vec::with_capacity(children.len());
         for child in &children {
             let mut gap = None;
-            if let (Call::Http(cx), Some(i)) = (&child.call, &inbound) {
+            // Overlapping requests on the thread: which one the call served is unknown, so
+            // its hop is not judged against this one's context either.
+            if let (Call::Http(cx), Some(i), false) = (&child.call, &inbound, overlapped) {
                 let kind = match outbound_context(cx) {
                     None => Some(GapKind::DroppedOutboundContext),
                     Some(o) if o.trace_id != i.trace_id => Some(GapKind::RestartedContext),
@@ -837,4 +839,94 @@ fn outbound_context(x: &HttpExchange) -> Option<TraceParent> {
 
 fn view_addrs(v: &ConnView) -> http::Addrs {
     http::Addrs { local: v.local, remote: v.remote }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline on synthetic connections: what the kernel would have delivered.
+    use std::time::Instant;
+
+    use hoptrace_common::{Direction, Role, Syscall};
+
+    use super::*;
+    use crate::{conntrack::RoleSource, stream::Stream};
+
+    const PID: u32 = 4242;
+    const TID: u32 = 4243;
+
+    fn conn(id: u64, role: Role, local: &str, remote: &str) -> Connection {
+        Connection {
+            id,
+            tuple: crate::conntrack::Tuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
+            role,
+            role_source: RoleSource::Syscall,
+            via: Syscall::Accept,
+            pid: PID,
+            ppid: 1,
+            fd: 3,
+            comm: "svc".into(),
+            cgroup_id: 0,
+            opened_ns: 0,
+            last_seen: Instant::now(),
+            streams: [Stream::default(), Stream::default()],
+        }
+    }
+
+    fn seg(ts: u64, bytes: &[u8]) -> Vec<Segment> {
+        vec![Segment::Data { offset: 0, ts_enter_ns: ts, ts_ns: ts + 1, tid: TID, bytes: bytes.to_vec() }]
+    }
+
+    fn pipeline() -> TracePipeline {
+        TracePipeline::new(TraceConfig::default(), ResourceResolver::new(Vec::new(), Vec::new()))
+    }
+
+    const REQ: &[u8] = b"GET /in HTTP/1.1\r\nHost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    const CALL: &[u8] = b"GET /out HTTP/1.1\r\nHost: b\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    /// One inbound request on the thread: the call made meanwhile is its child.
+    #[test]
+    fn call_on_the_serving_thread_is_a_child() {
+        let mut p = pipeline();
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        let server = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+        let client = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+        p.on_segments(&server, Direction::Ingress, &seg(10, REQ), &mut spans);
+        p.on_segments(&client, Direction::Egress, &seg(20, CALL), &mut spans);
+        p.on_segments(&client, Direction::Ingress, &seg(30, OK), &mut spans);
+        assert!(spans.is_empty(), "the call waits for its inbound request");
+        p.on_segments(&server, Direction::Egress, &seg(40, OK), &mut spans);
+        let srv = spans.iter().find(|s| s.kind == crate::spans::SpanKind::Server).expect("server span");
+        let cli = spans.iter().find(|s| s.kind == crate::spans::SpanKind::Client).expect("client span");
+        assert_eq!((cli.trace_id, cli.parent_span_id), (srv.trace_id, srv.span_id));
+        assert_eq!(p.stats.parents_linked_same_thread, 1);
+        // The inbound request had context, the call none: a dropped-context hop.
+        assert_eq!(p.stats.propagation_gaps, 1);
+        let gaps = p.gaps.lock().unwrap().rows();
+        assert_eq!(gaps[0].0.kind, GapKind::DroppedOutboundContext);
+    }
+
+    /// Two inbound requests overlapping on one thread (an event loop): the agent cannot
+    /// know which one the call belongs to and says so instead of guessing.
+    #[test]
+    fn overlapping_requests_on_one_thread_are_not_guessed() {
+        let mut p = pipeline();
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        let a = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+        let b = conn(3, Role::Server, "127.0.0.1:8000", "127.0.0.1:50002");
+        let client = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+        p.on_segments(&a, Direction::Ingress, &seg(10, REQ), &mut spans);
+        p.on_segments(&b, Direction::Ingress, &seg(11, REQ), &mut spans);
+        p.on_segments(&client, Direction::Egress, &seg(20, CALL), &mut spans);
+        p.on_segments(&client, Direction::Ingress, &seg(30, OK), &mut spans);
+        p.on_segments(&a, Direction::Egress, &seg(40, OK), &mut spans);
+        p.on_segments(&b, Direction::Egress, &seg(41, OK), &mut spans);
+        p.flush(&mut spans);
+        let cli = spans.iter().find(|s| s.kind == crate::spans::SpanKind::Client).expect("client span");
+        assert!(cli.is_root(), "{cli:?}");
+        let unresolved = cli.attributes.iter().find(|a| a.key == "hoptrace.parent.unresolved");
+        assert_eq!(unresolved.map(|a| &a.value), Some(&crate::spans::AnyValue::Str("concurrent_requests_on_thread".into())));
+        assert_eq!((p.stats.parents_linked_same_thread, p.stats.parents_unresolved_concurrent), (0, 1));
+        assert_eq!(p.stats.propagation_gaps, 0, "an unattributable call is not judged");
+    }
 }
