@@ -146,11 +146,7 @@ fn span(
     kind: SpanKind,
     name: String,
     resource: Arc<Resource>,
-    trace_id: TraceId,
-    span_id: SpanId,
-    parent: SpanId,
-    flags: u8,
-    trace_state: String,
+    ids: Ids,
     start: u64,
     end: u64,
     attributes: Vec<KeyValue>,
@@ -158,11 +154,11 @@ fn span(
 ) -> SpanRecord {
     SpanRecord {
         resource,
-        trace_id,
-        span_id,
-        parent_span_id: parent,
-        trace_state,
-        flags,
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        parent_span_id: ids.parent,
+        trace_state: ids.trace_state,
+        flags: ids.flags,
         name,
         kind,
         start_unix_ns: start,
@@ -175,34 +171,30 @@ fn span(
 }
 
 /// Server span: first request byte read → last response byte written.
-#[allow(clippy::too_many_arguments)]
 pub fn server_span(
     cfg: &TraceConfig,
     clock: &Clock,
     x: &HttpExchange,
     addrs: &Addrs,
     resource: Arc<Resource>,
-    trace_id: TraceId,
-    span_id: SpanId,
-    parent: SpanId,
-    flags: u8,
-    trace_state: String,
+    ids: Ids,
 ) -> SpanRecord {
     let (name, mut attrs) = common(cfg, &x.request, addrs, addrs.remote);
     attrs.push(KeyValue::str("server.address", addrs.local.ip().to_string()));
     attrs.push(KeyValue::int("server.port", addrs.local.port() as i64));
     attrs.push(KeyValue::str("client.address", addrs.remote.ip().to_string()));
     let start = clock.to_unix_ns(x.request.timing.first_exit_ns);
-    let ids = Ids { trace_id, span_id, parent, flags, trace_state };
     finish(cfg, clock, x, SpanKind::Server, name, resource, ids, start, attrs, 500)
 }
 
-struct Ids {
-    trace_id: TraceId,
-    span_id: SpanId,
-    parent: SpanId,
-    flags: u8,
-    trace_state: String,
+/// Identity of a span in its trace.
+pub struct Ids {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// All zero for a root span.
+    pub parent: SpanId,
+    pub flags: u8,
+    pub trace_state: String,
 }
 
 /// Common tail: end time (last response byte), status (errors from `error_from`), and
@@ -222,24 +214,19 @@ fn finish(
 ) -> SpanRecord {
     let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
     let status = outcome_status(x, error_from);
-    let mut s = span(kind, name, resource, ids.trace_id, ids.span_id, ids.parent, ids.flags, ids.trace_state, start, end, attrs, status);
+    let mut s = span(kind, name, resource, ids, start, end, attrs, status);
     response_attributes(cfg, clock, x, &mut s);
     s
 }
 
 /// Client span: first request byte sent → last response byte received.
-#[allow(clippy::too_many_arguments)]
 pub fn client_span(
     cfg: &TraceConfig,
     clock: &Clock,
     x: &HttpExchange,
     addrs: &Addrs,
     resource: Arc<Resource>,
-    trace_id: TraceId,
-    span_id: SpanId,
-    parent: SpanId,
-    flags: u8,
-    trace_state: String,
+    ids: Ids,
 ) -> SpanRecord {
     let (name, mut attrs) = common(cfg, &x.request, addrs, addrs.remote);
     let host = x.request.header("host").and_then(safe_header_value);
@@ -247,23 +234,11 @@ pub fn client_span(
     attrs.push(KeyValue::str("server.address", host_name.unwrap_or_else(|| addrs.remote.ip().to_string())));
     attrs.push(KeyValue::int("server.port", addrs.remote.port() as i64));
     let start = clock.to_unix_ns(x.request.timing.first_enter_ns);
-    let ids = Ids { trace_id, span_id, parent, flags, trace_state };
     finish(cfg, clock, x, SpanKind::Client, name, resource, ids, start, attrs, 400)
 }
 
 /// A connection attempt that failed: an error CLIENT span named after what was tried.
-#[allow(clippy::too_many_arguments)]
-pub fn connect_failed_span(
-    addrs: &Addrs,
-    resource: Arc<Resource>,
-    trace_id: TraceId,
-    span_id: SpanId,
-    parent: SpanId,
-    flags: u8,
-    trace_state: String,
-    time: u64,
-    error: &'static str,
-) -> SpanRecord {
+pub fn connect_failed_span(addrs: &Addrs, resource: Arc<Resource>, ids: Ids, time: u64, error: &'static str) -> SpanRecord {
     let attrs = vec![
         KeyValue::str("server.address", addrs.remote.ip().to_string()),
         KeyValue::int("server.port", addrs.remote.port() as i64),
@@ -273,7 +248,7 @@ pub fn connect_failed_span(
         KeyValue::str("error.type", error),
     ];
     let status = Status { code: StatusCode::Error, message: format!("connect failed: {error}") };
-    span(SpanKind::Client, "connect".into(), resource, trace_id, span_id, parent, flags, trace_state, time, time, attrs, status)
+    span(SpanKind::Client, "connect".into(), resource, ids, time, time, attrs, status)
 }
 
 #[cfg(test)]

@@ -258,6 +258,13 @@ struct Ctx {
     trace_state: String,
 }
 
+impl Ctx {
+    /// The identity of a new span `span_id` in this context.
+    fn ids(self, span_id: SpanId) -> http::Ids {
+        http::Ids { trace_id: self.trace_id, span_id, parent: self.parent, flags: self.flags, trace_state: self.trace_state }
+    }
+}
+
 impl TracePipeline {
     pub fn new(cfg: TraceConfig, resources: ResourceResolver) -> Self {
         Self {
@@ -726,7 +733,7 @@ impl TracePipeline {
             }
         }
         let resource = self.resource_for(view.pid, &view.comm);
-        let mut span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
+        let mut span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.ids(span_id));
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         if let Some(kind) = inbound_gap {
             mark_gap(&mut span, kind);
@@ -775,7 +782,7 @@ impl TracePipeline {
                 let span_id = self.ids.span_id();
                 let resource = self.resource_for(view.pid, &view.comm);
                 let t = self.clock.to_unix_ns(start_ns);
-                let mut span = http::connect_failed_span(&view_addrs(view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state, t, error);
+                let mut span = http::connect_failed_span(&view_addrs(view), resource, ctx.ids(span_id), t, error);
                 if let Some(why) = unresolved {
                     span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
                 }
@@ -798,7 +805,7 @@ impl TracePipeline {
         };
         let span_id = self.ids.span_id();
         let resource = self.resource_for(view.pid, &view.comm);
-        let mut span = http::client_span(&self.cfg, &self.clock, &x, &view_addrs(view), resource, ctx.trace_id, span_id, ctx.parent, ctx.flags, ctx.trace_state);
+        let mut span = http::client_span(&self.cfg, &self.clock, &x, &view_addrs(view), resource, ctx.ids(span_id));
         if let Some(why) = unresolved {
             span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
         }
