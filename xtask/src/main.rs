@@ -32,6 +32,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Regenerate deploy/alerts/prometheusrule.yaml from deploy/alerts/hoptrace-rules.yaml.
+    GenRules,
     /// Run the whole test suite: unit tests and end-to-end tests on the real kernel (root).
     Test {
         /// Extra arguments for the test harness (after `--`), e.g. a test name filter.
@@ -43,7 +45,8 @@ enum Task {
 /// Pinned kernel-side toolchain (see shared/toolchain/README.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "nginx", "curl", "util-linux"];
+const APT_PACKAGES: &[&str] =
+    &["llvm-22-dev", "nginx", "curl", "util-linux", "prometheus", "prometheus-alertmanager"];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -202,6 +205,44 @@ fn build_ebpf() -> Result<PathBuf> {
     Ok(object)
 }
 
+const RULES: &str = "deploy/alerts/hoptrace-rules.yaml";
+const RULES_TEST: &str = "deploy/alerts/hoptrace-rules.test.yaml";
+const PROMETHEUS_RULE: &str = "deploy/alerts/prometheusrule.yaml";
+
+/// The PrometheusRule manifest: the plain rules file's groups under `spec`, so there is
+/// one source of truth.
+fn prometheus_rule(root: &Path) -> Result<String> {
+    let rules = std::fs::read_to_string(root.join(RULES)).with_context(|| format!("reading {RULES}"))?;
+    let mut out = String::from(
+        "# Generated from hoptrace-rules.yaml by `cargo xtask gen-rules`; do not edit.\n\
+         apiVersion: monitoring.coreos.com/v1\n\
+         kind: PrometheusRule\n\
+         metadata:\n  name: hoptrace\n  namespace: hoptrace\n  labels:\n    app.kubernetes.io/name: hoptrace\n\
+         spec:\n",
+    );
+    for line in rules.lines().filter(|l| !l.starts_with('#')) {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// promtool on the rules and their unit tests, and the generated manifest up to date.
+fn check_rules(root: &Path) -> Result<()> {
+    run(Command::new("promtool").args(["check", "rules", RULES]).current_dir(root))?;
+    run(Command::new("promtool").args(["test", "rules", RULES_TEST]).current_dir(root))?;
+    let committed = std::fs::read_to_string(root.join(PROMETHEUS_RULE)).unwrap_or_default();
+    if committed != prometheus_rule(root)? {
+        bail!("{PROMETHEUS_RULE} is stale: run `cargo xtask gen-rules` and commit it");
+    }
+    Ok(())
+}
+
 fn cargo(root: &Path) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root);
@@ -213,6 +254,11 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::Setup => setup(),
+        Task::GenRules => {
+            std::fs::write(root.join(PROMETHEUS_RULE), prometheus_rule(&root)?)?;
+            println!("wrote {PROMETHEUS_RULE}");
+            Ok(())
+        }
         Task::BuildEbpf => {
             setup()?;
             build_ebpf().map(|_| ())
@@ -230,8 +276,11 @@ fn main() -> Result<()> {
                 bail!("the end-to-end tests load eBPF programs and need root: run `sudo -E cargo xtask test`");
             }
             setup()?;
+            check_rules(&root)?;
             run(cargo(&root).args(["build", "-p", "hoptrace"]))?;
             let bin = root.join("target/debug/hoptrace");
+            // The shipped configuration must always pass its own checker.
+            run(Command::new(&bin).arg("--check-config").arg(root.join("deploy/hoptrace.yaml")))?;
             run(cargo(&root)
                 .args(["test", "--workspace", "--exclude", "hoptrace-ebpf", "--"])
                 .args(&args)
