@@ -19,6 +19,7 @@
 //! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
 //! agent's main job). [`counters`] keeps every count of what was captured and dropped.
 
+pub mod alerting;
 pub mod capture;
 pub mod check;
 pub mod clock;

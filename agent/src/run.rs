@@ -49,6 +49,18 @@ pub struct RunArgs {
     /// Spans per export request at most.
     #[arg(long)]
     pub export_batch_size: Option<usize>,
+    /// Push propagation-gap alerts to this Alertmanager (e.g. http://alertmanager:9093).
+    #[arg(long)]
+    pub alertmanager: Option<String>,
+    /// Gaps on one hop within --alert-window that fire its alert.
+    #[arg(long, default_value_t = 1)]
+    pub alert_threshold: u64,
+    /// Seconds over which gaps are counted; a hop without new gaps for this long resolves.
+    #[arg(long, default_value_t = 600.0)]
+    pub alert_window: f64,
+    /// Seconds between re-sends of a firing alert.
+    #[arg(long, default_value_t = 60.0)]
+    pub alert_resend: f64,
     /// HTTP endpoint for /gaps, /metrics, /healthz, /readyz ("off" to disable).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: String,
@@ -234,6 +246,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
     let listening = start_endpoint(&args.listen, endpoint.clone())?;
     let drops = loaded.drops_reader()?;
+    if let Some(url) = &args.alertmanager {
+        crate::alerting::spawn(
+            crate::alerting::AlertConfig {
+                url: url.clone(),
+                threshold: args.alert_threshold,
+                window: Duration::from_secs_f64(args.alert_window),
+                resend_every: Duration::from_secs_f64(args.alert_resend),
+            },
+            pipeline.gaps.clone(),
+        )?;
+    }
     let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops };
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(

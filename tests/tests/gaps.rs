@@ -228,3 +228,67 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
         .collect();
     assert!(logged.iter().any(|v| v["kind"] == "dropped_outbound_context" && v["trace_id"] == TRACE), "{}", done.stderr);
 }
+
+/// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default).
+fn am_alerts(port: u16) -> Vec<Value> {
+    let out = Command::new("curl").args(["-s", "-m", "3", &format!("http://127.0.0.1:{port}/api/v2/alerts?active=true")]).output().unwrap();
+    serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+#[test]
+fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
+    require_root();
+    let dir = TempDir::new("alertmanager");
+    let am_config = dir.join("alertmanager.yml");
+    fs::write(&am_config, "route:\n  receiver: blackhole\n  group_wait: 0s\nreceivers:\n  - name: blackhole\n").unwrap();
+    let am_port = free_port();
+    let _am = Running::spawn(
+        Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", am_config.display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+            .arg("--cluster.listen-address="),
+    );
+    assert!(
+        wait_until(TIMEOUT, || Command::new("curl").args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")]).status().is_ok_and(|s| s.success())),
+        "alertmanager never became ready"
+    );
+
+    let inventory = PyServer::start("chain_service.py", &["0"]);
+    let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port())]);
+    let config = mesh_config(&dir, front.port(), inventory.port());
+    let mut cmd = Command::new(hoptrace_bin());
+    cmd.args(["run", "--listen", "off", "--output", "/dev/null", "--config"]).arg(&config);
+    cmd.args(["--alertmanager", &format!("http://127.0.0.1:{am_port}"), "--alert-window", "4", "--alert-resend", "1"]);
+    cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string()]);
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
+    run(&mut curl(&["-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"), &format!("http://127.0.0.1:{}/orders/1", front.port())]), TIMEOUT);
+
+    let is_ours = |a: &Value| {
+        a["labels"]["alertname"] == "HoptracePropagationGap"
+            && a["labels"]["kind"] == "dropped_outbound_context"
+            && a["labels"]["service"] == "front"
+            && a["labels"]["peer_service"] == "inventory"
+    };
+    let mut seen = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            seen = am_alerts(am_port);
+            seen.iter().any(|a| is_ours(a) && a["status"]["state"] == "active")
+        }),
+        "the gap alert never became active in Alertmanager: {seen:?}\nagent stderr:\n{}",
+        agent.stderr()
+    );
+    let ours = seen.iter().find(|a| is_ours(a)).unwrap();
+    assert_eq!(ours["annotations"]["example_trace_id"], TRACE);
+    assert_eq!(ours["labels"]["route"], "/items/{id}");
+
+    // No new gaps for a whole window: the agent resolves it and Alertmanager drops it.
+    assert!(
+        wait_until(Duration::from_secs(30), || !am_alerts(am_port).iter().any(|a| is_ours(a))),
+        "the alert never resolved: {:?}",
+        am_alerts(am_port)
+    );
+    stop(agent);
+}
