@@ -36,6 +36,7 @@ pub mod logging;
 pub mod process;
 pub mod procnet;
 pub mod run;
+pub mod sampling;
 pub mod server;
 pub mod protocols;
 pub mod spans;

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Spans per export request at most.
     #[arg(long)]
     pub export_batch_size: Option<usize>,
+    /// Fraction of agent-started traces exported (overrides `sampling.ratio`).
+    #[arg(long)]
+    pub sample_ratio: Option<f64>,
     /// Push propagation-gap alerts to this Alertmanager (e.g. http://alertmanager:9093).
     #[arg(long)]
     pub alertmanager: Option<String>,
@@ -240,6 +243,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut cfg = config.trace_config();
     if args.no_suppress_instrumented {
         cfg.suppress_instrumented = false;
+    }
+    if let Some(r) = args.sample_ratio {
+        anyhow::ensure!((0.0..=1.0).contains(&r), "--sample-ratio must be between 0 and 1, got {r}");
+        cfg.sampling.ratio = r;
     }
     let resources = ResourceResolver::new(config.rules(), config.node_attributes());
     let pipeline = TracePipeline::new(cfg, resources);

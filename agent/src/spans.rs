@@ -83,6 +83,16 @@ pub struct SpanLink {
     pub attributes: Vec<KeyValue>,
 }
 
+/// Where a span's trace context came from, which decides how it is sampled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TraceOrigin {
+    /// From the wire (a traceparent): the upstream's sampled flag is honoured.
+    #[default]
+    Remote,
+    /// Started by the agent: sampled by trace-id ratio, then tail rules.
+    Agent,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanRecord {
     pub resource: Arc<Resource>,
@@ -94,6 +104,8 @@ pub struct SpanRecord {
     pub trace_state: String,
     /// W3C trace flags (bit 0: sampled).
     pub flags: u8,
+    /// Not exported: how the sampling decision is made.
+    pub origin: TraceOrigin,
     pub name: String,
     pub kind: SpanKind,
     pub start_unix_ns: u64,

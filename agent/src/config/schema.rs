@@ -20,7 +20,7 @@ use crate::export::{Compression, JsonOutput, Protocol};
 use crate::traces::resource::{Match, Rule};
 
 /// The top-level keys, in the order the documentation presents them.
-pub(crate) const SECTIONS: [&str; 6] = ["exporter", "capture", "traces", "gaps", "resource", "services"];
+pub(crate) const SECTIONS: [&str; 7] = ["exporter", "capture", "traces", "gaps", "sampling", "resource", "services"];
 
 /// Longest duration any timeout accepts. Durations are added to `Instant`s, which panics on
 /// overflow; anything longer than a day is a typo anyway.
@@ -435,6 +435,48 @@ static SETTINGS: &[Setting] = &[
         apply: |c, n| {
             if let Some(v) = string_list(c, n, "gaps.ignore_services", |_, _, _| true) {
                 c.cfg.traces.gaps.ignore_services = v;
+            }
+        },
+    },
+    Setting {
+        section: "sampling",
+        key: "ratio",
+        env: Env::Scalar,
+        apply: |c, n| {
+            let Some(text) = string(c, n, "`sampling.ratio`") else { return };
+            match text.parse::<f64>() {
+                Ok(v) if (0.0..=1.0).contains(&v) => c.cfg.traces.sampling.ratio = v,
+                _ => c.error(n, format!("`sampling.ratio` must be a number from 0 to 1, got `{text}`")),
+            }
+        },
+    },
+    Setting {
+        section: "sampling",
+        key: "slow_ms",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = uint(c, n, "sampling.slow_ms", 0, MAX_MS) {
+                c.cfg.traces.sampling.slow_ms = (v > 0).then_some(v);
+            }
+        },
+    },
+    Setting {
+        section: "sampling",
+        key: "keep_errors",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = boolean(c, n, "sampling.keep_errors") {
+                c.cfg.traces.sampling.keep_errors = v;
+            }
+        },
+    },
+    Setting {
+        section: "sampling",
+        key: "keep_risk_signals",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = boolean(c, n, "sampling.keep_risk_signals") {
+                c.cfg.traces.sampling.keep_risk_signals = v;
             }
         },
     },

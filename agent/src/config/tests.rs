@@ -178,7 +178,7 @@ traces:
         assert_eq!(cfg.capture, CaptureConfig::default());
         assert!(cfg.services.is_empty());
     }
-    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, gaps, resource, services), got a list")]);
+    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, gaps, sampling, resource, services), got a list")]);
 }
 
 #[test]
@@ -527,4 +527,13 @@ fn gaps_section_is_validated_and_applied() {
     let bad = check("gaps:\n  entry_zones: [Z9]\n  internal_networks: [10.0.0.0/33]\n  ignore_routes: [ping]\n");
     let lines: Vec<usize> = bad.iter().map(|d| d.line).collect();
     assert_eq!(lines, vec![2, 3, 4], "{bad:?}");
+}
+
+#[test]
+fn sampling_section_is_validated_and_applied() {
+    let ok = from_str("sampling:\n  ratio: 0.25\n  slow_ms: 250\n  keep_errors: false\n").unwrap();
+    let s = ok.trace_config().sampling;
+    assert_eq!((s.ratio, s.slow_ms, s.keep_errors, s.keep_risk_signals), (0.25, Some(250), false, true));
+    let bad = check("sampling:\n  ratio: 1.5\n  keep_errors: maybe\n");
+    assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![2, 3], "{bad:?}");
 }

@@ -147,6 +147,7 @@ pub(crate) mod tests {
 
     pub(crate) fn span(resource: &Arc<Resource>, n: u8) -> SpanRecord {
         SpanRecord {
+            origin: crate::spans::TraceOrigin::Remote,
             resource: resource.clone(),
             trace_id: [n; 16],
             span_id: [n.wrapping_add(1); 8],

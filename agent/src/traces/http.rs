@@ -159,6 +159,7 @@ fn span(
         parent_span_id: ids.parent,
         trace_state: ids.trace_state,
         flags: ids.flags,
+        origin: ids.origin,
         name,
         kind,
         start_unix_ns: start,
@@ -195,6 +196,7 @@ pub struct Ids {
     pub parent: SpanId,
     pub flags: u8,
     pub trace_state: String,
+    pub origin: crate::spans::TraceOrigin,
 }
 
 /// Common tail: end time (last response byte), status (errors from `error_from`), and

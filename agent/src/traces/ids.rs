@@ -25,6 +25,12 @@ impl IdGenerator {
         Self { state }
     }
 
+    /// A reproducible stream, for tests.
+    #[cfg(test)]
+    pub fn seeded(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
     fn next(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

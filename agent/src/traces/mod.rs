@@ -21,7 +21,7 @@
 //! the agent does not duplicate them, and counts what it suppressed.
 
 pub mod http;
-mod ids;
+pub(crate) mod ids;
 pub mod resource;
 
 use std::{
@@ -42,7 +42,8 @@ use crate::{
     protocols::{self, http1::header_values, HttpExchange, L7Event, Protocol},
     gaps::{Gap, GapKey, GapKind, GapTable},
     logging::{self, RateLimiter},
-    spans::{hex, KeyValue, SpanId, SpanRecord, TraceId},
+    sampling::{Decision, Sampler, SamplingConfig},
+    spans::{hex, KeyValue, SpanId, SpanRecord, TraceId, TraceOrigin},
     stream::Segment,
 };
 
@@ -75,6 +76,7 @@ pub struct TraceConfig {
     pub record_user_agent: bool,
     /// Propagation-gap detection.
     pub gaps: GapConfig,
+    pub sampling: SamplingConfig,
 }
 
 /// Which hops count as broken (see `gaps`).
@@ -139,6 +141,7 @@ impl Default for TraceConfig {
             risk_signal_headers: ["x-risk-abuse", "x-risk-scraping", "x-risk-jailbreak"].map(String::from).to_vec(),
             record_user_agent: false,
             gaps: GapConfig::default(),
+            sampling: SamplingConfig::default(),
         }
     }
 }
@@ -156,6 +159,8 @@ pub struct TraceStats {
     /// Spans whose parent context was not sampled (flags 00): honoured, not exported.
     pub spans_not_sampled: u64,
     pub propagation_gaps: u64,
+    /// Spans by sampling decision (kept_* / dropped_*).
+    pub sampling: HashMap<Decision, u64>,
     pub connections_unknown_protocol: u64,
     /// Invalid trace context headers, by reason (never the value).
     pub invalid_context: HashMap<&'static str, u64>,
@@ -240,6 +245,7 @@ pub struct TracePipeline {
     /// Set while handling the events a connection close produced.
     close_ns: Option<u64>,
     log_limit: RateLimiter,
+    sampler: Sampler,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
     client_peers: HashMap<(std::net::SocketAddr, std::net::SocketAddr), (u32, String)>,
     /// Server sockets on this node by (local, remote): who answered a client call. Kept
@@ -256,17 +262,26 @@ struct Ctx {
     parent: SpanId,
     flags: u8,
     trace_state: String,
+    origin: TraceOrigin,
 }
 
 impl Ctx {
     /// The identity of a new span `span_id` in this context.
     fn ids(self, span_id: SpanId) -> http::Ids {
-        http::Ids { trace_id: self.trace_id, span_id, parent: self.parent, flags: self.flags, trace_state: self.trace_state }
+        http::Ids {
+            trace_id: self.trace_id,
+            span_id,
+            parent: self.parent,
+            flags: self.flags,
+            trace_state: self.trace_state,
+            origin: self.origin,
+        }
     }
 }
 
 impl TracePipeline {
     pub fn new(cfg: TraceConfig, resources: ResourceResolver) -> Self {
+        let sampler = Sampler::new(cfg.sampling.clone());
         Self {
             cfg,
             clock: Clock::now(),
@@ -280,6 +295,7 @@ impl TracePipeline {
             resources,
             close_ns: None,
             log_limit: RateLimiter::new(Duration::from_secs(10)),
+            sampler,
             client_peers: HashMap::new(),
             server_peers: HashMap::new(),
             gaps: Arc::new(std::sync::Mutex::new(GapTable::default())),
@@ -449,14 +465,32 @@ impl TracePipeline {
         }
     }
 
-    /// Parent-based sampling: a span whose trace context says "not sampled" (W3C flags
-    /// bit 0 clear) is counted but not exported.
+    /// Head and tail sampling (see `sampling`): every span is counted by decision; only
+    /// kept ones reach the sink.
     fn submit(&mut self, span: SpanRecord, sink: &mut dyn SpanSink) {
-        if span.flags & 1 == 0 {
+        let service = span
+            .resource
+            .attributes
+            .iter()
+            .find(|a| a.key == "service.name")
+            .and_then(|a| match &a.value {
+                crate::spans::AnyValue::Str(v) => Some(v.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let decision = self.sampler.decide(&span, &service);
+        *self.stats.sampling.entry(decision).or_default() += 1;
+        if decision == Decision::DroppedParentNotSampled {
             self.stats.spans_not_sampled += 1;
-            return;
         }
-        sink.submit(span);
+        if decision.kept() {
+            sink.submit(span);
+        }
+    }
+
+    /// A trace the agent starts: sampled flag set; the sampler decides by trace id.
+    fn new_trace(&mut self) -> Ctx {
+        Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new(), origin: TraceOrigin::Agent }
     }
 
     /// Shutdown: every held call goes out on its own.
@@ -666,8 +700,8 @@ impl TracePipeline {
         }
 
         let ctx = match &inbound {
-            Some(tp) => Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state },
-            None => Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new() },
+            Some(tp) => Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state, origin: TraceOrigin::Remote },
+            None => self.new_trace(),
         };
         let span_id = self.ids.span_id();
         let view = ConnView::of(conn);
@@ -728,6 +762,7 @@ impl TracePipeline {
                     parent: span_id,
                     flags: ctx.flags,
                     trace_state: ctx.trace_state.clone(),
+                    origin: ctx.origin,
                 };
                 self.emit_call(child.call, &child.conn, Some(parent), None, gap, sink);
             }
@@ -777,7 +812,7 @@ impl TracePipeline {
             Call::Failed { error, start_ns } => {
                 let ctx = match parent {
                     Some(p) => p,
-                    None => Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new() },
+                    None => self.new_trace(),
                 };
                 let span_id = self.ids.span_id();
                 let resource = self.resource_for(view.pid, &view.comm);
@@ -796,12 +831,22 @@ impl TracePipeline {
         // it differs from the enclosing span's.
         let outbound = outbound_context(&x);
         let ctx = match (parent, outbound) {
-            (Some(p), Some(o)) if o.trace_id != p.trace_id => {
-                Ctx { trace_id: o.trace_id, parent: o.parent_id, flags: o.flags, trace_state: String::new() }
-            }
+            (Some(p), Some(o)) if o.trace_id != p.trace_id => Ctx {
+                trace_id: o.trace_id,
+                parent: o.parent_id,
+                flags: o.flags,
+                trace_state: String::new(),
+                origin: TraceOrigin::Remote,
+            },
             (Some(p), _) => p,
-            (None, Some(o)) => Ctx { trace_id: o.trace_id, parent: o.parent_id, flags: o.flags, trace_state: String::new() },
-            (None, None) => Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new() },
+            (None, Some(o)) => Ctx {
+                trace_id: o.trace_id,
+                parent: o.parent_id,
+                flags: o.flags,
+                trace_state: String::new(),
+                origin: TraceOrigin::Remote,
+            },
+            (None, None) => self.new_trace(),
         };
         let span_id = self.ids.span_id();
         let resource = self.resource_for(view.pid, &view.comm);

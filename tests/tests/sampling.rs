@@ -1,0 +1,55 @@
+//! Sampling through the real agent: at ratio 0 only what the tail rules and sampled
+//! parents keep leaves the node, and every decision is counted.
+
+mod support;
+
+use std::{fs, process::Command, time::Duration};
+
+use hoptrace_e2e::*;
+use support::*;
+
+#[test]
+fn ratio_zero_keeps_errors_and_sampled_parents_only() {
+    require_root();
+    let server = PyServer::start("edge_server.py", &["0"]);
+    let port = server.port();
+    let dir = TempDir::new("sampling");
+    let out = dir.join("otlp.jsonl");
+    let mut cmd = Command::new(hoptrace_bin());
+    cmd.args(["run", "--listen", "off", "--sample-ratio", "0", "--output"]).arg(&out);
+    cmd.args(["--port", &port.to_string()]);
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
+
+    let sampled = "11111111111111111111111111111111";
+    let unsampled = "22222222222222222222222222222222";
+    let get = |path: &str, tp: Option<String>| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-m", "5"]);
+        if let Some(tp) = tp {
+            c.args(["-H", &format!("traceparent: {tp}")]);
+        }
+        c.arg(format!("http://127.0.0.1:{port}{path}"));
+        run(&mut c, TIMEOUT);
+    };
+    get("/ok", None); // agent-started, fast, 200: dropped by the ratio
+    get("/fail", None); // agent-started 500: kept by the error rule
+    get("/ok?s=1", Some(format!("00-{sampled}-00f067aa0ba902b7-01"))); // upstream kept it
+    get("/ok?s=0", Some(format!("00-{unsampled}-00f067aa0ba902b7-00"))); // upstream did not
+    std::thread::sleep(Duration::from_millis(300));
+    let done = stop(agent);
+
+    let spans = parse_spans(&fs::read_to_string(&out).unwrap_or_default());
+    let mut servers: Vec<(String, String)> =
+        spans.iter().filter(|s| s.kind == SERVER).map(|s| (s.name.clone(), s.trace_id.clone())).collect();
+    servers.sort();
+    assert_eq!(servers.len(), 2, "{}", show(&spans));
+    assert_eq!(servers[0].0, "GET /fail");
+    assert_eq!(servers[1], ("GET /ok".to_string(), sampled.to_string()));
+    assert!(spans.iter().all(|s| s.trace_id != unsampled), "{}", show(&spans));
+
+    let counts = &stopped_log(&done)["traces"]["sampling"];
+    for key in ["kept_error", "kept_parent_sampled", "dropped_ratio", "dropped_parent_not_sampled"] {
+        assert!(counts[key].as_u64() >= Some(1), "{key} not counted: {counts}");
+    }
+}
