@@ -81,8 +81,10 @@ fn safe_header_value(v: &[u8]) -> Option<String> {
     (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
 }
 
-fn common(cfg: &TraceConfig, req: &HttpRequest, addrs: &Addrs, peer: SocketAddr) -> (String, Vec<KeyValue>) {
-    let route = route_template(&req.target);
+/// Attributes shared by server and client spans. `route` is already templated and
+/// bounded by the pipeline (see `TracePipeline::route`).
+fn common(cfg: &TraceConfig, req: &HttpRequest, route: &str, addrs: &Addrs, peer: SocketAddr) -> (String, Vec<KeyValue>) {
+    let route = route.to_string();
     let name = format!("{} {}", req.method, route);
     let mut a = vec![
         KeyValue::str("http.request.method", req.method.clone()),
@@ -176,11 +178,12 @@ pub fn server_span(
     cfg: &TraceConfig,
     clock: &Clock,
     x: &HttpExchange,
+    route: &str,
     addrs: &Addrs,
     resource: Arc<Resource>,
     ids: Ids,
 ) -> SpanRecord {
-    let (name, mut attrs) = common(cfg, &x.request, addrs, addrs.remote);
+    let (name, mut attrs) = common(cfg, &x.request, route, addrs, addrs.remote);
     attrs.push(KeyValue::str("server.address", addrs.local.ip().to_string()));
     attrs.push(KeyValue::int("server.port", addrs.local.port() as i64));
     attrs.push(KeyValue::str("client.address", addrs.remote.ip().to_string()));
@@ -226,11 +229,12 @@ pub fn client_span(
     cfg: &TraceConfig,
     clock: &Clock,
     x: &HttpExchange,
+    route: &str,
     addrs: &Addrs,
     resource: Arc<Resource>,
     ids: Ids,
 ) -> SpanRecord {
-    let (name, mut attrs) = common(cfg, &x.request, addrs, addrs.remote);
+    let (name, mut attrs) = common(cfg, &x.request, route, addrs, addrs.remote);
     let host = x.request.header("host").and_then(safe_header_value);
     let host_name = host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string());
     attrs.push(KeyValue::str("server.address", host_name.unwrap_or_else(|| addrs.remote.ip().to_string())));

@@ -77,6 +77,8 @@ pub struct TraceConfig {
     /// Propagation-gap detection.
     pub gaps: GapConfig,
     pub sampling: SamplingConfig,
+    /// Distinct routes kept per service before new ones go to one overflow bucket.
+    pub max_routes_per_service: usize,
 }
 
 /// Which hops count as broken (see `gaps`).
@@ -142,6 +144,7 @@ impl Default for TraceConfig {
             record_user_agent: false,
             gaps: GapConfig::default(),
             sampling: SamplingConfig::default(),
+            max_routes_per_service: 1000,
         }
     }
 }
@@ -159,6 +162,8 @@ pub struct TraceStats {
     /// Spans whose parent context was not sampled (flags 00): honoured, not exported.
     pub spans_not_sampled: u64,
     pub propagation_gaps: u64,
+    /// Requests whose route went to the overflow bucket (route cardinality cap).
+    pub routes_overflowed: u64,
     /// Spans by sampling decision (kept_* / dropped_*).
     pub sampling: HashMap<Decision, u64>,
     pub connections_unknown_protocol: u64,
@@ -246,6 +251,8 @@ pub struct TracePipeline {
     close_ns: Option<u64>,
     log_limit: RateLimiter,
     sampler: Sampler,
+    /// Distinct routes seen per service (bounded by `max_routes_per_service`).
+    routes: HashMap<String, std::collections::HashSet<String>>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
     client_peers: HashMap<(std::net::SocketAddr, std::net::SocketAddr), (u32, String)>,
     /// Server sockets on this node by (local, remote): who answered a client call. Kept
@@ -296,6 +303,7 @@ impl TracePipeline {
             close_ns: None,
             log_limit: RateLimiter::new(Duration::from_secs(10)),
             sampler,
+            routes: HashMap::new(),
             client_peers: HashMap::new(),
             server_peers: HashMap::new(),
             gaps: Arc::new(std::sync::Mutex::new(GapTable::default())),
@@ -395,6 +403,24 @@ impl TracePipeline {
             }
             self.emit_call(h.call, &h.conn, None, Some("inbound_request_not_completed"), None, sink);
         }
+    }
+
+    /// The templated route of a request target, bounded per service: past
+    /// `max_routes_per_service` distinct routes, new ones share one overflow bucket (so a
+    /// scan of a million distinct paths cannot blow up memory, spans or metric labels).
+    fn route(&mut self, service: &str, target: &[u8]) -> String {
+        let route = http::route_template(target);
+        let max = self.cfg.max_routes_per_service;
+        let known = self.routes.entry(service.to_string()).or_default();
+        if known.contains(&route) {
+            return route;
+        }
+        if known.len() < max {
+            known.insert(route.clone());
+            return route;
+        }
+        self.stats.routes_overflowed += 1;
+        ROUTE_OVERFLOW.to_string()
     }
 
     /// service.name and zone of a process, from its Resource.
@@ -686,7 +712,7 @@ impl TracePipeline {
                     if restarted {
                         let (service, zone) = self.service_zone(conn.pid, &conn.comm);
                         let callee = self.peer_name(&self.server_peers.get(&(h.conn.remote, h.conn.local)).cloned(), h.conn.remote);
-                        let route = http::route_template(&x.request.target);
+                        let route = self.route(&service, &x.request.target);
                         let trace = inbound.as_ref().map(|i| hex(&i.trace_id)).unwrap_or_default();
                         self.record_gap(GapKind::RestartedContext, &service, &zone, &callee, &route, &trace, "", "");
                     }
@@ -708,7 +734,7 @@ impl TracePipeline {
 
         // Propagation gaps: judged for every service, instrumented or not.
         let (service, zone) = self.service_zone(view.pid, &view.comm);
-        let route = http::route_template(&x.request.target);
+        let route = self.route(&service, &x.request.target);
         let caller = self.peer_name(&self.client_peers.get(&(view.remote, view.local)).cloned(), view.remote);
         let internal = self.client_peers.contains_key(&(view.remote, view.local))
             || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&view.remote.ip()));
@@ -739,7 +765,7 @@ impl TracePipeline {
                 };
                 if let Some(kind) = kind {
                     let callee = self.peer_name(&self.server_peers.get(&(child.conn.remote, child.conn.local)).cloned(), child.conn.remote);
-                    let child_route = http::route_template(&cx.request.target);
+                    let child_route = self.route(&service, &cx.request.target);
                     self.record_gap(kind, &service, &zone, &callee, &child_route, &trace_hex, &span_hex, "");
                     gap = Some(kind);
                 }
@@ -768,7 +794,7 @@ impl TracePipeline {
             }
         }
         let resource = self.resource_for(view.pid, &view.comm);
-        let mut span = http::server_span(&self.cfg, &self.clock, &x, &view_addrs(&view), resource, ctx.ids(span_id));
+        let mut span = http::server_span(&self.cfg, &self.clock, &x, &route, &view_addrs(&view), resource, ctx.ids(span_id));
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         if let Some(kind) = inbound_gap {
             mark_gap(&mut span, kind);
@@ -850,7 +876,9 @@ impl TracePipeline {
         };
         let span_id = self.ids.span_id();
         let resource = self.resource_for(view.pid, &view.comm);
-        let mut span = http::client_span(&self.cfg, &self.clock, &x, &view_addrs(view), resource, ctx.ids(span_id));
+        let service = resource_service(&resource);
+        let route = self.route(&service, &x.request.target);
+        let mut span = http::client_span(&self.cfg, &self.clock, &x, &route, &view_addrs(view), resource, ctx.ids(span_id));
         if let Some(why) = unresolved {
             span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
         }
@@ -872,6 +900,21 @@ impl TracePipeline {
         }
         self.resources.resolve(pid, Some(&info))
     }
+}
+
+/// The route every request past a service's route cap is reported under.
+pub const ROUTE_OVERFLOW: &str = "/{overflow}";
+
+/// `service.name` of a Resource.
+fn resource_service(r: &crate::spans::Resource) -> String {
+    r.attributes
+        .iter()
+        .find(|a| a.key == "service.name")
+        .and_then(|a| match &a.value {
+            crate::spans::AnyValue::Str(v) => Some(v.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// Names the gap on the span itself: an attribute and an event.
@@ -956,6 +999,19 @@ mod tests {
         assert_eq!(p.stats.propagation_gaps, 1);
         let gaps = p.gaps.lock().unwrap().rows();
         assert_eq!(gaps[0].0.kind, GapKind::DroppedOutboundContext);
+    }
+
+    /// A scan of many distinct paths cannot grow routes (spans, metric labels) unbounded.
+    #[test]
+    fn routes_are_capped_per_service() {
+        let cfg = TraceConfig { max_routes_per_service: 2, ..TraceConfig::default() };
+        let mut p = TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new()));
+        assert_eq!(p.route("svc", b"/a/1"), "/a/{id}");
+        assert_eq!(p.route("svc", b"/b"), "/b");
+        assert_eq!(p.route("svc", b"/a/2"), "/a/{id}", "a known route stays");
+        assert_eq!(p.route("svc", b"/c"), ROUTE_OVERFLOW);
+        assert_eq!(p.route("other", b"/c"), "/c", "the cap is per service");
+        assert_eq!(p.stats.routes_overflowed, 1);
     }
 
     /// Two inbound requests overlapping on one thread (an event loop): the agent cannot
