@@ -166,7 +166,12 @@ impl Traces {
             s("hoptrace_export_spans_dropped_total", vec![("reason", "retries_exhausted")], e.spans_dropped_retries_exhausted),
             s("hoptrace_export_spans_rejected_total", vec![], e.spans_rejected_by_collector),
             s("hoptrace_export_queue_depth", vec![], e.queue_depth),
+            s("hoptrace_routes_overflowed_total", vec![], t.routes_overflowed),
         ]);
+        for d in crate::sampling::Decision::ALL {
+            let n = t.sampling.get(&d).copied().unwrap_or(0);
+            out.push(s("hoptrace_spans_sampled_total", vec![("decision", d.label())], n));
+        }
         out
     }
 }

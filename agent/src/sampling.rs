@@ -60,6 +60,29 @@ pub enum Decision {
 }
 
 impl Decision {
+    pub const ALL: [Decision; 7] = [
+        Decision::KeptParentSampled,
+        Decision::KeptRatio,
+        Decision::KeptError,
+        Decision::KeptSlow,
+        Decision::KeptRiskSignal,
+        Decision::DroppedParentNotSampled,
+        Decision::DroppedRatio,
+    ];
+
+    /// Metric label value (same as the JSON key).
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::KeptParentSampled => "kept_parent_sampled",
+            Decision::KeptRatio => "kept_ratio",
+            Decision::KeptError => "kept_error",
+            Decision::KeptSlow => "kept_slow",
+            Decision::KeptRiskSignal => "kept_risk_signal",
+            Decision::DroppedParentNotSampled => "dropped_parent_not_sampled",
+            Decision::DroppedRatio => "dropped_ratio",
+        }
+    }
+
     pub fn kept(self) -> bool {
         !matches!(self, Decision::DroppedParentNotSampled | Decision::DroppedRatio)
     }
