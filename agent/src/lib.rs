@@ -38,6 +38,7 @@ pub mod procnet;
 pub mod run;
 pub mod server;
 pub mod protocols;
+pub mod redact;
 pub mod spans;
 pub mod stream;
 pub mod traces;
