@@ -39,6 +39,7 @@ pub mod run;
 pub mod sampling;
 pub mod server;
 pub mod protocols;
+pub mod redact;
 pub mod spans;
 pub mod stream;
 pub mod traces;
