@@ -370,6 +370,16 @@ static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        section: "traces",
+        key: "baggage_allowlist",
+        env: Env::List,
+        apply: |c, n| {
+            if let Some(v) = string_list(c, n, "traces.baggage_allowlist", |_, _, _| true) {
+                c.cfg.traces.baggage_allowlist = v;
+            }
+        },
+    },
+    Setting {
         section: "gaps",
         key: "entry_zones",
         env: Env::List,

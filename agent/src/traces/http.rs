@@ -18,6 +18,7 @@ use crate::{
 };
 
 use super::TraceConfig;
+use crate::redact::Redactor;
 
 pub struct Addrs {
     pub local: SocketAddr,
@@ -36,8 +37,11 @@ fn is_plain_word(seg: &str) -> bool {
         && !seg.contains('@')
 }
 
-/// `/customers/12345/orders?token=x` → `/customers/{id}/orders`.
-pub fn route_template(target: &[u8]) -> String {
+/// `/customers/12345/orders?token=x` → `/customers/{id}/orders`;
+/// `/mail/maria@example.com` → `/mail/{email}`. A segment holding anything the redactor
+/// detects becomes that detector's placeholder; any other segment that is not a plain word
+/// becomes `{id}`; the query string and fragment are dropped.
+pub fn route_template(target: &[u8], redactor: &Redactor) -> String {
     let target = String::from_utf8_lossy(target);
     // Absolute-form targets (proxies): keep only the path.
     let path = match target.find("://") {
@@ -54,10 +58,15 @@ pub fn route_template(target: &[u8]) -> String {
         if seg.is_empty() {
             continue;
         }
-        if is_plain_word(seg) {
-            out.push_str(seg);
-        } else {
-            out.push_str("{id}");
+        let decoded = seg.replace("%40", "@");
+        match redactor.redact_path_segment(&decoded) {
+            Some(name) => {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+            }
+            None if is_plain_word(seg) => out.push_str(seg),
+            None => out.push_str("{id}"),
         }
     }
     if out.is_empty() {
@@ -100,6 +109,20 @@ fn common(cfg: &TraceConfig, req: &HttpRequest, route: &str, addrs: &Addrs, peer
     for (header, attr) in &cfg.request_header_attributes {
         if let Some(v) = req.header(header).and_then(safe_header_value) {
             a.push(KeyValue::str(attr.clone(), v));
+        }
+    }
+    // Baggage: only allowlisted keys survive (as `baggage.<key>`), and their values are
+    // redacted like any value from traffic; a malformed header drops all of it.
+    if !cfg.baggage_allowlist.is_empty() {
+        let lines: Vec<&[u8]> = crate::protocols::http1::header_values(&req.headers, "baggage").collect();
+        if !lines.is_empty() {
+            if let Ok(items) = crate::context::parse_baggage(&lines, |k| cfg.baggage_allowlist.iter().any(|a| a == k)) {
+                for (k, v) in items {
+                    if let Some(v) = safe_header_value(v.as_bytes()) {
+                        a.push(KeyValue::str(format!("baggage.{k}"), v));
+                    }
+                }
+            }
         }
     }
     if cfg.record_user_agent {
@@ -259,14 +282,20 @@ pub fn connect_failed_span(addrs: &Addrs, resource: Arc<Resource>, ids: Ids, tim
 
 #[cfg(test)]
 mod tests {
-    use super::route_template;
+    use crate::redact::Redactor;
+
+    fn route_template(t: &[u8]) -> String {
+        super::route_template(t, &Redactor::default())
+    }
 
     #[test]
     fn routes_are_templated_and_queries_dropped() {
         assert_eq!(route_template(b"/customers/12345/orders?token=abc"), "/customers/{id}/orders");
         assert_eq!(route_template(b"/users/550e8400-e29b-41d4-a716-446655440000"), "/users/{id}");
         assert_eq!(route_template(b"/api/v2/predict"), "/api/v2/predict");
-        assert_eq!(route_template(b"/mail/joao@example.com"), "/mail/{id}");
+        assert_eq!(route_template(b"/mail/joao@example.com"), "/mail/{email}");
+        assert_eq!(route_template(b"/cpf/529.982.247-25/x"), "/cpf/{cpf}/x");
+        assert_eq!(route_template(b"/cards/4111111111111111"), "/cards/{card_number}");
         assert_eq!(route_template(b"/files/deadbeefcafe0123"), "/files/{id}");
         assert_eq!(route_template(b"http://svc:8080/a/1?x"), "/a/{id}");
         assert_eq!(route_template(b"*"), "/");

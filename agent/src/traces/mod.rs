@@ -42,6 +42,7 @@ use crate::{
     protocols::{self, http1::header_values, HttpExchange, L7Event, Protocol},
     gaps::{Gap, GapKey, GapKind, GapTable},
     logging::{self, RateLimiter},
+    redact::Redactor,
     sampling::{Decision, Sampler, SamplingConfig},
     spans::{hex, KeyValue, SpanId, SpanRecord, TraceId, TraceOrigin},
     stream::Segment,
@@ -74,6 +75,8 @@ pub struct TraceConfig {
     pub risk_signal_headers: Vec<String>,
     /// Record `user_agent.original` (off by default: it can identify people).
     pub record_user_agent: bool,
+    /// W3C baggage keys exported as `baggage.<key>` attributes (none by default).
+    pub baggage_allowlist: Vec<String>,
     /// Propagation-gap detection.
     pub gaps: GapConfig,
     pub sampling: SamplingConfig,
@@ -142,6 +145,7 @@ impl Default for TraceConfig {
             .to_vec(),
             risk_signal_headers: ["x-risk-abuse", "x-risk-scraping", "x-risk-jailbreak"].map(String::from).to_vec(),
             record_user_agent: false,
+            baggage_allowlist: Vec::new(),
             gaps: GapConfig::default(),
             sampling: SamplingConfig::default(),
             max_routes_per_service: 1000,
@@ -164,6 +168,8 @@ pub struct TraceStats {
     pub propagation_gaps: u64,
     /// Requests whose route went to the overflow bucket (route cardinality cap).
     pub routes_overflowed: u64,
+    /// Values replaced by the PII detectors, by detector.
+    pub redactions: HashMap<&'static str, u64>,
     /// Spans by sampling decision (kept_* / dropped_*).
     pub sampling: HashMap<Decision, u64>,
     pub connections_unknown_protocol: u64,
@@ -251,6 +257,7 @@ pub struct TracePipeline {
     close_ns: Option<u64>,
     log_limit: RateLimiter,
     sampler: Sampler,
+    redactor: Redactor,
     /// Distinct routes seen per service (bounded by `max_routes_per_service`).
     routes: HashMap<String, std::collections::HashSet<String>>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
@@ -303,6 +310,7 @@ impl TracePipeline {
             close_ns: None,
             log_limit: RateLimiter::new(Duration::from_secs(10)),
             sampler,
+            redactor: Redactor::default(),
             routes: HashMap::new(),
             client_peers: HashMap::new(),
             server_peers: HashMap::new(),
@@ -409,7 +417,7 @@ impl TracePipeline {
     /// `max_routes_per_service` distinct routes, new ones share one overflow bucket (so a
     /// scan of a million distinct paths cannot blow up memory, spans or metric labels).
     fn route(&mut self, service: &str, target: &[u8]) -> String {
-        let route = http::route_template(target);
+        let route = http::route_template(target, &self.redactor);
         let max = self.cfg.max_routes_per_service;
         let known = self.routes.entry(service.to_string()).or_default();
         if known.contains(&route) {
@@ -493,7 +501,44 @@ impl TracePipeline {
 
     /// Head and tail sampling (see `sampling`): every span is counted by decision; only
     /// kept ones reach the sink.
-    fn submit(&mut self, span: SpanRecord, sink: &mut dyn SpanSink) {
+    /// Privacy, last step before anything is queued: every attribute value that came from
+    /// traffic (mapped headers, baggage) passes the PII detectors. A hit is replaced by its
+    /// placeholder and the span gets a `dlp_redacted` event naming the detector and count,
+    /// never the value.
+    fn redact(&mut self, span: &mut SpanRecord) {
+        let from_traffic = |key: &str, cfg: &TraceConfig| {
+            key.starts_with("baggage.")
+                || cfg.request_header_attributes.iter().any(|(_, a)| a == key)
+                || cfg.response_header_attributes.iter().any(|(_, a)| a == key)
+        };
+        let mut hits: Vec<(crate::redact::Detector, usize)> = Vec::new();
+        for attr in span.attributes.iter_mut() {
+            if !from_traffic(&attr.key, &self.cfg) {
+                continue;
+            }
+            if let crate::spans::AnyValue::Str(v) = &attr.value {
+                let r = self.redactor.redact_value(v);
+                if !r.hits.is_empty() {
+                    attr.value = crate::spans::AnyValue::Str(r.text);
+                    hits.extend(r.hits);
+                }
+            }
+        }
+        for (det, n) in hits {
+            *self.stats.redactions.entry(det.name()).or_default() += n as u64;
+            span.events.push(crate::spans::SpanEvent {
+                name: "dlp_redacted".into(),
+                time_unix_ns: span.start_unix_ns,
+                attributes: vec![
+                    KeyValue::str("hoptrace.dlp.detector", det.name()),
+                    KeyValue::int("hoptrace.dlp.count", n as i64),
+                ],
+            });
+        }
+    }
+
+    fn submit(&mut self, mut span: SpanRecord, sink: &mut dyn SpanSink) {
+        self.redact(&mut span);
         let service = span
             .resource
             .attributes
