@@ -168,6 +168,9 @@ impl Traces {
             s("hoptrace_export_queue_depth", vec![], e.queue_depth),
             s("hoptrace_routes_overflowed_total", vec![], t.routes_overflowed),
         ]);
+        for (det, n) in &t.redactions {
+            out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
+        }
         for d in crate::sampling::Decision::ALL {
             let n = t.sampling.get(&d).copied().unwrap_or(0);
             out.push(s("hoptrace_spans_sampled_total", vec![("decision", d.label())], n));

@@ -491,6 +491,12 @@ static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        section: "sampling",
+        key: "rules",
+        env: Env::No,
+        apply: sampling_rules,
+    },
+    Setting {
         section: "resource",
         key: "attributes",
         env: Env::No,
@@ -613,6 +619,63 @@ fn services(c: &mut Ctx, node: &Node) {
         }
     }
     c.cfg.services = rules;
+}
+
+/// `sampling.rules`: per service / route ratios and slow thresholds, first match wins.
+fn sampling_rules(c: &mut Ctx, node: &Node) {
+    let Some(items) = list(c, node, "sampling.rules") else { return };
+    let mut rules = Vec::new();
+    for item in items {
+        if !matches!(item.kind, Kind::Map(_)) {
+            c.error(item, format!("a `sampling.rules` entry must be a mapping (service, route, ratio, slow_ms), got {}", item.describe()));
+            continue;
+        }
+        let mut rule = crate::sampling::SamplingRule { ratio: f64::NAN, ..Default::default() };
+        let mut valid = true;
+        for (key, key_node, value) in entries(c, item, "a `sampling.rules` entry") {
+            match key.as_str() {
+                "service" => rule.service = non_empty(c, value, "`service`"),
+                "route" => match non_empty(c, value, "`route`") {
+                    Some(r) if r.starts_with('/') => rule.route = Some(r),
+                    Some(r) => {
+                        valid = false;
+                        c.error(value, format!("`route` is a templated route starting with `/`, got `{r}`"));
+                    }
+                    None => valid = false,
+                },
+                "ratio" => match string(c, value, "`ratio`").map(|t| (t.parse::<f64>(), t)) {
+                    Some((Ok(v), _)) if (0.0..=1.0).contains(&v) => rule.ratio = v,
+                    Some((_, t)) => {
+                        valid = false;
+                        c.error(value, format!("`ratio` must be a number from 0 to 1, got `{t}`"));
+                    }
+                    None => valid = false,
+                },
+                "slow_ms" => match uint(c, value, "sampling.rules[].slow_ms", 1, MAX_MS) {
+                    Some(v) => rule.slow_ms = Some(v),
+                    None => valid = false,
+                },
+                _ => {
+                    valid = false;
+                    let hint = did_you_mean(&key, ["service", "route", "ratio", "slow_ms"]);
+                    c.error(key_node, format!("unknown key `{key}` in a `sampling.rules` entry{hint}"));
+                }
+            }
+        }
+        if !valid {
+            continue;
+        }
+        if rule.ratio.is_nan() {
+            c.error(item, "this `sampling.rules` entry has no `ratio`");
+            continue;
+        }
+        if rule.service.is_none() && rule.route.is_none() {
+            c.error(item, "this `sampling.rules` entry matches everything: give it a `service` or a `route`");
+            continue;
+        }
+        rules.push(rule);
+    }
+    c.cfg.traces.sampling.rules = rules;
 }
 
 /// Entries of a mapping as written, valid or not (0 for anything else).

@@ -537,3 +537,14 @@ fn sampling_section_is_validated_and_applied() {
     let bad = check("sampling:\n  ratio: 1.5\n  keep_errors: maybe\n");
     assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![2, 3], "{bad:?}");
 }
+
+#[test]
+fn sampling_rules_per_service_and_route() {
+    let ok = from_str("sampling:\n  ratio: 0.1\n  rules:\n    - { route: /healthz, ratio: 0 }\n    - { service: checkout, route: /pay, ratio: 1, slow_ms: 200 }\n").unwrap();
+    let r = ok.trace_config().sampling.rules;
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[0].route.as_deref(), r[0].ratio), (Some("/healthz"), 0.0));
+    assert_eq!((r[1].service.as_deref(), r[1].slow_ms), (Some("checkout"), Some(200)));
+    let bad = check("sampling:\n  rules:\n    - { route: healthz, ratio: 0 }\n    - { ratio: 2 }\n    - { route: /a, ratoi: 1 }\n");
+    assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![3, 4, 5], "{bad:?}");
+}
