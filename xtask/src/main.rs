@@ -243,6 +243,39 @@ fn check_rules(root: &Path) -> Result<()> {
     Ok(())
 }
 
+const SYSTEMD_UNIT: &str = "deploy/systemd/hoptrace.service";
+/// The ConfigMap's embedded agent configuration, extracted by check_deploy.py.
+const DEPLOY_CONFIG: &str = "target/deploy/hoptrace.yaml";
+
+/// The deployment files: Kubernetes manifests and the collector config
+/// (xtask/check_deploy.py, offline schemas from kubernetes-validate; the Prometheus
+/// Operator CRDs get a structural check there instead), and the systemd unit
+/// (`systemd-analyze verify`, when the tool exists).
+fn check_deploy(root: &Path) -> Result<()> {
+    let python = root.join("target/pyenv/bin/python");
+    run(Command::new(python).arg("xtask/check_deploy.py").arg(root).arg(root.join(DEPLOY_CONFIG)).current_dir(root))?;
+
+    if output(Command::new("systemd-analyze").arg("--version")).is_none() {
+        eprintln!("xtask: systemd-analyze not found; {SYSTEMD_UNIT} not verified");
+        return Ok(());
+    }
+    // verify insists that ExecStart's binary exists: check a copy that starts an existing
+    // executable (this one) instead of /usr/local/bin/hoptrace.
+    let unit = std::fs::read_to_string(root.join(SYSTEMD_UNIT)).with_context(|| format!("reading {SYSTEMD_UNIT}"))?;
+    let exe = std::env::current_exe()?;
+    let dir = root.join("target/deploy");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("hoptrace.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/hoptrace", &exe.to_string_lossy()))?;
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().context("running systemd-analyze")?;
+    // Unknown keys are only warnings (exit 0): any output is a failure.
+    let report = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !report.trim().is_empty() {
+        bail!("systemd-analyze verify {SYSTEMD_UNIT}:\n{report}");
+    }
+    Ok(())
+}
+
 fn cargo(root: &Path) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root);
@@ -277,10 +310,12 @@ fn main() -> Result<()> {
             }
             setup()?;
             check_rules(&root)?;
+            check_deploy(&root)?;
             run(cargo(&root).args(["build", "-p", "hoptrace"]))?;
             let bin = root.join("target/debug/hoptrace");
-            // The shipped configuration must always pass its own checker.
+            // The shipped configurations (and the ConfigMap's copy) must pass their checker.
             run(Command::new(&bin).arg("--check-config").arg(root.join("deploy/hoptrace.yaml")))?;
+            run(Command::new(&bin).arg("--check-config").arg(root.join(DEPLOY_CONFIG)))?;
             run(cargo(&root)
                 .args(["test", "--workspace", "--exclude", "hoptrace-ebpf", "--"])
                 .args(&args)
