@@ -304,7 +304,12 @@ impl Config {
     /// Node-wide resource attributes: `host.name`, the file's `resource.attributes`, then
     /// `OTEL_RESOURCE_ATTRIBUTES` (each later one replacing an earlier one of the same key).
     pub fn node_attributes(&self) -> Vec<KeyValue> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        // In a pod (no host network) the kernel hostname is the pod's: the node's name comes
+        // from the downward API (K8S_NODE_NAME) when it is set.
+        let host = std::env::var("K8S_NODE_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default());
         let otel = std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok();
         self.node_attributes_from(host.trim(), otel.as_deref())
     }
