@@ -133,15 +133,18 @@ const PIPELINE: [(Detector, Finder); 12] = [
 ];
 
 /// A configurable set of detectors. `Redactor::default()` enables all of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Redactor {
     enabled: Vec<Detector>,
+    /// Configured patterns, applied before the built-in detectors (`Detector::Custom(i)`).
+    custom: Vec<regex::Regex>,
 }
 
 impl Default for Redactor {
     fn default() -> Self {
         Redactor {
             enabled: Detector::ALL.to_vec(),
+            custom: Vec::new(),
         }
     }
 }
@@ -151,6 +154,7 @@ impl Redactor {
     pub fn new(enabled: &[Detector]) -> Self {
         let mut r = Redactor {
             enabled: Vec::new(),
+            custom: Vec::new(),
         };
         for d in enabled {
             r = r.with(*d);
@@ -174,10 +178,26 @@ impl Redactor {
         self.enabled.contains(&d)
     }
 
+    /// Adds configured patterns (regular expressions); each match becomes `{custom}`.
+    pub fn with_patterns(mut self, patterns: &[String]) -> Result<Self, regex::Error> {
+        for p in patterns {
+            self.custom.push(regex::Regex::new(p)?);
+        }
+        Ok(self)
+    }
+
     /// Replace every match of every enabled detector with `{<name>}`.
     pub fn redact_value(&self, s: &str) -> Redacted {
         let mut text = s.to_string();
         let mut hits: Vec<(Detector, usize)> = Vec::new();
+        // Configured patterns first: they say what the operator knows is sensitive.
+        for (i, re) in self.custom.iter().enumerate() {
+            let ranges: Vec<Range<usize>> = re.find_iter(&text).map(|m| m.range()).filter(|r| !r.is_empty()).collect();
+            if !ranges.is_empty() {
+                text = replace_ranges(&text, &ranges, Detector::Custom(i).placeholder());
+                hits.push((Detector::Custom(i), ranges.len()));
+            }
+        }
         for (det, find) in PIPELINE {
             if !self.is_enabled(det) {
                 continue;

@@ -41,8 +41,11 @@ fn planted_personal_data_never_leaves_the_agent() {
     let dir = TempDir::new("privacy");
     let out = dir.join("otlp.jsonl");
     let listen = free_port();
+    // An operator-configured pattern (an internal order id) on top of the built-in detectors.
+    let config = dir.join("hoptrace.yaml");
+    fs::write(&config, "privacy:\n  patterns: ['ACME-[0-9]{6}']\n").unwrap();
     let mut cmd = Command::new(hoptrace_bin());
-    cmd.args(["run", "--output"]).arg(&out).args(["--listen", &format!("127.0.0.1:{listen}")]);
+    cmd.args(["run", "--config"]).arg(&config).arg("--output").arg(&out).args(["--listen", &format!("127.0.0.1:{listen}")]);
     cmd.args(["--port", &port.to_string()]);
     // Allowlisted baggage is exported — redacted like any value from traffic.
     cmd.env("HOPTRACE_TRACES_BAGGAGE_ALLOWLIST", "user.email,user.cpf");
@@ -58,13 +61,15 @@ fn planted_personal_data_never_leaves_the_agent() {
     let session = "s3ss10n-c00k1e-v4lu3";
     let query_secret = "qs-sup3r-s3cr3t";
     let header_secret = "hdr-t0p-s3cr3t";
-    let planted = [email, &cpf, &cnpj, card, phone, jwt, session, query_secret, header_secret];
+    let order = "ACME-123456";
+    let planted = [email, &cpf, &cnpj, card, phone, jwt, session, query_secret, header_secret, order];
 
     let requests: Vec<Vec<String>> = vec![
         // Personal data in the path, secrets in the query string.
         vec![format!("http://127.0.0.1:{port}/customers/{email}/orders?token={query_secret}&cpf={cpf}")],
         vec![format!("http://127.0.0.1:{port}/customers/{}/orders", cpf.replace(['.', '-'], ""))],
         vec![format!("http://127.0.0.1:{port}/cards/{card}/charge")],
+        vec![format!("http://127.0.0.1:{port}/orders/{order}")],
         vec![format!("http://127.0.0.1:{port}/phones/{}", phone.trim_start_matches('+'))],
         // Credentials and personal data in headers, one of them mapped to an attribute.
         vec![
@@ -111,6 +116,7 @@ fn planted_personal_data_never_leaves_the_agent() {
     let routes: Vec<&str> = spans.iter().filter(|s| s.kind == SERVER).filter_map(|s| s.attrs.get("http.route")?.as_str()).collect();
     assert!(routes.contains(&"/customers/{id}/orders") || routes.iter().any(|r| r.starts_with("/customers/{") && r.ends_with("}/orders")), "{routes:?}");
     assert!(routes.iter().any(|r| r.starts_with("/cards/{") && r.ends_with("}/charge")), "{routes:?}");
+    assert!(routes.contains(&"/orders/{custom}"), "{routes:?}");
     assert_eq!(spans.iter().filter(|s| s.kind == SERVER).count(), requests.len(), "{}", show(&spans));
 
     // Mapped and allowlisted values survive as placeholders, and the span says what was

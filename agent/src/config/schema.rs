@@ -20,7 +20,8 @@ use crate::export::{Compression, JsonOutput, Protocol};
 use crate::traces::resource::{Match, Rule};
 
 /// The top-level keys, in the order the documentation presents them.
-pub(crate) const SECTIONS: [&str; 7] = ["exporter", "capture", "traces", "gaps", "sampling", "resource", "services"];
+pub(crate) const SECTIONS: [&str; 8] =
+    ["exporter", "capture", "traces", "privacy", "gaps", "sampling", "resource", "services"];
 
 /// Longest duration any timeout accepts. Durations are added to `Instant`s, which panics on
 /// overflow; anything longer than a day is a typo anyway.
@@ -376,6 +377,44 @@ static SETTINGS: &[Setting] = &[
         apply: |c, n| {
             if let Some(v) = string_list(c, n, "traces.baggage_allowlist", |_, _, _| true) {
                 c.cfg.traces.baggage_allowlist = v;
+            }
+        },
+    },
+    Setting {
+        section: "privacy",
+        key: "disabled_detectors",
+        env: Env::List,
+        apply: |c, n| {
+            if let Some(v) = string_list(c, n, "privacy.disabled_detectors", |c, item, v| {
+                let names: Vec<&str> = crate::redact::Detector::ALL.iter().map(|d| d.name()).collect();
+                let ok = names.contains(&v);
+                if !ok {
+                    c.error(item, format!("unknown detector `{v}`{}; detectors: {}", did_you_mean(v, names.iter().copied()), names.join(", ")));
+                }
+                ok
+            }) {
+                c.cfg.traces.disabled_detectors = v;
+            }
+        },
+    },
+    Setting {
+        section: "privacy",
+        key: "patterns",
+        env: Env::No,
+        apply: |c, n| {
+            if let Some(v) = string_list(c, n, "privacy.patterns", |c, item, v| match regex::Regex::new(v) {
+                Ok(re) if re.is_match("") => {
+                    c.error(item, "a `privacy.patterns` entry must not match the empty string");
+                    false
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                    c.error(item, format!("`privacy.patterns` entry is not a valid regular expression: {why}"));
+                    false
+                }
+            }) {
+                c.cfg.traces.redact_patterns = v;
             }
         },
     },

@@ -178,7 +178,7 @@ traces:
         assert_eq!(cfg.capture, CaptureConfig::default());
         assert!(cfg.services.is_empty());
     }
-    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, gaps, sampling, resource, services), got a list")]);
+    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, privacy, gaps, sampling, resource, services), got a list")]);
 }
 
 #[test]
@@ -547,4 +547,14 @@ fn sampling_rules_per_service_and_route() {
     assert_eq!((r[1].service.as_deref(), r[1].slow_ms), (Some("checkout"), Some(200)));
     let bad = check("sampling:\n  rules:\n    - { route: healthz, ratio: 0 }\n    - { ratio: 2 }\n    - { route: /a, ratoi: 1 }\n");
     assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![3, 4, 5], "{bad:?}");
+}
+
+#[test]
+fn privacy_section_detectors_and_patterns() {
+    let ok = from_str("privacy:\n  disabled_detectors: [phone]\n  patterns: ['ACME-[0-9]{6}']\n").unwrap();
+    let t = ok.trace_config();
+    assert_eq!((t.disabled_detectors, t.redact_patterns), (vec!["phone".to_string()], vec!["ACME-[0-9]{6}".to_string()]));
+    let bad = check("privacy:\n  disabled_detectors: [phnoe]\n  patterns: ['ACME-[0-9', 'x*']\n");
+    assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![2, 3, 3], "{bad:?}");
+    assert!(bad[0].message.contains("did you mean `phone`"), "{bad:?}");
 }

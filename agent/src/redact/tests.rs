@@ -567,3 +567,13 @@ fn random_strings_never_panic_and_never_leak_planted_pii() {
         let _ = r.redact_path_segment(&s);
     }
 }
+
+#[test]
+fn configured_patterns_are_redacted_first() {
+    let r = Redactor::default().with_patterns(&["ACME-[0-9]{6}".to_string()]).unwrap();
+    let out = r.redact_value("order ACME-123456 for joao@example.com");
+    assert_eq!(out.text, "order {custom} for {email}");
+    assert_eq!(out.count(Detector::Custom(0)), 1);
+    assert_eq!(r.redact_path_segment("ACME-654321"), Some("custom"));
+    assert!(Redactor::default().with_patterns(&["(".to_string()]).is_err());
+}

@@ -77,6 +77,10 @@ pub struct TraceConfig {
     pub record_user_agent: bool,
     /// W3C baggage keys exported as `baggage.<key>` attributes (none by default).
     pub baggage_allowlist: Vec<String>,
+    /// Built-in PII detectors turned off (by name: `phone`, `number`…); all on by default.
+    pub disabled_detectors: Vec<String>,
+    /// Extra patterns (regular expressions) redacted as `{custom}` everywhere.
+    pub redact_patterns: Vec<String>,
     /// Propagation-gap detection.
     pub gaps: GapConfig,
     pub sampling: SamplingConfig,
@@ -146,6 +150,8 @@ impl Default for TraceConfig {
             risk_signal_headers: ["x-risk-abuse", "x-risk-scraping", "x-risk-jailbreak"].map(String::from).to_vec(),
             record_user_agent: false,
             baggage_allowlist: Vec::new(),
+            disabled_detectors: Vec::new(),
+            redact_patterns: Vec::new(),
             gaps: GapConfig::default(),
             sampling: SamplingConfig::default(),
             max_routes_per_service: 1000,
@@ -296,6 +302,14 @@ impl Ctx {
 impl TracePipeline {
     pub fn new(cfg: TraceConfig, resources: ResourceResolver) -> Self {
         let sampler = Sampler::new(cfg.sampling.clone());
+        let mut redactor = Redactor::default();
+        for d in crate::redact::Detector::ALL {
+            if cfg.disabled_detectors.iter().any(|n| n == d.name()) {
+                redactor = redactor.without(d);
+            }
+        }
+        // Patterns were validated with the configuration; a bad one here is skipped whole.
+        let redactor = redactor.clone().with_patterns(&cfg.redact_patterns).unwrap_or(redactor);
         Self {
             cfg,
             clock: Clock::now(),
@@ -310,7 +324,7 @@ impl TracePipeline {
             close_ns: None,
             log_limit: RateLimiter::new(Duration::from_secs(10)),
             sampler,
-            redactor: Redactor::default(),
+            redactor,
             routes: HashMap::new(),
             client_peers: HashMap::new(),
             server_peers: HashMap::new(),
