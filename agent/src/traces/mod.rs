@@ -949,15 +949,17 @@ impl TracePipeline {
     }
 
     fn resource_for(&mut self, pid: u32, comm: &str) -> Arc<crate::spans::Resource> {
-        let mut info = self.processes.get(pid).map(|p| (*p).clone()).unwrap_or_else(|| ProcessInfo {
-            pid,
-            ..Default::default()
-        });
-        // Gone or a zombie already (short-lived clients): the kernel's name is what is left.
-        if info.exe_name.is_empty() {
-            info.exe_name = comm.to_string();
+        // Per span: borrow the cached process info; copy it only in the rare case where
+        // the executable is unknown (gone or a zombie already: short-lived clients) and the
+        // kernel's name has to stand in for it.
+        match self.processes.get(pid) {
+            Some(p) if !p.exe_name.is_empty() => self.resources.resolve(pid, Some(&p)),
+            other => {
+                let mut info = other.map(|p| (*p).clone()).unwrap_or_else(|| ProcessInfo { pid, ..Default::default() });
+                info.exe_name = comm.to_string();
+                self.resources.resolve(pid, Some(&info))
+            }
         }
-        self.resources.resolve(pid, Some(&info))
     }
 }
 
