@@ -57,9 +57,14 @@ pub fn parse_tcp_table(text: &str) -> Vec<TcpEntry> {
 
 /// Both TCP tables as seen by `pid` (its network namespace).
 pub fn tcp_table(pid: u32) -> Vec<TcpEntry> {
+    tcp_table_of(&pid.to_string())
+}
+
+/// Both TCP tables as seen by `/proc/<who>` (a pid, or `self`).
+fn tcp_table_of(who: &str) -> Vec<TcpEntry> {
     let mut out = Vec::new();
     for file in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{who}/net/{file}")) {
             out.extend(parse_tcp_table(&text));
         }
     }
@@ -90,6 +95,11 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
     tcp_table(pid).into_iter().filter(|e| e.state == TCP_LISTEN && mine.contains(&e.inode)).map(|e| e.local.port()).collect()
 }
 
+fn netns_of_self() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
 fn netns_of(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
@@ -103,9 +113,14 @@ pub struct Listeners {
 
 impl Listeners {
     /// Is `local` a port some socket listens on, in `pid`'s network namespace?
-    /// `None` when the process is gone and nothing can be said.
+    /// A short-lived process may be gone before its first record is handled: then its
+    /// namespace is assumed to be the agent's own (the host's, for a DaemonSet with
+    /// hostPID or a VM service). `None` when not even that can be read.
     pub fn is_listening(&mut self, pid: u32, local: SocketAddr) -> Option<bool> {
-        let ns = netns_of(pid)?;
+        let (ns, who) = match netns_of(pid) {
+            Some(ns) => (ns, pid.to_string()),
+            None => (netns_of_self()?, "self".to_string()),
+        };
         let fresh = |t: &Instant| t.elapsed() < Duration::from_secs(1);
         let entry = self.by_netns.entry(ns).or_insert_with(|| (Instant::now(), Vec::new()));
         let matches = |l: &Vec<SocketAddr>| {
@@ -116,7 +131,7 @@ impl Listeners {
         }
         // Unknown port or stale view: read the table again (bounded to once a second).
         if !fresh(&entry.0) || entry.1.is_empty() {
-            entry.1 = tcp_table(pid)
+            entry.1 = tcp_table_of(&who)
                 .into_iter()
                 .filter(|e| e.state == TCP_LISTEN)
                 .map(|e| e.local)
@@ -160,5 +175,9 @@ mod tests {
         assert_eq!(listeners.is_listening(std::process::id(), other), Some(false));
         assert!(listening_ports(std::process::id()).contains(&addr.port()));
         assert!(!listening_ports(1).contains(&addr.port()), "another process's port counted as ours");
+        // A process already gone: judged in the agent's own namespace.
+        let gone = 4_000_000; // above any pid in use here
+        assert_eq!(listeners.is_listening(gone, addr), Some(true));
+        assert_eq!(listeners.is_listening(gone, other), Some(false));
     }
 }
