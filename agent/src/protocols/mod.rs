@@ -15,7 +15,7 @@ use crate::stream::Segment;
 
 pub mod http1;
 
-pub use http1::HttpExchange;
+pub use http1::{HttpExchange, Timing};
 
 /// A parser for one connection.
 pub trait Protocol: Send {
@@ -31,12 +31,70 @@ pub trait Protocol: Send {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L7Event {
     Http(HttpExchange),
+    /// A message-queue operation (AMQP, NATS, Kafka): one publish or one receive of one
+    /// or more messages. The pipeline turns it into a PRODUCER or CONSUMER span.
+    Messaging(MqOperation),
     /// Bytes the parser could not make sense of; `reason` is a stable snake_case label.
     /// The parser has already recovered (or is waiting to) on its own.
     ParseError {
         protocol: &'static str,
         reason: &'static str,
     },
+}
+
+/// Which way messages went, seen from the client of the broker connection (the broker
+/// itself is never traced as a messaging service: its side of a connection is ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MqKind {
+    /// The client sent messages to the broker (AMQP basic.publish, NATS PUB/HPUB, Kafka
+    /// Produce): a PRODUCER span, `messaging.operation.type = send` (or `publish`).
+    Publish,
+    /// The broker handed messages to the client (AMQP basic.deliver / basic.get-ok, NATS
+    /// MSG/HMSG, Kafka Fetch response): a CONSUMER span, `messaging.operation.type =
+    /// receive` (pull) or `process` (push).
+    Receive,
+}
+
+/// One message-queue operation as a parser reports it. Parsers keep only what may leave
+/// the process: names and sizes, and of all message headers only the W3C trace context.
+/// Bodies, keys and every other header value are skipped, never stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqOperation {
+    /// `messaging.system`: "rabbitmq", "nats" or "kafka".
+    pub system: &'static str,
+    pub kind: MqKind,
+    /// `messaging.operation.name` as the protocol calls it: "publish", "deliver", "get",
+    /// "produce", "fetch", "PUB", "HPUB", "MSG", "HMSG".
+    pub operation_name: &'static str,
+    /// Syscalls that carried the operation. For request/response protocols (Kafka) the
+    /// first byte is the request's and the last byte is the response's.
+    pub timing: Timing,
+    /// The messages, in wire order (one for a single publish or delivery; several for a
+    /// Kafka batch or frames that arrived in one read).
+    pub messages: Vec<MqMessage>,
+    /// A broker-reported failure (Kafka error code name, AMQP channel.close reply text
+    /// class), as a stable label; `None` on success.
+    pub error: Option<String>,
+}
+
+/// One message of an [`MqOperation`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MqMessage {
+    /// `messaging.destination.name`: AMQP exchange (empty for the default exchange),
+    /// NATS subject, Kafka topic. Redacted by the pipeline before export.
+    pub destination: String,
+    /// AMQP routing key (`messaging.rabbitmq.destination.routing_key`).
+    pub routing_key: Option<String>,
+    /// Kafka partition (`messaging.destination.partition.id`).
+    pub partition: Option<i32>,
+    /// Kafka offset (`messaging.kafka.offset`).
+    pub offset: Option<i64>,
+    /// Body size in bytes (`messaging.message.body.size`); the body itself is skipped.
+    pub body_size: u64,
+    /// Raw `traceparent` header value, if the message carried one.
+    pub traceparent: Option<Vec<u8>>,
+    /// Raw `tracestate` header values, in order.
+    pub tracestate: Vec<Vec<u8>>,
 }
 
 /// Looks at the first bytes of a connection (seen in `direction`) and returns a parser

@@ -598,6 +598,10 @@ impl TracePipeline {
                         Role::Unknown => {}
                     }
                 }
+                // Messaging spans: not built yet (issue 5); counted so nothing is silent.
+                L7Event::Messaging(_) => {
+                    *self.stats.parse_errors.entry("messaging/not_traced".to_string()).or_default() += 1;
+                }
                 L7Event::ParseError { protocol, reason } => {
                     *self.stats.parse_errors.entry(format!("{protocol}/{reason}")).or_default() += 1;
                 }
