@@ -88,6 +88,8 @@ struct Traces {
     inner: TraceConsumer<Exporter>,
     endpoint: Arc<EndpointState>,
     drops: DropsReader,
+    /// Pod metadata (its counters go on /metrics).
+    k8s: Option<Arc<crate::k8s::Kubernetes>>,
 }
 
 /// Capture events into the trace pipeline, spans into `sink`. Shared by `run` and `check`.
@@ -168,6 +170,9 @@ impl Traces {
             s("hoptrace_export_queue_depth", vec![], e.queue_depth),
             s("hoptrace_routes_overflowed_total", vec![], t.routes_overflowed),
         ]);
+        if let Some(k) = &self.k8s {
+            out.extend(k.samples());
+        }
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
         }
@@ -256,7 +261,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&r), "--sample-ratio must be between 0 and 1, got {r}");
         cfg.sampling.ratio = r;
     }
-    let resources = ResourceResolver::new(config.rules(), config.node_attributes());
+    let k8s = crate::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
+    let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s.clone());
     let pipeline = TracePipeline::new(cfg, resources);
     let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
     let listening = start_endpoint(&args.listen, endpoint.clone())?;
@@ -272,7 +278,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             pipeline.gaps.clone(),
         )?;
     }
-    let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops };
+    let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops, k8s };
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(
         "info",
