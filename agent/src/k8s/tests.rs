@@ -269,3 +269,56 @@ fn target_from_config_and_environment() {
 }
 
 use std::path::Path;
+
+#[test]
+fn resource_precedence_node_then_pod_then_rule_and_rebuild_on_change() {
+    use crate::traces::resource::{Match, ResourceResolver, Rule};
+    let k = Arc::new(Kubernetes::new("node-a", &KubernetesConfig::default()));
+    let rules = vec![Rule {
+        matches: Match {
+            cgroup_contains: Some("kubepods".into()),
+            ..Default::default()
+        },
+        attributes: [("team".to_owned(), "from-rule".to_owned())].into(),
+    }];
+    let node = vec![
+        crate::spans::KeyValue::str("zone", "Z1"),
+        crate::spans::KeyValue::str("host.name", "vm"),
+    ];
+    let mut r = ResourceResolver::new(rules, node).with_kubernetes(Some(k.clone()));
+    let p = ProcessInfo {
+        pid: 7,
+        exe_name: "python3".into(),
+        cmdline: "python3 app.py".into(),
+        runtime: Some("python"),
+        container_id: Some(CID.into()),
+        cgroup: format!("/kubepods.slice/cri-containerd-{CID}.scope"),
+        start_time: 1,
+        ..Default::default()
+    };
+    let attr = |res: &crate::spans::Resource, key: &str| {
+        res.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| format!("{:?}", a.value))
+    };
+    // No pod yet: the program's name, the node's zone.
+    let before = r.resolve(7, Some(&p));
+    assert_eq!(
+        attr(&before, "service.name").as_deref(),
+        Some("Str(\"app\")")
+    );
+    assert_eq!(attr(&before, "zone").as_deref(), Some("Str(\"Z1\")"));
+    // The pod arrives: the cached resource is rebuilt; the pod wins over the node, the
+    // rule over the pod.
+    k.upsert(&pod("u1", "p1", CID));
+    let after = r.resolve(7, Some(&p));
+    assert_eq!(
+        attr(&after, "service.name").as_deref(),
+        Some("Str(\"checkout\")")
+    );
+    assert_eq!(attr(&after, "zone").as_deref(), Some("Str(\"Z3\")"));
+    assert_eq!(attr(&after, "team").as_deref(), Some("Str(\"from-rule\")"));
+    assert_eq!(attr(&after, "k8s.pod.name").as_deref(), Some("Str(\"p1\")"));
+    assert_eq!(attr(&after, "host.name").as_deref(), Some("Str(\"vm\")"));
+}
