@@ -1,7 +1,8 @@
 //! Kubernetes metadata end to end: `hoptrace run` watches a Kubernetes API (the fixture
 //! `fake_kube_api.py` serves real PodList / watch-event JSON, checks the bearer token and
 //! the node's field selector, pages its lists, sends bookmarks, and expires versions with
-//! 410 Gone), and real Python servers run in real cgroups laid out as the kubelet lays them
+//! 410 Gone) over TLS, found as a pod finds it (KUBERNETES_SERVICE_HOST/PORT, the CA and
+//! token files, K8S_NODE_NAME), and real Python servers run in real cgroups laid out as the kubelet lays them
 //! out (systemd driver + containerd on cgroup v2; cgroupfs driver on a v1 hierarchy when the
 //! machine has one). Their SERVER spans must carry the pod's metadata.
 
@@ -62,9 +63,7 @@ impl Drop for Cgroup {
         }
         for dir in self.created.iter().rev() {
             // A killed process leaves its cgroup once reaped: retry briefly.
-            wait_until(Duration::from_secs(5), || {
-                fs::remove_dir(dir).is_ok() || !dir.exists()
-            });
+            wait_until(Duration::from_secs(5), || fs::remove_dir(dir).is_ok() || !dir.exists());
         }
     }
 }
@@ -78,9 +77,7 @@ fn cgroup_mounts() -> (PathBuf, Option<PathBuf>) {
         let f: Vec<&str> = l.split(' ').collect();
         match f.get(2) {
             Some(&"cgroup2") => v2 = v2.or(Some(PathBuf::from(f[1]))),
-            Some(&"cgroup") if f[3].split(',').any(|o| o == "pids") => {
-                v1_pids = Some(PathBuf::from(f[1]))
-            }
+            Some(&"cgroup") if f[3].split(',').any(|o| o == "pids") => v1_pids = Some(PathBuf::from(f[1])),
             _ => {}
         }
     }
@@ -88,15 +85,7 @@ fn cgroup_mounts() -> (PathBuf, Option<PathBuf>) {
 }
 
 /// A pod as the API serves it.
-fn pod(
-    uid: &str,
-    name: &str,
-    node: &str,
-    cid: &str,
-    labels: Value,
-    annotations: Value,
-    owner: (&str, &str),
-) -> Value {
+fn pod(uid: &str, name: &str, node: &str, cid: &str, labels: Value, annotations: Value, owner: (&str, &str)) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
@@ -115,19 +104,71 @@ fn pod(
     })
 }
 
-fn control(api: u16, method: &str, path: &str, body: &str) {
-    run(
-        Command::new("curl").args([
-            "-sSf",
-            "-X",
-            method,
-            "--data-binary",
-            body,
-            &format!("http://127.0.0.1:{api}{path}"),
-        ]),
-        TIMEOUT,
+/// The fixture's control endpoints, over its TLS.
+struct Api {
+    server: PyServer,
+    ca: PathBuf,
+}
+
+impl Api {
+    fn curl(&self, method: &str, path: &str, body: &str) -> String {
+        let url = format!("https://127.0.0.1:{}{path}", self.server.port());
+        let ca = self.ca.to_str().unwrap();
+        run(
+            Command::new("curl").args(["-sSf", "--cacert", ca, "-X", method, "--data-binary", body, &url]),
+            TIMEOUT,
+        )
+        .expect_success()
+        .stdout
+    }
+
+    fn control(&self, method: &str, path: &str, body: &str) {
+        self.curl(method, path, body);
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        run(Command::new("openssl").args(args).current_dir(dir), TIMEOUT).expect_success();
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let days = ["-days", "1"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &days,
+            &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=fake-kube-ca"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "api.key", "-out", "api.csr", "-subj", "/CN=kube-apiserver"],
+        ]
+        .concat(),
+    );
+    fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
     )
-    .expect_success();
+    .unwrap();
+    let sign = [
+        "x509",
+        "-req",
+        "-in",
+        "api.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+    ];
+    openssl(&[&sign[..], &days, &["-out", "api.crt", "-extfile", "ext.cnf"]].concat());
+    (dir.join("ca.crt"), dir.join("api.crt"), dir.join("api.key"))
 }
 
 /// A metric's value on the agent's /metrics (0 when absent).
@@ -135,13 +176,7 @@ fn metric(port: u16, series: &str) -> u64 {
     let r = curl_get(&format!("http://127.0.0.1:{port}/metrics"));
     r.body
         .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -155,10 +190,7 @@ fn wait_metric(port: u16, series: &str, ok: impl Fn(u64) -> bool, agent: &RunAge
 }
 
 fn get(port: u16, path: &str) {
-    assert_eq!(
-        curl_get(&format!("http://127.0.0.1:{port}{path}")).status,
-        200
-    );
+    assert_eq!(curl_get(&format!("http://127.0.0.1:{port}{path}")).status, 200);
 }
 
 fn server_span<'a>(spans: &'a [Span], path: &str) -> &'a Span {
@@ -179,7 +211,12 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     let dir = TempDir::new("k8s");
     let token_file = dir.join("token");
     fs::write(&token_file, "token-1\n").unwrap();
-    let api = PyServer::start("fake_kube_api.py", &["token-1", NODE]);
+    let (ca, cert, key) = certificates(dir.path());
+    let args = ["token-1", NODE, cert.to_str().unwrap(), key.to_str().unwrap()];
+    let api = Api {
+        server: PyServer::start("fake_kube_api.py", &args),
+        ca: ca.clone(),
+    };
 
     // Pod A: a Deployment's pod, listed before the agent starts. systemd cgroup driver,
     // containerd, cgroup v2.
@@ -228,16 +265,12 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
         json!({"hoptrace.io/zone": "Z3", "hoptrace.io/team": "payments"}),
         ("ReplicaSet", "checkout-5d8f7c9b6"),
     );
-    control(api.port(), "POST", "/control/pods", &pod_a.to_string());
+    api.control("POST", "/control/pods", &pod_a.to_string());
     // Two more pods of the node (the list comes in pages of two), and one of another node.
     for (uid, name, node) in [
         ("00000000-0000-4000-8000-00000000000a", "idle-1", NODE),
         ("00000000-0000-4000-8000-00000000000b", "idle-2", NODE),
-        (
-            "00000000-0000-4000-8000-00000000000c",
-            "elsewhere",
-            "node-b",
-        ),
+        ("00000000-0000-4000-8000-00000000000c", "elsewhere", "node-b"),
     ] {
         let p = pod(
             uid,
@@ -248,22 +281,22 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
             json!({}),
             ("ReplicaSet", "idle-x"),
         );
-        control(api.port(), "POST", "/control/pods", &p.to_string());
+        api.control("POST", "/control/pods", &p.to_string());
     }
 
+    // As in a pod: the API from KUBERNETES_SERVICE_HOST/PORT (https, the cluster's CA),
+    // the node from K8S_NODE_NAME, `enabled: auto`; only the files' locations are set.
     let config = dir.join("hoptrace.yaml");
-    fs::write(
-        &config,
-        format!(
-            "kubernetes:\n  enabled: true\n  api_url: http://127.0.0.1:{}\n  node_name: {NODE}\n  token_file: {}\n  delete_grace_s: 1\n",
-            api.port(),
-            token_file.display()
-        ),
-    )
-    .unwrap();
+    let yaml = format!(
+        "kubernetes:\n  ca_file: {}\n  token_file: {}\n  delete_grace_s: 1\n",
+        ca.display(),
+        token_file.display()
+    );
+    fs::write(&config, yaml).unwrap();
     let out = dir.join("otlp.jsonl");
     let mport = free_port();
     let listen = format!("127.0.0.1:{mport}");
+    let api_port = api.server.port().to_string();
     let agent = RunAgent::start(
         &[srv_a.port(), srv_b.port()],
         &[
@@ -274,7 +307,11 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
             "--listen",
             &listen,
         ],
-        std::iter::empty::<(&str, &str)>(),
+        [
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", api_port.as_str()),
+            ("K8S_NODE_NAME", NODE),
+        ],
     );
     wait_metric(mport, "hoptrace_k8s_pods_cached", |n| n == 3, &agent);
 
@@ -290,27 +327,22 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
         json!({"hoptrace.io/zone": "Z5"}),
         ("StatefulSet", "ledger"),
     );
-    control(api.port(), "POST", "/control/pods", &pod_b.to_string());
+    api.control("POST", "/control/pods", &pod_b.to_string());
     wait_metric(mport, "hoptrace_k8s_pods_cached", |n| n == 4, &agent);
     get(srv_b.port(), "/watched");
     // 3. DELETED: after the grace (1 s) its metadata goes away.
-    control(api.port(), "DELETE", &format!("/control/pods/{uid_b}"), "");
+    api.control("DELETE", &format!("/control/pods/{uid_b}"), "");
     wait_metric(mport, "hoptrace_k8s_pods_cached", |n| n == 3, &agent);
     get(srv_b.port(), "/deleted");
     // 4. The token rotates; the pod comes back with a change the watch never sees, and the
     //    versions are compacted: the open watch gets 410 Gone, and only a new LIST (with
     //    the new token) can find the change.
     fs::write(&token_file, "token-2\n").unwrap();
-    control(api.port(), "POST", "/control/token", "token-2");
+    api.control("POST", "/control/token", "token-2");
     let mut pod_b2 = pod_b.clone();
     pod_b2["metadata"]["labels"]["app.kubernetes.io/name"] = json!("ledger-relisted");
-    control(
-        api.port(),
-        "POST",
-        "/control/pods?silent=1",
-        &pod_b2.to_string(),
-    );
-    control(api.port(), "POST", "/control/compact", "");
+    api.control("POST", "/control/pods?silent=1", &pod_b2.to_string());
+    api.control("POST", "/control/compact", "");
     wait_metric(
         mport,
         "hoptrace_k8s_watch_restarts_total{reason=\"expired\"}",
@@ -325,10 +357,7 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
         metric(mport, "hoptrace_k8s_unresolved_containers_total") >= 1,
         "the deleted pod's process was unresolved"
     );
-    assert_eq!(
-        metric(mport, "hoptrace_k8s_api_errors_total{reason=\"decode\"}"),
-        0
-    );
+    assert_eq!(metric(mport, "hoptrace_k8s_api_errors_total{reason=\"decode\"}"), 0);
     std::thread::sleep(Duration::from_millis(1500));
     let stopped = agent.stop();
 
@@ -365,18 +394,8 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     assert_eq!(res(b, "k8s.deployment.name"), None);
     let gone = server_span(&spans, "/deleted");
     assert_eq!(res(gone, "container.id"), Some(cid_b.as_str()), "{gone:?}");
-    for k in [
-        "k8s.pod.name",
-        "k8s.pod.uid",
-        "k8s.statefulset.name",
-        "zone",
-        "team",
-    ] {
-        assert_eq!(
-            res(gone, k),
-            None,
-            "{k} of the deleted pod still on {gone:?}"
-        );
+    for k in ["k8s.pod.name", "k8s.pod.uid", "k8s.statefulset.name", "zone", "team"] {
+        assert_eq!(res(gone, k), None, "{k} of the deleted pod still on {gone:?}");
     }
     assert_eq!(
         res(gone, "service.name"),
@@ -392,10 +411,7 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
 
     // What the agent asked: its node only (the fixture answers 400 otherwise), pages,
     // watches with bookmarks from a version, and the rotated token once it changed.
-    let asked: Value = serde_json::from_str(
-        &curl_get(&format!("http://127.0.0.1:{}/control/requests", api.port())).body,
-    )
-    .unwrap();
+    let asked: Value = serde_json::from_str(&api.curl("GET", "/control/requests", "")).unwrap();
     let asked = asked.as_array().unwrap();
     assert!(
         asked
@@ -407,36 +423,24 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
         asked.iter().any(|r| r["query"].get("continue").is_some()),
         "no paged LIST: {asked:?}"
     );
-    let watches: Vec<&Value> = asked
-        .iter()
-        .filter(|r| r["query"]["watch"] == "1")
-        .collect();
+    let watches: Vec<&Value> = asked.iter().filter(|r| r["query"]["watch"] == "1").collect();
     assert!(
         !watches.is_empty()
-            && watches
-                .iter()
-                .all(|w| w["query"]["allowWatchBookmarks"] == "true"
-                    && w["query"]["resourceVersion"]
-                        .as_str()
-                        .is_some_and(|v| !v.is_empty())),
+            && watches.iter().all(|w| w["query"]["allowWatchBookmarks"] == "true"
+                && w["query"]["resourceVersion"].as_str().is_some_and(|v| !v.is_empty())),
         "{watches:?}"
     );
     let first_new = asked
         .iter()
         .position(|r| r["token"] == "token-2")
         .expect("the rotated token was never used");
-    assert!(
-        asked[..first_new].iter().all(|r| r["token_ok"] == true),
-        "{asked:?}"
-    );
+    assert!(asked[..first_new].iter().all(|r| r["token_ok"] == true), "{asked:?}");
     assert!(
         asked[first_new..].iter().all(|r| r["token"] == "token-2"),
         "old token after rotation: {asked:?}"
     );
     assert!(
-        stopped
-            .stderr
-            .contains("kubernetes watch expired (410 Gone)"),
+        stopped.stderr.contains("kubernetes watch expired (410 Gone)"),
         "{}",
         stopped.stderr
     );
