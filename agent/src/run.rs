@@ -252,6 +252,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
     let collector = exporter_cfg.endpoint.clone();
     let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
+    // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
+    // already have their pods, and a Kubernetes misconfiguration fails fast.
+    let k8s = crate::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
     let mut loaded = loader::load(&capture_options(&probe))?;
     let mut cfg = config.trace_config();
     if args.no_suppress_instrumented {
@@ -261,7 +264,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&r), "--sample-ratio must be between 0 and 1, got {r}");
         cfg.sampling.ratio = r;
     }
-    let k8s = crate::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
     let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s.clone());
     let pipeline = TracePipeline::new(cfg, resources);
     let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });

@@ -447,3 +447,72 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     drop((srv_a, srv_b));
     drop((cg_a, cg_b));
 }
+
+/// Wrong settings are loud: `enabled: true` without an API fails at start, naming what is
+/// missing; a rejected token is logged with the server's reason and counted, and the agent
+/// keeps tracing (without pod metadata) while it retries.
+#[test]
+fn kubernetes_misconfiguration_fails_fast_or_is_counted() {
+    require_root();
+    let dir = TempDir::new("k8s-bad");
+    let config = dir.join("hoptrace.yaml");
+    fs::write(&config, format!("kubernetes:\n  enabled: true\n  node_name: {NODE}\n")).unwrap();
+    let mut cmd = Command::new(hoptrace_bin());
+    cmd.args(["run", "--listen", "off", "--config", config.to_str().unwrap()]);
+    without_otel_env(&mut cmd).env_remove("KUBERNETES_SERVICE_HOST");
+    let done = run(&mut cmd, TIMEOUT);
+    assert!(!done.status.success(), "{done:?}");
+    assert!(
+        done.stderr
+            .contains("kubernetes.enabled is true but the API is unknown"),
+        "{}",
+        done.stderr
+    );
+
+    let (ca, cert, key) = certificates(dir.path());
+    let args = ["the-right-token", NODE, cert.to_str().unwrap(), key.to_str().unwrap()];
+    let api = Api {
+        server: PyServer::start("fake_kube_api.py", &args),
+        ca: ca.clone(),
+    };
+    let token_file = dir.join("token");
+    fs::write(&token_file, "a-wrong-token").unwrap();
+    let yaml = format!(
+        "kubernetes:\n  enabled: true\n  api_url: https://127.0.0.1:{}\n  node_name: {NODE}\n  ca_file: {}\n  token_file: {}\n",
+        api.server.port(),
+        ca.display(),
+        token_file.display()
+    );
+    fs::write(&config, yaml).unwrap();
+    let mport = free_port();
+    let listen = format!("127.0.0.1:{mport}");
+    let agent = RunAgent::start(
+        &[],
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        std::iter::empty::<(&str, &str)>(),
+    );
+    wait_metric(
+        mport,
+        "hoptrace_k8s_api_errors_total{reason=\"http_status\"}",
+        |n| n >= 2,
+        &agent,
+    );
+    assert_eq!(metric(mport, "hoptrace_k8s_pods_cached"), 0);
+    assert!(
+        curl_get(&format!("http://127.0.0.1:{mport}/readyz")).status == 200,
+        "tracing goes on"
+    );
+    let stopped = agent.stop();
+    assert!(
+        stopped.stderr.contains("kubernetes pod list failed") && stopped.stderr.contains("HTTP 401: Unauthorized"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(!stopped.stderr.contains("a-wrong-token"), "the token was logged");
+    let asked: Value = serde_json::from_str(&api.curl("GET", "/control/requests", "")).unwrap();
+    assert!(asked
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["token_ok"] == false && r["query"].get("watch").is_none()));
+}
