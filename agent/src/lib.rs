@@ -14,6 +14,8 @@
 //! 6. [`export`] — spans go to an OpenTelemetry collector (OTLP over gRPC or HTTP/protobuf),
 //!    or are printed as OTLP/JSON lines when none is configured.
 //!
+//! [`k8s`] maps processes to their pods (Kubernetes API watch) for resource attributes.
+//!
 //! [`config`] reads the YAML configuration file and its environment overrides.
 //!
 //! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
@@ -31,6 +33,7 @@ pub mod driver;
 pub mod events;
 pub mod export;
 pub mod gaps;
+pub mod k8s;
 pub mod loader;
 pub mod logging;
 pub mod process;

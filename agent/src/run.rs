@@ -88,6 +88,8 @@ struct Traces {
     inner: TraceConsumer<Exporter>,
     endpoint: Arc<EndpointState>,
     drops: DropsReader,
+    /// Pod metadata (its counters go on /metrics).
+    k8s: Option<Arc<crate::k8s::Kubernetes>>,
 }
 
 /// Capture events into the trace pipeline, spans into `sink`. Shared by `run` and `check`.
@@ -168,6 +170,9 @@ impl Traces {
             s("hoptrace_export_queue_depth", vec![], e.queue_depth),
             s("hoptrace_routes_overflowed_total", vec![], t.routes_overflowed),
         ]);
+        if let Some(k) = &self.k8s {
+            out.extend(k.samples());
+        }
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
         }
@@ -247,6 +252,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
     let collector = exporter_cfg.endpoint.clone();
     let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
+    // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
+    // already have their pods, and a Kubernetes misconfiguration fails fast.
+    let k8s = crate::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
     let mut loaded = loader::load(&capture_options(&probe))?;
     let mut cfg = config.trace_config();
     if args.no_suppress_instrumented {
@@ -256,7 +264,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&r), "--sample-ratio must be between 0 and 1, got {r}");
         cfg.sampling.ratio = r;
     }
-    let resources = ResourceResolver::new(config.rules(), config.node_attributes());
+    let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s.clone());
     let pipeline = TracePipeline::new(cfg, resources);
     let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
     let listening = start_endpoint(&args.listen, endpoint.clone())?;
@@ -272,7 +280,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             pipeline.gaps.clone(),
         )?;
     }
-    let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops };
+    let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops, k8s };
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(
         "info",

@@ -122,7 +122,12 @@ impl Loaded {
     pub fn drops_reader(&self) -> Result<DropsReader> {
         let map = self.ebpf.map("DROPS").context("DROPS map missing")?;
         let data = match map {
-            aya::maps::Map::PerCpuArray(d) => MapData::from_id(d.info()?.id())?,
+            // A duplicate of our own fd: BPF_MAP_GET_FD_BY_ID (MapData::from_id) needs
+            // CAP_SYS_ADMIN, which the agent runs without (DaemonSet, systemd unit).
+            aya::maps::Map::PerCpuArray(d) => {
+                use std::os::fd::AsFd as _;
+                MapData::from_fd(d.fd().as_fd().try_clone_to_owned().context("dup of the DROPS map fd")?)?
+            }
             _ => return Err(anyhow!("DROPS is not a per-CPU array")),
         };
         Ok(DropsReader { map: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))? })
