@@ -31,26 +31,31 @@ const MAX_LINKS: usize = 128;
 
 /// A destination (exchange, subject, topic) with identifiers and PII replaced, segment by
 /// segment (`.`, `/`, `:` separate segments): `orders.created` stays,
-/// `orders.4711.created` becomes `orders.{id}.created`, `mail.joao@example.com` becomes
-/// `mail.{email}`.
+/// `orders.4711.created` becomes `orders.{id}.created`, `notify/joao@example.com` becomes
+/// `notify/{email}`. The detectors run over the whole name first, so a value
+/// that itself contains separators (an e-mail address) is replaced whole.
 pub fn destination_template(dest: &str, redactor: &Redactor) -> String {
-    let mut out = String::with_capacity(dest.len());
+    let text = redactor.redact_value(dest).text;
+    let mut out = String::with_capacity(text.len());
     let mut seg = String::new();
     let flush = |seg: &mut String, out: &mut String| {
         if !seg.is_empty() {
-            match redactor.redact_path_segment(seg) {
-                Some(name) => {
+            let detected = crate::redact::Detector::ALL.iter().find(|d| seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) == Some(d.name()));
+            match detected {
+                Some(d) => {
                     out.push('{');
-                    out.push_str(name);
+                    out.push_str(d.path_placeholder());
                     out.push('}');
                 }
+                // A configured pattern's placeholder.
+                None if seg.starts_with('{') && seg.ends_with('}') => out.push_str(seg),
                 None if is_plain(seg) => out.push_str(seg),
                 None => out.push_str("{id}"),
             }
         }
         seg.clear();
     };
-    for ch in dest.chars() {
+    for ch in text.chars() {
         if matches!(ch, '.' | '/' | ':') {
             flush(&mut seg, &mut out);
             out.push(ch);
@@ -298,5 +303,180 @@ impl TracePipeline {
             links: Vec::new(),
             status,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline on operations as the parsers report them (the parsers' own tests use
+    //! bytes recorded from real clients).
+    use std::time::Instant;
+
+    use hoptrace_common::{Direction, Role, Syscall};
+
+    use super::*;
+    use crate::{
+        conntrack::RoleSource,
+        protocols::{L7Event, Timing},
+        spans::{hex, AnyValue},
+        stream::{Segment, Stream},
+        traces::{resource::ResourceResolver, TraceConfig},
+    };
+
+    const PID: u32 = 5151;
+    const TID: u32 = 5152;
+    const TP: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn conn(id: u64, role: Role, local: &str, remote: &str) -> Connection {
+        Connection {
+            id,
+            tuple: crate::conntrack::Tuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
+            role,
+            role_source: RoleSource::Syscall,
+            via: Syscall::Connect,
+            pid: PID,
+            ppid: 1,
+            fd: 3,
+            comm: "svc".into(),
+            cgroup_id: 0,
+            opened_ns: 0,
+            last_seen: Instant::now(),
+            streams: [Stream::default(), Stream::default()],
+        }
+    }
+
+    fn op(kind: MqKind, name: &'static str, at: u64, messages: Vec<MqMessage>) -> MqOperation {
+        MqOperation {
+            system: "rabbitmq",
+            kind,
+            operation_name: name,
+            timing: Timing { first_tid: TID, first_enter_ns: at, first_exit_ns: at + 1, last_exit_ns: at + 2 },
+            messages,
+            error: None,
+        }
+    }
+
+    fn msg(dest: &str, tp: Option<&[u8]>) -> MqMessage {
+        MqMessage {
+            destination: dest.into(),
+            routing_key: Some("orders".into()),
+            body_size: 12,
+            traceparent: tp.map(<[u8]>::to_vec),
+            ..MqMessage::default()
+        }
+    }
+
+    fn pipeline() -> TracePipeline {
+        TracePipeline::new(TraceConfig::default(), ResourceResolver::new(Vec::new(), Vec::new()))
+    }
+
+    fn attr<'a>(s: &'a SpanRecord, k: &str) -> Option<&'a AnyValue> {
+        s.attributes.iter().find(|a| a.key == k).map(|a| &a.value)
+    }
+
+    fn seg(ts: u64, bytes: &[u8]) -> Vec<Segment> {
+        vec![Segment::Data { offset: 0, ts_enter_ns: ts, ts_ns: ts + 1, tid: TID, bytes: bytes.to_vec() }]
+    }
+
+    /// A publish made while the thread serves a traced request: the request's child, and
+    /// a gap because the message itself carries no context.
+    #[test]
+    fn publish_on_a_serving_thread_is_the_requests_child() {
+        let mut p = pipeline();
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        let server = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+        let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:5672");
+        let req = b"GET /publish HTTP/1.1\r\nHost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        p.on_segments(&server, Direction::Ingress, &seg(10, req), &mut spans);
+        p.handle_events(&broker, vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", None)]))], &mut spans);
+        assert!(spans.is_empty(), "held for its request");
+        p.on_segments(&server, Direction::Egress, &seg(40, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), &mut spans);
+        let srv = spans.iter().find(|s| s.kind == SpanKind::Server).expect("server");
+        let prod = spans.iter().find(|s| s.kind == SpanKind::Producer).expect("producer");
+        assert_eq!((prod.trace_id, prod.parent_span_id), (srv.trace_id, srv.span_id));
+        assert_eq!(prod.name, "publish");
+        assert_eq!(attr(prod, "messaging.operation.type"), Some(&AnyValue::Str("send".into())));
+        assert_eq!(attr(prod, "hoptrace.gap.kind"), Some(&AnyValue::Str("mq_message_without_context".into())));
+        assert_eq!(p.gaps.lock().unwrap().rows()[0].0.kind, GapKind::MqMessageWithoutContext);
+    }
+
+    /// Publishing with its own context while serving nothing: the process instruments
+    /// itself; no duplicate PRODUCER span.
+    #[test]
+    fn publish_with_own_context_marks_the_process_instrumented() {
+        let mut p = pipeline();
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:5672");
+        p.handle_events(&broker, vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))], &mut spans);
+        assert!(spans.is_empty());
+        assert_eq!(p.stats.spans_suppressed_instrumented, 1);
+        let cfg = TraceConfig { suppress_instrumented: false, ..TraceConfig::default() };
+        let mut p = TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new()));
+        p.handle_events(&broker, vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))], &mut spans);
+        assert_eq!(hex(&spans[0].trace_id), "4bf92f3577b34da6a3ce929d0e0e4736", "the message's own context");
+        assert_eq!(hex(&spans[0].parent_span_id), "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn single_receive_joins_the_message_trace_and_batches_link() {
+        let mut p = pipeline();
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:4222");
+        let mut one = op(MqKind::Receive, "HMSG", 20, vec![msg("orders.4711.created", Some(TP))]);
+        one.system = "nats";
+        p.handle_events(&broker, vec![L7Event::Messaging(one)], &mut spans);
+        let c = &spans[0];
+        assert_eq!((c.kind, hex(&c.trace_id), hex(&c.parent_span_id)), (SpanKind::Consumer, "4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into()));
+        assert_eq!(c.name, "HMSG orders.{id}.created", "destinations are templated like routes");
+        assert_eq!(attr(c, "messaging.operation.type"), Some(&AnyValue::Str("process".into())));
+        assert_eq!(attr(c, "messaging.message.body.size"), Some(&AnyValue::Int(12)));
+        assert_eq!(p.stats.propagation_gaps, 0);
+
+        let tp2 = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut with_state = msg("q", Some(tp2));
+        with_state.tracestate = vec![b"mq=1".to_vec()];
+        let batch = op(MqKind::Receive, "get", 30, vec![msg("q", Some(TP)), with_state, msg("q", None), msg("q", Some(b"00-garbage"))]);
+        p.handle_events(&broker, vec![L7Event::Messaging(batch)], &mut spans);
+        let b = &spans[1];
+        assert!(b.is_root(), "a batch starts its own trace");
+        assert_eq!(b.links.len(), 2);
+        assert_eq!((hex(&b.links[1].trace_id), b.links[1].trace_state.as_str()), ("0af7651916cd43dd8448eb211c80319c".into(), "mq=1"));
+        assert_eq!(attr(b, "messaging.batch.message_count"), Some(&AnyValue::Int(4)));
+        assert_eq!(attr(b, "messaging.operation.type"), Some(&AnyValue::Str("receive".into())));
+        assert!(attr(b, "messaging.message.body.size").is_none());
+        // The message without context and the one with a broken one: two gaps.
+        assert_eq!(p.stats.propagation_gaps, 2);
+        assert_eq!(p.stats.invalid_context.values().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn several_destinations_name_the_operation_only_and_errors_are_errors() {
+        let mut p = pipeline();
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9092");
+        let mut fetch = op(MqKind::Receive, "fetch", 20, vec![msg("a", Some(TP)), msg("b", Some(TP))]);
+        fetch.system = "kafka";
+        fetch.error = Some("NOT_LEADER_OR_FOLLOWER".into());
+        fetch.messages[0].partition = Some(3);
+        fetch.messages[1].partition = Some(3);
+        p.handle_events(&broker, vec![L7Event::Messaging(fetch)], &mut spans);
+        let s = &spans[0];
+        assert_eq!(s.name, "fetch");
+        assert!(attr(s, "messaging.destination.name").is_none());
+        assert_eq!(attr(s, "messaging.destination.partition.id"), Some(&AnyValue::Str("3".into())));
+        assert_eq!(attr(s, "error.type"), Some(&AnyValue::Str("NOT_LEADER_OR_FOLLOWER".into())));
+        assert_eq!(s.status.code, StatusCode::Error);
+    }
+
+    #[test]
+    fn destinations_are_templated() {
+        let r = Redactor::default();
+        assert_eq!(destination_template("orders.created", &r), "orders.created");
+        assert_eq!(destination_template("orders.*.>", &r), "orders.*.>");
+        assert_eq!(destination_template("notify/joao@example.com", &r), "notify/{email}");
+        // Dots are legal in an address: the detector takes the widest match, never less.
+        assert!(!destination_template("user.joao@example.com.events", &r).contains("joao"));
+        assert_eq!(destination_template("amq.gen-JzTY20BRgKO-HjmUJj0wLg", &r), "amq.{id}");
+        assert_eq!(destination_template("", &r), "");
     }
 }
