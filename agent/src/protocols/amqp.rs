@@ -185,7 +185,7 @@ impl Reader {
             if self.buf.len() == 7 {
                 let (ty, size) = (self.buf[0], frame_size(&self.buf));
                 match ty {
-                    1 | 2 if size + 1 <= MAX_FRAME => {}
+                    1 | 2 if size < MAX_FRAME => {}
                     1 | 2 => {
                         out.push(err("frame_too_large"));
                         let channel = u16::from_be_bytes([self.buf[1], self.buf[2]]);
