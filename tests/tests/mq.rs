@@ -146,7 +146,7 @@ fn assert_private(marker: &str, out: &Path, agent_stderr: &str) {
 }
 
 #[test]
-fn rabbitmq_context_through_headers_links_for_batches_and_gaps() {
+fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     require_root();
     let (rabbit, took) = RabbitMq::start();
     eprintln!("mq: RabbitMQ ready in {:.1} s", took.as_secs_f64());
@@ -270,7 +270,7 @@ fn rabbitmq_context_through_headers_links_for_batches_and_gaps() {
 }
 
 #[test]
-fn nats_headers_join_the_trace_and_plain_messages_are_gaps() {
+fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     require_root();
     let (nats, took) = Nats::start();
     eprintln!("mq: nats-server ready in {:.2} s", took.as_secs_f64());

@@ -101,6 +101,12 @@ fn message_context(m: &MqMessage) -> Result<Option<(context::TraceParent, String
 impl TracePipeline {
     /// Entry point from `handle_events`.
     pub(super) fn messaging(&mut self, conn: &Connection, op: MqOperation, sink: &mut dyn SpanSink) {
+        // The broker is not a messaging service: its end of a connection is not traced,
+        // whatever a parser reports (they are meant to stay silent there).
+        if conn.role == hoptrace_common::Role::Server {
+            *self.stats.parse_errors.entry(format!("{}/operation_on_broker_side", op.system)).or_default() += 1;
+            return;
+        }
         *self.stats.mq_operations.entry(op.system).or_default() += 1;
         match op.kind {
             MqKind::Publish => {
@@ -466,6 +472,17 @@ mod tests {
         assert_eq!(attr(s, "messaging.destination.partition.id"), Some(&AnyValue::Str("3".into())));
         assert_eq!(attr(s, "error.type"), Some(&AnyValue::Str("NOT_LEADER_OR_FOLLOWER".into())));
         assert_eq!(s.status.code, StatusCode::Error);
+    }
+
+    #[test]
+    fn the_broker_side_is_never_traced() {
+        let mut p = pipeline();
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        let broker_end = conn(3, Role::Server, "127.0.0.1:5672", "127.0.0.1:50001");
+        p.handle_events(&broker_end, vec![L7Event::Messaging(op(MqKind::Receive, "deliver", 20, vec![msg("", None)]))], &mut spans);
+        assert!(spans.is_empty());
+        assert_eq!(p.stats.propagation_gaps, 0);
+        assert_eq!(p.stats.parse_errors.get("rabbitmq/operation_on_broker_side"), Some(&1));
     }
 
     #[test]
