@@ -147,7 +147,7 @@ fn summary(events: Vec<L7Event>) -> Vec<Ev> {
                 assert_eq!(protocol, "http1");
                 Ev::E(reason)
             }
-            other => panic!("the HTTP parser reported a non-HTTP event: {other:?}"),
+            L7Event::Messaging(op) => panic!("http1 reported a message-queue operation: {op:?}"),
         })
         .collect()
 }
