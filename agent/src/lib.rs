@@ -14,6 +14,9 @@
 //! 6. [`export`] — spans go to an OpenTelemetry collector (OTLP over gRPC or HTTP/protobuf),
 //!    or are printed as OTLP/JSON lines when none is configured.
 //!
+//! [`tls`] attaches the OpenSSL uprobes (TLS plaintext joins the same streams) and reports
+//! processes whose TLS cannot be seen.
+//!
 //! [`config`] reads the YAML configuration file and its environment overrides.
 //!
 //! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
@@ -42,4 +45,5 @@ pub mod protocols;
 pub mod redact;
 pub mod spans;
 pub mod stream;
+pub mod tls;
 pub mod traces;
