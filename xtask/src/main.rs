@@ -46,7 +46,7 @@ enum Task {
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "nginx", "curl", "util-linux", "prometheus", "prometheus-alertmanager"];
+    &["llvm-22-dev", "nginx", "curl", "util-linux", "prometheus", "prometheus-alertmanager", "openssl"];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
