@@ -22,7 +22,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, ProgramArray},
+    maps::{LruHashMap, ProgramArray},
     programs::{ProbeContext, RetProbeContext},
 };
 use hoptrace_common::*;
@@ -57,8 +57,11 @@ struct SslKey {
     ssl: u64,
 }
 
+/// LRU rather than a plain hash: a thread that dies inside SSL_read (killed, or a
+/// longjmp out of a callback) never reaches the return probe, and its entry must not hold
+/// a slot forever.
 #[map]
-static SSL_CALLS: HashMap<u32, SslCall> = HashMap::with_max_entries(16384, 0);
+static SSL_CALLS: LruHashMap<u32, SslCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// (process, SSL*) → socket descriptor, learned from syscalls inside SSL calls or from
 /// SSL_set_fd. LRU: SSL objects are freed without us noticing; old ones age out.
