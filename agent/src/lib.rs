@@ -15,6 +15,8 @@
 //!    or are printed as OTLP/JSON lines when none is configured.
 //!
 //! [`k8s`] maps processes to their pods (Kubernetes API watch) for resource attributes.
+//! [`tls`] attaches the OpenSSL uprobes (TLS plaintext joins the same streams) and reports
+//! processes whose TLS cannot be seen.
 //!
 //! [`config`] reads the YAML configuration file and its environment overrides.
 //!
@@ -45,4 +47,5 @@ pub mod protocols;
 pub mod redact;
 pub mod spans;
 pub mod stream;
+pub mod tls;
 pub mod traces;

@@ -245,8 +245,28 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(cmd: &mut Command) -> Running {
+        Self::spawn_stdin(cmd, Stdio::null())
+    }
+
+    /// Like [`Running::spawn`] with stdin a pipe the test holds: the fixture waits on it,
+    /// see [`Running::send_line`] and [`Running::close_stdin`].
+    pub fn spawn_piped(cmd: &mut Command) -> Running {
+        Self::spawn_stdin(cmd, Stdio::piped())
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin is not a pipe (use spawn_piped)");
+        writeln!(stdin, "{line}").expect("write to the fixture's stdin");
+    }
+
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    fn spawn_stdin(cmd: &mut Command, stdin: Stdio) -> Running {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -591,13 +611,41 @@ impl Nginx {
     /// workers exist and the port accepts connections. That readiness probe is a real TCP
     /// connection: start nginx before the agent if it must not show up in the capture.
     pub fn start(port: u16, server_config: &str) -> Nginx {
+        Self::start_with(port, server_config, false)
+    }
+
+    /// Like [`Nginx::start`], terminating TLS on the port with a fresh self-signed
+    /// certificate (`cert.pem` in the nginx dir, see [`Nginx::cert`]).
+    pub fn start_tls(port: u16, server_config: &str) -> Nginx {
+        Self::start_with(port, server_config, true)
+    }
+
+    /// The TLS variant's certificate (PEM), for clients that verify it.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn start_with(port: u16, server_config: &str, tls: bool) -> Nginx {
         let dir = TempDir::new("nginx");
         let template =
             fs::read_to_string(fixture("nginx.conf.template")).expect("read nginx template");
+        let mut server_config = server_config.to_string();
+        let mut template = template;
+        if tls {
+            self_signed_cert(&dir.join("cert.pem"), &dir.join("key.pem"));
+            let listen = "listen 127.0.0.1:{{PORT}};";
+            assert!(template.contains(listen), "nginx template has no `{listen}` line");
+            template = template.replace(listen, "listen 127.0.0.1:{{PORT}} ssl;");
+            server_config = format!(
+                "ssl_certificate {}; ssl_certificate_key {}; {server_config}",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            );
+        }
         let conf = template
             .replace("{{DIR}}", dir.arg())
             .replace("{{PORT}}", &port.to_string())
-            .replace("{{SERVER_CONFIG}}", server_config);
+            .replace("{{SERVER_CONFIG}}", &server_config);
         fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
         // `-e` and `-p` keep nginx away from /var/log/nginx and /usr/share/nginx even before it
         // has parsed the config.
@@ -650,6 +698,28 @@ impl Drop for Nginx {
             matches!(self.master.child.try_wait(), Ok(Some(_)))
         });
     }
+}
+
+/// A self-signed certificate for `localhost` / 127.0.0.1 (RSA 2048, 2 days), made with the
+/// openssl CLI.
+pub fn self_signed_cert(cert: &Path, key: &Path) {
+    run(
+        Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]).args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            // An end-entity certificate (not a CA), so strict verifiers (rustls) accept it.
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ]),
+        TIMEOUT,
+    )
+    .expect_success();
 }
 
 /// Pids whose parent is `ppid`, from /proc/*/stat.
