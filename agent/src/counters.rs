@@ -77,6 +77,7 @@ impl Counters {
         });
         out.push(s("hoptrace_tls_libraries_attached", self.tls.libraries_attached));
         out.push(s("hoptrace_tls_library_attach_errors_total", self.tls.library_attach_errors));
+        out.push(s("hoptrace_tls_handshakes_unjudged_total", self.tls.unjudged_exited));
         for reason in crate::tls::NotVisible::ALL {
             out.push(Sample {
                 name: "hoptrace_tls_not_visible_processes_total",
@@ -107,6 +108,7 @@ impl Counters {
             "bytes_not_captured": self.bytes_not_captured,
             "bytes_lost": self.bytes_lost,
             "tls_libraries_attached": self.tls.libraries_attached,
+            "tls_handshakes_unjudged": self.tls.unjudged_exited,
             "tls_not_visible": self.tls.not_visible.iter().map(|(r, n)| (r.label().to_string(), json!(n))).collect::<Map<String, Value>>(),
             "connections_tracked": tracked,
             "connections": table,

@@ -146,6 +146,9 @@ pub struct TlsStats {
     pub not_visible: BTreeMap<NotVisible, u64>,
     /// Exec rescans not scheduled because too many were pending.
     pub rescans_dropped: u64,
+    /// Handshakes of processes that were exiting when looked at: neither reported as
+    /// invisible nor as visible.
+    pub unjudged_exited: u64,
 }
 
 /// True when `b` starts with a TLS handshake record header: content type 22, record
@@ -246,11 +249,25 @@ impl TlsWatcher {
             self.decided.clear();
         }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
-        self.scan_maps(ebpf, pid, &maps);
-        self.decided.insert(pid);
-        if self.maps_probed_library(pid, &maps) {
+        // A process on its way out has no mappings left (and no /proc/PID/root): nothing
+        // can be judged, and a short-lived client (curl) would be misreported as invisible.
+        if maps.trim().is_empty() {
+            self.stats.unjudged_exited += 1;
             return;
         }
+        self.scan_maps(ebpf, pid, &maps);
+        match self.maps_probed_library(pid, &maps) {
+            Some(true) => {
+                self.decided.insert(pid);
+                return;
+            }
+            Some(false) => {}
+            None => {
+                self.stats.unjudged_exited += 1;
+                return;
+            }
+        }
+        self.decided.insert(pid);
         let reason = classify(pid, &maps);
         *self.stats.not_visible.entry(reason).or_default() += 1;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -278,11 +295,19 @@ impl TlsWatcher {
         }
     }
 
-    fn maps_probed_library(&self, pid: u32, maps: &str) -> bool {
-        mapped_ssl_libraries(maps).any(|path| {
+    /// Whether the process maps a probed library; `None` when a mapped library can no
+    /// longer be looked at (the process is exiting).
+    fn maps_probed_library(&self, pid: u32, maps: &str) -> Option<bool> {
+        let mut unknown = false;
+        for path in mapped_ssl_libraries(maps) {
             let full = Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'));
-            file_key(&full).is_some_and(|k| self.attached.contains_key(&k))
-        })
+            match file_key(&full) {
+                Some(k) if self.attached.contains_key(&k) => return Some(true),
+                Some(_) => {}
+                None => unknown = true,
+            }
+        }
+        (!unknown).then_some(false)
     }
 
     fn attach_file(&mut self, ebpf: &mut Ebpf, path: &Path) {
