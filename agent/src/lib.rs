@@ -14,6 +14,9 @@
 //! 6. [`export`] — spans go to an OpenTelemetry collector (OTLP over gRPC or HTTP/protobuf),
 //!    or are printed as OTLP/JSON lines when none is configured.
 //!
+//! [`metrics`] turns every finished span (sampled or not) into RED metrics for `/metrics`
+//! and OTLP.
+//!
 //! [`config`] reads the YAML configuration file and its environment overrides.
 //!
 //! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
@@ -33,6 +36,7 @@ pub mod export;
 pub mod gaps;
 pub mod loader;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod procnet;
 pub mod run;

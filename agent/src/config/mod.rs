@@ -121,6 +121,8 @@ pub struct Config {
     pub exporter: ExporterConfig,
     pub capture: CaptureConfig,
     pub traces: TraceConfig,
+    /// RED metrics: series bound, OTLP export interval, exemplars.
+    pub metrics: crate::metrics::MetricsConfig,
     pub resource: ResourceConfig,
     /// Ordered: the first rule whose conditions all hold names the process.
     pub services: Vec<Rule>,

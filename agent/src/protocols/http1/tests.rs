@@ -147,6 +147,7 @@ fn summary(events: Vec<L7Event>) -> Vec<Ev> {
                 assert_eq!(protocol, "http1");
                 Ev::E(reason)
             }
+            L7Event::Messaging(_) => panic!("the HTTP parser produced a messaging event"),
         })
         .collect()
 }
