@@ -112,7 +112,7 @@ fn now_s() -> f64 {
 }
 
 #[test]
-fn prometheus_scrape_p95_per_route_counts_and_exemplars() {
+fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
     require_root();
     let server = PyServer::start("edge_server.py", &["0"]);
     let port = server.port();

@@ -266,3 +266,82 @@ fn ring_fill_reads_a_real_ring_buffer() {
     // SAFETY: closing the fd this test created.
     unsafe { libc::close(fd as i32) };
 }
+
+#[test]
+fn metrics_section_is_read_validated_and_overridable_from_the_environment() {
+    let cfg = crate::config::from_str("metrics:\n  max_series: 50\n  export_interval_ms: 1500\n  exemplars: false\n").unwrap();
+    assert_eq!(
+        cfg.metrics,
+        MetricsConfig { max_series: 50, export_interval: Duration::from_millis(1500), exemplars: false }
+    );
+    let cfg = crate::config::from_str_with_env("metrics:\n  max_series: 50\n", |k| {
+        (k == "HOPTRACE_METRICS_EXPORT_INTERVAL_MS").then(|| "0".to_string())
+    })
+    .unwrap();
+    assert_eq!((cfg.metrics.max_series, cfg.metrics.export_interval), (50, Duration::ZERO), "0 turns export off");
+    assert_eq!(crate::config::from_str("").unwrap().metrics, MetricsConfig::default());
+    let diags = crate::config::check("metrics:\n  max_series: 0\n  exemplar: true\n");
+    let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(diags.len(), 2, "{messages:?}");
+    assert!(messages[0].contains("`metrics.max_series`"), "{messages:?}");
+    assert!(messages[1].contains("exemplar") && messages[1].contains("exemplars"), "did you mean: {messages:?}");
+}
+
+#[test]
+fn metrics_export_follows_the_trace_exporter() {
+    use crate::export::{ExporterConfig, Protocol};
+    use export::metrics_exporter_config;
+    let none = |_: &str| None;
+    assert_eq!(metrics_exporter_config(&ExporterConfig::default(), none).unwrap(), None, "no endpoint: /metrics only");
+    let http = ExporterConfig {
+        endpoint: Some("http://collector:4318/v1/traces".into()),
+        headers: vec![("authorization".into(), "Bearer x".into())],
+        ..Default::default()
+    };
+    let m = metrics_exporter_config(&http, none).unwrap().unwrap();
+    assert_eq!(m.endpoint.as_deref(), Some("http://collector:4318/v1/metrics"));
+    assert_eq!(m.headers, http.headers, "same headers (authentication)");
+    let grpc = ExporterConfig { endpoint: Some("http://collector:4317".into()), protocol: Protocol::Grpc, ..Default::default() };
+    assert_eq!(metrics_exporter_config(&grpc, none).unwrap().unwrap().endpoint.as_deref(), Some("http://collector:4317"));
+    let m = metrics_exporter_config(&http, |k| {
+        (k == "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").then(|| "http://metrics-only:4318/custom".to_string())
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(m.endpoint.as_deref(), Some("http://metrics-only:4318/custom"));
+}
+
+#[test]
+fn endpoint_readyz_and_openmetrics_negotiation() {
+    use crate::server::{respond, EndpointState};
+    use http_body_util::BodyExt;
+    let body = |r: hyper::Response<http_body_util::Full<bytes::Bytes>>| {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let b = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    };
+    let state = EndpointState::default();
+    let get = hyper::Method::GET;
+    assert_eq!(respond(&get, "/healthz", None, &state).status(), 200);
+    assert_eq!(respond(&get, "/readyz", None, &state).status(), 503, "not ready before probes and exporter");
+    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(respond(&get, "/readyz", None, &state).status(), 200);
+
+    let red = RedRecorder::new(&MetricsConfig::default());
+    red.record(&span(SpanKind::Server, 300, http("/slow", Some("acme"), Some(200)), 3), true);
+    let _ = state.metrics.red.set(red);
+    *state.samples.lock().unwrap() =
+        vec![crate::counters::Sample { name: "hoptrace_capture_records_total", labels: vec![], value: 7 }];
+    let r = respond(&get, "/metrics", Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"), &state);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let om = body(r);
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE hoptrace_capture_records counter\nhoptrace_capture_records_total 7\n"), "{om}");
+    assert!(om.contains("# TYPE hoptrace_propagation_gaps counter"), "{om}");
+    assert!(om.contains(" # {trace_id=\"03030303030303030303030303030303\""), "{om}");
+    let r = respond(&get, "/metrics", None, &state);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = body(r);
+    assert!(text.contains("# TYPE hoptrace_capture_records_total counter"), "{text}");
+    assert!(!text.contains("# EOF") && !text.contains(" # {"), "{text}");
+}
