@@ -28,8 +28,13 @@ pub struct MetricsExportError {
     pub detail: String,
 }
 
+struct Grpc {
+    client: MetricsServiceClient<Channel>,
+    metadata: MetadataMap,
+}
+
 enum Inner {
-    Grpc { client: MetricsServiceClient<Channel>, metadata: MetadataMap },
+    Grpc(Box<Grpc>),
     Http(Box<http::HttpTransport>),
 }
 
@@ -44,24 +49,36 @@ impl MetricsClient {
     /// inside a tokio runtime (the gRPC channel spawns its connection task).
     pub fn new(cfg: &ExporterConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let uri = cfg.endpoint_uri()?.ok_or_else(|| ConfigError::InvalidEndpoint {
-            endpoint: String::new(),
-            reason: "no endpoint configured".into(),
-        })?;
+        let uri = cfg
+            .endpoint_uri()?
+            .ok_or_else(|| ConfigError::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoint configured".into(),
+            })?;
         let inner = match cfg.protocol {
             Protocol::Grpc => {
                 let mut client = MetricsServiceClient::new(grpc::channel(cfg, uri)?);
                 if cfg.compression == Compression::Gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
-                Inner::Grpc { client, metadata: grpc::metadata(cfg)? }
+                Inner::Grpc(Box::new(Grpc {
+                    client,
+                    metadata: grpc::metadata(cfg)?,
+                }))
             }
             Protocol::HttpProtobuf => Inner::Http(Box::new(http::HttpTransport::new(cfg, uri)?)),
         };
-        Ok(Self { inner, timeout: cfg.timeout, retry: cfg.retry })
+        Ok(Self {
+            inner,
+            timeout: cfg.timeout,
+            retry: cfg.retry,
+        })
     }
 
-    async fn send_once(&mut self, request: &ExportMetricsServiceRequest) -> Result<u64, ExportFailure> {
+    async fn send_once(
+        &mut self,
+        request: &ExportMetricsServiceRequest,
+    ) -> Result<u64, ExportFailure> {
         let timeout = self.timeout;
         match &mut self.inner {
             Inner::Http(t) => {
@@ -71,7 +88,8 @@ impl MetricsClient {
                     .and_then(|r| r.partial_success)
                     .map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0)))
             }
-            Inner::Grpc { client, metadata } => {
+            Inner::Grpc(g) => {
+                let Grpc { client, metadata } = &mut **g;
                 let mut req = tonic::Request::new(request.clone());
                 *req.metadata_mut() = metadata.clone();
                 req.set_timeout(timeout);
@@ -98,16 +116,28 @@ impl MetricsClient {
         request: &ExportMetricsServiceRequest,
         budget: Duration,
     ) -> Result<u64, MetricsExportError> {
-        let retry = RetryConfig { max_elapsed: self.retry.max_elapsed.min(budget), ..self.retry };
+        let retry = RetryConfig {
+            max_elapsed: self.retry.max_elapsed.min(budget),
+            ..self.retry
+        };
         let mut backoff = Backoff::new(retry);
         loop {
             match self.send_once(request).await {
                 Ok(rejected) => return Ok(rejected),
                 Err(f) => {
-                    let delay = if f.retryable { backoff.next_delay(Instant::now(), f.retry_after) } else { None };
+                    let delay = if f.retryable {
+                        backoff.next_delay(Instant::now(), f.retry_after)
+                    } else {
+                        None
+                    };
                     match delay {
                         Some(d) => tokio::time::sleep(d).await,
-                        None => return Err(MetricsExportError { reason: f.reason, detail: f.detail }),
+                        None => {
+                            return Err(MetricsExportError {
+                                reason: f.reason,
+                                detail: f.detail,
+                            })
+                        }
                     }
                 }
             }

@@ -32,11 +32,19 @@ pub fn metrics_exporter_config(
 ) -> Result<Option<ExporterConfig>, crate::export::ConfigError> {
     let mut base = traces.clone();
     if let (Some(e), Protocol::HttpProtobuf) = (&base.endpoint, base.protocol) {
-        let root = e.strip_suffix("/v1/traces").unwrap_or(e.trim_end_matches('/'));
+        let root = e
+            .strip_suffix("/v1/traces")
+            .unwrap_or(e.trim_end_matches('/'));
         base.endpoint = Some(format!("{root}/v1/metrics"));
     }
     // Only the metrics-specific variables: the generic ones are already in `traces`.
-    let specific = |k: &str| if k.starts_with("OTEL_EXPORTER_OTLP_METRICS_") { lookup(k) } else { None };
+    let specific = |k: &str| {
+        if k.starts_with("OTEL_EXPORTER_OTLP_METRICS_") {
+            lookup(k)
+        } else {
+            None
+        }
+    };
     let cfg = ExporterConfig::from_env_for_signal(base, Signal::Metrics, specific)?;
     Ok(cfg.endpoint.is_some().then_some(cfg))
 }
@@ -142,7 +150,11 @@ impl MetricsExporter {
             })
             .context("starting the metrics export thread")?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { stats, stop: Mutex::new(stop_tx), thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Self {
+                stats,
+                stop: Mutex::new(stop_tx),
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 anyhow::bail!("metrics exporter: {e}")

@@ -59,10 +59,14 @@ use std::{
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::spans::{AnyValue, KeyValue, Resource, SpanId, SpanKind, SpanRecord, StatusCode, TraceId};
+use crate::spans::{
+    AnyValue, KeyValue, Resource, SpanId, SpanKind, SpanRecord, StatusCode, TraceId,
+};
 
 /// Histogram bucket upper bounds, seconds (OpenTelemetry HTTP semconv advice).
-pub const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+pub const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 /// Buckets plus `+Inf`.
 pub const NB: usize = BUCKETS.len() + 1;
 
@@ -80,7 +84,11 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         // 60 s is the OpenTelemetry SDKs' default export interval.
-        Self { max_series: 2000, export_interval: Duration::from_secs(60), exemplars: true }
+        Self {
+            max_series: 2000,
+            export_interval: Duration::from_secs(60),
+            exemplars: true,
+        }
     }
 }
 
@@ -94,7 +102,12 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [Family::HttpServer, Family::HttpClient, Family::MessagingProducer, Family::MessagingConsumer];
+    pub const ALL: [Family; 4] = [
+        Family::HttpServer,
+        Family::HttpClient,
+        Family::MessagingProducer,
+        Family::MessagingConsumer,
+    ];
 
     /// Attribute names of the six label slots, in order.
     pub fn attribute_names(self) -> &'static [&'static str; 6] {
@@ -115,8 +128,14 @@ impl Family {
     }
 }
 
-const HTTP_ATTRS: [&str; 6] =
-    ["service.name", "zone", "http.route", "tenant", "http.request.method", "http.response.status_class"];
+const HTTP_ATTRS: [&str; 6] = [
+    "service.name",
+    "zone",
+    "http.route",
+    "tenant",
+    "http.request.method",
+    "http.response.status_class",
+];
 const MSG_ATTRS: [&str; 6] = [
     "service.name",
     "zone",
@@ -212,7 +231,9 @@ impl RedTable {
         let series = &self.series;
         let eq = |&i: &u32| {
             let s = &series[i as usize];
-            s.family == family && !s.overflow && s.labels.iter().zip(labels).all(|(a, b)| &**a == *b)
+            s.family == family
+                && !s.overflow
+                && s.labels.iter().zip(labels).all(|(a, b)| &**a == *b)
         };
         if let Some(&i) = self.index.find(h, eq) {
             return i as usize;
@@ -223,14 +244,28 @@ impl RedTable {
             if let Some(i) = self.overflow_idx[f] {
                 return i as usize;
             }
-            let node: Vec<KeyValue> =
-                resource.attributes.iter().filter(|a| a.key == "host.name" || a.key == "k8s.node.name").cloned().collect();
-            let i = self.push(family, Default::default(), true, Resource { attributes: node });
+            let node: Vec<KeyValue> = resource
+                .attributes
+                .iter()
+                .filter(|a| a.key == "host.name" || a.key == "k8s.node.name")
+                .cloned()
+                .collect();
+            let i = self.push(
+                family,
+                Default::default(),
+                true,
+                Resource { attributes: node },
+            );
             self.overflow_idx[f] = Some(i as u32);
             return i;
         }
         let owned: [Arc<str>; 6] = labels.map(Arc::from);
-        let kept: Vec<KeyValue> = resource.attributes.iter().filter(|a| !a.key.starts_with("process.")).cloned().collect();
+        let kept: Vec<KeyValue> = resource
+            .attributes
+            .iter()
+            .filter(|a| !a.key.starts_with("process."))
+            .cloned()
+            .collect();
         let i = self.push(family, owned, false, Resource { attributes: kept });
         self.per_family[f] += 1;
         let (series, hasher) = (&self.series, &self.hasher);
@@ -242,7 +277,13 @@ impl RedTable {
         i
     }
 
-    fn push(&mut self, family: Family, labels: [Arc<str>; 6], overflow: bool, resource: Resource) -> usize {
+    fn push(
+        &mut self,
+        family: Family,
+        labels: [Arc<str>; 6],
+        overflow: bool,
+        resource: Resource,
+    ) -> usize {
         self.series.push(Series {
             family,
             labels,
@@ -262,7 +303,9 @@ impl RedTable {
     /// Records one finished span. `exported`: it passed sampling, so its trace id may be
     /// an exemplar.
     pub fn record(&mut self, span: &SpanRecord, exported: bool, exemplars: bool) {
-        let Some((family, labels, messages)) = classify(span) else { return };
+        let Some((family, labels, messages)) = classify(span) else {
+            return;
+        };
         let i = self.slot(family, &labels, &span.resource);
         let value = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
         let b = BUCKETS.partition_point(|&bound| bound < value);
@@ -275,7 +318,12 @@ impl RedTable {
             s.errors += 1;
         }
         if exported && exemplars {
-            s.exemplars[b] = Some(Exemplar { trace_id: span.trace_id, span_id: span.span_id, value, time_unix_ns: span.end_unix_ns });
+            s.exemplars[b] = Some(Exemplar {
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                value,
+                time_unix_ns: span.end_unix_ns,
+            });
         }
     }
 }
@@ -289,14 +337,19 @@ pub struct Snapshot {
 }
 
 fn now_unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attrs.iter().find(|a| a.key == key).and_then(|a| match &a.value {
-        AnyValue::Str(s) => Some(s.as_str()),
-        _ => None,
-    })
+    attrs
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match &a.value {
+            AnyValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 /// `1xx`…`5xx` from a status code, `none` without a response.
@@ -345,14 +398,22 @@ fn classify(span: &SpanRecord) -> Option<(Family, [&str; 6], u64)> {
             SpanKind::Client => Family::MessagingConsumer,
             SpanKind::Server | SpanKind::Internal => return None,
         };
-        return Some((family, [service, zone, system, dest, op, tenant], batch.unwrap_or(1)));
+        return Some((
+            family,
+            [service, zone, system, dest, op, tenant],
+            batch.unwrap_or(1),
+        ));
     }
     let family = match span.kind {
         SpanKind::Server => Family::HttpServer,
         SpanKind::Client => Family::HttpClient,
         _ => return None,
     };
-    Some((family, [service, zone, route, tenant, method, status_class(status)], 0))
+    Some((
+        family,
+        [service, zone, route, tenant, method, status_class(status)],
+        0,
+    ))
 }
 
 /// The pipeline's handle on the shared table.
@@ -370,7 +431,10 @@ impl Default for RedRecorder {
 
 impl RedRecorder {
     pub fn new(cfg: &MetricsConfig) -> Self {
-        Self { table: Arc::new(Mutex::new(RedTable::new(cfg.max_series))), exemplars: cfg.exemplars }
+        Self {
+            table: Arc::new(Mutex::new(RedTable::new(cfg.max_series))),
+            exemplars: cfg.exemplars,
+        }
     }
 
     /// Called by the trace pipeline for every finished span, kept (`exported`) or not.

@@ -15,7 +15,9 @@ const CUMULATIVE: i32 = pb::AggregationTemporality::Cumulative as i32;
 fn kv_str(key: &str, v: &str) -> pb_common::KeyValue {
     pb_common::KeyValue {
         key: key.into(),
-        value: Some(pb_common::AnyValue { value: Some(pb_common::any_value::Value::StringValue(v.into())) }),
+        value: Some(pb_common::AnyValue {
+            value: Some(pb_common::any_value::Value::StringValue(v.into())),
+        }),
         ..Default::default()
     }
 }
@@ -25,7 +27,9 @@ fn attributes(s: &Series) -> Vec<pb_common::KeyValue> {
     if s.overflow {
         return vec![pb_common::KeyValue {
             key: "otel.metric.overflow".into(),
-            value: Some(pb_common::AnyValue { value: Some(pb_common::any_value::Value::BoolValue(true)) }),
+            value: Some(pb_common::AnyValue {
+                value: Some(pb_common::any_value::Value::BoolValue(true)),
+            }),
             ..Default::default()
         }];
     }
@@ -48,7 +52,9 @@ fn resource_attrs(s: &Series) -> Vec<pb_common::KeyValue> {
         } else if let crate::spans::AnyValue::Int(v) = &a.value {
             out.push(pb_common::KeyValue {
                 key: a.key.clone(),
-                value: Some(pb_common::AnyValue { value: Some(pb_common::any_value::Value::IntValue(*v)) }),
+                value: Some(pb_common::AnyValue {
+                    value: Some(pb_common::any_value::Value::IntValue(*v)),
+                }),
                 ..Default::default()
             });
         }
@@ -107,17 +113,29 @@ fn sum_point(s: &Series, value: u64, now: u64) -> pb::NumberDataPoint {
     }
 }
 
-fn histogram(name: &str, description: &str, points: Vec<pb::HistogramDataPoint>) -> Option<pb::Metric> {
+fn histogram(
+    name: &str,
+    description: &str,
+    points: Vec<pb::HistogramDataPoint>,
+) -> Option<pb::Metric> {
     (!points.is_empty()).then(|| pb::Metric {
         name: name.into(),
         description: description.into(),
         unit: "s".into(),
-        data: Some(pb::metric::Data::Histogram(pb::Histogram { data_points: points, aggregation_temporality: CUMULATIVE })),
+        data: Some(pb::metric::Data::Histogram(pb::Histogram {
+            data_points: points,
+            aggregation_temporality: CUMULATIVE,
+        })),
         ..Default::default()
     })
 }
 
-fn sum(name: &str, description: &str, unit: &str, points: Vec<pb::NumberDataPoint>) -> Option<pb::Metric> {
+fn sum(
+    name: &str,
+    description: &str,
+    unit: &str,
+    points: Vec<pb::NumberDataPoint>,
+) -> Option<pb::Metric> {
     (!points.is_empty()).then(|| pb::Metric {
         name: name.into(),
         description: description.into(),
@@ -133,14 +151,34 @@ fn sum(name: &str, description: &str, unit: &str, points: Vec<pb::NumberDataPoin
 
 /// The metrics of one resource's series.
 fn metrics(series: &[&Series], now: u64) -> Vec<pb::Metric> {
-    let of = |fams: &[Family]| series.iter().filter(|s| fams.contains(&s.family)).copied().collect::<Vec<_>>();
+    let of = |fams: &[Family]| {
+        series
+            .iter()
+            .filter(|s| fams.contains(&s.family))
+            .copied()
+            .collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
     for (fam, hist, errors, what) in [
-        (Family::HttpServer, "http.server.request.duration", "hoptrace.http.server.request.errors", "HTTP server requests"),
-        (Family::HttpClient, "http.client.request.duration", "hoptrace.http.client.request.errors", "HTTP client requests"),
+        (
+            Family::HttpServer,
+            "http.server.request.duration",
+            "hoptrace.http.server.request.errors",
+            "HTTP server requests",
+        ),
+        (
+            Family::HttpClient,
+            "http.client.request.duration",
+            "hoptrace.http.client.request.errors",
+            "HTTP client requests",
+        ),
     ] {
         let s = of(&[fam]);
-        out.extend(histogram(hist, &format!("Duration of {what}."), s.iter().map(|s| histogram_point(s, now)).collect()));
+        out.extend(histogram(
+            hist,
+            &format!("Duration of {what}."),
+            s.iter().map(|s| histogram_point(s, now)).collect(),
+        ));
         out.extend(sum(
             errors,
             &format!("{what} that failed."),
@@ -158,13 +196,19 @@ fn metrics(series: &[&Series], now: u64) -> Vec<pb::Metric> {
         "messaging.client.sent.messages",
         "Messages published.",
         "{message}",
-        of(&[Family::MessagingProducer]).iter().map(|s| sum_point(s, s.messages, now)).collect(),
+        of(&[Family::MessagingProducer])
+            .iter()
+            .map(|s| sum_point(s, s.messages, now))
+            .collect(),
     ));
     out.extend(sum(
         "messaging.client.consumed.messages",
         "Messages consumed.",
         "{message}",
-        of(&[Family::MessagingConsumer]).iter().map(|s| sum_point(s, s.messages, now)).collect(),
+        of(&[Family::MessagingConsumer])
+            .iter()
+            .map(|s| sum_point(s, s.messages, now))
+            .collect(),
     ));
     out.extend(sum(
         "hoptrace.messaging.client.operation.errors",
@@ -192,7 +236,10 @@ pub fn to_request(snap: &Snapshot, now_unix_ns: u64) -> Option<ExportMetricsServ
     let resource_metrics = groups
         .into_iter()
         .map(|(attributes, series)| pb::ResourceMetrics {
-            resource: Some(pb_resource::Resource { attributes, ..Default::default() }),
+            resource: Some(pb_resource::Resource {
+                attributes,
+                ..Default::default()
+            }),
             scope_metrics: vec![pb::ScopeMetrics {
                 scope: Some(pb_common::InstrumentationScope {
                     name: SCOPE_NAME.into(),

@@ -8,12 +8,14 @@
 
 use std::fmt::Write as _;
 
-use super::{Family, Series, Snapshot, BUCKETS, NB};
+use super::{Family, Series, Snapshot, BUCKETS};
 use crate::spans::hex;
 
 /// Label values escaped for both formats.
 pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `service.name` → `service_name`.
@@ -24,7 +26,11 @@ fn label_name(attr: &str) -> String {
 /// Writes `# HELP`/`# TYPE` for a family. In OpenMetrics a counter's family name has no
 /// `_total` (its samples do).
 pub fn header(out: &mut String, name: &str, kind: &str, help: &str, om: bool) {
-    let family = if om && kind == "counter" { name.strip_suffix("_total").unwrap_or(name) } else { name };
+    let family = if om && kind == "counter" {
+        name.strip_suffix("_total").unwrap_or(name)
+    } else {
+        name
+    };
     let _ = writeln!(out, "# HELP {family} {help}");
     let _ = writeln!(out, "# TYPE {family} {kind}");
 }
@@ -59,11 +65,13 @@ fn histogram(out: &mut String, name: &str, help: &str, series: &[&Series], om: b
         let l = labels(s);
         let sep = if l.is_empty() { "" } else { "," };
         let mut cumulative = 0;
-        for b in 0..NB {
-            cumulative += s.buckets[b];
-            let le = if b < BUCKETS.len() { format!("{}", BUCKETS[b]) } else { "+Inf".into() };
+        for (b, (n, exemplar)) in s.buckets.iter().zip(&s.exemplars).enumerate() {
+            cumulative += n;
+            let le = BUCKETS
+                .get(b)
+                .map_or_else(|| "+Inf".into(), |bound| format!("{bound}"));
             let _ = write!(out, "{name}_bucket{{{l}{sep}le=\"{le}\"}} {cumulative}");
-            if let (true, Some(e)) = (om, s.exemplars[b]) {
+            if let (true, Some(e)) = (om, exemplar) {
                 let _ = write!(
                     out,
                     " # {{trace_id=\"{}\",span_id=\"{}\"}} {} {:.3}",
@@ -80,7 +88,14 @@ fn histogram(out: &mut String, name: &str, help: &str, series: &[&Series], om: b
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, series: &[&Series], value: fn(&Series) -> u64, om: bool) {
+fn counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: &[&Series],
+    value: fn(&Series) -> u64,
+    om: bool,
+) {
     if series.is_empty() {
         return;
     }
@@ -92,11 +107,22 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[&Series], value: 
 
 /// Appends every RED metric of `snap`, and the cardinality self-metrics.
 pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
-    let of = |fams: &[Family]| -> Vec<&Series> { snap.series.iter().filter(|s| fams.contains(&s.family)).collect() };
+    let of = |fams: &[Family]| -> Vec<&Series> {
+        snap.series
+            .iter()
+            .filter(|s| fams.contains(&s.family))
+            .collect()
+    };
     let server = of(&[Family::HttpServer]);
     let client = of(&[Family::HttpClient]);
     let messaging = of(&[Family::MessagingProducer, Family::MessagingConsumer]);
-    histogram(out, "http_server_request_duration_seconds", "Duration of HTTP server requests seen by hoptrace.", &server, om);
+    histogram(
+        out,
+        "http_server_request_duration_seconds",
+        "Duration of HTTP server requests seen by hoptrace.",
+        &server,
+        om,
+    );
     counter(
         out,
         "hoptrace_http_server_request_errors_total",
@@ -105,7 +131,13 @@ pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
         |s| s.errors,
         om,
     );
-    histogram(out, "http_client_request_duration_seconds", "Duration of HTTP client requests seen by hoptrace.", &client, om);
+    histogram(
+        out,
+        "http_client_request_duration_seconds",
+        "Duration of HTTP client requests seen by hoptrace.",
+        &client,
+        om,
+    );
     counter(
         out,
         "hoptrace_http_client_request_errors_total",
@@ -145,9 +177,20 @@ pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
         |s| s.errors,
         om,
     );
-    header(out, "hoptrace_metrics_series", "gauge", "Active RED metric series (bounded by metrics.max_series).", om);
+    header(
+        out,
+        "hoptrace_metrics_series",
+        "gauge",
+        "Active RED metric series (bounded by metrics.max_series).",
+        om,
+    );
     for f in Family::ALL {
-        let _ = writeln!(out, "hoptrace_metrics_series{{metric=\"{}\"}} {}", f.label(), snap.counts[f as usize]);
+        let _ = writeln!(
+            out,
+            "hoptrace_metrics_series{{metric=\"{}\"}} {}",
+            f.label(),
+            snap.counts[f as usize]
+        );
     }
     header(
         out,
@@ -171,5 +214,6 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| a.contains("application/openmetrics-text"))
 }
 
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

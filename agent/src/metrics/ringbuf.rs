@@ -28,11 +28,22 @@ struct Page(NonNull<libc::c_void>, usize);
 impl Page {
     fn map(fd: RawFd, offset: usize, len: usize) -> io::Result<Page> {
         // SAFETY: a fresh shared read-only mapping of the map fd; checked for failure.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, offset as libc::off_t) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                offset as libc::off_t,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        NonNull::new(p).map(|p| Page(p, len)).ok_or_else(|| io::Error::other("mmap returned null"))
+        NonNull::new(p)
+            .map(|p| Page(p, len))
+            .ok_or_else(|| io::Error::other("mmap returned null"))
     }
 
     fn position(&self) -> u64 {
@@ -59,8 +70,12 @@ impl RingFill {
     /// `fd`: the ring buffer map's fd.
     pub fn open(fd: RawFd) -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).map_err(io::Error::other)?;
-        Ok(Self { consumer: Page::map(fd, 0, page)?, producer: Page::map(fd, page, page)? })
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(io::Error::other)?;
+        Ok(Self {
+            consumer: Page::map(fd, 0, page)?,
+            producer: Page::map(fd, page, page)?,
+        })
     }
 
     /// Bytes produced and not yet consumed.

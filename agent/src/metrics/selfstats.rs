@@ -23,7 +23,12 @@ pub struct OwnedSample {
 
 impl OwnedSample {
     pub fn new(name: &'static str, help: &'static str, value: f64) -> Self {
-        Self { name, help, labels: Vec::new(), value }
+        Self {
+            name,
+            help,
+            labels: Vec::new(),
+            value,
+        }
     }
 
     pub fn label(mut self, k: &'static str, v: impl Into<String>) -> Self {
@@ -54,12 +59,19 @@ pub fn render_samples(samples: &[OwnedSample], om: bool, out: &mut String) {
     let mut last = "";
     for s in samples {
         if s.name != last {
-            let kind = if s.name.ends_with("_total") { "counter" } else { "gauge" };
+            let kind = if s.name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             render::header(out, s.name, kind, s.help, om);
             last = s.name;
         }
-        let labels: Vec<String> =
-            s.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", render::escape(v))).collect();
+        let labels: Vec<String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", render::escape(v)))
+            .collect();
         if labels.is_empty() {
             let _ = writeln!(out, "{} {}", s.name, s.value);
         } else {
@@ -93,9 +105,13 @@ pub fn extra_samples(
     for (key, n) in sorted {
         let (protocol, reason) = key.split_once('/').unwrap_or((key.as_str(), ""));
         out.push(
-            OwnedSample::new("hoptrace_parse_errors_total", "Protocol parse errors, by protocol and reason.", *n as f64)
-                .label("protocol", protocol)
-                .label("reason", reason),
+            OwnedSample::new(
+                "hoptrace_parse_errors_total",
+                "Protocol parse errors, by protocol and reason.",
+                *n as f64,
+            )
+            .label("protocol", protocol)
+            .label("reason", reason),
         );
     }
     let mut sorted: Vec<(&&str, &u64)> = traces.invalid_context.iter().collect();
@@ -111,9 +127,21 @@ pub fn extra_samples(
         );
     }
     let help = "OTLP span export requests, by outcome (failed attempts include retried ones).";
-    out.push(OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_ok as f64).label("outcome", "ok"));
     out.push(
-        OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_failed as f64).label("outcome", "failed"),
+        OwnedSample::new(
+            "hoptrace_export_requests_total",
+            help,
+            export.export_requests_ok as f64,
+        )
+        .label("outcome", "ok"),
+    );
+    out.push(
+        OwnedSample::new(
+            "hoptrace_export_requests_total",
+            help,
+            export.export_requests_failed as f64,
+        )
+        .label("outcome", "failed"),
     );
     out.push(OwnedSample::new(
         "hoptrace_export_last_request_duration_seconds",
@@ -128,12 +156,20 @@ pub fn extra_samples(
     if let Some(m) = metrics_export {
         let help = "OTLP metrics export requests, by outcome.";
         out.push(
-            OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_ok.load(Relaxed) as f64)
-                .label("outcome", "ok"),
+            OwnedSample::new(
+                "hoptrace_metrics_export_requests_total",
+                help,
+                m.requests_ok.load(Relaxed) as f64,
+            )
+            .label("outcome", "ok"),
         );
         out.push(
-            OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_failed.load(Relaxed) as f64)
-                .label("outcome", "failed"),
+            OwnedSample::new(
+                "hoptrace_metrics_export_requests_total",
+                help,
+                m.requests_failed.load(Relaxed) as f64,
+            )
+            .label("outcome", "failed"),
         );
         out.push(OwnedSample::new(
             "hoptrace_metrics_export_data_points_rejected_total",
@@ -146,14 +182,22 @@ pub fn extra_samples(
             m.last_latency_us.load(Relaxed) as f64 / 1e6,
         ));
     }
-    out.push(OwnedSample::new("hoptrace_ringbuf_size_bytes", "Size of the kernel→agent ring buffer.", ringbuf_bytes as f64));
+    out.push(OwnedSample::new(
+        "hoptrace_ringbuf_size_bytes",
+        "Size of the kernel→agent ring buffer.",
+        ringbuf_bytes as f64,
+    ));
     out.push(OwnedSample::new(
         "hoptrace_ringbuf_used_bytes_max",
         "Highest ring buffer fill (bytes produced, not yet read) since the previous refresh (1 s).",
         super::ringbuf::take_high_water() as f64,
     ));
     if let Some(rss) = rss_bytes() {
-        out.push(OwnedSample::new("hoptrace_process_resident_memory_bytes", "Resident memory of the agent.", rss as f64));
+        out.push(OwnedSample::new(
+            "hoptrace_process_resident_memory_bytes",
+            "Resident memory of the agent.",
+            rss as f64,
+        ));
     }
     out
 }
