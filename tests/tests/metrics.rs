@@ -321,6 +321,8 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
         "hoptrace_process_resident_memory_bytes",
         "hoptrace_export_requests_total",
         "hoptrace_ringbuf_size_bytes",
+        "hoptrace_ringbuf_used_bytes_max",
+        "hoptrace_export_last_request_duration_seconds",
         "hoptrace_metrics_series{metric=\"http.server.request.duration\"} 3",
         "hoptrace_connections_tracked",
         "hoptrace_kernel_drops_total",
