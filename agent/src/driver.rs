@@ -179,6 +179,8 @@ impl Driver {
         let deadline = duration.map(|d| Instant::now() + d);
         let mut last_tick = Instant::now();
         let fd = loaded.ring.as_raw_fd();
+        // Ring fill high-water mark for /metrics; without it only overflows are visible.
+        let fill = crate::metrics::ringbuf::RingFill::open(fd).ok();
         loop {
             if STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -186,6 +188,9 @@ impl Driver {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut pfd, 1, 10) };
+            if let Some(f) = &fill {
+                f.observe();
+            }
             while let Some(item) = loaded.ring.next() {
                 self.record(&item, c)?;
             }

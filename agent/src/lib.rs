@@ -17,6 +17,8 @@
 //! [`k8s`] maps processes to their pods (Kubernetes API watch) for resource attributes.
 //! [`tls`] attaches the OpenSSL uprobes (TLS plaintext joins the same streams) and reports
 //! processes whose TLS cannot be seen.
+//! [`metrics`] turns every finished span (sampled or not) into RED metrics for `/metrics`
+//! and OTLP.
 //!
 //! [`config`] reads the YAML configuration file and its environment overrides.
 //!
@@ -38,6 +40,7 @@ pub mod gaps;
 pub mod k8s;
 pub mod loader;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod procnet;
 pub mod run;

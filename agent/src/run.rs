@@ -90,6 +90,9 @@ struct Traces {
     drops: DropsReader,
     /// Pod metadata (its counters go on /metrics).
     k8s: Option<Arc<crate::k8s::Kubernetes>>,
+    /// The OTLP metrics exporter's counters, when one runs.
+    metrics_export: Option<Arc<crate::metrics::export::MetricsExportStats>>,
+    ringbuf_bytes: u64,
 }
 
 /// Capture events into the trace pipeline, spans into `sink`. Shared by `run` and `check`.
@@ -207,6 +210,15 @@ impl Consumer for Traces {
         if let Ok(mut s) = self.endpoint.samples.lock() {
             *s = samples;
         }
+        let extra = crate::metrics::selfstats::extra_samples(
+            &self.inner.pipeline.stats,
+            &self.inner.sink.stats(),
+            self.metrics_export.as_deref(),
+            self.ringbuf_bytes,
+        );
+        if let Ok(mut s) = self.endpoint.metrics.extra.lock() {
+            *s = extra;
+        }
         Ok(())
     }
 }
@@ -251,6 +263,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
     let collector = exporter_cfg.endpoint.clone();
+    let metrics_cfg = crate::metrics::export::metrics_exporter_config(&exporter_cfg, |k| std::env::var(k).ok())
+        .context("metrics exporter configuration")?
+        .filter(|_| !config.metrics.export_interval.is_zero());
     let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
     // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
     // already have their pods, and a Kubernetes misconfiguration fails fast.
@@ -265,8 +280,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         cfg.sampling.ratio = r;
     }
     let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s.clone());
-    let pipeline = TracePipeline::new(cfg, resources);
+    let mut pipeline = TracePipeline::new(cfg, resources);
+    pipeline.red = crate::metrics::RedRecorder::new(&config.metrics);
     let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
+    let _ = endpoint.metrics.red.set(pipeline.red.clone());
+    let metrics_exporter = match &metrics_cfg {
+        Some(c) => Some(
+            crate::metrics::export::MetricsExporter::start(c.clone(), config.metrics.export_interval, pipeline.red.clone())
+                .context("starting the metrics exporter")?,
+        ),
+        None => None,
+    };
     let listening = start_endpoint(&args.listen, endpoint.clone())?;
     let drops = loaded.drops_reader()?;
     if let Some(url) = &args.alertmanager {
@@ -280,13 +304,21 @@ pub fn run(args: RunArgs) -> Result<()> {
             pipeline.gaps.clone(),
         )?;
     }
-    let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops, k8s };
+    let mut traces = Traces {
+        inner: TraceConsumer::new(pipeline, exporter),
+        endpoint: endpoint.clone(),
+        drops,
+        k8s,
+        metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
+        ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
+    };
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(
         "info",
         "ready",
         json!({ "pid": std::process::id(), "programs": loaded.attachments,
                 "exporter": collector.as_deref().unwrap_or("otlp-json"),
+                "metrics_exporter": metrics_cfg.as_ref().and_then(|c| c.endpoint.as_deref()),
                 "config": args.config.as_ref().map(|p| p.display().to_string()),
                 "service_rules": config.services.len(),
                 "listen": listening.map(|a| a.to_string()) }),
@@ -296,6 +328,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     traces.inner.flush();
     let TraceConsumer { pipeline, sink: exporter } = traces.inner;
     let export = exporter.shutdown(Duration::from_secs(5));
+    let metrics_export = metrics_exporter.map(|m| {
+        let stats = m.stats.clone();
+        m.shutdown(Duration::from_secs(2));
+        stats
+    });
     let kernel = loaded.kernel_drops()?;
     log(
         "info",
@@ -305,6 +342,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             "traces": pipeline.stats,
             "gaps": pipeline.gaps.lock().map(|g| server::gaps_json(&g)).unwrap_or_default(),
             "export": export,
+            "metrics_export": metrics_export.map(|s| json!({
+                "requests_ok": s.requests_ok.load(std::sync::atomic::Ordering::Relaxed),
+                "requests_failed": s.requests_failed.load(std::sync::atomic::Ordering::Relaxed),
+            })),
         }),
     );
     Ok(())

@@ -1082,6 +1082,8 @@ impl OtlpReceiver {
             venv("otlp_receiver.py")
                 .arg("--out")
                 .arg(&out)
+                .arg("--metrics-out")
+                .arg(dir.join("metrics.jsonl"))
                 .args(["--grpc-port", &grpc_port.to_string()])
                 .args(["--http-port", &http_port.to_string()]),
         );
@@ -1204,6 +1206,36 @@ impl OtlpReceiver {
     /// The receiver's stderr (decode errors).
     pub fn stderr(&self) -> String {
         self.process.stderr()
+    }
+
+    /// Every metrics export received so far (gRPC `MetricsService` or `POST /v1/metrics`):
+    /// `{"transport", "path", "content_type", "headers", "data_points", "request"}` with
+    /// the request as proto JSON (exemplar ids in hex).
+    pub fn metrics_requests(&self) -> Vec<Value> {
+        let text = fs::read_to_string(self.dir.join("metrics.jsonl")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}")))
+            .collect()
+    }
+
+    /// Waits until `check` holds for the metrics requests received so far and returns
+    /// them; panics with the last request after `timeout`.
+    pub fn wait_for_metrics(&self, timeout: Duration, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut got = Vec::new();
+        if wait_until(timeout, || {
+            got = self.metrics_requests();
+            check(&got)
+        }) {
+            return got;
+        }
+        panic!(
+            "the receiver never got {what} within {timeout:?}; {} metrics requests, the last:\n{}\nreceiver stderr:\n{}",
+            got.len(),
+            got.last().map(|v| v.to_string()).unwrap_or_default(),
+            self.process.stderr()
+        );
     }
 }
 

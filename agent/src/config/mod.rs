@@ -122,6 +122,8 @@ pub struct Config {
     pub exporter: ExporterConfig,
     pub capture: CaptureConfig,
     pub traces: TraceConfig,
+    /// RED metrics: series bound, OTLP export interval, exemplars.
+    pub metrics: crate::metrics::MetricsConfig,
     pub resource: ResourceConfig,
     /// Pod metadata from the Kubernetes API.
     pub kubernetes: crate::k8s::KubernetesConfig,

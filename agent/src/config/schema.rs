@@ -20,8 +20,8 @@ use crate::export::{Compression, JsonOutput, Protocol};
 use crate::traces::resource::{Match, Rule};
 
 /// The top-level keys, in the order the documentation presents them.
-pub(crate) const SECTIONS: [&str; 9] =
-    ["exporter", "capture", "traces", "privacy", "gaps", "sampling", "resource", "kubernetes", "services"];
+pub(crate) const SECTIONS: [&str; 10] =
+    ["exporter", "capture", "traces", "privacy", "gaps", "sampling", "metrics", "resource", "kubernetes", "services"];
 
 /// Longest duration any timeout accepts. Durations are added to `Instant`s, which panics on
 /// overflow; anything longer than a day is a typo anyway.
@@ -534,6 +534,37 @@ static SETTINGS: &[Setting] = &[
         key: "rules",
         env: Env::No,
         apply: sampling_rules,
+    },
+    Setting {
+        section: "metrics",
+        key: "max_series",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = uint(c, n, "metrics.max_series", 1, MAX_COUNT) {
+                c.cfg.metrics.max_series = v as usize;
+            }
+        },
+    },
+    Setting {
+        section: "metrics",
+        key: "export_interval_ms",
+        env: Env::Scalar,
+        apply: |c, n| {
+            // 0 turns OTLP metrics export off (the `/metrics` endpoint stays).
+            if let Some(v) = uint(c, n, "metrics.export_interval_ms", 0, MAX_MS) {
+                c.cfg.metrics.export_interval = Duration::from_millis(v);
+            }
+        },
+    },
+    Setting {
+        section: "metrics",
+        key: "exemplars",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = boolean(c, n, "metrics.exemplars") {
+                c.cfg.metrics.exemplars = v;
+            }
+        },
     },
     Setting {
         section: "resource",

@@ -80,7 +80,17 @@ impl HttpTransport {
         request: ExportTraceServiceRequest,
         timeout: Duration,
     ) -> Result<Accepted, ExportFailure> {
-        let mut body = request.encode_to_vec();
+        let body = self.post(request.encode_to_vec(), timeout).await?;
+        // An empty or undecodable body still means the spans were accepted.
+        let partial = ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success);
+        Ok(Accepted::from_partial(partial))
+    }
+
+    /// POSTs one encoded OTLP request (any signal) and returns the success response's
+    /// body; failures are classified for retry.
+    pub async fn post(&mut self, mut body: Vec<u8>, timeout: Duration) -> Result<Bytes, ExportFailure> {
         if self.compression == Compression::Gzip {
             body = gzip(&body).map_err(|e| ExportFailure::permanent("gzip", e.to_string()))?;
         }
@@ -121,11 +131,7 @@ impl HttpTransport {
                 })??;
 
         if status.is_success() {
-            // An empty or undecodable body still means the spans were accepted.
-            let partial = ExportTraceServiceResponse::decode(body)
-                .ok()
-                .and_then(|r| r.partial_success);
-            return Ok(Accepted::from_partial(partial));
+            return Ok(body);
         }
         let reason = format!("http {}", status.as_u16());
         // The body is a google.rpc.Status per the specification; its message is enough.

@@ -18,6 +18,7 @@
 pub mod config;
 mod grpc;
 mod http;
+pub mod metrics;
 pub mod otlp;
 mod queue;
 mod retry;

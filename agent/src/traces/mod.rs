@@ -282,6 +282,8 @@ pub struct TracePipeline {
     /// Broken hops, shared with the HTTP endpoint and `hoptrace check`.
     pub gaps: Arc<std::sync::Mutex<GapTable>>,
     pub stats: TraceStats,
+    /// RED metrics of every finished span, sampled or not (see `crate::metrics`).
+    pub red: crate::metrics::RedRecorder,
 }
 
 /// The trace context a span continues.
@@ -338,6 +340,7 @@ impl TracePipeline {
             server_peers: HashMap::new(),
             gaps: Arc::new(std::sync::Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
+            red: crate::metrics::RedRecorder::default(),
         }
     }
 
@@ -576,6 +579,8 @@ impl TracePipeline {
         if decision == Decision::DroppedParentNotSampled {
             self.stats.spans_not_sampled += 1;
         }
+        // Every finished span feeds the metrics; only kept ones may become exemplars.
+        self.red.record(&span, decision.kept());
         if decision.kept() {
             sink.submit(span);
         }
