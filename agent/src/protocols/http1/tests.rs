@@ -147,6 +147,7 @@ fn summary(events: Vec<L7Event>) -> Vec<Ev> {
                 assert_eq!(protocol, "http1");
                 Ev::E(reason)
             }
+            other => panic!("the HTTP parser reported a non-HTTP event: {other:?}"),
         })
         .collect()
 }
