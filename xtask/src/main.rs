@@ -9,6 +9,8 @@ use std::{
     time::Instant,
 };
 
+mod bench;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,9 @@ enum Task {
     },
     /// Regenerate deploy/alerts/prometheusrule.yaml from deploy/alerts/hoptrace-rules.yaml.
     GenRules,
+    /// Benchmark: nginx under wrk with and without the agent, rounds interleaved; prints
+    /// medians, ratios and the issue-8 targets, writes JSON under target/bench/ (root).
+    Bench(bench::BenchArgs),
     /// Run the whole test suite: unit tests and end-to-end tests on the real kernel (root).
     Test {
         /// Extra arguments for the test harness (after `--`), e.g. a test name filter.
@@ -46,7 +51,7 @@ enum Task {
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "nginx", "curl", "util-linux", "prometheus", "prometheus-alertmanager"];
+    &["llvm-22-dev", "nginx", "curl", "util-linux", "prometheus", "prometheus-alertmanager", "wrk"];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -303,6 +308,13 @@ fn main() -> Result<()> {
             let mut cmd = Command::new(bin);
             cmd.arg("run").args(&args);
             run(&mut cmd)
+        }
+        Task::Bench(args) => {
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and enables kernel.bpf_stats_enabled: run it as root");
+            }
+            setup()?;
+            bench::bench(&root, args)
         }
         Task::Test { args } => {
             if !is_root() {
