@@ -75,12 +75,17 @@ impl HttpTransport {
         })
     }
 
+    #[allow(dead_code)] // the worker sends bytes (export_bytes); kept for callers with a message
     pub async fn export(
         &mut self,
         request: ExportTraceServiceRequest,
         timeout: Duration,
     ) -> Result<Accepted, ExportFailure> {
-        let mut body = request.encode_to_vec();
+        self.export_bytes(request.encode_to_vec(), timeout).await
+    }
+
+    /// POSTs an already serialized `ExportTraceServiceRequest`.
+    pub async fn export_bytes(&mut self, mut body: Vec<u8>, timeout: Duration) -> Result<Accepted, ExportFailure> {
         if self.compression == Compression::Gzip {
             body = gzip(&body).map_err(|e| ExportFailure::permanent("gzip", e.to_string()))?;
         }
