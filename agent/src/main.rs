@@ -1,12 +1,5 @@
 use std::path::PathBuf;
 
-/// mimalloc instead of glibc malloc: every span is built on the capture thread and freed
-/// on the export thread, which defeats glibc's per-thread caches (under load a profile
-/// showed ~20% of the agent's CPU in `_int_malloc`/`free`); mimalloc frees cross-thread
-/// into the owning heap cheaply.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// eBPF node agent: captures HTTP and message-queue traffic from the kernel and turns it
