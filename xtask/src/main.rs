@@ -9,6 +9,8 @@ use std::{
     time::Instant,
 };
 
+mod bench;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,9 @@ enum Task {
     },
     /// Regenerate deploy/alerts/prometheusrule.yaml from deploy/alerts/hoptrace-rules.yaml.
     GenRules,
+    /// Benchmark: nginx under wrk with and without the agent, rounds interleaved; prints
+    /// medians, ratios and the issue-8 targets, writes JSON under target/bench/ (root).
+    Bench(bench::BenchArgs),
     /// Run the whole test suite: unit tests and end-to-end tests on the real kernel (root).
     Test {
         /// Extra arguments for the test harness (after `--`), e.g. a test name filter.
@@ -58,6 +63,8 @@ const APT_PACKAGES: &[&str] = &[
     // The VM install test runs `systemd-analyze verify`; TLS and fake-API fixtures need openssl.
     "systemd",
     "openssl",
+    // `cargo xtask bench`: the load generator.
+    "wrk",
 ];
 
 fn workspace_root() -> PathBuf {
@@ -315,6 +322,13 @@ fn main() -> Result<()> {
             let mut cmd = Command::new(bin);
             cmd.arg("run").args(&args);
             run(&mut cmd)
+        }
+        Task::Bench(args) => {
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and enables kernel.bpf_stats_enabled: run it as root");
+            }
+            setup()?;
+            bench::bench(&root, args)
         }
         Task::Test { args } => {
             if !is_root() {

@@ -75,12 +75,19 @@ impl HttpTransport {
         })
     }
 
+    #[allow(dead_code)] // the worker sends bytes (export_bytes); kept for callers with a message
     pub async fn export(
         &mut self,
         request: ExportTraceServiceRequest,
         timeout: Duration,
     ) -> Result<Accepted, ExportFailure> {
-        let body = self.post(request.encode_to_vec(), timeout).await?;
+        self.export_bytes(request.encode_to_vec(), timeout).await
+    }
+
+    /// POSTs an already serialized `ExportTraceServiceRequest` (the worker encodes spans
+    /// straight into bytes, see `export::encode`).
+    pub async fn export_bytes(&mut self, body: Vec<u8>, timeout: Duration) -> Result<Accepted, ExportFailure> {
+        let body = self.post(body, timeout).await?;
         // An empty or undecodable body still means the spans were accepted.
         let partial = ExportTraceServiceResponse::decode(body)
             .ok()

@@ -596,11 +596,17 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
         .collect()
 }
 
+/// httparse's header slots, left uninitialized: filling 256 `EMPTY_HEADER`s (8 KiB) on
+/// every parse cost more than parsing a typical head.
+fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Parses a complete header block (`buf` ends with its empty line).
 fn parse_request_head(buf: &[u8]) -> Result<RequestHead, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    let mut headers = uninit_headers();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(reason::MALFORMED_HEAD),
         Err(e) => return Err(httparse_reason(e)),
@@ -617,9 +623,9 @@ fn parse_request_head(buf: &[u8]) -> Result<RequestHead, &'static str> {
 }
 
 fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match response_config().parse_response(&mut resp, buf) {
+    let mut headers = uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
+    match response_config().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(reason::MALFORMED_HEAD),
         Err(e) => return Err(httparse_reason(e)),
@@ -637,12 +643,14 @@ fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static str> {
 /// Checks a header block still arriving, so that garbage is refused before it fills the
 /// buffer. `Partial` means "fine so far".
 fn early_check(kind: Kind, buf: &[u8]) -> Result<(), &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = uninit_headers();
     let result = match kind {
-        Kind::Request => httparse::Request::new(&mut headers).parse(buf),
-        Kind::Response => {
-            response_config().parse_response(&mut httparse::Response::new(&mut headers), buf)
-        }
+        Kind::Request => httparse::Request::new(&mut []).parse_with_uninit_headers(buf, &mut headers),
+        Kind::Response => response_config().parse_response_with_uninit_headers(
+            &mut httparse::Response::new(&mut []),
+            buf,
+            &mut headers,
+        ),
     };
     result.map(|_| ()).map_err(httparse_reason)
 }
