@@ -69,9 +69,12 @@ pub mod reason {
     pub const GAP_BETWEEN_MESSAGES: &str = "gap_between_messages";
     pub const TOO_MANY_PIPELINED: &str = "too_many_pipelined";
     pub const UNMATCHED_RESPONSE: &str = "unmatched_response";
+    /// The connection closed in the middle of a request's header block (a client that
+    /// gave up, a scanner, a truncated request): no exchange, but not silently.
+    pub const CLOSED_MID_HEADER: &str = "closed_mid_header";
 
     /// Every label, so metrics can pre-register them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         HEADER_TOO_LARGE,
         TOO_MANY_HEADERS,
         INVALID_HEADER_NAME,
@@ -91,6 +94,7 @@ pub mod reason {
         GAP_BETWEEN_MESSAGES,
         TOO_MANY_PIPELINED,
         UNMATCHED_RESPONSE,
+        CLOSED_MID_HEADER,
     ];
 }
 
@@ -503,6 +507,11 @@ impl Protocol for Http1 {
         }
         self.closed = true;
         self.sync_request();
+        if self.requests.state == State::Head {
+            // A request head that never completed is not an exchange, but it is traffic
+            // the agent saw and could not report: count it.
+            out.push(parse_error(reason::CLOSED_MID_HEADER));
+        }
         match self.inflight.take() {
             Some(Answer {
                 pending,

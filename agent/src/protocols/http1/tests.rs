@@ -147,6 +147,7 @@ fn summary(events: Vec<L7Event>) -> Vec<Ev> {
                 assert_eq!(protocol, "http1");
                 Ev::E(reason)
             }
+            L7Event::Messaging(m) => panic!("HTTP/1 reported a messaging operation: {m:?}"),
         })
         .collect()
 }
@@ -457,11 +458,29 @@ fn close_reports_pending_and_partial_responses() {
         c.close();
         assert_eq!(summary(c.take()), [X("/a", None, ClosedMidResponse)]);
 
-        // A request whose header block never completed is not an exchange.
+        // A request whose header block never completed is not an exchange, but it is
+        // counted (a truncated request used to vanish without a trace).
         let mut c = Conn::server(split);
         c.send(REQ, b"GET /a HTTP/1.1\r\nHost");
         c.close();
-        assert!(c.take().is_empty());
+        assert_eq!(summary(c.take()), [E(reason::CLOSED_MID_HEADER)]);
+
+        // Same after earlier complete exchanges on the connection; a connection closed
+        // between messages reports nothing.
+        let mut c = Conn::server(split);
+        c.send(REQ, b"GET /ok HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
+        c.send(REQ, b"POST /cut HTTP/1.1\r\nContent-Le");
+        c.close();
+        assert_eq!(
+            summary(c.take()),
+            [X("/ok", Some(204), Complete), E(reason::CLOSED_MID_HEADER)]
+        );
+        let mut c = Conn::server(split);
+        c.send(REQ, b"GET /ok HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
+        c.close();
+        assert_eq!(summary(c.take()), [X("/ok", Some(204), Complete)]);
     });
 }
 
