@@ -168,6 +168,18 @@ impl Traces {
             s("hoptrace_export_queue_depth", vec![], e.queue_depth),
             s("hoptrace_routes_overflowed_total", vec![], t.routes_overflowed),
         ]);
+        // Traffic the parsers or the context checks refused: counted, never silent.
+        let mut parse: Vec<_> = t.parse_errors_by_label.iter().collect();
+        parse.sort();
+        for ((protocol, reason), n) in parse {
+            out.push(s("hoptrace_parse_errors_total", vec![("protocol", protocol), ("reason", reason)], *n));
+        }
+        let mut invalid: Vec<_> = t.invalid_context.iter().collect();
+        invalid.sort();
+        for (reason, n) in invalid {
+            out.push(s("hoptrace_invalid_context_total", vec![("reason", reason)], *n));
+        }
+        out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
         }

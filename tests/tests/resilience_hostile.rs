@@ -125,6 +125,17 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
     });
     let garbage_conns = m.get("hoptrace_connections_opened_total");
     assert_eq!(garbage_conns, 100 + 100 + TRUNCATED + HUGE as u64, "{}", m.0);
+    // Already visible on /metrics, by reason, while the agent runs.
+    assert!(
+        m.sum("hoptrace_parse_errors_total") >= random_400 as u64 + 100 + TRUNCATED + HUGE as u64,
+        "{}",
+        m.0
+    );
+    assert!(
+        m.get("hoptrace_parse_errors_total{protocol=\"http1\",reason=\"closed_mid_header\"}") >= TRUNCATED,
+        "{}",
+        m.0
+    );
 
     // 5. Distinct paths, pipelined over keep-alive connections; the sender waits for the
     //    agent to keep up (flow control through /metrics, never a timing assumption) so

@@ -183,6 +183,9 @@ pub struct TraceStats {
     pub invalid_context: HashMap<&'static str, u64>,
     /// Parse errors, by protocol/reason.
     pub parse_errors: HashMap<String, u64>,
+    /// The same, keyed for metric labels (`hoptrace_parse_errors_total{protocol,reason}`).
+    #[serde(skip)]
+    pub parse_errors_by_label: HashMap<(&'static str, &'static str), u64>,
 }
 
 /// Per-connection protocol state.
@@ -604,6 +607,7 @@ impl TracePipeline {
                 }
                 L7Event::ParseError { protocol, reason } => {
                     *self.stats.parse_errors.entry(format!("{protocol}/{reason}")).or_default() += 1;
+                    *self.stats.parse_errors_by_label.entry((protocol, reason)).or_default() += 1;
                 }
             }
         }

@@ -129,6 +129,17 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Sum of every series of metric `name` (all label sets); 0 when there is none.
+    pub fn sum(&self, name: &str) -> u64 {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    }
+}
+
 /// `hoptrace run` arguments for an agent whose HTTP endpoint is on its own port.
 pub fn listen_args(port: u16) -> [String; 2] {
     ["--listen".into(), format!("127.0.0.1:{port}")]
