@@ -39,31 +39,65 @@ macro_rules! protocol_target {
 ///   `op & 0x20`; 3 → close the connection (the script ends).
 /// Running out of input closes the connection.
 pub fn fuzz_protocol(detect: Detector, data: &[u8]) {
-    let Some((&role, mut rest)) = data.split_first() else { return };
+    let Some((&role, mut rest)) = data.split_first() else {
+        return;
+    };
     let role = match role % 3 {
         0 => Role::Unknown,
         1 => Role::Client,
         _ => Role::Server,
     };
-    let mut conn = Conn { detect, role, parser: None, tried: [false; 2], offsets: [0; 2], clock: 0, out: Vec::new() };
+    let mut conn = Conn {
+        detect,
+        role,
+        parser: None,
+        tried: [false; 2],
+        offsets: [0; 2],
+        clock: 0,
+        out: Vec::new(),
+    };
     while let Some((&op, after)) = rest.split_first() {
         rest = after;
-        let dir = if op & 1 == 0 { Direction::Egress } else { Direction::Ingress };
+        let dir = if op & 1 == 0 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
         match (op >> 1) & 3 {
             0 | 1 => {
-                let Some((&n, after)) = rest.split_first() else { break };
-                let len = if op & 0x40 != 0 { (n as usize + 1) * 64 } else { n as usize + 1 };
+                let Some((&n, after)) = rest.split_first() else {
+                    break;
+                };
+                let len = if op & 0x40 != 0 {
+                    (n as usize + 1) * 64
+                } else {
+                    n as usize + 1
+                };
                 let len = len.min(after.len());
                 let (bytes, after) = after.split_at(len);
                 rest = after;
-                let piece = if op & 0x20 != 0 { (op & 0x1f) as usize + 1 } else { usize::MAX };
+                let piece = if op & 0x20 != 0 {
+                    (op & 0x1f) as usize + 1
+                } else {
+                    usize::MAX
+                };
                 conn.data(dir, bytes, piece);
             }
             2 => {
-                let Some((&n, after)) = rest.split_first() else { break };
+                let Some((&n, after)) = rest.split_first() else {
+                    break;
+                };
                 rest = after;
-                let len = if op & 0x40 != 0 { n as u64 * 4096 } else { n as u64 };
-                let reason = if op & 0x20 != 0 { GapReason::Lost } else { GapReason::NotCaptured };
+                let len = if op & 0x40 != 0 {
+                    n as u64 * 4096
+                } else {
+                    n as u64
+                };
+                let reason = if op & 0x20 != 0 {
+                    GapReason::Lost
+                } else {
+                    GapReason::NotCaptured
+                };
                 conn.gap(dir, len, reason);
             }
             _ => break,
@@ -116,7 +150,11 @@ impl Conn {
         if len == 0 || self.parser.is_none() {
             return;
         }
-        let seg = Segment::Gap { offset: self.offsets[dir as usize], len, reason };
+        let seg = Segment::Gap {
+            offset: self.offsets[dir as usize],
+            len,
+            reason,
+        };
         self.offsets[dir as usize] += len;
         self.feed(dir, &[seg]);
     }
@@ -134,8 +172,22 @@ impl Conn {
             // Closing twice, or feeding after the close, must be harmless and silent.
             let before = self.out.len();
             p.close(&mut self.out);
-            p.feed(Direction::Ingress, &[Segment::Data { offset: 0, ts_enter_ns: 0, ts_ns: 0, tid: 0, bytes: b"GET / HTTP/1.1\r\n\r\n".to_vec() }], &mut self.out);
-            assert_eq!(self.out.len(), before, "a closed parser reported more events");
+            p.feed(
+                Direction::Ingress,
+                &[Segment::Data {
+                    offset: 0,
+                    ts_enter_ns: 0,
+                    ts_ns: 0,
+                    tid: 0,
+                    bytes: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+                }],
+                &mut self.out,
+            );
+            assert_eq!(
+                self.out.len(),
+                before,
+                "a closed parser reported more events"
+            );
         }
         self.check();
     }
@@ -145,18 +197,31 @@ impl Conn {
         for ev in self.out.drain(..) {
             match ev {
                 L7Event::Http(x) => {
-                    assert!(x.request.timing.first_enter_ns <= x.request.timing.last_exit_ns, "{x:?}");
+                    assert!(
+                        x.request.timing.first_enter_ns <= x.request.timing.last_exit_ns,
+                        "{x:?}"
+                    );
                     if let Some(r) = &x.response {
                         assert!((100..=999).contains(&r.status), "status {}", r.status);
                     }
-                    assert!(x.informational.len() <= 16, "{} 1xx kept", x.informational.len());
+                    assert!(
+                        x.informational.len() <= 16,
+                        "{} 1xx kept",
+                        x.informational.len()
+                    );
                 }
                 L7Event::ParseError { protocol, reason } => {
                     assert!(!protocol.is_empty() && !reason.is_empty());
-                    assert!(reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "label {reason:?}");
+                    assert!(
+                        reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                        "label {reason:?}"
+                    );
                 }
                 L7Event::Messaging(m) => {
-                    assert!(!m.system.is_empty() && !m.operation_name.is_empty(), "{m:?}");
+                    assert!(
+                        !m.system.is_empty() && !m.operation_name.is_empty(),
+                        "{m:?}"
+                    );
                 }
             }
         }

@@ -82,7 +82,11 @@ impl KeepAlive {
             .stream
             .read(&mut chunk)
             .unwrap_or_else(|e| panic!("read from the server: {e}"));
-        assert!(n > 0, "the server closed the connection mid-response: {:?}", String::from_utf8_lossy(&self.buf));
+        assert!(
+            n > 0,
+            "the server closed the connection mid-response: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
         self.buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -93,11 +97,17 @@ pub fn http_get_body(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("connect to the agent's endpoint {port}: {e}"));
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head: {text:?}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {text:?}"));
     assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
     body.to_string()
 }
@@ -123,7 +133,9 @@ impl Metrics {
             .lines()
             .find_map(|l| {
                 let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse::<u64>().ok()).flatten()
+                (name == series)
+                    .then(|| value.parse::<u64>().ok())
+                    .flatten()
             })
             .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{}", self.0))
     }
@@ -171,7 +183,12 @@ pub fn assert_export_accounted(stopped: &Stopped) {
 }
 
 /// Polls `/metrics` until `check` holds; panics with the last scrape after `timeout`.
-pub fn wait_metrics(listen_port: u16, timeout: Duration, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
+pub fn wait_metrics(
+    listen_port: u16,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&Metrics) -> bool,
+) -> Metrics {
     let mut last = Metrics(String::new());
     if wait_until(timeout, || {
         last = Metrics::scrape(listen_port);
@@ -179,5 +196,8 @@ pub fn wait_metrics(listen_port: u16, timeout: Duration, what: &str, check: impl
     }) {
         return last;
     }
-    panic!("/metrics never showed {what} within {timeout:?}:\n{}", last.0)
+    panic!(
+        "/metrics never showed {what} within {timeout:?}:\n{}",
+        last.0
+    )
 }
