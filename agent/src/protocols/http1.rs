@@ -654,6 +654,9 @@ fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static str> {
         Err(e) => return Err(httparse_reason(e)),
     }
     match (resp.code, resp.version) {
+        // httparse takes any three digits; there is no 0xx class (RFC 9110 §15), and a
+        // status below 100 would be exported as if it were a final answer.
+        (Some(status), Some(_)) if status < 100 => Err(reason::INVALID_STATUS),
         (Some(status), Some(version)) => Ok(ResponseHead {
             status,
             version,

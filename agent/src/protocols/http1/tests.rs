@@ -786,6 +786,29 @@ fn too_many_pipelined_requests_are_counted_and_never_mispaired() {
 }
 
 #[test]
+fn status_below_100_is_invalid() {
+    // Found by `cargo xtask fuzz` (fuzz/corpus/http1/regression-status-099): httparse
+    // accepts "099", which was paired and exported as a final response.
+    both(|split| {
+        let mut c = Conn::server(split);
+        c.send(REQ, b"GET /a HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 099 Continue\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        c.send(REQ, b"GET /b HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(
+            summary(c.take()),
+            [
+                E("invalid_status"),
+                X("/a", None, Desync),
+                E("unmatched_response"),
+                X("/b", Some(204), Complete)
+            ]
+        );
+    });
+}
+
+#[test]
 fn response_without_request_is_reported_and_skipped() {
     both(|split| {
         let mut c = Conn::server(split);
