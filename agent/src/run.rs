@@ -176,6 +176,8 @@ impl Traces {
         if let Some(k) = &self.k8s {
             out.extend(k.samples());
         }
+        // Parse errors and invalid context are on /metrics through metrics::selfstats.
+        out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
         }

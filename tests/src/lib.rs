@@ -1076,6 +1076,13 @@ impl OtlpReceiver {
     /// A receiver on the given ports (0 = ephemeral): e.g. a collector that comes up on a
     /// port the agent has been trying all along.
     pub fn start_on(grpc_port: u16, http_port: u16) -> OtlpReceiver {
+        OtlpReceiver::start_with(grpc_port, http_port, &[])
+    }
+
+    /// A receiver with extra fixture arguments: the misbehaving-collector modes
+    /// (`--fail-count`, `--fail-http`, `--retry-after`, `--fail-grpc`, `--delay`,
+    /// `--delay-count`; see tests/fixtures/otlp_receiver.py).
+    pub fn start_with(grpc_port: u16, http_port: u16, extra: &[&str]) -> OtlpReceiver {
         let dir = TempDir::new("otlp-receiver");
         let out = dir.join("requests.jsonl");
         let mut process = Running::spawn(
@@ -1085,7 +1092,8 @@ impl OtlpReceiver {
                 .arg("--metrics-out")
                 .arg(dir.join("metrics.jsonl"))
                 .args(["--grpc-port", &grpc_port.to_string()])
-                .args(["--http-port", &http_port.to_string()]),
+                .args(["--http-port", &http_port.to_string()])
+                .args(extra),
         );
         let line = process.wait_for_line("READY ", TIMEOUT);
         let port = |name: &str| -> u16 {
@@ -1237,6 +1245,32 @@ impl OtlpReceiver {
             self.process.stderr()
         );
     }
+
+    /// Export requests the receiver refused (`--fail-count`), in arrival order:
+    /// `{"transport", "status", "spans", "span_ids", "time"}`.
+    pub fn refused(&self) -> Vec<Value> {
+        let text =
+            fs::read_to_string(self.dir.join("requests.jsonl.refused")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}"))
+            })
+            .collect()
+    }
+}
+
+/// Resident set size of a process in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
 }
 
 /// A running `hoptrace run`. Dropping it kills the agent.

@@ -199,6 +199,36 @@ static SETTINGS: &[Setting] = &[
     },
     Setting {
         section: "exporter",
+        key: "retry_initial_backoff_ms",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = millis(c, n, "exporter.retry_initial_backoff_ms") {
+                c.cfg.exporter.retry.initial_backoff = v;
+            }
+        },
+    },
+    Setting {
+        section: "exporter",
+        key: "retry_max_backoff_ms",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = millis(c, n, "exporter.retry_max_backoff_ms") {
+                c.cfg.exporter.retry.max_backoff = v;
+            }
+        },
+    },
+    Setting {
+        section: "exporter",
+        key: "retry_max_elapsed_ms",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = millis(c, n, "exporter.retry_max_elapsed_ms") {
+                c.cfg.exporter.retry.max_elapsed = v;
+            }
+        },
+    },
+    Setting {
+        section: "exporter",
         key: "output",
         env: Env::Scalar,
         apply: |c, n| {
