@@ -14,6 +14,7 @@ use hoptrace_common::{Direction, Role};
 use crate::stream::Segment;
 
 pub mod http1;
+pub mod kafka;
 
 pub use http1::{HttpExchange, Timing};
 
@@ -103,7 +104,7 @@ pub struct MqMessage {
 pub type Detector = fn(Role, Direction, &[u8]) -> Option<Box<dyn Protocol>>;
 
 /// Every known protocol, most specific first.
-pub const DETECTORS: &[Detector] = &[http1::detect];
+pub const DETECTORS: &[Detector] = &[http1::detect, kafka::detect];
 
 /// Registry: the first protocol whose `detect` accepts the first bytes of a connection wins.
 pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Box<dyn Protocol>> {
