@@ -45,8 +45,17 @@ enum Task {
 /// Pinned kernel-side toolchain (see shared/toolchain/README.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "nginx", "curl", "util-linux", "prometheus", "prometheus-alertmanager"];
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "nginx",
+    "curl",
+    "util-linux",
+    "prometheus",
+    "prometheus-alertmanager",
+    // Message-queue e2e tests (tests/tests/mq.rs) start their own brokers.
+    "rabbitmq-server",
+    "nats-server",
+];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()

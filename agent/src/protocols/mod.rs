@@ -13,8 +13,11 @@ use hoptrace_common::{Direction, Role};
 
 use crate::stream::Segment;
 
+pub mod amqp;
 pub mod http1;
 pub mod kafka;
+pub(crate) mod mq_common;
+pub mod nats;
 
 pub use http1::{HttpExchange, Timing};
 
@@ -103,8 +106,9 @@ pub struct MqMessage {
 /// same bytes to the parser. `None` may also mean "not enough bytes to tell".
 pub type Detector = fn(Role, Direction, &[u8]) -> Option<Box<dyn Protocol>>;
 
-/// Every known protocol, most specific first.
-pub const DETECTORS: &[Detector] = &[http1::detect, kafka::detect];
+/// Every known protocol, most specific first (NATS before HTTP: `CONNECT {` would
+/// otherwise pass for an HTTP CONNECT request).
+pub const DETECTORS: &[Detector] = &[amqp::detect, nats::detect, http1::detect, kafka::detect];
 
 /// Registry: the first protocol whose `detect` accepts the first bytes of a connection wins.
 pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Box<dyn Protocol>> {

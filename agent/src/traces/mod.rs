@@ -22,6 +22,7 @@
 
 pub mod http;
 pub(crate) mod ids;
+pub mod messaging;
 pub mod resource;
 
 use std::{
@@ -39,7 +40,7 @@ use crate::{
     conntrack::Connection,
     context::{self, TraceParent},
     process::{ProcessCache, ProcessInfo},
-    protocols::{self, http1::header_values, HttpExchange, L7Event, Protocol},
+    protocols::{self, http1::header_values, HttpExchange, L7Event, MqOperation, Protocol},
     gaps::{Gap, GapKey, GapKind, GapTable},
     logging::{self, RateLimiter},
     redact::Redactor,
@@ -183,6 +184,10 @@ pub struct TraceStats {
     pub invalid_context: HashMap<&'static str, u64>,
     /// Parse errors, by protocol/reason.
     pub parse_errors: HashMap<String, u64>,
+    /// Message-queue operations reported by the parsers, by messaging.system.
+    pub mq_operations: HashMap<&'static str, u64>,
+    pub spans_producer: u64,
+    pub spans_consumer: u64,
 }
 
 /// Per-connection protocol state.
@@ -192,9 +197,11 @@ struct ConnL7 {
     tried: [bool; 2],
 }
 
-/// An outbound call: an HTTP exchange, or a connection attempt that failed.
+/// An outbound call: an HTTP exchange, a message publish, or a connection attempt that
+/// failed.
 enum Call {
     Http(HttpExchange),
+    Mq(MqOperation),
     Failed { error: &'static str, start_ns: u64 },
 }
 
@@ -202,6 +209,7 @@ impl Call {
     fn start_ns(&self) -> u64 {
         match self {
             Call::Http(x) => x.request.timing.first_enter_ns,
+            Call::Mq(op) => op.timing.first_enter_ns,
             Call::Failed { start_ns, .. } => *start_ns,
         }
     }
@@ -598,10 +606,8 @@ impl TracePipeline {
                         Role::Unknown => {}
                     }
                 }
-                // Messaging spans: not built yet (issue 5); counted so nothing is silent.
-                L7Event::Messaging(_) => {
-                    *self.stats.parse_errors.entry("messaging/not_traced".to_string()).or_default() += 1;
-                }
+                // The broker's side of a connection never gets here (its parser is silent).
+                L7Event::Messaging(op) => self.messaging(conn, op, sink),
                 L7Event::ParseError { protocol, reason } => {
                     *self.stats.parse_errors.entry(format!("{protocol}/{reason}")).or_default() += 1;
                 }
@@ -738,6 +744,12 @@ impl TracePipeline {
         let (inbound, trace_state, invalid) = self.inbound_context(&x);
         // A process that sends trace context it did not receive creates spans itself.
         for child in &children {
+            if let Call::Mq(op) = &child.call {
+                let own = op.messages.iter().filter_map(|m| m.traceparent.as_deref()).find_map(|v| context::parse_traceparent(v).ok());
+                if own.is_some_and(|o| inbound.as_ref().is_none_or(|i| i.trace_id != o.trace_id || i.parent_id != o.parent_id)) {
+                    self.instrumented.insert(conn.pid, Instrumented::CreatesContext);
+                }
+            }
             let Call::Http(x) = &child.call else { continue };
             if let Some(v) = header_values(&x.request.headers, "traceparent").next() {
                 if let Ok(out) = context::parse_traceparent(v) {
@@ -820,6 +832,14 @@ impl TracePipeline {
             let mut gap = None;
             // Overlapping requests on the thread: which one the call served is unknown, so
             // its hop is not judged against this one's context either.
+            if let (Call::Mq(op), false) = (&child.call, overlapped) {
+                if let Some(kind) = self.publish_gap(op, inbound.is_some()) {
+                    let broker = self.peer_name(&self.server_peers.get(&(child.conn.remote, child.conn.local)).cloned(), child.conn.remote);
+                    let (name, _) = self.mq_span_name(op);
+                    self.record_gap(kind, &service, &zone, &broker, &name, &trace_hex, &span_hex, "");
+                    gap = Some(kind);
+                }
+            }
             if let (Call::Http(cx), Some(i), false) = (&child.call, &inbound, overlapped) {
                 let kind = match outbound_context(cx) {
                     None => Some(GapKind::DroppedOutboundContext),
@@ -892,12 +912,17 @@ impl TracePipeline {
         gap: Option<GapKind>,
         sink: &mut dyn SpanSink,
     ) {
+        let call = match call {
+            Call::Mq(op) => return self.emit_publish(op, view, parent, unresolved, gap, sink),
+            other => other,
+        };
         if self.cfg.suppress_instrumented && self.is_instrumented(view.pid) {
             self.stats.spans_suppressed_instrumented += 1;
             return;
         }
         let x = match call {
             Call::Http(x) => x,
+            Call::Mq(_) => unreachable!("publishes returned above"),
             Call::Failed { error, start_ns } => {
                 let ctx = match parent {
                     Some(p) => p,

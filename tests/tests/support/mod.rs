@@ -24,6 +24,8 @@ pub struct Span {
     pub status: u64,
     /// Span event names with their attributes.
     pub events: Vec<(String, HashMap<String, Value>)>,
+    /// Links as (trace id, span id, trace state).
+    pub links: Vec<(String, String, String)>,
 }
 
 pub fn attr_map(list: &Value) -> HashMap<String, Value> {
@@ -71,6 +73,17 @@ pub fn parse_spans(text: &str) -> Vec<Span> {
                                     .collect()
                             })
                             .unwrap_or_default(),
+                        links: s["links"]
+                            .as_array()
+                            .map(|ls| {
+                                ls.iter()
+                                    .map(|l| {
+                                        let f = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+                                        (f("traceId"), f("spanId"), f("traceState"))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                     });
                 }
             }
@@ -87,6 +100,8 @@ pub fn int(v: Option<&Value>) -> Option<i64> {
 
 pub const SERVER: u64 = 2;
 pub const CLIENT: u64 = 3;
+pub const PRODUCER: u64 = 4;
+pub const CONSUMER: u64 = 5;
 
 /// Starts `hoptrace run` on the given ports with OTLP/JSON into a file; waits for ready.
 pub fn start_run(ports: &[u16], out: &Path) -> Running {

@@ -147,7 +147,7 @@ fn summary(events: Vec<L7Event>) -> Vec<Ev> {
                 assert_eq!(protocol, "http1");
                 Ev::E(reason)
             }
-            L7Event::Messaging(op) => panic!("http1 reported a messaging operation: {op:?}"),
+            L7Event::Messaging(op) => panic!("http1 reported a message-queue operation: {op:?}"),
         })
         .collect()
 }
