@@ -1392,36 +1392,70 @@ mod tests {
         assert!(!text.contains("SECRET"), "{run}: payload leaked");
     }
 
-    #[test]
-    fn confluent_produce_matches_what_the_client_reported() {
-        check_run("confluent-produce", MqKind::Publish);
+    /// Every fixture run (directory), by kind; the error run is checked on its own.
+    fn runs(kind: MqKind) -> Vec<String> {
+        let suffix = if kind == MqKind::Publish { "produce" } else { "fetch" };
+        let mut v: Vec<String> = std::fs::read_dir(dir(""))
+            .expect("testdata/kafka")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.ends_with("-error") && !n.ends_with(".md"))
+            .filter(|n| n.contains(&format!("-{suffix}")) || (kind == MqKind::Receive && n.contains("-consume")))
+            .collect();
+        v.sort();
+        v
     }
 
     #[test]
-    fn kafka_python_produce_matches_what_the_client_reported() {
-        check_run("kafka-python-produce", MqKind::Publish);
+    fn produce_matches_what_the_client_encoded_or_reported() {
+        let runs = runs(MqKind::Publish);
+        // v3..v13 encoded by kafka-python, gzip included.
+        assert!(runs.len() >= 9, "{runs:?}");
+        for run in runs {
+            check_run(&run, MqKind::Publish);
+        }
     }
 
     #[test]
-    fn confluent_fetch_matches_what_the_client_reported() {
-        check_run("confluent-consume", MqKind::Receive);
+    fn fetch_matches_what_the_client_encoded_or_reported() {
+        let runs = runs(MqKind::Receive);
+        // v4..v18 encoded by kafka-python, gzip included.
+        assert!(runs.len() >= 10, "{runs:?}");
+        for run in runs {
+            check_run(&run, MqKind::Receive);
+        }
     }
 
+    /// A partition error in the produce response: the operation carries Kafka's error
+    /// name, that partition's records have no offset, the others do.
     #[test]
-    fn kafka_python_fetch_matches_what_the_client_reported() {
-        check_run("kafka-python-consume", MqKind::Receive);
+    fn produce_error_is_named_and_other_partitions_get_offsets() {
+        let run = "encoded-produce-v9-error";
+        let events = parse_run(run, 0);
+        assert_eq!(errors(&events), Vec::<&str>::new());
+        let all = ops(&events);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].error.as_deref(), Some("NOT_LEADER_OR_FOLLOWER"));
+        assert_eq!(all[0].messages.len(), 9);
+        let with_offsets: Vec<&MqMessage> = all[0].messages.iter().filter(|m| m.offset.is_some()).collect();
+        assert!(all[0].messages.iter().filter(|m| m.partition == Some(1)).all(|m| m.offset.is_none()));
+        let ok = seen(&[&MqOperation { messages: with_offsets.into_iter().cloned().collect(), ..all[0].clone() }], MqKind::Publish);
+        assert_eq!(ok, client_view(run));
     }
 
     /// Every chunk of a produce connection split in two at every offset, one chunk at
     /// a time (the rest as recorded).
     #[test]
     fn produce_split_at_every_offset() {
-        for run in ["confluent-produce", "kafka-python-produce"] {
+        for run in runs(MqKind::Publish) {
+            let run = run.as_str();
             let expected = client_view(run);
             for conn in connections(run) {
                 let want = seen(&ops(&run_conn(&conn, 0)), MqKind::Publish);
                 for (i, (_, bytes)) in conn.iter().enumerate() {
-                    for cut in 1..bytes.len() {
+                    // Detection sees only the first segment of a connection: it needs
+                    // the whole request header there (clients write a request at once).
+                    let first = if i == 0 { 14 + bytes[13] as usize } else { 1 };
+                    for cut in first..bytes.len() {
                         let mut split = conn[..i].to_vec();
                         let (d, b) = &conn[i];
                         split.push((*d, b[..cut].to_vec()));
@@ -1441,8 +1475,9 @@ mod tests {
     /// (several frames per syscall).
     #[test]
     fn several_frames_per_segment() {
-        for run in ["confluent-consume", "kafka-python-consume", "confluent-produce", "kafka-python-produce"] {
-            let kind = if run.ends_with("produce") { MqKind::Publish } else { MqKind::Receive };
+        for run in runs(MqKind::Publish).into_iter().chain(runs(MqKind::Receive)) {
+            let run = run.as_str();
+            let kind = if run.contains("produce") { MqKind::Publish } else { MqKind::Receive };
             let mut all = Vec::new();
             for conn in connections(run) {
                 let mut merged: Vec<Chunk> = Vec::new();
@@ -1490,7 +1525,8 @@ mod tests {
     #[test]
     fn hole_inside_a_response_is_counted_and_framing_survives() {
         let mut tried = 0;
-        for run in ["confluent-consume", "kafka-python-consume"] {
+        for run in runs(MqKind::Receive) {
+            let run = run.as_str();
             for conn in connections(run) {
                 let baseline = run_with_hole(&conn, None);
                 // The chunk that ends the first fetch response with records.
@@ -1499,7 +1535,7 @@ mod tests {
                     continue;
                 }
                 tried += 1;
-                let holed = run_with_hole(&conn, Some((idx, 30)));
+                let holed = run_with_hole(&conn, Some((idx, conn[idx].1.len() / 2)));
                 let errs: Vec<_> = holed.iter().filter_map(|(_, e)| match e {
                     L7Event::ParseError { reason, .. } => Some(*reason),
                     _ => None,
@@ -1518,7 +1554,7 @@ mod tests {
 
     #[test]
     fn detection_is_strict() {
-        let conn = &connections("confluent-produce")[0];
+        let conn = &connections("encoded-produce-v9")[0];
         let first = &conn[0].1;
         assert!(detect(Role::Client, Direction::Egress, first).is_some());
         assert!(detect(Role::Server, Direction::Ingress, first).is_none(), "broker side");
@@ -1543,7 +1579,7 @@ mod tests {
 
     #[test]
     fn responses_without_request_and_garbage_are_counted() {
-        let conn = &connections("confluent-produce")[0];
+        let conn = &connections("encoded-produce-v9")[0];
         let mut p = detect(Role::Client, Direction::Egress, &conn[0].1).expect("kafka");
         let mut out = Vec::new();
         // A response to a correlation id never asked.
