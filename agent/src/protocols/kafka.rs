@@ -1398,7 +1398,7 @@ mod tests {
         let mut v: Vec<String> = std::fs::read_dir(dir(""))
             .expect("testdata/kafka")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| !n.ends_with("-error") && !n.ends_with(".md"))
+            .filter(|n| !n.ends_with("-error") && !n.ends_with("-acks0") && !n.ends_with(".md"))
             .filter(|n| n.contains(&format!("-{suffix}")) || (kind == MqKind::Receive && n.contains("-consume")))
             .collect();
         v.sort();
@@ -1440,6 +1440,26 @@ mod tests {
         assert!(all[0].messages.iter().filter(|m| m.partition == Some(1)).all(|m| m.offset.is_none()));
         let ok = seen(&[&MqOperation { messages: with_offsets.into_iter().cloned().collect(), ..all[0].clone() }], MqKind::Publish);
         assert_eq!(ok, client_view(run));
+    }
+
+    /// `acks=0`: the broker never answers, so the produce is reported at once, without
+    /// offsets, and nothing waits for a response.
+    #[test]
+    fn produce_without_acks_is_reported_at_request_time() {
+        let conn = &connections("encoded-produce-v9-acks0")[0];
+        let mut p = detect(Role::Client, Direction::Egress, &conn[0].1).expect("kafka");
+        let mut out = Vec::new();
+        p.feed(Direction::Egress, &[Segment::Data { offset: 0, ts_enter_ns: 5, ts_ns: 6, tid: 9, bytes: conn[0].1.clone() }], &mut out);
+        let all = ops(&out);
+        assert_eq!(all.len(), 1, "{out:?}");
+        assert_eq!(all[0].kind, MqKind::Publish);
+        assert_eq!(all[0].messages.len(), 9);
+        assert!(all[0].messages.iter().all(|m| m.offset.is_none()));
+        assert_eq!(all[0].messages.iter().filter(|m| m.traceparent.is_some()).count(), 5);
+        assert_eq!((all[0].timing.first_tid, all[0].timing.first_enter_ns, all[0].timing.last_exit_ns), (9, 5, 6));
+        out.clear();
+        p.close(&mut out);
+        assert!(out.is_empty(), "nothing was waiting: {out:?}");
     }
 
     /// Every chunk of a produce connection split in two at every offset, one chunk at
