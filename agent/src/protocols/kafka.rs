@@ -122,14 +122,23 @@ pub mod reason {
     ];
 }
 
+/// Requests a client opens a connection with: ApiVersions (every client since Kafka
+/// 0.10 asks first), or Metadata / SaslHandshake from clients told not to ask.
+const OPENING_API_KEYS: [i16; 3] = [18, 3, 17];
+
 /// Kafka detection: the client side of a connection whose first outgoing bytes are a
-/// plausible request header. The broker's side is never claimed (its connections are not
-/// traced as messaging), and so are connections the agent joined mid-flight.
+/// plausible request header of an opening request ([`OPENING_API_KEYS`]); other binary
+/// protocols whose first bytes happen to fit the header's ranges (a MongoDB message with
+/// a small request id) are not claimed. The broker's side is never claimed (its
+/// connections are not traced as messaging), and neither are connections the agent
+/// joined mid-flight.
 pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Box<dyn Protocol>> {
-    if role != Role::Client || direction != Direction::Egress {
+    if role != Role::Client || direction != Direction::Egress || first_bytes.len() < 6 {
         return None;
     }
-    plausible_request(first_bytes).then(|| Box::new(Kafka::default()) as Box<dyn Protocol>)
+    let api_key = i16::from_be_bytes([first_bytes[4], first_bytes[5]]);
+    (OPENING_API_KEYS.contains(&api_key) && plausible_request(first_bytes))
+        .then(|| Box::new(Kafka::default()) as Box<dyn Protocol>)
 }
 
 /// A request header (v1/v2: size, api key, api version, correlation id, client id) in
@@ -1447,19 +1456,18 @@ mod tests {
     #[test]
     fn produce_without_acks_is_reported_at_request_time() {
         let conn = &connections("encoded-produce-v9-acks0")[0];
-        let mut p = detect(Role::Client, Direction::Egress, &conn[0].1).expect("kafka");
-        let mut out = Vec::new();
-        p.feed(Direction::Egress, &[Segment::Data { offset: 0, ts_enter_ns: 5, ts_ns: 6, tid: 9, bytes: conn[0].1.clone() }], &mut out);
+        // ApiVersions request and response, then the produce request alone.
+        assert_eq!(conn.len(), 3);
+        let out = run_conn(conn, 0);
+        assert_eq!(errors(&out), Vec::<&str>::new(), "nothing was left waiting");
         let all = ops(&out);
         assert_eq!(all.len(), 1, "{out:?}");
         assert_eq!(all[0].kind, MqKind::Publish);
         assert_eq!(all[0].messages.len(), 9);
         assert!(all[0].messages.iter().all(|m| m.offset.is_none()));
         assert_eq!(all[0].messages.iter().filter(|m| m.traceparent.is_some()).count(), 5);
-        assert_eq!((all[0].timing.first_tid, all[0].timing.first_enter_ns, all[0].timing.last_exit_ns), (9, 5, 6));
-        out.clear();
-        p.close(&mut out);
-        assert!(out.is_empty(), "nothing was waiting: {out:?}");
+        // The request's own syscall (third chunk) is the whole operation.
+        assert_eq!((all[0].timing.first_tid, all[0].timing.first_enter_ns, all[0].timing.last_exit_ns), (7, 3000, 3001));
     }
 
     /// Every chunk of a produce connection split in two at every offset, one chunk at
@@ -1583,6 +1591,13 @@ mod tests {
         for text in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"POST /a HTTP/1.1\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03abcdef", b"AMQP\x00\x00\x09\x01", b"CONNECT {\"verbose\":false}\r\n", b"PING\r\n"] {
             assert!(detect(Role::Client, Direction::Egress, text).is_none(), "{text:?}");
         }
+        // A MongoDB OP_MSG with request id 1 fits a Produce v1 header: not an opening request.
+        let mut mongo = 0x2du32.to_be_bytes().to_vec();
+        mongo.extend_from_slice(&1u32.to_be_bytes());
+        mongo.extend_from_slice(&0u32.to_be_bytes());
+        mongo.extend_from_slice(&2013u32.to_be_bytes());
+        mongo.extend_from_slice(&[0; 29]);
+        assert!(detect(Role::Client, Direction::Egress, &mongo).is_none());
         // Header fields out of range: api key, version, negative correlation id,
         // client id not printable or longer than the frame.
         let mut bad = first.clone();
