@@ -172,15 +172,16 @@ fn plausible_request(b: &[u8]) -> bool {
 /// buffered prefix), and the syscalls that carried its first and last byte.
 struct Frame {
     bytes: Vec<u8>,
-    /// Some of the payload is missing (hole, or beyond [`MAX_FRAME_BUFFER`]).
-    truncated: bool,
+    /// Some of the payload is missing, and why: [`reason::GAP_IN_FRAME`] or
+    /// [`reason::FRAME_TOO_LARGE`] (reported when the parse runs short because of it).
+    truncated: Option<&'static str>,
     timing: Timing,
 }
 
 enum Phase {
     /// Reading the 4-byte size of the next frame.
     Size { got: [u8; 4], n: usize },
-    Body { bytes: Vec<u8>, remaining: u64, truncated: bool },
+    Body { bytes: Vec<u8>, remaining: u64, truncated: Option<&'static str> },
     /// Lost track of frame boundaries; waiting for a segment that starts a frame.
     Desync,
 }
@@ -213,7 +214,7 @@ impl Framer {
                 Phase::Size { n: 0, .. } => self.desync(reason::GAP_BETWEEN_FRAMES, out),
                 Phase::Size { .. } => self.desync(reason::GAP_IN_FRAME, out),
                 Phase::Body { remaining, truncated, .. } => {
-                    *truncated = true;
+                    truncated.get_or_insert(reason::GAP_IN_FRAME);
                     if *len < *remaining {
                         *remaining -= len;
                     } else {
@@ -260,17 +261,16 @@ impl Framer {
                                 self.phase = Phase::Body {
                                     bytes: Vec::with_capacity((size as usize).min(64 * 1024)),
                                     remaining: size as u64,
-                                    truncated: false,
+                                    truncated: None,
                                 };
                             }
                         }
                         Phase::Body { bytes: buf, remaining, truncated } => {
                             let take = (*remaining).min(rest.len() as u64) as usize;
-                            if !*truncated {
+                            if truncated.is_none() {
                                 let room = MAX_FRAME_BUFFER - buf.len();
                                 if take > room {
-                                    *truncated = true;
-                                    out.push(error(reason::FRAME_TOO_LARGE));
+                                    *truncated = Some(reason::FRAME_TOO_LARGE);
                                 }
                                 buf.extend_from_slice(&rest[..take.min(room)]);
                             }
@@ -413,7 +413,7 @@ impl Kafka {
                 let acks = match parsed {
                     Ok(acks) => Some(acks),
                     Err(Wire::Truncated) => {
-                        out.push(error(if frame.truncated { reason::GAP_IN_FRAME } else { reason::MALFORMED_PRODUCE }));
+                        out.push(error(frame.truncated.unwrap_or(reason::MALFORMED_PRODUCE)));
                         sink.acks
                     }
                     Err(Wire::Malformed(why)) => {
@@ -449,8 +449,7 @@ impl Kafka {
                 })();
                 match parsed {
                     Ok(()) => {}
-                    Err(Wire::Truncated) if frame.truncated => out.push(error(reason::GAP_IN_FRAME)),
-                    Err(Wire::Truncated) => out.push(error(reason::MALFORMED_FETCH)),
+                    Err(Wire::Truncated) => out.push(error(frame.truncated.unwrap_or(reason::MALFORMED_FETCH))),
                     Err(Wire::Malformed(why)) => out.push(error(why)),
                 }
             }
@@ -491,8 +490,7 @@ impl Kafka {
                 })();
                 if let Err(e) = parsed {
                     out.push(error(match e {
-                        Wire::Truncated if frame.truncated => reason::GAP_IN_FRAME,
-                        Wire::Truncated => reason::MALFORMED_PRODUCE,
+                        Wire::Truncated => frame.truncated.unwrap_or(reason::MALFORMED_PRODUCE),
                         Wire::Malformed(why) => why,
                     }));
                 }
@@ -538,8 +536,7 @@ impl Kafka {
                 })();
                 if let Err(e) = parsed {
                     out.push(error(match e {
-                        Wire::Truncated if frame.truncated => reason::GAP_IN_FRAME,
-                        Wire::Truncated => reason::MALFORMED_FETCH,
+                        Wire::Truncated => frame.truncated.unwrap_or(reason::MALFORMED_FETCH),
                         Wire::Malformed(why) => why,
                     }));
                 }
