@@ -501,6 +501,18 @@ mod tests {
         }
     }
 
+    /// pika publishing three messages with no headers table at all.
+    #[test]
+    fn publish_without_headers() {
+        const PUBLISH: &[u8] = include_bytes!("testdata/amqp_publish.c2s");
+        for events in feed_split(client, Direction::Egress, PUBLISH) {
+            no_errors(&events);
+            let o = ops(&events);
+            assert_eq!(o.len(), 3);
+            assert!(o.iter().all(|o| o.messages.len() == 1 && o.messages[0].traceparent.is_none() && o.messages[0].routing_key.as_deref() == Some("q2")));
+        }
+    }
+
     #[test]
     fn get_ok_messages_without_context() {
         for events in feed_split(client, Direction::Ingress, GET) {
