@@ -1577,6 +1577,71 @@ mod tests {
         assert!(tried > 0, "no fetch response with records in the fixtures");
     }
 
+    /// Kafka bytes through the whole trace pipeline (detection, parser, messaging spans):
+    /// a fetch of several records is one CONSUMER span linking each traced record, a
+    /// produce one PRODUCER span.
+    #[test]
+    fn fetch_and_produce_through_the_trace_pipeline() {
+        use crate::{
+            conntrack::{Connection, RoleSource, Tuple},
+            spans::{AnyValue, SpanKind, SpanRecord},
+            stream::Stream,
+            traces::{resource::ResourceResolver, TraceConfig, TracePipeline},
+        };
+        // The producer's records carry their own context, which makes it look
+        // SDK-instrumented; keep its span here instead of suppressing it as a duplicate.
+        let cfg = TraceConfig { suppress_instrumented: false, ..TraceConfig::default() };
+        let mut pipeline = TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new()));
+        let mut spans: Vec<SpanRecord> = Vec::new();
+        for (id, run) in [(1, "encoded-fetch-v12"), (2, "encoded-produce-v9")] {
+            let c = Connection {
+                id,
+                tuple: Tuple { local: format!("127.0.0.1:{}", 40000 + id).parse().unwrap(), remote: "127.0.0.1:9092".parse().unwrap() },
+                role: Role::Client,
+                role_source: RoleSource::Syscall,
+                via: hoptrace_common::Syscall::Connect,
+                pid: 4242 + id as u32,
+                ppid: 1,
+                fd: 3,
+                comm: "consumer".into(),
+                cgroup_id: 0,
+                opened_ns: 0,
+                last_seen: std::time::Instant::now(),
+                streams: [Stream::default(), Stream::default()],
+            };
+            let mut offsets = [0u64; 2];
+            for (i, (d, b)) in connections(run)[0].iter().enumerate() {
+                let seg = Segment::Data { offset: offsets[*d as usize], ts_enter_ns: 1000 * i as u64 + 1, ts_ns: 1000 * i as u64 + 2, tid: 77, bytes: b.clone() };
+                offsets[*d as usize] += b.len() as u64;
+                pipeline.on_segments(&c, *d, &[seg], &mut spans);
+            }
+        }
+        pipeline.flush(&mut spans);
+        let attr = |s: &SpanRecord, k: &str| s.attributes.iter().find(|a| a.key == k).map(|a| a.value.clone());
+        let consumer: Vec<&SpanRecord> = spans.iter().filter(|s| s.kind == SpanKind::Consumer).collect();
+        assert_eq!(consumer.len(), 1, "{spans:#?}");
+        let c = consumer[0];
+        assert_eq!(c.name, "fetch hoptrace-encoded");
+        assert_eq!(attr(c, "messaging.system"), Some(AnyValue::Str("kafka".into())));
+        assert_eq!(attr(c, "messaging.batch.message_count"), Some(AnyValue::Int(7)));
+        let expected: std::collections::BTreeSet<String> = client_view("encoded-fetch-v12")
+            .into_iter()
+            .filter_map(|r| r.traceparent)
+            .map(|tp| tp.split('-').nth(2).unwrap().to_string())
+            .collect();
+        let linked: std::collections::BTreeSet<String> = c.links.iter().map(|l| crate::spans::hex(&l.span_id)).collect();
+        assert_eq!(linked, expected);
+        let producer: Vec<&SpanRecord> = spans.iter().filter(|s| s.kind == SpanKind::Producer).collect();
+        assert_eq!(producer.len(), 1, "{spans:#?}");
+        assert_eq!(producer[0].name, "produce hoptrace-encoded");
+        assert_eq!(attr(producer[0], "messaging.batch.message_count"), Some(AnyValue::Int(9)));
+        // Parent: the first record's own context (record 0 of partition 0).
+        let first = client_view("encoded-produce-v9").into_iter().find(|r| r.partition == 0 && r.offset == 5).unwrap();
+        let tp = first.traceparent.expect("record 0 is traced");
+        assert_eq!(crate::spans::hex(&producer[0].parent_span_id), tp.split('-').nth(2).unwrap());
+        assert!(!format!("{spans:?}").contains("SECRET"));
+    }
+
     #[test]
     fn detection_is_strict() {
         let conn = &connections("encoded-produce-v9")[0];
