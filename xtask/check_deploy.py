@@ -12,6 +12,8 @@
 * the ConfigMap embeds deploy/hoptrace.yaml verbatim except `exporter.endpoint`, which is
   the gateway the DaemonSet's OTEL_EXPORTER_OTLP_ENDPOINT names; the embedded config is
   written to OUT so that xtask can run `hoptrace --check-config` on it;
+* the DaemonSet gets K8S_NODE_NAME from the downward API and a service account token;
+  the ClusterRole grants get/list/watch on pods and nothing else;
 * deploy/collector/config.yaml parses, and its pipelines only use defined components.
 """
 
@@ -140,8 +142,22 @@ def main():
             for e in sm["spec"]["endpoints"]:
                 if e["port"] not in svc_ports:
                     fail("deploy/kubernetes/servicemonitor.yaml", f"port {e['port']} is not a Service port")
+        # Pod metadata: the node's name from the downward API, a token to watch pods with.
+        node_env = next((e for e in container.get("env", []) if e["name"] == "K8S_NODE_NAME"), {})
+        if ((node_env.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") != "spec.nodeName":
+            fail("deploy/kubernetes/daemonset.yaml", "K8S_NODE_NAME must come from fieldRef spec.nodeName")
+        if pod["spec"].get("automountServiceAccountToken") is False:
+            fail("deploy/kubernetes/daemonset.yaml", "the service account token is needed to watch pods")
     else:
         fail("deploy/kubernetes", "DaemonSet/hoptrace or ConfigMap/hoptrace-config missing")
+
+    # RBAC stays least-privilege: read pods, nothing else.
+    role = docs.get(("ClusterRole", "hoptrace"))
+    allowed = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
+    granted = {(g, r, v) for rule in (role or {}).get("rules") or []
+               for g in rule.get("apiGroups") or [] for r in rule.get("resources") or [] for v in rule.get("verbs") or []}
+    if not role or granted - allowed or any(rule.get("nonResourceURLs") for rule in role.get("rules") or []):
+        fail("deploy/kubernetes/rbac.yaml", f"ClusterRole/hoptrace may only get/list/watch pods, grants {sorted(granted - allowed)}")
 
     # The gateway collector's configuration.
     cfg_path = root / "deploy/collector/config.yaml"

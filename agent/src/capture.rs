@@ -62,6 +62,9 @@ pub struct ProbeArgs {
     /// Do not mount tracefs when it is missing; fail instead.
     #[arg(long)]
     pub no_mount_tracefs: bool,
+    /// Do not attach the OpenSSL uprobes (TLS plaintext capture).
+    #[arg(long)]
+    pub no_tls: bool,
     /// Exit after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -170,7 +173,8 @@ impl<W: Write> Consumer for Printer<W> {
             let mut v = json!({
                 "event": "data",
                 "ts": self.clock.to_unix_ns(h.ts_exit_ns),
-                "conn_id": h.conn_id,
+                // The TLS view's id for plaintext (see conntrack::TLS_VIEW_BIT).
+                "conn_id": c.id,
                 "pid": h.pid,
                 "tid": h.tid,
                 "fd": h.fd,
@@ -188,7 +192,7 @@ impl<W: Write> Consumer for Printer<W> {
             }
             self.line(v)?;
         }
-        self.dump(h.conn_id, (h.direction & 1) as usize, segs)
+        self.dump(c.id, (h.direction & 1) as usize, segs)
     }
 
     fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
@@ -200,7 +204,8 @@ impl<W: Write> Consumer for Printer<W> {
         self.line(json!({
             "event": "close",
             "ts": self.clock.to_unix_ns(ev.ts_ns),
-            "conn_id": ev.conn_id,
+            // A connection's TLS view closes with it, under its own id.
+            "conn_id": conn.id,
             "pid": ev.pid,
             "tid": ev.tid,
             "fd": ev.fd,
@@ -251,6 +256,7 @@ pub fn capture_options(args: &ProbeArgs) -> CaptureOptions {
             ports: args.ports.clone(),
             exclude_ports: args.exclude_ports.clone(),
         },
+        tls: !args.no_tls,
     }
 }
 

@@ -47,6 +47,10 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// Set in the id of a connection's TLS plaintext view (kernel ids never use bit 63: they
+/// are `(cpu + 1) << 48 | sequence`).
+pub const TLS_VIEW_BIT: u64 = 1 << 63;
+
 #[derive(Debug)]
 pub struct Connection {
     pub id: u64,
@@ -67,6 +71,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// This entry carries TLS plaintext (from the OpenSSL probes), not the socket's bytes.
+    pub fn is_tls_view(&self) -> bool {
+        self.id & TLS_VIEW_BIT != 0
+    }
+
     pub fn stream(&self, d: Direction) -> &Stream {
         &self.streams[d as usize]
     }
@@ -94,6 +103,8 @@ pub struct TableStats {
     pub conns_rebuilt_from_proc: u64,
     /// Data that could not be attributed at all (process gone before /proc was read).
     pub data_unattributed_records: u64,
+    /// Connections whose TLS plaintext was seen (a TLS view was opened).
+    pub tls_views_opened: u64,
 }
 
 pub struct ConnTable {
@@ -269,12 +280,20 @@ impl ConnTable {
 
     /// Adds a data chunk to its connection's stream; returns the connection and the
     /// segments that became available in order.
+    ///
+    /// TLS plaintext records (SSL_read/SSL_write) go to the connection's *TLS view*: a
+    /// second entry with the same tuple, role and process, id `conn_id | TLS_VIEW_BIT`, and
+    /// its own streams (the kernel numbers plaintext bytes separately). Parsers thus see
+    /// the plaintext from its first byte, never mixed with the handshake ciphertext that
+    /// the socket's own stream may have carried before the first SSL call.
     pub fn on_data(&mut self, h: &DataHeader, payload: &[u8], out: &mut Vec<Segment>) -> Option<&Connection> {
         if !self.conns.contains_key(&h.conn_id) && !self.rebuild(h) {
             self.stats.data_unattributed_records += 1;
             return None;
         }
-        let c = self.conns.get_mut(&h.conn_id)?;
+        let tls = Syscall::from_u8(h.syscall).is_some_and(Syscall::is_tls_plaintext);
+        let id = if tls { self.tls_view(h.conn_id)? } else { h.conn_id };
+        let c = self.conns.get_mut(&id)?;
         c.last_seen = Instant::now();
         let dir = (h.direction as usize) & 1;
         c.streams[dir].push(
@@ -290,6 +309,47 @@ impl ConnTable {
             },
             out,
         );
+        Some(c)
+    }
+
+    /// Id of the TLS view of `conn_id`, created from the connection when it is new.
+    fn tls_view(&mut self, conn_id: u64) -> Option<u64> {
+        let id = conn_id | TLS_VIEW_BIT;
+        let exists = self.conns.contains_key(&id);
+        let parent = self.conns.get_mut(&conn_id)?;
+        // Plaintext traffic keeps the socket's entry alive too (its close ends both).
+        parent.last_seen = Instant::now();
+        if exists {
+            return Some(id);
+        }
+        let view = Connection {
+            id,
+            tuple: parent.tuple,
+            role: parent.role,
+            role_source: parent.role_source,
+            via: parent.via,
+            pid: parent.pid,
+            ppid: parent.ppid,
+            fd: parent.fd,
+            comm: parent.comm.clone(),
+            cgroup_id: parent.cgroup_id,
+            opened_ns: parent.opened_ns,
+            last_seen: Instant::now(),
+            streams: Default::default(),
+        };
+        if !self.has_room() {
+            return None;
+        }
+        self.stats.tls_views_opened += 1;
+        self.conns.insert(id, view);
+        Some(id)
+    }
+
+    /// The socket behind `conn_id` was closed: its TLS view, if any, leaves the table too.
+    pub fn close_tls_view(&mut self, conn_id: u64, out: &mut [Vec<Segment>; 2]) -> Option<Connection> {
+        let mut c = self.conns.remove(&(conn_id | TLS_VIEW_BIT))?;
+        c.streams[0].flush(&mut out[0]);
+        c.streams[1].flush(&mut out[1]);
         Some(c)
     }
 
@@ -358,6 +418,49 @@ mod tests {
         let c = t.get(1).unwrap();
         assert_eq!(c.tuple.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!((c.role, c.role_source, c.comm.as_str()), (Role::Server, RoleSource::Syscall, "nginx"));
+    }
+
+    fn data(conn_id: u64, syscall: Syscall, offset: u64, bytes: &[u8]) -> DataHeader {
+        DataHeader {
+            kind: 2,
+            direction: syscall.direction() as u8,
+            syscall: syscall as u8,
+            _pad0: 0,
+            pid: 10,
+            tid: 10,
+            fd: 5,
+            conn_id,
+            ts_enter_ns: 1,
+            ts_exit_ns: 2,
+            call_offset: offset,
+            call_len: bytes.len() as u32,
+            call_captured: bytes.len() as u32,
+            chunk_offset: 0,
+            chunk_len: bytes.len() as u32,
+        }
+    }
+
+    #[test]
+    fn tls_plaintext_gets_its_own_view_and_closes_with_the_socket() {
+        let mut t = ConnTable::new(Limits::default());
+        t.on_open(&open(1, 2, Syscall::Accept, 10));
+        let mut out = Vec::new();
+        // Handshake ciphertext on the socket's own stream…
+        let hello = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
+        let c = t.on_data(&data(1, Syscall::Read, 0, &hello), &hello, &mut out).unwrap();
+        assert_eq!((c.id, c.is_tls_view()), (1, false));
+        // …then plaintext, numbered from 0 in its own offset space.
+        out.clear();
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        let c = t.on_data(&data(1, Syscall::SslRead, 0, req), req, &mut out).unwrap();
+        assert_eq!((c.id, c.is_tls_view(), c.role, c.tuple.local.port()), (1 | TLS_VIEW_BIT, true, Role::Server, 8080));
+        assert!(matches!(&out[..], [Segment::Data { offset: 0, bytes, .. }] if bytes == req));
+        assert_eq!(t.stats.tls_views_opened, 1);
+        let close = CloseEvent { kind: 3, _pad0: [0; 3], pid: 10, tid: 10, fd: 5, conn_id: 1, ts_ns: 3, bytes_egress: 0, bytes_ingress: 10 };
+        let mut flushed: [Vec<Segment>; 2] = Default::default();
+        assert!(t.on_close(&close, &mut flushed).is_some());
+        assert!(t.close_tls_view(1, &mut flushed).is_some());
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub struct Counters {
     pub bytes_not_captured: u64,
     /// Bytes whose records never arrived (holes in a stream).
     pub bytes_lost: u64,
+    /// Exec records (TLS library discovery).
+    pub exec_records: u64,
+    /// OpenSSL probes: libraries attached, processes whose TLS is not visible.
+    pub tls: crate::tls::TlsStats,
 }
 
 /// One exported value.
@@ -71,6 +75,16 @@ impl Counters {
             labels: vec![("reason", "unattributed_data")],
             value: table.data_unattributed_records,
         });
+        out.push(s("hoptrace_tls_libraries_attached", self.tls.libraries_attached));
+        out.push(s("hoptrace_tls_library_attach_errors_total", self.tls.library_attach_errors));
+        out.push(s("hoptrace_tls_handshakes_unjudged_total", self.tls.unjudged_exited));
+        for reason in crate::tls::NotVisible::ALL {
+            out.push(Sample {
+                name: "hoptrace_tls_not_visible_processes_total",
+                labels: vec![("reason", reason.label())],
+                value: self.tls.not_visible.get(&reason).copied().unwrap_or(0),
+            });
+        }
         out
     }
 
@@ -93,6 +107,9 @@ impl Counters {
             "bytes_captured": self.bytes_captured,
             "bytes_not_captured": self.bytes_not_captured,
             "bytes_lost": self.bytes_lost,
+            "tls_libraries_attached": self.tls.libraries_attached,
+            "tls_handshakes_unjudged": self.tls.unjudged_exited,
+            "tls_not_visible": self.tls.not_visible.iter().map(|(r, n)| (r.label().to_string(), json!(n))).collect::<Map<String, Value>>(),
             "connections_tracked": tracked,
             "connections": table,
             "drops": drops,

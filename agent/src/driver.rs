@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
-use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, OpenEvent};
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, OpenEvent, Syscall};
 
 use crate::{
     conntrack::{ConnTable, Connection, TableStats},
@@ -62,11 +62,31 @@ pub struct Driver {
     pub table: ConnTable,
     pub counters: Counters,
     segs: Vec<Segment>,
+    /// Work for `tls` found while draining the ring (it needs the loader, which the ring
+    /// borrows): exec'd processes, and processes that started a TLS handshake.
+    execs: Vec<u32>,
+    handshakes: Vec<u32>,
 }
 
 impl Driver {
     pub fn new(table: ConnTable) -> Self {
-        Self { table, counters: Counters::default(), segs: Vec::new() }
+        Self { table, counters: Counters::default(), segs: Vec::new(), execs: Vec::new(), handshakes: Vec::new() }
+    }
+
+    /// Runs the TLS work collected while draining the ring.
+    fn tls_work(&mut self, loaded: &mut Loaded) {
+        let Some(tls) = loaded.tls.as_mut() else {
+            self.execs.clear();
+            self.handshakes.clear();
+            return;
+        };
+        for pid in self.execs.drain(..) {
+            tls.on_exec(pid);
+        }
+        for pid in self.handshakes.drain(..) {
+            tls.on_handshake(&mut loaded.ebpf, pid);
+        }
+        tls.tick(&mut loaded.ebpf);
     }
 
     fn count(&mut self, segs: &[Segment]) {
@@ -91,8 +111,24 @@ impl Driver {
                 let conn = self.table.on_open(&ev);
                 c.open(&ev, conn)?;
             }
+            Event::Exec(ev) => {
+                self.counters.exec_records += 1;
+                if self.execs.len() < 4096 {
+                    self.execs.push(ev.pid);
+                }
+            }
             Event::Data { header, payload } => {
                 self.counters.data_records += 1;
+                // The first bytes of a socket's stream are a TLS handshake: ciphertext. If
+                // no OpenSSL probe covers the process, that must be said, not missed.
+                if header.call_offset == 0
+                    && header.chunk_offset == 0
+                    && !Syscall::from_u8(header.syscall).is_some_and(Syscall::is_tls_plaintext)
+                    && crate::tls::looks_like_tls_handshake(payload)
+                    && self.handshakes.len() < 4096
+                {
+                    self.handshakes.push(header.pid);
+                }
                 let mut segs = std::mem::take(&mut self.segs);
                 segs.clear();
                 if let Some(conn) = self.table.on_data(&header, payload, &mut segs) {
@@ -110,6 +146,13 @@ impl Driver {
                 self.counters.close_records += 1;
                 let mut flushed: [Vec<Segment>; 2] = Default::default();
                 if let Some(conn) = self.table.on_close(&ev, &mut flushed) {
+                    self.count(&flushed[0]);
+                    self.count(&flushed[1]);
+                    c.closed(&conn, Some(&ev), &flushed)?;
+                }
+                // The connection's TLS plaintext view closes with it.
+                let mut flushed: [Vec<Segment>; 2] = Default::default();
+                if let Some(conn) = self.table.close_tls_view(ev.conn_id, &mut flushed) {
                     self.count(&flushed[0]);
                     self.count(&flushed[1]);
                     c.closed(&conn, Some(&ev), &flushed)?;
@@ -136,6 +179,8 @@ impl Driver {
         let deadline = duration.map(|d| Instant::now() + d);
         let mut last_tick = Instant::now();
         let fd = loaded.ring.as_raw_fd();
+        // Ring fill high-water mark for /metrics; without it only overflows are visible.
+        let fill = crate::metrics::ringbuf::RingFill::open(fd).ok();
         loop {
             if STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -143,11 +188,18 @@ impl Driver {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut pfd, 1, 10) };
+            if let Some(f) = &fill {
+                f.observe();
+            }
             while let Some(item) = loaded.ring.next() {
                 self.record(&item, c)?;
             }
+            self.tls_work(loaded);
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
+                if let Some(tls) = &loaded.tls {
+                    self.counters.tls = tls.stats.clone();
+                }
                 let idle = self.table.evict_idle();
                 self.retire(idle, c)?;
                 c.tick(&self.counters, &self.table.stats, self.table.len())?;
@@ -155,6 +207,9 @@ impl Driver {
         }
         while let Some(item) = loaded.ring.next() {
             self.record(&item, c)?;
+        }
+        if let Some(tls) = &loaded.tls {
+            self.counters.tls = tls.stats.clone();
         }
         let rest = self.table.drain();
         self.retire(rest, c)

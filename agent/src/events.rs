@@ -3,7 +3,7 @@
 //! Records are bytes written by the kernel programs; they are length-checked before any
 //! field is read, so a short or unknown record becomes a counted decode error, never a panic.
 
-use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, EventKind, OpenEvent};
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, EventKind, ExecEvent, OpenEvent};
 use thiserror::Error;
 
 #[derive(Debug)]
@@ -12,6 +12,7 @@ pub enum Event<'a> {
     Data { header: DataHeader, payload: &'a [u8] },
     Close(CloseEvent),
     ConnectFailed(ConnectFailedEvent),
+    Exec(ExecEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -42,6 +43,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         k if k == EventKind::Open as u8 => Ok(Event::Open(read(bytes, kind)?)),
         k if k == EventKind::Close as u8 => Ok(Event::Close(read(bytes, kind)?)),
         k if k == EventKind::ConnectFailed as u8 => Ok(Event::ConnectFailed(read(bytes, kind)?)),
+        k if k == EventKind::Exec as u8 => Ok(Event::Exec(read(bytes, kind)?)),
         k if k == EventKind::Data as u8 => {
             let header: DataHeader = read(bytes, kind)?;
             let start = std::mem::size_of::<DataHeader>();

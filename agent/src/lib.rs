@@ -14,6 +14,12 @@
 //! 6. [`export`] — spans go to an OpenTelemetry collector (OTLP over gRPC or HTTP/protobuf),
 //!    or are printed as OTLP/JSON lines when none is configured.
 //!
+//! [`k8s`] maps processes to their pods (Kubernetes API watch) for resource attributes.
+//! [`tls`] attaches the OpenSSL uprobes (TLS plaintext joins the same streams) and reports
+//! processes whose TLS cannot be seen.
+//! [`metrics`] turns every finished span (sampled or not) into RED metrics for `/metrics`
+//! and OTLP.
+//!
 //! [`config`] reads the YAML configuration file and its environment overrides.
 //!
 //! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
@@ -31,8 +37,10 @@ pub mod driver;
 pub mod events;
 pub mod export;
 pub mod gaps;
+pub mod k8s;
 pub mod loader;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod procnet;
 pub mod run;
@@ -42,4 +50,5 @@ pub mod protocols;
 pub mod redact;
 pub mod spans;
 pub mod stream;
+pub mod tls;
 pub mod traces;

@@ -17,6 +17,8 @@ pub struct ProcessInfo {
     pub cmdline: String,
     /// Container id from the cgroup path, when the process runs in one.
     pub container_id: Option<String>,
+    /// Kubernetes pod UID from a kubelet cgroup path (any cgroup line, v1 or v2).
+    pub pod_uid: Option<String>,
     /// cgroup v2 path (or the first v1 path), for rules.
     pub cgroup: String,
     /// python / node / java / go / ruby / dotnet / php, when recognisable.
@@ -119,6 +121,7 @@ pub fn read_process(pid: u32) -> Option<ProcessInfo> {
         exe_path,
         cmdline,
         container_id: container_id_from_cgroup(&cgroup),
+        pod_uid: crate::k8s::pod_uid_from_cgroup(&cgroup),
         cgroup: cgroup_path,
         otel_sdk_env,
         otel_service_name,
@@ -176,6 +179,9 @@ mod tests {
             format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
             format!("12:memory:/docker/{id}"),
             format!("0::/kubepods/besteffort/pod5f1c/{id}"),
+            format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/crio-{id}.scope"),
+            format!("4:pids:/kubepods/burstable/pod0b7e2a3c-1d2e-4f5a-8b9c-0d1e2f3a4b5c/{id}\n0::/"),
+            format!("0::/../../kubepods-pod1.slice/cri-containerd-{id}.scope"),
         ] {
             assert_eq!(container_id_from_cgroup(&cg).as_deref(), Some(id), "{cg}");
         }

@@ -88,6 +88,11 @@ struct Traces {
     inner: TraceConsumer<Exporter>,
     endpoint: Arc<EndpointState>,
     drops: DropsReader,
+    /// Pod metadata (its counters go on /metrics).
+    k8s: Option<Arc<crate::k8s::Kubernetes>>,
+    /// The OTLP metrics exporter's counters, when one runs.
+    metrics_export: Option<Arc<crate::metrics::export::MetricsExportStats>>,
+    ringbuf_bytes: u64,
 }
 
 /// Capture events into the trace pipeline, spans into `sink`. Shared by `run` and `check`.
@@ -168,6 +173,11 @@ impl Traces {
             s("hoptrace_export_queue_depth", vec![], e.queue_depth),
             s("hoptrace_routes_overflowed_total", vec![], t.routes_overflowed),
         ]);
+        if let Some(k) = &self.k8s {
+            out.extend(k.samples());
+        }
+        // Parse errors and invalid context are on /metrics through metrics::selfstats.
+        out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
         }
@@ -201,6 +211,15 @@ impl Consumer for Traces {
         let samples = self.samples(counters, table, tracked);
         if let Ok(mut s) = self.endpoint.samples.lock() {
             *s = samples;
+        }
+        let extra = crate::metrics::selfstats::extra_samples(
+            &self.inner.pipeline.stats,
+            &self.inner.sink.stats(),
+            self.metrics_export.as_deref(),
+            self.ringbuf_bytes,
+        );
+        if let Ok(mut s) = self.endpoint.metrics.extra.lock() {
+            *s = extra;
         }
         Ok(())
     }
@@ -246,7 +265,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
     let collector = exporter_cfg.endpoint.clone();
+    let metrics_cfg = crate::metrics::export::metrics_exporter_config(&exporter_cfg, |k| std::env::var(k).ok())
+        .context("metrics exporter configuration")?
+        .filter(|_| !config.metrics.export_interval.is_zero());
     let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
+    // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
+    // already have their pods, and a Kubernetes misconfiguration fails fast.
+    let k8s = crate::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
     let mut loaded = loader::load(&capture_options(&probe))?;
     let mut cfg = config.trace_config();
     if args.no_suppress_instrumented {
@@ -256,9 +281,18 @@ pub fn run(args: RunArgs) -> Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&r), "--sample-ratio must be between 0 and 1, got {r}");
         cfg.sampling.ratio = r;
     }
-    let resources = ResourceResolver::new(config.rules(), config.node_attributes());
-    let pipeline = TracePipeline::new(cfg, resources);
+    let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s.clone());
+    let mut pipeline = TracePipeline::new(cfg, resources);
+    pipeline.red = crate::metrics::RedRecorder::new(&config.metrics);
     let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
+    let _ = endpoint.metrics.red.set(pipeline.red.clone());
+    let metrics_exporter = match &metrics_cfg {
+        Some(c) => Some(
+            crate::metrics::export::MetricsExporter::start(c.clone(), config.metrics.export_interval, pipeline.red.clone())
+                .context("starting the metrics exporter")?,
+        ),
+        None => None,
+    };
     let listening = start_endpoint(&args.listen, endpoint.clone())?;
     let drops = loaded.drops_reader()?;
     if let Some(url) = &args.alertmanager {
@@ -272,22 +306,39 @@ pub fn run(args: RunArgs) -> Result<()> {
             pipeline.gaps.clone(),
         )?;
     }
-    let mut traces = Traces { inner: TraceConsumer::new(pipeline, exporter), endpoint: endpoint.clone(), drops };
+    let mut traces = Traces {
+        inner: TraceConsumer::new(pipeline, exporter),
+        endpoint: endpoint.clone(),
+        drops,
+        k8s,
+        metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
+        ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
+    };
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(
         "info",
         "ready",
         json!({ "pid": std::process::id(), "programs": loaded.attachments,
                 "exporter": collector.as_deref().unwrap_or("otlp-json"),
+                "metrics_exporter": metrics_cfg.as_ref().and_then(|c| c.endpoint.as_deref()),
                 "config": args.config.as_ref().map(|p| p.display().to_string()),
                 "service_rules": config.services.len(),
                 "listen": listening.map(|a| a.to_string()) }),
     );
+    // Loading parsed the kernel's BTF (tens of MiB, freed by now) and glibc keeps freed
+    // heap mapped: hand it back so the steady-state RSS is the agent's, not start-up's.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let mut driver = Driver::new(conn_table(&probe));
     driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
     traces.inner.flush();
     let TraceConsumer { pipeline, sink: exporter } = traces.inner;
     let export = exporter.shutdown(Duration::from_secs(5));
+    let metrics_export = metrics_exporter.map(|m| {
+        let stats = m.stats.clone();
+        m.shutdown(Duration::from_secs(2));
+        stats
+    });
     let kernel = loaded.kernel_drops()?;
     log(
         "info",
@@ -297,6 +348,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             "traces": pipeline.stats,
             "gaps": pipeline.gaps.lock().map(|g| server::gaps_json(&g)).unwrap_or_default(),
             "export": export,
+            "metrics_export": metrics_export.map(|s| json!({
+                "requests_ok": s.requests_ok.load(std::sync::atomic::Ordering::Relaxed),
+                "requests_failed": s.requests_failed.load(std::sync::atomic::Ordering::Relaxed),
+            })),
         }),
     );
     Ok(())

@@ -32,6 +32,8 @@ pub struct EndpointState {
     pub samples: Mutex<Vec<Sample>>,
     /// Probes attached and exporter configured.
     pub ready: AtomicBool,
+    /// RED metrics and the self-metrics with dynamic labels (`crate::metrics`).
+    pub metrics: crate::metrics::selfstats::EndpointMetrics,
 }
 
 /// Prometheus label values: backslash, quote and newline escaped.
@@ -39,14 +41,16 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Prometheus text exposition of the samples and the gap counter.
-pub fn render_metrics(samples: &[Sample], gaps: &GapTable) -> String {
+/// Prometheus text exposition of the samples and the gap counter; `om`: OpenMetrics
+/// (a counter's `# TYPE` names the family without `_total`).
+pub fn render_metrics(samples: &[Sample], gaps: &GapTable, om: bool) -> String {
     let mut out = String::new();
     let mut last = "";
+    let family = |name: &'static str, kind: &str| if om && kind == "counter" { name.strip_suffix("_total").unwrap_or(name) } else { name };
     for s in samples {
         if s.name != last {
             let kind = if s.name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# TYPE {} {kind}", s.name);
+            let _ = writeln!(out, "# TYPE {} {kind}", family(s.name, kind));
             last = s.name;
         }
         let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
@@ -56,8 +60,9 @@ pub fn render_metrics(samples: &[Sample], gaps: &GapTable) -> String {
             let _ = writeln!(out, "{}{{{}}} {}", s.name, labels.join(","), s.value);
         }
     }
-    let _ = writeln!(out, "# HELP hoptrace_propagation_gaps_total Hops where trace context was lost.");
-    let _ = writeln!(out, "# TYPE hoptrace_propagation_gaps_total counter");
+    let gaps_family = family("hoptrace_propagation_gaps_total", "counter");
+    let _ = writeln!(out, "# HELP {gaps_family} Hops where trace context was lost.");
+    let _ = writeln!(out, "# TYPE {gaps_family} counter");
     for (k, e) in gaps.rows() {
         let _ = writeln!(
             out,
@@ -70,7 +75,7 @@ pub fn render_metrics(samples: &[Sample], gaps: &GapTable) -> String {
             e.count
         );
     }
-    let _ = writeln!(out, "# TYPE hoptrace_propagation_gaps_untabled_total counter");
+    let _ = writeln!(out, "# TYPE {} counter", family("hoptrace_propagation_gaps_untabled_total", "counter"));
     let _ = writeln!(out, "hoptrace_propagation_gaps_untabled_total {}", gaps.overflow);
     out
 }
@@ -101,18 +106,32 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
 }
 
 fn handle(req: &Request<Incoming>, state: &EndpointState) -> Response<Full<Bytes>> {
-    if req.method() != hyper::Method::GET {
+    let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok());
+    respond(req.method(), req.uri().path(), accept, state)
+}
+
+/// The endpoint's answer to `GET path` with an `Accept` header.
+pub fn respond(method: &hyper::Method, path: &str, accept: Option<&str>, state: &EndpointState) -> Response<Full<Bytes>> {
+    if method != hyper::Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
-    match req.uri().path() {
+    match path {
         "/gaps" => {
             let body = state.gaps.lock().map(|g| gaps_json(&g).to_string()).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }
         "/metrics" => {
+            use crate::metrics::render;
+            // OpenMetrics when asked (Prometheus asks first): the format with exemplars.
+            let om = render::wants_openmetrics(accept);
             let samples = state.samples.lock().map(|s| s.clone()).unwrap_or_default();
-            let body = state.gaps.lock().map(|g| render_metrics(&samples, &g)).unwrap_or_default();
-            reply(StatusCode::OK, "text/plain; version=0.0.4", body)
+            let mut body = state.gaps.lock().map(|g| render_metrics(&samples, &g, om)).unwrap_or_default();
+            state.metrics.render(om, &mut body);
+            if om {
+                body.push_str("# EOF\n");
+            }
+            let ct = if om { render::OPENMETRICS_CONTENT_TYPE } else { render::TEXT_CONTENT_TYPE };
+            reply(StatusCode::OK, ct, body)
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if state.ready.load(Ordering::SeqCst) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
@@ -168,7 +187,7 @@ mod tests {
             detail: String::new(),
         });
         let samples = vec![Sample { name: "hoptrace_x_total", labels: vec![("reason", "r")], value: 3 }];
-        let text = render_metrics(&samples, &t);
+        let text = render_metrics(&samples, &t, false);
         assert!(text.contains("hoptrace_x_total{reason=\"r\"} 3"), "{text}");
         assert!(text.contains(
             "hoptrace_propagation_gaps_total{kind=\"dropped_outbound_context\",service=\"front\",zone=\"Z1\",peer_service=\"a\\\"b\",route=\"/items/{id}\"} 1"

@@ -94,7 +94,7 @@ impl Stream {
     pub fn push(&mut self, c: Chunk<'_>, out: &mut Vec<Segment>) {
         let start = c.call_offset + c.chunk_offset as u64;
         if !c.bytes.is_empty() {
-            self.insert(Segment::Data {
+            self.insert(out, Segment::Data {
                 offset: start,
                 ts_enter_ns: c.ts_enter_ns,
                 ts_ns: c.ts_ns,
@@ -105,7 +105,7 @@ impl Stream {
         // The record that completes the captured part also announces the uncaptured tail.
         let end_of_captured = c.chunk_offset as u64 + c.bytes.len() as u64;
         if end_of_captured == c.call_captured as u64 && c.call_len > c.call_captured {
-            self.insert(Segment::Gap {
+            self.insert(out, Segment::Gap {
                 offset: c.call_offset + c.call_captured as u64,
                 len: (c.call_len - c.call_captured) as u64,
                 reason: GapReason::NotCaptured,
@@ -119,10 +119,16 @@ impl Stream {
         self.drain(out, true);
     }
 
-    fn insert(&mut self, seg: Segment) {
+    fn insert(&mut self, out: &mut Vec<Segment>, seg: Segment) {
         let start = seg.offset();
         if start + seg.len() <= self.next {
             self.duplicate_bytes += seg.len();
+            return;
+        }
+        // In order with nothing waiting (almost every chunk): straight out. Going through
+        // the map would allocate and free a B-tree node per chunk.
+        if start == self.next && self.pending.is_empty() {
+            self.deliver(seg, out);
             return;
         }
         self.pending_bytes += seg.len() as usize;
@@ -151,16 +157,19 @@ impl Stream {
             if seg.is_empty() {
                 continue;
             }
-            match &seg {
-                Segment::Data { bytes, .. } => self.delivered_bytes += bytes.len() as u64,
-                Segment::Gap { len, reason: GapReason::NotCaptured, .. } => {
-                    self.not_captured_bytes += len
-                }
-                Segment::Gap { len, .. } => self.lost_bytes += len,
-            }
-            self.next = seg.offset() + seg.len();
-            out.push(seg);
+            self.deliver(seg, out);
         }
+    }
+
+    /// Hands out `seg`, which starts at `self.next`.
+    fn deliver(&mut self, seg: Segment, out: &mut Vec<Segment>) {
+        match &seg {
+            Segment::Data { bytes, .. } => self.delivered_bytes += bytes.len() as u64,
+            Segment::Gap { len, reason: GapReason::NotCaptured, .. } => self.not_captured_bytes += len,
+            Segment::Gap { len, .. } => self.lost_bytes += len,
+        }
+        self.next = seg.offset() + seg.len();
+        out.push(seg);
     }
 
     /// Drops the part of `seg` that was already delivered (overlap never happens with a

@@ -245,8 +245,28 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(cmd: &mut Command) -> Running {
+        Self::spawn_stdin(cmd, Stdio::null())
+    }
+
+    /// Like [`Running::spawn`] with stdin a pipe the test holds: the fixture waits on it,
+    /// see [`Running::send_line`] and [`Running::close_stdin`].
+    pub fn spawn_piped(cmd: &mut Command) -> Running {
+        Self::spawn_stdin(cmd, Stdio::piped())
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin is not a pipe (use spawn_piped)");
+        writeln!(stdin, "{line}").expect("write to the fixture's stdin");
+    }
+
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    fn spawn_stdin(cmd: &mut Command, stdin: Stdio) -> Running {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -591,13 +611,41 @@ impl Nginx {
     /// workers exist and the port accepts connections. That readiness probe is a real TCP
     /// connection: start nginx before the agent if it must not show up in the capture.
     pub fn start(port: u16, server_config: &str) -> Nginx {
+        Self::start_with(port, server_config, false)
+    }
+
+    /// Like [`Nginx::start`], terminating TLS on the port with a fresh self-signed
+    /// certificate (`cert.pem` in the nginx dir, see [`Nginx::cert`]).
+    pub fn start_tls(port: u16, server_config: &str) -> Nginx {
+        Self::start_with(port, server_config, true)
+    }
+
+    /// The TLS variant's certificate (PEM), for clients that verify it.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn start_with(port: u16, server_config: &str, tls: bool) -> Nginx {
         let dir = TempDir::new("nginx");
         let template =
             fs::read_to_string(fixture("nginx.conf.template")).expect("read nginx template");
+        let mut server_config = server_config.to_string();
+        let mut template = template;
+        if tls {
+            self_signed_cert(&dir.join("cert.pem"), &dir.join("key.pem"));
+            let listen = "listen 127.0.0.1:{{PORT}};";
+            assert!(template.contains(listen), "nginx template has no `{listen}` line");
+            template = template.replace(listen, "listen 127.0.0.1:{{PORT}} ssl;");
+            server_config = format!(
+                "ssl_certificate {}; ssl_certificate_key {}; {server_config}",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            );
+        }
         let conf = template
             .replace("{{DIR}}", dir.arg())
             .replace("{{PORT}}", &port.to_string())
-            .replace("{{SERVER_CONFIG}}", server_config);
+            .replace("{{SERVER_CONFIG}}", &server_config);
         fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
         // `-e` and `-p` keep nginx away from /var/log/nginx and /usr/share/nginx even before it
         // has parsed the config.
@@ -650,6 +698,28 @@ impl Drop for Nginx {
             matches!(self.master.child.try_wait(), Ok(Some(_)))
         });
     }
+}
+
+/// A self-signed certificate for `localhost` / 127.0.0.1 (RSA 2048, 2 days), made with the
+/// openssl CLI.
+pub fn self_signed_cert(cert: &Path, key: &Path) {
+    run(
+        Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]).args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            // An end-entity certificate (not a CA), so strict verifiers (rustls) accept it.
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ]),
+        TIMEOUT,
+    )
+    .expect_success();
 }
 
 /// Pids whose parent is `ppid`, from /proc/*/stat.
@@ -1006,14 +1076,24 @@ impl OtlpReceiver {
     /// A receiver on the given ports (0 = ephemeral): e.g. a collector that comes up on a
     /// port the agent has been trying all along.
     pub fn start_on(grpc_port: u16, http_port: u16) -> OtlpReceiver {
+        OtlpReceiver::start_with(grpc_port, http_port, &[])
+    }
+
+    /// A receiver with extra fixture arguments: the misbehaving-collector modes
+    /// (`--fail-count`, `--fail-http`, `--retry-after`, `--fail-grpc`, `--delay`,
+    /// `--delay-count`; see tests/fixtures/otlp_receiver.py).
+    pub fn start_with(grpc_port: u16, http_port: u16, extra: &[&str]) -> OtlpReceiver {
         let dir = TempDir::new("otlp-receiver");
         let out = dir.join("requests.jsonl");
         let mut process = Running::spawn(
             venv("otlp_receiver.py")
                 .arg("--out")
                 .arg(&out)
+                .arg("--metrics-out")
+                .arg(dir.join("metrics.jsonl"))
                 .args(["--grpc-port", &grpc_port.to_string()])
-                .args(["--http-port", &http_port.to_string()]),
+                .args(["--http-port", &http_port.to_string()])
+                .args(extra),
         );
         let line = process.wait_for_line("READY ", TIMEOUT);
         let port = |name: &str| -> u16 {
@@ -1135,6 +1215,62 @@ impl OtlpReceiver {
     pub fn stderr(&self) -> String {
         self.process.stderr()
     }
+
+    /// Every metrics export received so far (gRPC `MetricsService` or `POST /v1/metrics`):
+    /// `{"transport", "path", "content_type", "headers", "data_points", "request"}` with
+    /// the request as proto JSON (exemplar ids in hex).
+    pub fn metrics_requests(&self) -> Vec<Value> {
+        let text = fs::read_to_string(self.dir.join("metrics.jsonl")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}")))
+            .collect()
+    }
+
+    /// Waits until `check` holds for the metrics requests received so far and returns
+    /// them; panics with the last request after `timeout`.
+    pub fn wait_for_metrics(&self, timeout: Duration, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut got = Vec::new();
+        if wait_until(timeout, || {
+            got = self.metrics_requests();
+            check(&got)
+        }) {
+            return got;
+        }
+        panic!(
+            "the receiver never got {what} within {timeout:?}; {} metrics requests, the last:\n{}\nreceiver stderr:\n{}",
+            got.len(),
+            got.last().map(|v| v.to_string()).unwrap_or_default(),
+            self.process.stderr()
+        );
+    }
+
+    /// Export requests the receiver refused (`--fail-count`), in arrival order:
+    /// `{"transport", "status", "spans", "span_ids", "time"}`.
+    pub fn refused(&self) -> Vec<Value> {
+        let text =
+            fs::read_to_string(self.dir.join("requests.jsonl.refused")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}"))
+            })
+            .collect()
+    }
+}
+
+/// Resident set size of a process in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
 }
 
 /// A running `hoptrace run`. Dropping it kills the agent.

@@ -9,6 +9,8 @@ use std::{
     time::Instant,
 };
 
+mod bench;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,19 @@ enum Task {
     },
     /// Regenerate deploy/alerts/prometheusrule.yaml from deploy/alerts/hoptrace-rules.yaml.
     GenRules,
+    /// Benchmark: nginx under wrk with and without the agent, rounds interleaved; prints
+    /// medians, ratios and the issue-8 targets, writes JSON under target/bench/ (root).
+    Bench(bench::BenchArgs),
+    /// Run the parser fuzz targets (fuzz/, cargo-fuzz on nightly) for a while each; the
+    /// committed corpus (fuzz/corpus/<target>) is replayed first. `cargo xtask test` runs
+    /// this briefly; see fuzz/README.md for longer runs.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Targets to run (default: all, as `cargo fuzz list` shows them).
+        targets: Vec<String>,
+    },
     /// Run the whole test suite: unit tests and end-to-end tests on the real kernel (root).
     Test {
         /// Extra arguments for the test harness (after `--`), e.g. a test name filter.
@@ -55,6 +70,11 @@ const APT_PACKAGES: &[&str] = &[
     // Message-queue e2e tests (tests/tests/mq.rs) start their own brokers.
     "rabbitmq-server",
     "nats-server",
+    // The VM install test runs `systemd-analyze verify`; TLS and fake-API fixtures need openssl.
+    "systemd",
+    "openssl",
+    // `cargo xtask bench`: the load generator.
+    "wrk",
 ];
 
 fn workspace_root() -> PathBuf {
@@ -302,6 +322,66 @@ fn check_deploy(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Seconds per fuzz target in `cargo xtask test` (a smoke run: the corpus replay plus a
+/// little exploration; about a minute for the four targets once the build is warm).
+const CI_FUZZ_SECONDS: u64 = 12;
+
+/// `cargo +nightly fuzz` with the agent's eBPF build skipped (the parsers do not need it).
+fn cargo_fuzz(root: &Path) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(["+nightly", "fuzz"]).current_dir(root).env("AYA_BUILD_SKIP", "1");
+    c
+}
+
+/// Builds the fuzz targets and runs each for `seconds`: libFuzzer replays the committed
+/// corpus (fuzz/corpus/<target>, read only) and explores from it into a scratch corpus
+/// under target/; a crash stops everything with its input saved under target/fuzz-artifacts.
+fn fuzz(root: &Path, seconds: u64, targets: &[String]) -> Result<()> {
+    let t = Instant::now();
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+        eprintln!("xtask: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let targets: Vec<String> = if targets.is_empty() {
+        let list = output(cargo_fuzz(root).arg("list")).context("cargo fuzz list failed")?;
+        list.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    } else {
+        targets.to_vec()
+    };
+    run(cargo_fuzz(root).args(["build", "-O"]))?;
+    let built = t.elapsed();
+    for target in &targets {
+        let scratch = root.join("target/fuzz-corpus").join(target);
+        let artifacts = root.join("target/fuzz-artifacts").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        std::fs::create_dir_all(&artifacts)?;
+        let status = cargo_fuzz(root)
+            .args(["run", "-O", target])
+            .arg(&scratch)
+            .arg(root.join("fuzz/corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
+            .status()
+            .context("cannot run cargo fuzz")?;
+        if !status.success() {
+            bail!(
+                "fuzz target {target} failed: its input is in {}; fix the bug, then commit the input as \
+                 fuzz/corpus/{target}/regression-<name> (replayed by every run) and as a unit test",
+                artifacts.display()
+            );
+        }
+    }
+    eprintln!(
+        "xtask: fuzzed {} targets for {seconds} s each (build {:.0} s, total {:.0} s)",
+        targets.len(),
+        built.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn cargo(root: &Path) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root);
@@ -330,6 +410,14 @@ fn main() -> Result<()> {
             cmd.arg("run").args(&args);
             run(&mut cmd)
         }
+        Task::Bench(args) => {
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and enables kernel.bpf_stats_enabled: run it as root");
+            }
+            setup()?;
+            bench::bench(&root, args)
+        }
+        Task::Fuzz { seconds, targets } => fuzz(&root, seconds, &targets),
         Task::Test { args } => {
             if !is_root() {
                 bail!("the end-to-end tests load eBPF programs and need root: run `sudo -E cargo xtask test`");
@@ -345,7 +433,12 @@ fn main() -> Result<()> {
             run(cargo(&root)
                 .args(["test", "--workspace", "--exclude", "hoptrace-ebpf", "--"])
                 .args(&args)
-                .env("HOPTRACE_BIN", bin))
+                .env("HOPTRACE_BIN", bin))?;
+            // The parsers' fuzz smoke run, only for the whole suite (not a filtered run).
+            if args.is_empty() {
+                fuzz(&root, CI_FUZZ_SECONDS, &[])?;
+            }
+            Ok(())
         }
     }
 }

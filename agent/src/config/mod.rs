@@ -2,8 +2,9 @@
 //!
 //! One file configures the agent: `exporter` (where spans go), `capture` (what the kernel
 //! programs capture), `traces` (how exchanges become spans), `resource` (node-wide resource
-//! attributes) and `services` (ordered rules naming processes). Every key is optional and
-//! defaults to what the agent does without a file; `deploy/hoptrace.yaml` documents them all.
+//! attributes), `kubernetes` (pod metadata) and `services` (ordered rules naming
+//! processes). Every key is optional and defaults to what the agent does without a file;
+//! `deploy/hoptrace.yaml` documents them all.
 //!
 //! **Precedence**, highest first:
 //!
@@ -121,7 +122,11 @@ pub struct Config {
     pub exporter: ExporterConfig,
     pub capture: CaptureConfig,
     pub traces: TraceConfig,
+    /// RED metrics: series bound, OTLP export interval, exemplars.
+    pub metrics: crate::metrics::MetricsConfig,
     pub resource: ResourceConfig,
+    /// Pod metadata from the Kubernetes API.
+    pub kubernetes: crate::k8s::KubernetesConfig,
     /// Ordered: the first rule whose conditions all hold names the process.
     pub services: Vec<Rule>,
 }

@@ -178,7 +178,7 @@ traces:
         assert_eq!(cfg.capture, CaptureConfig::default());
         assert!(cfg.services.is_empty());
     }
-    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, privacy, gaps, sampling, resource, services), got a list")]);
+    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, privacy, gaps, sampling, metrics, resource, kubernetes, services), got a list")]);
 }
 
 #[test]
@@ -557,4 +557,60 @@ fn privacy_section_detectors_and_patterns() {
     let bad = check("privacy:\n  disabled_detectors: [phnoe]\n  patterns: ['ACME-[0-9', 'x*']\n");
     assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![2, 3, 3], "{bad:?}");
     assert!(bad[0].message.contains("did you mean `phone`"), "{bad:?}");
+}
+
+#[test]
+fn kubernetes_section_is_validated_and_applied() {
+    let text = "\
+kubernetes:
+  enabled: true
+  api_url: http://127.0.0.1:8001
+  node_name: node-a
+  token_file: /run/token
+  delete_grace_s: 0
+  max_pods: 10
+  attributes: { service.name: example.com/svc, zone: hoptrace.io/zone }
+";
+    let cfg = from_str(text).unwrap();
+    let k = &cfg.kubernetes;
+    assert_eq!(k.enabled, crate::k8s::Enabled::On);
+    assert_eq!(k.api_url.as_deref(), Some("http://127.0.0.1:8001"));
+    assert_eq!(k.node_name.as_deref(), Some("node-a"));
+    assert_eq!(k.token_file, std::path::PathBuf::from("/run/token"));
+    assert_eq!((k.delete_grace, k.max_pods), (Duration::ZERO, 10));
+    assert_eq!(
+        k.attributes,
+        vec![("service.name".into(), "example.com/svc".into()), ("zone".into(), "hoptrace.io/zone".into())]
+    );
+    // Defaults: auto, the in-cluster files, the recommended labels.
+    let d = from_str("").unwrap().kubernetes;
+    assert_eq!(d, crate::k8s::KubernetesConfig::default());
+    assert_eq!(d.attributes[0], ("service.name".into(), "app.kubernetes.io/name".into()));
+
+    let bad = "\
+kubernetes:
+  enabled: yes
+  api_url: ftp://x
+  ca_file: ca.crt
+  max_pods: 0
+  attributes: { team: 'Bad Key', zone: -x, a: hoptrace.io/ }
+  nodename: n
+";
+    assert_eq!(
+        triples(&check(bad)),
+        vec![
+            (2, 12, "`kubernetes.enabled` must be `auto` or `true` or `false`, got `yes`"),
+            (3, 12, "`kubernetes.api_url` must be an http(s) URL such as https://10.0.0.1:443, got \"ftp://x\""),
+            (4, 12, "`kubernetes.ca_file` must be an absolute path, got \"ca.crt\""),
+            (5, 13, "`kubernetes.max_pods` must be greater than zero, got `0`"),
+            (6, 23, "`kubernetes.attributes.team`: \"Bad Key\" is not a Kubernetes label/annotation key: the name must be alphanumeric at both ends, with only -, _ and . inside"),
+            (6, 40, "`kubernetes.attributes.zone`: \"-x\" is not a Kubernetes label/annotation key: the name must be alphanumeric at both ends, with only -, _ and . inside"),
+            (6, 47, "`kubernetes.attributes.a`: \"hoptrace.io/\" is not a Kubernetes label/annotation key: the name must be 1 to 63 characters"),
+            (7, 3, "unknown key `nodename` in `kubernetes`, did you mean `node_name`?"),
+        ]
+    );
+    let from_env = from_str_with_env("", env(&[("HOPTRACE_KUBERNETES_ENABLED", "false"), ("HOPTRACE_KUBERNETES_NODE_NAME", "n2")]))
+        .unwrap()
+        .kubernetes;
+    assert_eq!((from_env.enabled, from_env.node_name.as_deref()), (crate::k8s::Enabled::Off, Some("n2")));
 }

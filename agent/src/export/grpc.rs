@@ -24,38 +24,11 @@ pub(crate) struct GrpcTransport {
 impl GrpcTransport {
     /// Must be called inside the tokio runtime: the channel spawns its connection task.
     pub fn new(cfg: &ExporterConfig, uri: Uri) -> Result<Self, ConfigError> {
-        let https = uri.scheme_str() == Some("https");
-        let mut endpoint = Endpoint::from(uri)
-            .connect_timeout(cfg.timeout)
-            .user_agent(concat!("hoptrace/", env!("CARGO_PKG_VERSION")))
-            .map_err(|e| ConfigError::Tls(e.to_string()))?;
-        if https {
-            let mut tls = ClientTlsConfig::new().with_webpki_roots();
-            if let Some(path) = &cfg.tls.ca_file {
-                tls = tls.ca_certificate(Certificate::from_pem(read_ca_pem(path)?));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| ConfigError::Tls(e.to_string()))?;
-        }
-        let mut client = TraceServiceClient::new(endpoint.connect_lazy());
+        let mut client = TraceServiceClient::new(channel(cfg, uri)?);
         if cfg.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
-
-        let mut metadata = MetadataMap::new();
-        for (name, value) in &cfg.headers {
-            let invalid = |reason: &str| ConfigError::InvalidHeader {
-                name: name.clone(),
-                reason: reason.to_owned(),
-            };
-            let key = AsciiMetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| invalid("not a valid gRPC metadata key"))?;
-            let value = AsciiMetadataValue::try_from(value.as_str())
-                .map_err(|_| invalid("value is not visible ASCII"))?;
-            metadata.insert(key, value);
-        }
-        Ok(Self { client, metadata })
+        Ok(Self { client, metadata: metadata(cfg)? })
     }
 
     pub async fn export(
@@ -80,7 +53,44 @@ impl GrpcTransport {
     }
 }
 
-fn classify(status: &Status) -> ExportFailure {
+/// A lazily connecting channel to `uri` with the exporter's timeout and TLS settings
+/// (shared by the trace and metrics services).
+pub(crate) fn channel(cfg: &ExporterConfig, uri: Uri) -> Result<Channel, ConfigError> {
+    let https = uri.scheme_str() == Some("https");
+    let mut endpoint = Endpoint::from(uri)
+        .connect_timeout(cfg.timeout)
+        .user_agent(concat!("hoptrace/", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| ConfigError::Tls(e.to_string()))?;
+    if https {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(path) = &cfg.tls.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read_ca_pem(path)?));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+/// The configured headers as gRPC metadata.
+pub(crate) fn metadata(cfg: &ExporterConfig) -> Result<MetadataMap, ConfigError> {
+    let mut metadata = MetadataMap::new();
+    for (name, value) in &cfg.headers {
+        let invalid = |reason: &str| ConfigError::InvalidHeader {
+            name: name.clone(),
+            reason: reason.to_owned(),
+        };
+        let key = AsciiMetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| invalid("not a valid gRPC metadata key"))?;
+        let value = AsciiMetadataValue::try_from(value.as_str())
+            .map_err(|_| invalid("value is not visible ASCII"))?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+pub(crate) fn classify(status: &Status) -> ExportFailure {
     let code = status.code();
     let reason = format!("grpc {}", grpc_code_name(code));
     let detail = status.message().to_owned();

@@ -75,12 +75,29 @@ impl HttpTransport {
         })
     }
 
+    #[allow(dead_code)] // the worker sends bytes (export_bytes); kept for callers with a message
     pub async fn export(
         &mut self,
         request: ExportTraceServiceRequest,
         timeout: Duration,
     ) -> Result<Accepted, ExportFailure> {
-        let mut body = request.encode_to_vec();
+        self.export_bytes(request.encode_to_vec(), timeout).await
+    }
+
+    /// POSTs an already serialized `ExportTraceServiceRequest` (the worker encodes spans
+    /// straight into bytes, see `export::encode`).
+    pub async fn export_bytes(&mut self, body: Vec<u8>, timeout: Duration) -> Result<Accepted, ExportFailure> {
+        let body = self.post(body, timeout).await?;
+        // An empty or undecodable body still means the spans were accepted.
+        let partial = ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success);
+        Ok(Accepted::from_partial(partial))
+    }
+
+    /// POSTs one encoded OTLP request (any signal) and returns the success response's
+    /// body; failures are classified for retry.
+    pub async fn post(&mut self, mut body: Vec<u8>, timeout: Duration) -> Result<Bytes, ExportFailure> {
         if self.compression == Compression::Gzip {
             body = gzip(&body).map_err(|e| ExportFailure::permanent("gzip", e.to_string()))?;
         }
@@ -121,11 +138,7 @@ impl HttpTransport {
                 })??;
 
         if status.is_success() {
-            // An empty or undecodable body still means the spans were accepted.
-            let partial = ExportTraceServiceResponse::decode(body)
-                .ok()
-                .and_then(|r| r.partial_success);
-            return Ok(Accepted::from_partial(partial));
+            return Ok(body);
         }
         let reason = format!("http {}", status.as_u16());
         // The body is a google.rpc.Status per the specification; its message is enough.

@@ -16,8 +16,10 @@
 //! - `grpc`, `http`, `stdout`: the transports; `tls` their shared TLS setup.
 
 pub mod config;
+pub mod encode;
 mod grpc;
 mod http;
+pub mod metrics;
 pub mod otlp;
 mod queue;
 mod retry;
@@ -33,9 +35,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -240,15 +240,17 @@ impl Transport {
         })
     }
 
-    async fn export(
+    /// Sends one batch. OTLP/HTTP writes the protobuf straight from the records
+    /// ([`encode`]); gRPC and the JSON sink need the generated message.
+    async fn export_batch(
         &mut self,
-        request: ExportTraceServiceRequest,
+        batch: &[SpanRecord],
         timeout: Duration,
     ) -> Result<Accepted, ExportFailure> {
         match self {
-            Self::Grpc(t) => t.export(request, timeout).await,
-            Self::Http(t) => t.export(request, timeout).await,
-            Self::Json(sink) => sink.export(&request),
+            Self::Grpc(t) => t.export(otlp::to_request(batch), timeout).await,
+            Self::Http(t) => t.export_bytes(encode::encode_request(batch), timeout).await,
+            Self::Json(sink) => sink.export(&otlp::to_request(batch)),
         }
     }
 }

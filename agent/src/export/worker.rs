@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::config::RetryConfig;
-use super::otlp;
 use super::retry::Backoff;
 use super::stats::Counters;
 use super::{Shared, Transport};
@@ -90,7 +89,6 @@ impl Worker {
     async fn export_one(&mut self, transport: &mut Transport) -> bool {
         let batch = self.shared.queue.take_batch();
         let n = batch.len() as u64;
-        let request = otlp::to_request(&batch);
         let started = Instant::now();
         let timeout = match self.deadline {
             Some(d) => self
@@ -101,7 +99,7 @@ impl Worker {
         };
 
         let result = {
-            let exchange = transport.export(request, timeout);
+            let exchange = transport.export_batch(&batch, timeout);
             tokio::pin!(exchange);
             loop {
                 let deadline = self.deadline;

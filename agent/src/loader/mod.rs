@@ -53,7 +53,7 @@ const ATTACHMENTS: &[(&str, &str, &str, bool)] = &[
     ("enter_dup", "syscalls", "sys_enter_dup2", true),
     ("enter_dup", "syscalls", "sys_enter_dup3", false),
     ("bump_generation", "syscalls", "sys_enter_close_range", true),
-    ("bump_generation", "sched", "sched_process_exec", false),
+    ("on_exec", "sched", "sched_process_exec", false),
     ("exit_process", "sched", "sched_process_exit", false),
     ("sock_state", "sock", "inet_sock_set_state", true),
 ];
@@ -74,6 +74,8 @@ pub struct CaptureOptions {
     pub ringbuf_bytes: u32,
     pub allow_mount_tracefs: bool,
     pub filters: Filters,
+    /// Load the OpenSSL uprobe programs (attached per library by `crate::tls`).
+    pub tls: bool,
 }
 
 impl Default for CaptureOptions {
@@ -83,6 +85,7 @@ impl Default for CaptureOptions {
             ringbuf_bytes: 8 * 1024 * 1024,
             allow_mount_tracefs: true,
             filters: Filters::default(),
+            tls: true,
         }
     }
 }
@@ -103,12 +106,15 @@ pub struct Filters {
 
 /// The loaded and attached programs; dropping it detaches everything.
 pub struct Loaded {
-    ebpf: Ebpf,
+    /// Visible to `crate::tls`, which attaches the OpenSSL uprobes as libraries show up.
+    pub(crate) ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     /// Number of tracepoint attachments made.
     pub attachments: usize,
     /// Tracepoints that do not exist on this kernel (optional ones only).
     pub skipped: Vec<String>,
+    /// OpenSSL uprobes: libraries attached so far; the driver keeps it up to date.
+    pub tls: Option<crate::tls::TlsWatcher>,
 }
 
 impl Loaded {
@@ -122,7 +128,12 @@ impl Loaded {
     pub fn drops_reader(&self) -> Result<DropsReader> {
         let map = self.ebpf.map("DROPS").context("DROPS map missing")?;
         let data = match map {
-            aya::maps::Map::PerCpuArray(d) => MapData::from_id(d.info()?.id())?,
+            // A duplicate of our own fd: BPF_MAP_GET_FD_BY_ID (MapData::from_id) needs
+            // CAP_SYS_ADMIN, which the agent runs without (DaemonSet, systemd unit).
+            aya::maps::Map::PerCpuArray(d) => {
+                use std::os::fd::AsFd as _;
+                MapData::from_fd(d.fd().as_fd().try_clone_to_owned().context("dup of the DROPS map fd")?)?
+            }
             _ => return Err(anyhow!("DROPS is not a per-CPU array")),
         };
         Ok(DropsReader { map: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))? })
@@ -278,11 +289,22 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
         table.set(index as u32, fd, 0)?;
     }
 
+    // Attached before the agent reports ready, so TLS traffic that starts afterwards is
+    // seen from its first byte (for libraries on the host or mapped by running processes).
+    let tls = if opts.tls {
+        crate::tls::load_programs(&mut ebpf)?;
+        let mut watcher = crate::tls::TlsWatcher::new();
+        watcher.scan_initial(&mut ebpf);
+        Some(watcher)
+    } else {
+        None
+    };
+
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-    Ok(Loaded { ebpf, ring, attachments, skipped })
+    Ok(Loaded { ebpf, ring, attachments, skipped, tls })
 }
 
-fn verifier_error(name: &str, err: ProgramError) -> anyhow::Error {
+pub(crate) fn verifier_error(name: &str, err: ProgramError) -> anyhow::Error {
     match err {
         ProgramError::LoadError { io_error, verifier_log } => anyhow!(
             "the kernel verifier rejected program {name}: {io_error}\n--- verifier log ---\n{verifier_log}"

@@ -24,7 +24,9 @@ use crate::{context::trim_ows, stream::Segment};
 const PROTOCOL: &str = "http1";
 /// Largest header block (or trailer section) buffered before giving up on a message.
 pub const MAX_HEAD_LEN: usize = 64 * 1024;
-/// Requests waiting for a response; beyond this the oldest is dropped.
+/// Requests kept while waiting for a response; the ones pipelined beyond this are
+/// counted and only their number is kept, so every response still pairs with its own
+/// request.
 pub const MAX_PIPELINED: usize = 64;
 const MAX_HEADERS: usize = 256;
 const MAX_CHUNK_LINE: usize = 4096;
@@ -69,9 +71,12 @@ pub mod reason {
     pub const GAP_BETWEEN_MESSAGES: &str = "gap_between_messages";
     pub const TOO_MANY_PIPELINED: &str = "too_many_pipelined";
     pub const UNMATCHED_RESPONSE: &str = "unmatched_response";
+    /// The connection closed in the middle of a request's header block (a client that
+    /// gave up, a scanner, a truncated request): no exchange, but not silently.
+    pub const CLOSED_MID_HEADER: &str = "closed_mid_header";
 
     /// Every label, so metrics can pre-register them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         HEADER_TOO_LARGE,
         TOO_MANY_HEADERS,
         INVALID_HEADER_NAME,
@@ -91,6 +96,7 @@ pub mod reason {
         GAP_BETWEEN_MESSAGES,
         TOO_MANY_PIPELINED,
         UNMATCHED_RESPONSE,
+        CLOSED_MID_HEADER,
     ];
 }
 
@@ -231,6 +237,10 @@ pub struct Http1 {
     responses: Reader,
     /// Requests waiting for their final response, oldest first.
     pending: VecDeque<Pending>,
+    /// Requests pipelined behind `pending` beyond [`MAX_PIPELINED`]: not kept (already
+    /// counted), but their responses come after those of `pending` and are skipped in
+    /// order, so that no response is paired with the wrong request.
+    overflow: u64,
     next_id: u64,
     /// The request whose body the request reader is in.
     current_request: Option<u64>,
@@ -263,6 +273,7 @@ impl Http1 {
             requests: Reader::new(Kind::Request, State::Idle),
             responses: Reader::new(Kind::Response, State::Idle),
             pending: VecDeque::new(),
+            overflow: 0,
             next_id: 0,
             current_request: None,
             inflight: None,
@@ -327,7 +338,7 @@ impl Http1 {
             timing: self.requests.timing,
             body_len: 0,
         };
-        self.current_request = Some(self.push_pending(Some(request), out));
+        self.current_request = self.push_pending(Some(request), out);
         Ok(body)
     }
 
@@ -342,6 +353,11 @@ impl Http1 {
             return Ok(BodyKind::None);
         }
         let Some(pending) = self.pending.pop_front() else {
+            if self.overflow > 0 {
+                // Answers a request that was pipelined beyond the limit (already counted).
+                self.overflow -= 1;
+                return response_body(head.status, None, &head.headers);
+            }
             // The agent joined mid-connection, or the request was never seen: the body
             // is still framed, to find the next response.
             out.push(parse_error(reason::UNMATCHED_RESPONSE));
@@ -386,11 +402,16 @@ impl Http1 {
         }
     }
 
-    /// Queues a request (or a lost one), dropping the oldest beyond the limit.
-    fn push_pending(&mut self, request: Option<HttpRequest>, out: &mut Vec<L7Event>) -> u64 {
-        if self.pending.len() >= MAX_PIPELINED {
-            self.pending.pop_front();
-            out.push(parse_error(reason::TOO_MANY_PIPELINED));
+    /// Queues a request (or a lost one). Beyond [`MAX_PIPELINED`], and behind requests
+    /// already over it, a request is counted and not kept; its id is `None` then.
+    fn push_pending(&mut self, request: Option<HttpRequest>, out: &mut Vec<L7Event>) -> Option<u64> {
+        if self.overflow > 0 || self.pending.len() >= MAX_PIPELINED {
+            self.overflow += 1;
+            // A lost request (None) was counted when it was lost.
+            if request.is_some() {
+                out.push(parse_error(reason::TOO_MANY_PIPELINED));
+            }
+            return None;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -399,7 +420,7 @@ impl Http1 {
             request,
             informational: Vec::new(),
         });
-        id
+        Some(id)
     }
 
     /// Copies the request reader's progress (body so far, last byte) into the request
@@ -446,6 +467,8 @@ impl Http1 {
                     // A response started here: it answered the oldest request.
                     if let Some(pending) = self.pending.pop_front() {
                         emit(out, pending, None, Outcome::Desync);
+                    } else {
+                        self.overflow = self.overflow.saturating_sub(1);
                     }
                 }
                 None => {}
@@ -503,6 +526,11 @@ impl Protocol for Http1 {
         }
         self.closed = true;
         self.sync_request();
+        if self.requests.state == State::Head {
+            // A request head that never completed is not an exchange, but it is traffic
+            // the agent saw and could not report: count it.
+            out.push(parse_error(reason::CLOSED_MID_HEADER));
+        }
         match self.inflight.take() {
             Some(Answer {
                 pending,
@@ -528,6 +556,7 @@ impl Protocol for Http1 {
         for pending in std::mem::take(&mut self.pending) {
             emit(out, pending, None, Outcome::ClosedBeforeResponse);
         }
+        self.overflow = 0;
         self.requests.reset(State::Opaque);
         self.responses.reset(State::Opaque);
     }
@@ -596,11 +625,17 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
         .collect()
 }
 
+/// httparse's header slots, left uninitialized: filling 256 `EMPTY_HEADER`s (8 KiB) on
+/// every parse cost more than parsing a typical head.
+fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Parses a complete header block (`buf` ends with its empty line).
 fn parse_request_head(buf: &[u8]) -> Result<RequestHead, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    let mut headers = uninit_headers();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(reason::MALFORMED_HEAD),
         Err(e) => return Err(httparse_reason(e)),
@@ -617,14 +652,17 @@ fn parse_request_head(buf: &[u8]) -> Result<RequestHead, &'static str> {
 }
 
 fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match response_config().parse_response(&mut resp, buf) {
+    let mut headers = uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
+    match response_config().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(reason::MALFORMED_HEAD),
         Err(e) => return Err(httparse_reason(e)),
     }
     match (resp.code, resp.version) {
+        // httparse takes any three digits; there is no 0xx class (RFC 9110 §15), and a
+        // status below 100 would be exported as if it were a final answer.
+        (Some(status), Some(_)) if status < 100 => Err(reason::INVALID_STATUS),
         (Some(status), Some(version)) => Ok(ResponseHead {
             status,
             version,
@@ -637,12 +675,14 @@ fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static str> {
 /// Checks a header block still arriving, so that garbage is refused before it fills the
 /// buffer. `Partial` means "fine so far".
 fn early_check(kind: Kind, buf: &[u8]) -> Result<(), &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = uninit_headers();
     let result = match kind {
-        Kind::Request => httparse::Request::new(&mut headers).parse(buf),
-        Kind::Response => {
-            response_config().parse_response(&mut httparse::Response::new(&mut headers), buf)
-        }
+        Kind::Request => httparse::Request::new(&mut []).parse_with_uninit_headers(buf, &mut headers),
+        Kind::Response => response_config().parse_response_with_uninit_headers(
+            &mut httparse::Response::new(&mut []),
+            buf,
+            &mut headers,
+        ),
     };
     result.map(|_| ()).map_err(httparse_reason)
 }

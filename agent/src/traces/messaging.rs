@@ -117,7 +117,9 @@ impl TracePipeline {
                 let tid = op.timing.first_tid;
                 let busy_thread = self.busy.get(&(view.pid, tid)).is_some_and(|b| !b.conns.is_empty());
                 if own && !busy_thread && !self.busy.keys().any(|(pid, _)| *pid == view.pid) {
-                    self.instrumented.entry(view.pid).or_insert(super::Instrumented::CreatesContext);
+                    if !self.instrumented.contains_key(&view.pid) {
+                        self.mark_instrumented(view.pid, super::Instrumented::CreatesContext);
+                    }
                 }
                 self.client_call(view, tid, Call::Mq(op), sink);
             }

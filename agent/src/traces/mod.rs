@@ -264,7 +264,10 @@ pub struct TracePipeline {
     /// threads (async runtimes, thread pools): held until those requests complete to learn
     /// whether the process passed the inbound context through or created its own.
     held_by_pid: HashMap<u32, Vec<Held>>,
-    instrumented: HashMap<u32, Instrumented>,
+    /// Processes that instrument themselves, with the start time of the process the
+    /// verdict is about: pids are reused, and a new process must not inherit it (its spans
+    /// would be suppressed). Bounded like the peer tables.
+    instrumented: HashMap<u32, (Instrumented, u64)>,
     processes: ProcessCache,
     resources: ResourceResolver,
     /// Set while handling the events a connection close produced.
@@ -282,6 +285,8 @@ pub struct TracePipeline {
     /// Broken hops, shared with the HTTP endpoint and `hoptrace check`.
     pub gaps: Arc<std::sync::Mutex<GapTable>>,
     pub stats: TraceStats,
+    /// RED metrics of every finished span, sampled or not (see `crate::metrics`).
+    pub red: crate::metrics::RedRecorder,
 }
 
 /// The trace context a span continues.
@@ -338,6 +343,7 @@ impl TracePipeline {
             server_peers: HashMap::new(),
             gaps: Arc::new(std::sync::Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
+            red: crate::metrics::RedRecorder::default(),
         }
     }
 
@@ -576,6 +582,8 @@ impl TracePipeline {
         if decision == Decision::DroppedParentNotSampled {
             self.stats.spans_not_sampled += 1;
         }
+        // Every finished span feeds the metrics; only kept ones may become exemplars.
+        self.red.record(&span, decision.kept());
         if decision.kept() {
             sink.submit(span);
         }
@@ -656,7 +664,7 @@ impl TracePipeline {
                     return;
                 }
                 // Sent trace context while serving nothing: the process made it up itself.
-                self.instrumented.insert(view.pid, Instrumented::CreatesContext);
+                self.mark_instrumented(view.pid, Instrumented::CreatesContext);
             }
         }
         self.emit_call(call, &view, None, None, None, sink);
@@ -702,12 +710,27 @@ impl TracePipeline {
         (parent, state, invalid)
     }
 
-    fn is_instrumented(&mut self, pid: u32) -> bool {
-        if let Some(_why) = self.instrumented.get(&pid) {
-            return true;
+    fn mark_instrumented(&mut self, pid: u32, why: Instrumented) {
+        let start = self.processes.get(pid).map_or(0, |p| p.start_time);
+        if self.instrumented.len() >= MAX_INSTRUMENTED && !self.instrumented.contains_key(&pid) {
+            // Verdicts are cheap to learn again; forgetting them only risks duplicates.
+            self.instrumented.clear();
         }
-        if self.processes.get(pid).is_some_and(|p| p.otel_sdk_env) {
-            self.instrumented.insert(pid, Instrumented::SdkEnvironment);
+        self.instrumented.insert(pid, (why, start));
+    }
+
+    fn is_instrumented(&mut self, pid: u32) -> bool {
+        let info = self.processes.get(pid);
+        if let Some(&(_why, start)) = self.instrumented.get(&pid) {
+            // Unknown now (the process is gone, /proc unreadable): keep the verdict.
+            if info.as_ref().is_none_or(|p| p.start_time == start) {
+                return true;
+            }
+            // The pid belongs to another process now.
+            self.instrumented.remove(&pid);
+        }
+        if info.is_some_and(|p| p.otel_sdk_env) {
+            self.mark_instrumented(pid, Instrumented::SdkEnvironment);
             return true;
         }
         false
@@ -747,7 +770,7 @@ impl TracePipeline {
             if let Call::Mq(op) = &child.call {
                 let own = op.messages.iter().filter_map(|m| m.traceparent.as_deref()).find_map(|v| context::parse_traceparent(v).ok());
                 if own.is_some_and(|o| inbound.as_ref().is_none_or(|i| i.trace_id != o.trace_id || i.parent_id != o.parent_id)) {
-                    self.instrumented.insert(conn.pid, Instrumented::CreatesContext);
+                    self.mark_instrumented(conn.pid, Instrumented::CreatesContext);
                 }
             }
             let Call::Http(x) = &child.call else { continue };
@@ -757,7 +780,7 @@ impl TracePipeline {
                         .as_ref()
                         .is_some_and(|i| i.trace_id == out.trace_id && i.parent_id == out.parent_id);
                     if !passed_through {
-                        self.instrumented.insert(conn.pid, Instrumented::CreatesContext);
+                        self.mark_instrumented(conn.pid, Instrumented::CreatesContext);
                     }
                 }
             }
@@ -779,7 +802,7 @@ impl TracePipeline {
                 if same {
                     passed_through.push(h);
                 } else {
-                    self.instrumented.insert(conn.pid, Instrumented::CreatesContext);
+                    self.mark_instrumented(conn.pid, Instrumented::CreatesContext);
                     let restarted = match (outbound_context(x), &inbound) {
                         (Some(out), Some(i)) => out.trace_id != i.trace_id,
                         _ => false,
@@ -1026,6 +1049,9 @@ fn view_addrs(v: &ConnView) -> http::Addrs {
     http::Addrs { local: v.local, remote: v.remote }
 }
 
+/// Processes remembered as instrumenting themselves.
+const MAX_INSTRUMENTED: usize = 65536;
+
 #[cfg(test)]
 mod tests {
     //! The pipeline on synthetic connections: what the kernel would have delivered.
@@ -1126,5 +1152,22 @@ mod tests {
         assert_eq!(unresolved.map(|a| &a.value), Some(&crate::spans::AnyValue::Str("concurrent_requests_on_thread".into())));
         assert_eq!((p.stats.parents_linked_same_thread, p.stats.parents_unresolved_concurrent), (0, 1));
         assert_eq!(p.stats.propagation_gaps, 0, "an unattributable call is not judged");
+    }
+
+    #[test]
+    fn an_instrumented_verdict_does_not_pass_to_a_reused_pid() {
+        // This test process is real: /proc gives its start time.
+        let me = std::process::id();
+        let mut p = pipeline();
+        let sdk_env = p.processes.get(me).expect("own /proc entry").otel_sdk_env;
+        p.mark_instrumented(me, Instrumented::CreatesContext);
+        assert!(p.is_instrumented(me));
+        // A verdict about an earlier process that had this pid (another start time).
+        let (why, start) = p.instrumented[&me];
+        p.instrumented.insert(me, (why, start.wrapping_add(1)));
+        assert_eq!(p.is_instrumented(me), sdk_env, "a reused pid inherited the verdict");
+        // A pid whose process is gone keeps its verdict (its last spans may still come).
+        p.mark_instrumented(PID, Instrumented::CreatesContext);
+        assert!(p.is_instrumented(PID));
     }
 }

@@ -5,6 +5,12 @@
 //! command line, container/cgroup, or a local port the process serves. Without a rule the
 //! service is named after the program: the script for interpreters (`python3 app.py` →
 //! `app`), else the executable.
+//!
+//! In Kubernetes ([`crate::k8s`]), the process's pod adds `k8s.*` attributes and those
+//! configured from pod annotations/labels. Precedence, later wins: node attributes
+//! (`host.name`, `resource.attributes`, `OTEL_RESOURCE_ATTRIBUTES`) < the pod's metadata
+//! (annotation over label) < the first matching `services` rule < nothing else; the
+//! program's name only when none of them set `service.name`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -43,6 +49,10 @@ pub struct ResourceResolver {
     /// Node-wide attributes (host.name, OTEL_RESOURCE_ATTRIBUTES).
     node: Vec<KeyValue>,
     cache: HashMap<(u32, u64), Arc<Resource>>,
+    /// Pods of this node, when Kubernetes metadata is on.
+    k8s: Option<Arc<crate::k8s::Kubernetes>>,
+    /// The pod index's generation the cache was built at: a pod change rebuilds it.
+    k8s_generation: u64,
 }
 
 /// Parses `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k2=v2`, values percent-encoded).
@@ -103,7 +113,13 @@ pub fn default_service_name(p: &ProcessInfo) -> String {
 
 impl ResourceResolver {
     pub fn new(rules: Vec<Rule>, node: Vec<KeyValue>) -> Self {
-        Self { rules, node, cache: HashMap::new() }
+        Self { rules, node, cache: HashMap::new(), k8s: None, k8s_generation: 0 }
+    }
+
+    /// Decorates resources with the metadata of the process's pod.
+    pub fn with_kubernetes(mut self, k8s: Option<Arc<crate::k8s::Kubernetes>>) -> Self {
+        self.k8s = k8s;
+        self
     }
 
     /// Node attributes from the environment: host.name and OTEL_RESOURCE_ATTRIBUTES.
@@ -126,6 +142,13 @@ impl ResourceResolver {
 
     pub fn resolve(&mut self, pid: u32, info: Option<&ProcessInfo>) -> Arc<Resource> {
         let key = (pid, info.map_or(0, |i| i.start_time));
+        if let Some(k) = &self.k8s {
+            let g = k.generation();
+            if g != self.k8s_generation {
+                self.cache.clear();
+                self.k8s_generation = g;
+            }
+        }
         if let Some(r) = self.cache.get(&key) {
             return r.clone();
         }
@@ -144,6 +167,12 @@ impl ResourceResolver {
             }
             if let Some(c) = &p.container_id {
                 set("container.id", c.clone());
+            }
+            for (k, v) in self.k8s.as_ref().and_then(|k| k.lookup_process(p)).unwrap_or_default() {
+                if k == "service.name" {
+                    service = Some(v.clone());
+                }
+                set(&k, v);
             }
             if let Some(rule) = self.rules.iter().find(|r| Self::rule_matches(&r.matches, p)) {
                 for (k, v) in &rule.attributes {

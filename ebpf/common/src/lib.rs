@@ -32,6 +32,8 @@ pub enum EventKind {
     Close = 3,
     /// An outgoing connection attempt failed (SYN_SENT → CLOSE: refused, timed out…).
     ConnectFailed = 4,
+    /// A process called exec(): userspace looks at its mappings for TLS libraries.
+    Exec = 5,
 }
 
 /// Direction of a data event, from the point of view of the socket owner.
@@ -73,6 +75,10 @@ pub enum Syscall {
     Accept4 = 12,
     /// Connection first seen through a data syscall (it predates the agent).
     FirstData = 13,
+    /// Plaintext returned by OpenSSL's SSL_read/SSL_read_ex (uretprobe).
+    SslRead = 14,
+    /// Plaintext handed to OpenSSL's SSL_write/SSL_write_ex (uretprobe).
+    SslWrite = 15,
 }
 
 impl Syscall {
@@ -91,6 +97,8 @@ impl Syscall {
             11 => Self::Accept,
             12 => Self::Accept4,
             13 => Self::FirstData,
+            14 => Self::SslRead,
+            15 => Self::SslWrite,
             _ => return None,
         })
     }
@@ -110,12 +118,20 @@ impl Syscall {
             Self::Accept => "accept",
             Self::Accept4 => "accept4",
             Self::FirstData => "first_data",
+            Self::SslRead => "ssl_read",
+            Self::SslWrite => "ssl_write",
         }
+    }
+
+    /// Plaintext from a TLS library probe: these records use the connection's separate
+    /// plaintext offset space, not the socket's (ciphertext) byte stream.
+    pub fn is_tls_plaintext(self) -> bool {
+        matches!(self, Self::SslRead | Self::SslWrite)
     }
 
     pub fn direction(self) -> Direction {
         match self {
-            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg => Direction::Ingress,
+            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg | Self::SslRead => Direction::Ingress,
             _ => Direction::Egress,
         }
     }
@@ -223,6 +239,17 @@ pub struct ConnectFailedEvent {
     pub remote_addr: [u8; 16],
 }
 
+/// A process called exec(); its libraries are mapped shortly after (by ld.so), so
+/// userspace re-reads its mappings a few times.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub kind: u8,
+    pub _pad0: [u8; 3],
+    pub pid: u32,
+    pub ts_ns: u64,
+}
+
 /// Why the kernel side lost or cut something; index into the `DROPS` per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,9 +274,12 @@ pub enum DropReason {
     ControlRingbufFull = 8,
     /// The tail call into the chunk emitter failed: the call's bytes were not sent.
     TailCallFailed = 9,
+    /// SSL_read/SSL_write returned plaintext but the socket behind the SSL object was not
+    /// known yet (no syscall inside an SSL call and no SSL_set_fd seen): not sent.
+    TlsSocketUnknown = 10,
 }
 
-pub const DROP_REASONS: usize = 10;
+pub const DROP_REASONS: usize = 11;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
@@ -263,6 +293,7 @@ impl DropReason {
         Self::KernelReadFault,
         Self::ControlRingbufFull,
         Self::TailCallFailed,
+        Self::TlsSocketUnknown,
     ];
 
     /// Metric label value.
@@ -278,6 +309,7 @@ impl DropReason {
             Self::KernelReadFault => "kernel_read_fault",
             Self::ControlRingbufFull => "control_ringbuf_full",
             Self::TailCallFailed => "tail_call_failed",
+            Self::TlsSocketUnknown => "tls_socket_unknown",
         }
     }
 }
@@ -361,4 +393,5 @@ const _: () = {
     assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
     assert!(core::mem::size_of::<Config>() == 16 + 30 * 4);
     assert!(core::mem::size_of::<ConnectFailedEvent>() == 72);
+    assert!(core::mem::size_of::<ExecEvent>() == 16);
 };

@@ -23,6 +23,9 @@ use aya_ebpf::{
 };
 use hoptrace_common::*;
 
+/// OpenSSL uprobes: plaintext of TLS connections (see the module's doc).
+mod tls;
+
 /// Load-time configuration (offsets, capture cap, filter switches), set by the agent.
 #[no_mangle]
 static CONFIG: Config = unsafe { core::mem::zeroed() };
@@ -48,11 +51,11 @@ static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 
 /// (tgid << 32 | fd) → what that descriptor is. `sk == 0` means "not captured".
 #[map]
-static FDS: LruHashMap<u64, FdEntry> = LruHashMap::with_max_entries(131072, 0);
+pub(crate) static FDS: LruHashMap<u64, FdEntry> = LruHashMap::with_max_entries(131072, 0);
 
 /// struct sock address → connection state shared by every process holding the socket.
 #[map]
-static CONNS: LruHashMap<u64, ConnEntry> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static CONNS: LruHashMap<u64, ConnEntry> = LruHashMap::with_max_entries(65536, 0);
 
 /// tgid → descriptor-table generation. Bumped on exec, exit and close_range, which close
 /// descriptors without a close() we could see; `FDS` entries of an older generation are stale.
@@ -79,19 +82,20 @@ struct Inflight {
     vectored: u8,
     /// The descriptor was already recorded for this process at enter time.
     known: u8,
-    _pad: u8,
+    /// The syscall was made inside an SSL_read/SSL_write of the same thread: ciphertext.
+    in_ssl: u8,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct FdEntry {
-    sk: u64,
-    gen: u64,
+pub(crate) struct FdEntry {
+    pub sk: u64,
+    pub gen: u64,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ConnEntry {
+pub(crate) struct ConnEntry {
     conn_id: u64,
     bytes_egress: u64,
     bytes_ingress: u64,
@@ -102,6 +106,13 @@ struct ConnEntry {
     remote_port: u16,
     local_addr: [u8; 16],
     remote_addr: [u8; 16],
+    /// Plaintext offsets (SSL_write / SSL_read), separate from the socket's byte stream.
+    tls_egress: u64,
+    tls_ingress: u64,
+    /// Set once a syscall on this socket ran inside an SSL_* call or plaintext was seen:
+    /// from then on the socket's (ciphertext) payload is counted but no longer copied.
+    tls: u8,
+    _pad: [u8; 7],
 }
 
 const AF_INET: u16 = 2;
@@ -116,7 +127,7 @@ const EINPROGRESS: i64 = 115;
 const ARG0: usize = 16;
 
 #[inline(always)]
-fn config() -> &'static Config {
+pub(crate) fn config() -> &'static Config {
     // Volatile so the compiler does not fold the all-zero initializer; the verifier sees
     // the values the agent wrote into .rodata as constants anyway.
     unsafe { &*core::ptr::read_volatile(&&CONFIG) }
@@ -132,7 +143,7 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 /// except when the ring holds more than `wakeup_bytes`: then wake it now so it drains
 /// before the ring fills.
 #[inline(always)]
-fn ring_flags() -> u64 {
+pub(crate) fn ring_flags() -> u64 {
     const BPF_RB_AVAIL_DATA: u64 = 0;
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -144,7 +155,7 @@ fn ring_flags() -> u64 {
 }
 
 #[inline(always)]
-fn count_drop(reason: DropReason, n: u64) {
+pub(crate) fn count_drop(reason: DropReason, n: u64) {
     if let Some(p) = DROPS.get_ptr_mut(reason as u32) {
         unsafe { *p += n };
     }
@@ -164,7 +175,7 @@ fn kread<T: Copy>(addr: u64) -> Option<T> {
 }
 
 #[inline(always)]
-fn uread<T: Copy>(addr: u64) -> Option<T> {
+pub(crate) fn uread<T: Copy>(addr: u64) -> Option<T> {
     let mut v = core::mem::MaybeUninit::<T>::uninit();
     let r = unsafe {
         bpf_probe_read_user(v.as_mut_ptr() as *mut c_void, size_of::<T>() as u32, addr as *const c_void)
@@ -178,7 +189,7 @@ fn uread<T: Copy>(addr: u64) -> Option<T> {
 
 /// True when this process must not be captured (the agent itself, or filtered out).
 #[inline(always)]
-fn process_filtered(tgid: u32) -> bool {
+pub(crate) fn process_filtered(tgid: u32) -> bool {
     let cfg = config();
     if tgid == cfg.self_tgid {
         return true;
@@ -221,11 +232,11 @@ fn port_filtered(local: u16, remote: u16) -> bool {
 }
 
 #[inline(always)]
-fn current_gen(tgid: u32) -> u64 {
+pub(crate) fn current_gen(tgid: u32) -> u64 {
     unsafe { GENS.get(tgid) }.copied().unwrap_or(0)
 }
 
-enum Resolved {
+pub(crate) enum Resolved {
     /// A TCP socket (IPv4 or IPv6); the `struct sock` address.
     Tcp(u64),
     /// Anything else: file, pipe, unix or UDP socket, or an fd that is not open.
@@ -236,7 +247,7 @@ enum Resolved {
 
 /// Walks current->files->fdt->fd[fd] to the struct sock, if the descriptor is a TCP socket.
 #[inline(always)]
-fn resolve_fd(fd: i32) -> Resolved {
+pub(crate) fn resolve_fd(fd: i32) -> Resolved {
     if fd < 0 {
         return Resolved::Other;
     }
@@ -349,7 +360,7 @@ fn emit_open(c: &ConnEntry, via: Syscall, fd: i32, ts: u64) {
 /// entry when `fresh` (accept/connect: a new connection even if `sk` memory was reused) or
 /// when none exists yet. Returns the entry, or None when the connection is not captured.
 #[inline(always)]
-fn attach_fd(sk: u64, fd: i32, role: Role, via: Syscall, fresh: bool, ts: u64) -> Option<*mut ConnEntry> {
+pub(crate) fn attach_fd(sk: u64, fd: i32, role: Role, via: Syscall, fresh: bool, ts: u64) -> Option<*mut ConnEntry> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ((tgid as u64) << 32) | fd as u32 as u64;
     let gen = current_gen(tgid);
@@ -428,7 +439,7 @@ fn data_enter(fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
         syscall: syscall as u8,
         vectored: vectored as u8,
         known,
-        _pad: 0,
+        in_ssl: tls::note_syscall_fd(pid_tgid as u32, fd) as u8,
     };
     if INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
         count_drop(DropReason::ArgsMapFull, 1);
@@ -485,6 +496,13 @@ fn send_chunk(scratch: *mut DataEvent, src: u64, n: u32, chunk_offset: u32) -> b
 /// read/write/recvfrom/sendto: one user buffer.
 #[tracepoint]
 pub fn emit_contiguous(_ctx: TracePointContext) -> u32 {
+    emit_contiguous_job()
+}
+
+/// The chunk loop of `emit_contiguous`, shared with the uprobe-typed emitter (a tail call
+/// only reaches programs of the caller's type).
+#[inline(always)]
+pub(crate) fn emit_contiguous_job() -> u32 {
     let Some(job) = JOB.get_ptr(0) else { return 0 };
     let job = unsafe { *job };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
@@ -577,6 +595,12 @@ fn data_exit(ctx: &TracePointContext) {
     };
     let direction = syscall.direction();
     let call_len = ret as u64;
+    let tls = unsafe {
+        if inf.in_ssl != 0 {
+            (*conn).tls = 1;
+        }
+        (*conn).tls != 0
+    };
     let call_offset = unsafe {
         if direction == Direction::Egress {
             let off = (*conn).bytes_egress;
@@ -588,28 +612,72 @@ fn data_exit(ctx: &TracePointContext) {
             off
         }
     };
+    if tls {
+        // Ciphertext of a connection whose plaintext the TLS probes deliver: the bytes are
+        // counted in the socket's offsets (close totals) but neither copied nor parsed.
+        return;
+    }
+    let call = CallInfo {
+        direction,
+        syscall: inf.syscall,
+        fd: inf.fd,
+        ts_enter: inf.ts_enter,
+        ts_exit: ts,
+        call_offset,
+        call_len,
+        buf: inf.buf,
+        count: inf.count,
+    };
+    if !prepare_emit(conn, &call, syscall == Syscall::Sendfile) {
+        return;
+    }
+    let index = if inf.vectored != 0 { EMIT_VECTORED } else { EMIT_CONTIGUOUS };
+    // A tail call only returns when it failed.
+    unsafe { EMITTERS.tail_call(ctx, index) };
+    count_drop(DropReason::TailCallFailed, 1);
+}
+
+/// One call whose bytes go to userspace (a syscall, or an SSL_read/SSL_write).
+pub(crate) struct CallInfo {
+    pub direction: Direction,
+    pub syscall: u8,
+    pub fd: i32,
+    pub ts_enter: u64,
+    pub ts_exit: u64,
+    pub call_offset: u64,
+    pub call_len: u64,
+    pub buf: u64,
+    pub count: u64,
+}
+
+/// Fills the per-CPU record header and emit job for `call`. Returns true when the caller
+/// must now tail-call an emitter; false when everything was sent already (nothing to copy)
+/// or could not be.
+#[inline(always)]
+pub(crate) fn prepare_emit(conn: *mut ConnEntry, call: &CallInfo, no_copy: bool) -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
     let cap = config().capture_cap as u64;
-    let mut captured = if syscall == Syscall::Sendfile { 0 } else { call_len };
+    let mut captured = if no_copy { 0 } else { call.call_len };
     if captured > cap {
         count_drop(DropReason::CapTruncatedCalls, 1);
         count_drop(DropReason::CapTruncatedBytes, captured - cap);
         captured = cap;
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return false };
     unsafe {
         let h = &mut (*scratch).header;
         h.kind = EventKind::Data as u8;
-        h.direction = direction as u8;
-        h.syscall = inf.syscall;
+        h.direction = call.direction as u8;
+        h.syscall = call.syscall;
         h._pad0 = 0;
         h.pid = (pid_tgid >> 32) as u32;
-        h.tid = tid;
-        h.fd = inf.fd;
+        h.tid = pid_tgid as u32;
+        h.fd = call.fd;
         h.conn_id = (*conn).conn_id;
-        h.ts_enter_ns = inf.ts_enter;
-        h.ts_exit_ns = ts;
-        h.call_offset = call_offset;
-        h.call_len = call_len as u32;
+        h.ts_enter_ns = call.ts_enter;
+        h.ts_exit_ns = call.ts_exit;
+        h.call_offset = call.call_offset;
+        h.call_len = call.call_len as u32;
         h.call_captured = captured as u32;
         h.chunk_offset = 0;
         h.chunk_len = 0;
@@ -620,20 +688,17 @@ fn data_exit(ctx: &TracePointContext) {
         if EVENTS.output::<[u8]>(bytes, ring_flags()).is_err() {
             count_drop(DropReason::RingbufFull, 1);
         }
-        return;
+        return false;
     }
-    let Some(job) = JOB.get_ptr_mut(0) else { return };
+    let Some(job) = JOB.get_ptr_mut(0) else { return false };
     unsafe {
-        (*job).buf = inf.buf;
-        (*job).count = inf.count;
+        (*job).buf = call.buf;
+        (*job).count = call.count;
         (*job).captured = captured as u32;
         (*job).iov_index = 0;
         (*job).done = 0;
     }
-    let index = if inf.vectored != 0 { EMIT_VECTORED } else { EMIT_CONTIGUOUS };
-    // A tail call only returns when it failed.
-    unsafe { EMITTERS.tail_call(ctx, index) };
-    count_drop(DropReason::TailCallFailed, 1);
+    true
 }
 
 // ---- data syscalls: enter programs (argument layouts differ), one shared exit ----
@@ -729,7 +794,7 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
         syscall: Syscall::Connect as u8,
         vectored: 0,
         known: 0,
-        _pad: 0,
+        in_ssl: 0,
     };
     if INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
         count_drop(DropReason::ArgsMapFull, 1);
@@ -839,6 +904,24 @@ pub fn bump_generation(_ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let gen = unsafe { bpf_ktime_get_ns() };
     let _ = GENS.insert(tgid, gen, 0);
+    0
+}
+
+/// exec: new descriptor-table generation (as `bump_generation`), and tell userspace so it
+/// can look for TLS libraries in the new image's mappings.
+#[tracepoint]
+pub fn on_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let ts = unsafe { bpf_ktime_get_ns() };
+    let _ = GENS.insert(tgid, ts, 0);
+    if process_filtered(tgid) {
+        return 0;
+    }
+    let ev = ExecEvent { kind: EventKind::Exec as u8, _pad0: [0; 3], pid: tgid, ts_ns: ts };
+    if EVENTS.output::<ExecEvent>(&ev, ring_flags()).is_err() {
+        count_drop(DropReason::ControlRingbufFull, 1);
+    }
     0
 }
 

@@ -458,11 +458,29 @@ fn close_reports_pending_and_partial_responses() {
         c.close();
         assert_eq!(summary(c.take()), [X("/a", None, ClosedMidResponse)]);
 
-        // A request whose header block never completed is not an exchange.
+        // A request whose header block never completed is not an exchange, but it is
+        // counted (a truncated request used to vanish without a trace).
         let mut c = Conn::server(split);
         c.send(REQ, b"GET /a HTTP/1.1\r\nHost");
         c.close();
-        assert!(c.take().is_empty());
+        assert_eq!(summary(c.take()), [E(reason::CLOSED_MID_HEADER)]);
+
+        // Same after earlier complete exchanges on the connection; a connection closed
+        // between messages reports nothing.
+        let mut c = Conn::server(split);
+        c.send(REQ, b"GET /ok HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
+        c.send(REQ, b"POST /cut HTTP/1.1\r\nContent-Le");
+        c.close();
+        assert_eq!(
+            summary(c.take()),
+            [X("/ok", Some(204), Complete), E(reason::CLOSED_MID_HEADER)]
+        );
+        let mut c = Conn::server(split);
+        c.send(REQ, b"GET /ok HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
+        c.close();
+        assert_eq!(summary(c.take()), [X("/ok", Some(204), Complete)]);
     });
 }
 
@@ -726,18 +744,65 @@ fn blank_lines_between_messages_are_ignored() {
 }
 
 #[test]
-fn too_many_pipelined_requests_drop_the_oldest() {
+fn too_many_pipelined_requests_are_counted_and_never_mispaired() {
+    // Regression: the oldest request used to be dropped, so every later response was
+    // paired with the request after its own (wrong status and timing on every span).
     both(|split| {
         let mut c = Conn::server(split);
+        let extra = 10;
         let mut reqs = Vec::new();
-        for i in 0..=MAX_PIPELINED {
+        for i in 0..MAX_PIPELINED + extra {
             reqs.extend_from_slice(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes());
         }
         c.send(REQ, &reqs);
-        assert_eq!(summary(c.take()), [E("too_many_pipelined")]);
+        assert_eq!(summary(c.take()), (0..extra).map(|_| E("too_many_pipelined")).collect::<Vec<_>>());
         assert_eq!(c.parser.pending.len(), MAX_PIPELINED);
+        // Each response says which request it answers (status 200 + i).
+        for i in 0..MAX_PIPELINED + extra {
+            c.send(RESP, format!("HTTP/1.1 {} OK\r\nContent-Length: 0\r\n\r\n", 200 + i).as_bytes());
+        }
+        let got = summary(c.take());
+        let want: Vec<Ev> = (0..MAX_PIPELINED)
+            .map(|i| X(Box::leak(format!("/{i}").into_boxed_str()), Some(200 + i as u16), Complete))
+            .collect();
+        assert_eq!(got, want);
+        // Once the overflow is answered, the connection pairs as usual again.
+        c.send(REQ, b"GET /after HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(summary(c.take()), [X("/after", Some(202), Complete)]);
+
+        // A request arriving while earlier ones are still over the limit queues behind
+        // them: also counted, also never mispaired.
+        let mut c = Conn::server(split);
+        c.send(REQ, &reqs);
+        c.take();
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(summary(c.take()), [X("/1", Some(200), Complete)]);
+        c.send(REQ, b"GET /late HTTP/1.1\r\n\r\n");
+        let got = summary(c.take());
+        assert_eq!(got, [X("/0", Some(200), Complete), E("too_many_pipelined")]);
+        c.close();
+        assert_eq!(c.take().len(), MAX_PIPELINED - 1, "the kept requests close unanswered");
+    });
+}
+
+#[test]
+fn status_below_100_is_invalid() {
+    // Found by `cargo xtask fuzz` (fuzz/corpus/http1/regression-status-099): httparse
+    // accepts "099", which was paired and exported as a final response.
+    both(|split| {
+        let mut c = Conn::server(split);
+        c.send(REQ, b"GET /a HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 099 Continue\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        c.send(REQ, b"GET /b HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
+        let got = summary(c.take());
+        assert_eq!(got[..2], [E("invalid_status"), X("/a", None, Desync)]);
+        if !split {
+            // Resynchronized on the next status line (byte-split segments never start
+            // with a whole one, so that variant stays desynchronized).
+            assert_eq!(got[2..], [E("unmatched_response"), X("/b", Some(204), Complete)]);
+        }
     });
 }
 
