@@ -178,7 +178,7 @@ const TANSU_VERSION: &str = "0.6.0";
 fn kafka_broker() -> Result<()> {
     let ok = output(Command::new("tansu").arg("--version")).is_some_and(|v| v.contains(TANSU_VERSION));
     if !ok {
-        eprintln!("xtask: installing tansu {TANSU_VERSION} (Kafka broker for the e2e tests; about 10 minutes)");
+        eprintln!("xtask: installing tansu {TANSU_VERSION} (Kafka broker for the e2e tests; a cold build takes about 15 minutes on 2 idle cores)");
         run(Command::new("cargo")
             .args(["install", &format!("tansu@{TANSU_VERSION}"), "--locked"])
             .args(["--no-default-features", "--features", "dynostore"]))?;
