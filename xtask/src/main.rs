@@ -164,8 +164,25 @@ fn setup() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
+    kafka_broker()?;
     python_env()?;
     eprintln!("xtask: prerequisites ready ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The Kafka-protocol broker of the Kafka e2e test: `tansu` from crates, with only the
+/// `dynostore` storage feature (its `memory://` engine needs no database or object
+/// store). Installed into ~/.cargo/bin once; a cold build takes ~26 min of CPU (about 15 min on 2 idle cores).
+const TANSU_VERSION: &str = "0.6.0";
+
+fn kafka_broker() -> Result<()> {
+    let ok = output(Command::new("tansu").arg("--version")).is_some_and(|v| v.contains(TANSU_VERSION));
+    if !ok {
+        eprintln!("xtask: installing tansu {TANSU_VERSION} (Kafka broker for the e2e tests; a cold build takes about 15 minutes on 2 idle cores)");
+        run(Command::new("cargo")
+            .args(["install", &format!("tansu@{TANSU_VERSION}"), "--locked"])
+            .args(["--no-default-features", "--features", "dynostore"]))?;
+    }
     Ok(())
 }
 

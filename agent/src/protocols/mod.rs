@@ -15,6 +15,7 @@ use crate::stream::Segment;
 
 pub mod amqp;
 pub mod http1;
+pub mod kafka;
 pub(crate) mod mq_common;
 pub mod nats;
 
@@ -107,7 +108,7 @@ pub type Detector = fn(Role, Direction, &[u8]) -> Option<Box<dyn Protocol>>;
 
 /// Every known protocol, most specific first (NATS before HTTP: `CONNECT {` would
 /// otherwise pass for an HTTP CONNECT request).
-pub const DETECTORS: &[Detector] = &[amqp::detect, nats::detect, http1::detect];
+pub const DETECTORS: &[Detector] = &[amqp::detect, nats::detect, http1::detect, kafka::detect];
 
 /// Registry: the first protocol whose `detect` accepts the first bytes of a connection wins.
 pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Box<dyn Protocol>> {
