@@ -430,7 +430,7 @@ fn skip_value<'a>(c: &mut Cursor<'a>, ty: u8, depth: usize) -> Result<&'a [u8], 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::mq_common::tests::{feed_split, feed_whole};
+    use crate::protocols::mq_common::tests::{feed_split, feed_whole, no_errors, ops};
 
     const PUBLISH_SDK: &[u8] = include_bytes!("testdata/amqp_publish_sdk.c2s");
     const PUBLISH_SDK_BROKER: &[u8] = include_bytes!("testdata/amqp_publish_sdk.s2c");
@@ -440,15 +440,6 @@ mod tests {
 
     fn client() -> Box<dyn Protocol> {
         detect(Role::Client, Direction::Egress, PUBLISH_SDK).expect("amqp client")
-    }
-
-    fn ops(events: &[L7Event]) -> Vec<&MqOperation> {
-        events.iter().filter_map(|e| if let L7Event::Messaging(o) = e { Some(o) } else { None }).collect()
-    }
-
-    fn no_errors(events: &[L7Event]) {
-        let errs: Vec<_> = events.iter().filter(|e| matches!(e, L7Event::ParseError { .. })).collect();
-        assert!(errs.is_empty(), "{errs:?}");
     }
 
     /// pika 1.4.4 publishing two messages with SDK-injected context and a nested private

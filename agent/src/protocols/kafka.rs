@@ -1454,15 +1454,7 @@ mod tests {
         out
     }
 
-    fn ops(events: &[L7Event]) -> Vec<&MqOperation> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                L7Event::Messaging(op) => Some(op),
-                _ => None,
-            })
-            .collect()
-    }
+    use crate::protocols::mq_common::tests::ops;
 
     fn errors(events: &[L7Event]) -> Vec<&'static str> {
         events

@@ -67,6 +67,17 @@ pub(crate) mod tests {
         stream::Segment,
     };
 
+    /// The messaging operations among a parser's events.
+    pub fn ops(events: &[L7Event]) -> Vec<&crate::protocols::MqOperation> {
+        events.iter().filter_map(|e| if let L7Event::Messaging(o) = e { Some(o) } else { None }).collect()
+    }
+
+    /// Fails the test on any parse error.
+    pub fn no_errors(events: &[L7Event]) {
+        let errs: Vec<_> = events.iter().filter(|e| matches!(e, L7Event::ParseError { .. })).collect();
+        assert!(errs.is_empty(), "{errs:?}");
+    }
+
     /// The whole stream as one syscall.
     pub fn feed_whole(bytes: &[u8]) -> Vec<Segment> {
         vec![Segment::Data { offset: 0, ts_enter_ns: 10, ts_ns: 11, tid: 7, bytes: bytes.to_vec() }]

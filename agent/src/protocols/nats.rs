@@ -262,7 +262,7 @@ fn trace_headers(block: &[u8], msg: &mut MqMessage) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::mq_common::tests::{feed_split, feed_whole};
+    use crate::protocols::mq_common::tests::{feed_split, feed_whole, no_errors, ops};
 
     // nats-py 2.16.0 against nats-server 2.9.10: a subscriber that received two HMSG
     // (SDK context + a private header) and two MSG; an SDK publisher (HPUB); a plain one.
@@ -273,15 +273,6 @@ mod tests {
 
     fn client() -> Box<dyn Protocol> {
         detect(Role::Client, Direction::Ingress, SUB_IN).expect("nats client")
-    }
-
-    fn ops(events: &[L7Event]) -> Vec<&MqOperation> {
-        events.iter().filter_map(|e| if let L7Event::Messaging(o) = e { Some(o) } else { None }).collect()
-    }
-
-    fn no_errors(events: &[L7Event]) {
-        let errs: Vec<_> = events.iter().filter(|e| matches!(e, L7Event::ParseError { .. })).collect();
-        assert!(errs.is_empty(), "{errs:?}");
     }
 
     #[test]
