@@ -86,6 +86,8 @@ pub struct Amqp {
     client: bool,
     egress: Reader,
     ingress: Reader,
+    /// The connection is gone: late bytes (a reused parser, a racing record) are ignored.
+    closed: bool,
 }
 
 impl Amqp {
@@ -94,6 +96,7 @@ impl Amqp {
             client,
             egress: Reader { expect_protocol_header: true, ..Reader::default() },
             ingress: Reader::default(),
+            closed: false,
         }
     }
 }
@@ -104,7 +107,7 @@ impl Protocol for Amqp {
     }
 
     fn feed(&mut self, direction: Direction, segments: &[Segment], out: &mut Vec<L7Event>) {
-        if !self.client {
+        if !self.client || self.closed {
             return;
         }
         let r = match direction {
@@ -117,6 +120,9 @@ impl Protocol for Amqp {
     }
 
     fn close(&mut self, out: &mut Vec<L7Event>) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
         for r in [&mut self.egress, &mut self.ingress] {
             if !r.pending.is_empty() {
                 out.push(L7Event::ParseError { protocol: NAME, reason: "method_without_content_at_close" });
@@ -559,5 +565,20 @@ mod tests {
         let mut m = MqMessage::default();
         assert_eq!(trace_headers(b"\x01aZ", &mut m), Err("bad_field_type"));
         assert_eq!(trace_headers(b"\x01aS\x00\x00\x00\x09ab", &mut m), Err("bad_field_table"));
+    }
+
+    /// Found by the `protocols` fuzz target: bytes fed after the close produced a parse
+    /// error (fuzz/corpus/protocols/regression-amqp-feed-after-close).
+    #[test]
+    fn a_closed_parser_is_silent() {
+        let mut p = client();
+        let mut out = Vec::new();
+        p.feed(Direction::Egress, &feed_whole(b"AMQP\x00\x00\x09\x01"), &mut out);
+        p.close(&mut out);
+        let before = out.len();
+        p.close(&mut out);
+        p.feed(Direction::Ingress, &feed_whole(b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+        p.feed(Direction::Egress, &feed_whole(b"\x01\x00\x01garbage"), &mut out);
+        assert_eq!(out.len(), before, "{out:?}");
     }
 }

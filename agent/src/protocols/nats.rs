@@ -70,11 +70,13 @@ pub struct Nats {
     client: bool,
     egress: Reader,
     ingress: Reader,
+    /// The connection is gone: late bytes (a reused parser, a racing record) are ignored.
+    closed: bool,
 }
 
 impl Nats {
     fn new(client: bool) -> Self {
-        Self { client, egress: Reader::default(), ingress: Reader::default() }
+        Self { client, egress: Reader::default(), ingress: Reader::default(), closed: false }
     }
 }
 
@@ -84,7 +86,7 @@ impl Protocol for Nats {
     }
 
     fn feed(&mut self, direction: Direction, segments: &[Segment], out: &mut Vec<L7Event>) {
-        if !self.client {
+        if !self.client || self.closed {
             return;
         }
         let r = match direction {
@@ -96,7 +98,9 @@ impl Protocol for Nats {
         }
     }
 
-    fn close(&mut self, _out: &mut Vec<L7Event>) {}
+    fn close(&mut self, _out: &mut Vec<L7Event>) {
+        self.closed = true;
+    }
 }
 
 fn err(reason: &'static str) -> L7Event {
@@ -350,5 +354,15 @@ mod tests {
         let segs = vec![Segment::Gap { offset: 40, len: 4, reason: crate::stream::GapReason::Lost }];
         p.feed(Direction::Ingress, &segs, &mut out);
         assert_eq!(out.last(), Some(&err("gap_lost_sync")));
+    }
+
+    #[test]
+    fn a_closed_parser_is_silent() {
+        let mut p = client();
+        let mut out = Vec::new();
+        p.close(&mut out);
+        p.feed(Direction::Ingress, &feed_whole(b"MSG a 1 x\r\n"), &mut out);
+        p.feed(Direction::Egress, &feed_whole(b"\x00garbage\r\n"), &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 }
