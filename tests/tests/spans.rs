@@ -135,3 +135,45 @@ fn refused_connection_is_an_error_client_span_inside_its_request() {
     assert_eq!((failed.trace_id.as_str(), failed.parent.as_str()), (server.trace_id.as_str(), server.span_id.as_str()));
     assert_eq!(stopped_log(&done)["traces"]["connect_failures"], 1);
 }
+
+/// Socket memory is recycled: a connection the agent ignores (its port is not captured)
+/// leaves an entry behind after it closes, and the next socket the kernel hands out often
+/// sits at the same address. Every refused connect that follows must still be reported,
+/// and reported as itself — not dropped as "ignored", not attributed to the old connection.
+#[test]
+fn refused_connects_are_reported_after_socket_memory_is_reused() {
+    require_root();
+    const ROUNDS: usize = 200;
+    let closed_port = free_port();
+    let ignored = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new("refused-reuse");
+    let out = dir.join("otlp.jsonl");
+    let agent = start_run(&[closed_port], &out);
+
+    let mut refused = 0;
+    for _ in 0..ROUNDS {
+        // An uncaptured connection, opened and closed on both ends: its socket is freed...
+        let mut c = TcpStream::connect(ignored.local_addr().unwrap()).unwrap();
+        let (a, _) = ignored.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        drop(a);
+        drop(c);
+        // ...and the refused attempt's socket is likely the same memory.
+        match TcpStream::connect(("127.0.0.1", closed_port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            other => panic!("expected a refused connect, got {other:?}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let done = stop(agent);
+    assert_eq!(refused, ROUNDS);
+    let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
+    let failed: Vec<&Span> = spans.iter().filter(|s| s.kind == CLIENT && s.name == "connect").collect();
+    assert_eq!(stopped_log(&done)["traces"]["connect_failures"], ROUNDS, "{}", show(&spans));
+    assert_eq!(failed.len(), ROUNDS);
+    for s in failed {
+        assert_eq!(int(s.attrs.get("server.port")), Some(closed_port as i64), "{s:?}");
+        assert_eq!(int(s.resource.get("process.pid")), Some(std::process::id() as i64), "{s:?}");
+        assert_eq!(s.attrs.get("error.type"), Some(&Value::from("connection_refused")), "{s:?}");
+    }
+}

@@ -323,6 +323,15 @@ fn read_tuple(sk: u64, entry: &mut ConnEntry) -> bool {
 }
 
 #[inline(always)]
+fn same_tuple(a: &ConnEntry, b: &ConnEntry) -> bool {
+    a.local_port == b.local_port
+        && a.remote_port == b.remote_port
+        && a.family == b.family
+        && a.local_addr == b.local_addr
+        && a.remote_addr == b.remote_addr
+}
+
+#[inline(always)]
 fn emit_open(c: &ConnEntry, via: Syscall, fd: i32, ts: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let task = unsafe { bpf_get_current_task() };
@@ -364,15 +373,18 @@ pub(crate) fn attach_fd(sk: u64, fd: i32, role: Role, via: Syscall, fresh: bool,
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ((tgid as u64) << 32) | fd as u32 as u64;
     let gen = current_gen(tgid);
-    let existing = if fresh { None } else { CONNS.get_ptr_mut(sk) };
+    let mut entry: ConnEntry = unsafe { core::mem::zeroed() };
+    if !read_tuple(sk, &mut entry) {
+        count_drop(DropReason::KernelReadFault, 1);
+        return None;
+    }
+    // CONNS entries outlive their socket (nothing reliably marks a socket's end), so an
+    // entry found under `sk` may belong to an earlier socket at the same address: only one
+    // with the same tuple is this connection (another descriptor or process sharing it).
+    let existing = if fresh { None } else { CONNS.get_ptr_mut(sk).filter(|c| same_tuple(unsafe { &**c }, &entry)) };
     let conn = match existing {
         Some(c) => c,
         None => {
-            let mut entry: ConnEntry = unsafe { core::mem::zeroed() };
-            if !read_tuple(sk, &mut entry) {
-                count_drop(DropReason::KernelReadFault, 1);
-                return None;
-            }
             if role == Role::Client && entry.local_port == 0 {
                 // connect() returned but the socket is already closed again (refused on
                 // loopback): sock_state reports the failure; there is no connection.
@@ -962,7 +974,10 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
     if port_filtered(sport, dport) {
         return 0;
     }
+    // An entry under `sk` is this attempt only if connect() returned first and created it;
+    // otherwise it is left over from an earlier socket at the same address (ports differ).
     let conn_id = match unsafe { CONNS.get(sk) } {
+        Some(c) if c.local_port != sport || c.remote_port != dport => 0,
         Some(c) if c.ignored != 0 => return 0,
         Some(c) => c.conn_id,
         None => 0,
