@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     procnet::{self, Listeners},
-    stream::{Chunk, Segment, Stream},
+    stream::{Chunk, GapReason, Segment, Stream},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,11 +355,17 @@ impl ConnTable {
 
     /// A process closed its descriptor: the connection leaves the table with its streams
     /// flushed. (If another process still holds the socket, its next traffic re-attaches.)
+    ///
+    /// The close record carries the kernel's byte totals: what never arrived before it is
+    /// lost (records refused by a full ring), except on a TLS socket, whose ciphertext is
+    /// not copied by design once its plaintext view exists.
     pub fn on_close(&mut self, ev: &CloseEvent, out: &mut [Vec<Segment>; 2]) -> Option<Connection> {
+        let tls = self.conns.contains_key(&(ev.conn_id | TLS_VIEW_BIT));
         let mut c = self.conns.remove(&ev.conn_id)?;
         self.stats.conns_closed += 1;
-        c.streams[0].flush(&mut out[0]);
-        c.streams[1].flush(&mut out[1]);
+        let tail = if tls { GapReason::NotCaptured } else { GapReason::Lost };
+        c.streams[Direction::Egress as usize].finish(ev.bytes_egress, tail, &mut out[0]);
+        c.streams[Direction::Ingress as usize].finish(ev.bytes_ingress, tail, &mut out[1]);
         Some(c)
     }
 

@@ -119,6 +119,16 @@ impl Stream {
         self.drain(out, true);
     }
 
+    /// As `flush`, for a stream the kernel says ended at offset `end`: bytes after the last
+    /// record that arrived (their records were refused by a full ring, say) are a gap too,
+    /// so every byte the socket moved is accounted as delivered, not captured or lost.
+    pub fn finish(&mut self, end: u64, tail: GapReason, out: &mut Vec<Segment>) {
+        self.drain(out, true);
+        if end > self.next {
+            self.deliver(Segment::Gap { offset: self.next, len: end - self.next, reason: tail }, out);
+        }
+    }
+
     fn insert(&mut self, out: &mut Vec<Segment>, seg: Segment) {
         let start = seg.offset();
         if start + seg.len() <= self.next {
@@ -228,6 +238,28 @@ mod tests {
         s.push(chunk(11, 4, 4, 0, b"ab"), &mut out);
         s.push(chunk(11, 4, 4, 2, b"cd"), &mut out);
         assert_eq!(bytes_of(&out), b"abcd");
+    }
+
+    #[test]
+    fn finish_accounts_for_records_that_never_came() {
+        let mut s = Stream::default();
+        let mut out = Vec::new();
+        s.push(chunk(0, 5, 5, 0, b"hello"), &mut out);
+        // 5..8 and 12..20 never arrived; 8..12 did.
+        s.push(chunk(8, 4, 4, 0, b"abcd"), &mut out);
+        s.finish(20, GapReason::Lost, &mut out);
+        assert_eq!((s.delivered_bytes, s.lost_bytes, s.not_captured_bytes), (9, 11, 0));
+        assert_eq!(out.last(), Some(&Segment::Gap { offset: 12, len: 8, reason: GapReason::Lost }));
+        // A TLS socket's ciphertext is not copied by design: the tail is "not captured".
+        let mut t = Stream::default();
+        t.finish(7, GapReason::NotCaptured, &mut out);
+        assert_eq!((t.lost_bytes, t.not_captured_bytes), (0, 7));
+        // Nothing after the last record: no gap.
+        let mut u = Stream::default();
+        u.push(chunk(0, 3, 3, 0, b"abc"), &mut out);
+        let n = out.len();
+        u.finish(3, GapReason::Lost, &mut out);
+        assert_eq!(out.len(), n);
     }
 
     #[test]

@@ -226,6 +226,7 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
         capture_cap: opts.capture_cap,
         filter_flags: flags,
         wakeup_bytes: ring_bytes / 8,
+        data_limit_bytes: ring_bytes - ring_bytes / 8,
         offsets,
     };
 

@@ -376,6 +376,10 @@ pub struct Config {
     pub filter_flags: u32,
     /// Wake the consumer only once this many bytes wait in the ring (it polls otherwise).
     pub wakeup_bytes: u32,
+    /// Data records are refused once this many bytes wait in the ring: the rest is kept for
+    /// open/close/connect records, so that an overloaded agent still learns where every
+    /// connection ends and can count what it missed on it.
+    pub data_limit_bytes: u32,
     pub offsets: KernelOffsets,
 }
 
@@ -391,7 +395,7 @@ const _: () = {
     assert!(core::mem::size_of::<DataHeader>() == 64);
     assert!(core::mem::size_of::<CloseEvent>() == 48);
     assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
-    assert!(core::mem::size_of::<Config>() == 16 + 30 * 4);
+    assert!(core::mem::size_of::<Config>() == 20 + 30 * 4);
     assert!(core::mem::size_of::<ConnectFailedEvent>() == 72);
     assert!(core::mem::size_of::<ExecEvent>() == 16);
 };

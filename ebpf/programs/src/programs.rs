@@ -144,14 +144,32 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 /// before the ring fills.
 #[inline(always)]
 pub(crate) fn ring_flags() -> u64 {
-    const BPF_RB_AVAIL_DATA: u64 = 0;
+    wakeup_flags(EVENTS.query(BPF_RB_AVAIL_DATA))
+}
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+fn wakeup_flags(waiting: u64) -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
-    if EVENTS.query(BPF_RB_AVAIL_DATA) > config().wakeup_bytes as u64 {
+    if waiting > config().wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// Flags for a data record of `len` bytes, or None (counted as `ringbuf_full`) when it
+/// would eat into the room kept for control records (`Config::data_limit_bytes`).
+#[inline(always)]
+pub(crate) fn data_ring_flags(len: usize) -> Option<u64> {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if waiting + len as u64 > config().data_limit_bytes as u64 {
+        count_drop(DropReason::RingbufFull, 1);
+        return None;
+    }
+    Some(wakeup_flags(waiting))
 }
 
 #[inline(always)]
@@ -498,8 +516,10 @@ fn send_chunk(scratch: *mut DataEvent, src: u64, n: u32, chunk_offset: u32) -> b
         (*scratch).header.chunk_len = n;
         let len = size_of::<DataHeader>() + n as usize;
         let bytes = core::slice::from_raw_parts(scratch as *const u8, len);
-        if EVENTS.output::<[u8]>(bytes, ring_flags()).is_err() {
-            count_drop(DropReason::RingbufFull, 1);
+        if let Some(flags) = data_ring_flags(len) {
+            if EVENTS.output::<[u8]>(bytes, flags).is_err() {
+                count_drop(DropReason::RingbufFull, 1);
+            }
         }
     }
     true
@@ -697,8 +717,10 @@ pub(crate) fn prepare_emit(conn: *mut ConnEntry, call: &CallInfo, no_copy: bool)
     if captured == 0 {
         // Nothing to copy (sendfile): still tell userspace how many bytes went by.
         let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, size_of::<DataHeader>()) };
-        if EVENTS.output::<[u8]>(bytes, ring_flags()).is_err() {
-            count_drop(DropReason::RingbufFull, 1);
+        if let Some(flags) = data_ring_flags(bytes.len()) {
+            if EVENTS.output::<[u8]>(bytes, flags).is_err() {
+                count_drop(DropReason::RingbufFull, 1);
+            }
         }
         return false;
     }

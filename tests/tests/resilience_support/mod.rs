@@ -14,6 +14,9 @@ use hoptrace_e2e::*;
 pub struct KeepAlive {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Bytes written to and read from the connection so far.
+    pub bytes_written: u64,
+    pub bytes_read: u64,
 }
 
 impl KeepAlive {
@@ -25,6 +28,8 @@ impl KeepAlive {
         KeepAlive {
             stream,
             buf: Vec::new(),
+            bytes_written: 0,
+            bytes_read: 0,
         }
     }
 
@@ -48,6 +53,7 @@ impl KeepAlive {
         self.stream
             .write_all(bytes)
             .unwrap_or_else(|e| panic!("write to the server: {e}"));
+        self.bytes_written += bytes.len() as u64;
     }
 
     /// Reads one Content-Length-framed response; returns its status.
@@ -88,6 +94,7 @@ impl KeepAlive {
             String::from_utf8_lossy(&self.buf)
         );
         self.buf.extend_from_slice(&chunk[..n]);
+        self.bytes_read += n as u64;
     }
 }
 
