@@ -166,8 +166,10 @@ fn outcome_status(x: &HttpExchange, error_from: u16) -> Status {
     }
 }
 
+/// A span with no events or links yet, its end never before its start: the one way
+/// HTTP and messaging spans are put together.
 #[allow(clippy::too_many_arguments)]
-fn span(
+pub(super) fn span(
     kind: SpanKind,
     name: String,
     resource: Arc<Resource>,

@@ -293,24 +293,8 @@ impl TracePipeline {
         };
         let resource = self.resource_for(view.pid, &view.comm);
         let start = self.clock.to_unix_ns(op.timing.first_enter_ns);
-        let end = self.clock.to_unix_ns(op.timing.last_exit_ns).max(start);
-        SpanRecord {
-            resource,
-            trace_id: ids.trace_id,
-            span_id: ids.span_id,
-            parent_span_id: ids.parent,
-            trace_state: ids.trace_state,
-            flags: ids.flags,
-            origin: ids.origin,
-            name,
-            kind,
-            start_unix_ns: start,
-            end_unix_ns: end,
-            attributes: attrs,
-            events: Vec::new(),
-            links: Vec::new(),
-            status,
-        }
+        let end = self.clock.to_unix_ns(op.timing.last_exit_ns);
+        http::span(kind, name, resource, ids, start, end, attrs, status)
     }
 }
 
