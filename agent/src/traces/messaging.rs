@@ -278,12 +278,7 @@ impl TracePipeline {
         if partitions.len() == 1 {
             attrs.push(KeyValue::str("messaging.destination.partition.id", partitions.first().copied().unwrap_or(0).to_string()));
         }
-        let broker = view.remote;
-        attrs.push(KeyValue::str("server.address", broker.ip().to_string()));
-        attrs.push(KeyValue::int("server.port", broker.port() as i64));
-        attrs.push(KeyValue::str("network.peer.address", broker.ip().to_string()));
-        attrs.push(KeyValue::int("network.peer.port", broker.port() as i64));
-        attrs.push(KeyValue::str("network.transport", "tcp"));
+        attrs.extend(http::remote_server_attributes(view.remote));
         let status = match &op.error {
             Some(e) => {
                 attrs.push(KeyValue::str("error.type", e.clone()));
