@@ -21,7 +21,7 @@ use crate::{
     gaps::GapKind,
     protocols::{MqKind, MqMessage, MqOperation},
     redact::Redactor,
-    spans::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode, TraceOrigin},
+    spans::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode},
 };
 
 use super::{http, mark_gap, Call, ConnView, Ctx, SpanSink, TracePipeline};
@@ -159,13 +159,7 @@ impl TracePipeline {
         let own = op.messages.first().and_then(|m| message_context(m).ok().flatten());
         let ctx = match (parent, own) {
             (Some(p), _) => p,
-            (None, Some((tp, state))) => Ctx {
-                trace_id: tp.trace_id,
-                parent: tp.parent_id,
-                flags: tp.flags,
-                trace_state: state,
-                origin: TraceOrigin::Remote,
-            },
+            (None, Some((tp, state))) => Ctx::remote(&tp, state),
             (None, None) => self.new_trace(),
         };
         let span_id = self.ids.span_id();
@@ -186,13 +180,7 @@ impl TracePipeline {
             op.messages.iter().map(message_context).collect();
         let single = op.messages.len() == 1;
         let ctx = match contexts.first() {
-            Some(Ok(Some((tp, state)))) if single => Ctx {
-                trace_id: tp.trace_id,
-                parent: tp.parent_id,
-                flags: tp.flags,
-                trace_state: state.clone(),
-                origin: TraceOrigin::Remote,
-            },
+            Some(Ok(Some((tp, state)))) if single => Ctx::remote(tp, state.clone()),
             _ => self.new_trace(),
         };
         let span_id = self.ids.span_id();

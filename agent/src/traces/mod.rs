@@ -299,6 +299,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Continues the trace a `traceparent` received from another process names.
+    fn remote(tp: &TraceParent, trace_state: String) -> Ctx {
+        Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state, origin: TraceOrigin::Remote }
+    }
+
     /// The identity of a new span `span_id` in this context.
     fn ids(self, span_id: SpanId) -> http::Ids {
         http::Ids {
@@ -824,7 +829,7 @@ impl TracePipeline {
         }
 
         let ctx = match &inbound {
-            Some(tp) => Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state, origin: TraceOrigin::Remote },
+            Some(tp) => Ctx::remote(tp, trace_state),
             None => self.new_trace(),
         };
         let span_id = self.ids.span_id();
@@ -968,21 +973,9 @@ impl TracePipeline {
         // it differs from the enclosing span's.
         let outbound = outbound_context(&x);
         let ctx = match (parent, outbound) {
-            (Some(p), Some(o)) if o.trace_id != p.trace_id => Ctx {
-                trace_id: o.trace_id,
-                parent: o.parent_id,
-                flags: o.flags,
-                trace_state: String::new(),
-                origin: TraceOrigin::Remote,
-            },
+            (Some(p), Some(o)) if o.trace_id != p.trace_id => Ctx::remote(&o, String::new()),
             (Some(p), _) => p,
-            (None, Some(o)) => Ctx {
-                trace_id: o.trace_id,
-                parent: o.parent_id,
-                flags: o.flags,
-                trace_state: String::new(),
-                origin: TraceOrigin::Remote,
-            },
+            (None, Some(o)) => Ctx::remote(&o, String::new()),
             (None, None) => self.new_trace(),
         };
         let span_id = self.ids.span_id();
