@@ -24,7 +24,7 @@ use crate::{
     spans::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode},
 };
 
-use super::{http, mark_gap, Call, ConnView, Ctx, SpanSink, TracePipeline};
+use super::{http, mark_gap, mark_parent_link, Call, ConnView, Ctx, SpanSink, TracePipeline};
 
 /// Most links put on one batch span (the rest are counted in `hoptrace.links.dropped`).
 const MAX_LINKS: usize = 128;
@@ -164,12 +164,7 @@ impl TracePipeline {
         };
         let span_id = self.ids.span_id();
         let mut span = self.mq_span(&op, view, SpanKind::Producer, ctx.ids(span_id));
-        if let Some(why) = unresolved {
-            span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
-        }
-        if let Some(kind) = gap {
-            mark_gap(&mut span, kind);
-        }
+        mark_parent_link(&mut span, unresolved, gap);
         self.stats.spans_producer += 1;
         self.submit(span, sink);
     }

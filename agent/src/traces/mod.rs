@@ -983,12 +983,7 @@ impl TracePipeline {
         let service = resource_service(&resource);
         let route = self.route(&service, &x.request.target);
         let mut span = http::client_span(&self.cfg, &self.clock, &x, &route, &view_addrs(view), resource, ctx.ids(span_id));
-        if let Some(why) = unresolved {
-            span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
-        }
-        if let Some(kind) = gap {
-            mark_gap(&mut span, kind);
-        }
+        mark_parent_link(&mut span, unresolved, gap);
         self.stats.spans_client += 1;
         self.submit(span, sink);
     }
@@ -1021,6 +1016,18 @@ fn resource_service(r: &crate::spans::Resource) -> String {
             _ => None,
         })
         .unwrap_or_default()
+}
+
+/// What is known about an outgoing span's (HTTP call, publish) link to the span that
+/// encloses it, each when there is one: why it has none (`hoptrace.parent.unresolved`),
+/// and the propagation gap it is part of.
+fn mark_parent_link(span: &mut SpanRecord, unresolved: Option<&'static str>, gap: Option<GapKind>) {
+    if let Some(why) = unresolved {
+        span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
+    }
+    if let Some(kind) = gap {
+        mark_gap(span, kind);
+    }
 }
 
 /// Names the gap on the span itself: an attribute and an event.
