@@ -51,6 +51,25 @@ fn traffic(port: u16, n: usize) {
     }
 }
 
+/// The set-up of the refusal tests: a receiver that answers every export request with
+/// HTTP `status`, the chain_service fixture, and an agent tracing it that exports to the
+/// receiver over HTTP with `extra_env`, its `/metrics` on the returned port. Bound in
+/// the returned order they are dropped as before: agent, fixture, receiver.
+fn refusing_http_collector(
+    status: &str,
+    extra_env: &[(&'static str, &str)],
+) -> (OtlpReceiver, PyServer, u16, RunAgent) {
+    let receiver = OtlpReceiver::start_with(0, 0, &["--fail-count", "-1", "--fail-http", status]);
+    let service = PyServer::start("chain_service.py", &["0"]);
+    let listen = free_port();
+    let agent = RunAgent::start(
+        &[service.port()],
+        &[&listen_args(listen)[0], &listen_args(listen)[1]],
+        http_env(receiver.http_endpoint(), extra_env),
+    );
+    (receiver, service, listen, agent)
+}
+
 /// The collector is unreachable (port closed) for 60 s while a client sends a known
 /// number of requests; then it comes up on that port. The queue (capacity 40) holds the
 /// newest 40 spans through the outage and they are all delivered; every other span is
@@ -310,16 +329,9 @@ fn http_503_retry_after_is_honoured_then_delivered() {
 #[test]
 fn http_400_dropped_at_once_counted_not_retried() {
     require_root();
-    let receiver = OtlpReceiver::start_with(0, 0, &["--fail-count", "-1", "--fail-http", "400"]);
-    let service = PyServer::start("chain_service.py", &["0"]);
-    let listen = free_port();
-    let agent = RunAgent::start(
-        &[service.port()],
-        &[&listen_args(listen)[0], &listen_args(listen)[1]],
-        http_env(
-            receiver.http_endpoint(),
-            &[("HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS", "100")],
-        ),
+    let (receiver, service, listen, agent) = refusing_http_collector(
+        "400",
+        &[("HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS", "100")],
     );
     traffic(service.port(), 4);
     wait_metrics(listen, DELIVERY, "8 non-retryable drops", |m| {
@@ -359,20 +371,13 @@ fn http_400_dropped_at_once_counted_not_retried() {
 #[test]
 fn http_429_forever_retried_until_budget_then_counted() {
     require_root();
-    let receiver = OtlpReceiver::start_with(0, 0, &["--fail-count", "-1", "--fail-http", "429"]);
-    let service = PyServer::start("chain_service.py", &["0"]);
-    let listen = free_port();
-    let agent = RunAgent::start(
-        &[service.port()],
-        &[&listen_args(listen)[0], &listen_args(listen)[1]],
-        http_env(
-            receiver.http_endpoint(),
-            &[
-                ("HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS", "200"),
-                ("HOPTRACE_EXPORTER_RETRY_MAX_BACKOFF_MS", "800"),
-                ("HOPTRACE_EXPORTER_RETRY_MAX_ELAPSED_MS", "3000"),
-            ],
-        ),
+    let (receiver, service, listen, agent) = refusing_http_collector(
+        "429",
+        &[
+            ("HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS", "200"),
+            ("HOPTRACE_EXPORTER_RETRY_MAX_BACKOFF_MS", "800"),
+            ("HOPTRACE_EXPORTER_RETRY_MAX_ELAPSED_MS", "3000"),
+        ],
     );
     traffic(service.port(), 3);
     wait_metrics(

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use hoptrace_common::{Direction, Role};
 
 use super::{
-    mq_common::{timing, ReceiveBatch, Syscall},
+    mq_common::{timing, ClientConnection, ReceiveBatch, SegmentReader, Syscall},
     L7Event, MqKind, MqMessage, MqOperation, Protocol,
 };
 use crate::stream::Segment;
@@ -81,23 +81,11 @@ struct Reader {
     batch: ReceiveBatch,
 }
 
-pub struct Amqp {
-    /// This end is the client (the broker's end produces nothing).
-    client: bool,
-    egress: Reader,
-    ingress: Reader,
-    /// The connection is gone: late bytes (a reused parser, a racing record) are ignored.
-    closed: bool,
-}
+pub struct Amqp(ClientConnection<Reader>);
 
 impl Amqp {
     fn new(client: bool) -> Self {
-        Self {
-            client,
-            egress: Reader { expect_protocol_header: true, ..Reader::default() },
-            ingress: Reader::default(),
-            closed: false,
-        }
+        Self(ClientConnection::new(client, Reader { expect_protocol_header: true, ..Reader::default() }, Reader::default()))
     }
 }
 
@@ -107,23 +95,11 @@ impl Protocol for Amqp {
     }
 
     fn feed(&mut self, direction: Direction, segments: &[Segment], out: &mut Vec<L7Event>) {
-        if !self.client || self.closed {
-            return;
-        }
-        let r = match direction {
-            Direction::Egress => &mut self.egress,
-            Direction::Ingress => &mut self.ingress,
-        };
-        for seg in segments {
-            r.segment(seg, out);
-        }
+        self.0.feed(direction, segments, out);
     }
 
     fn close(&mut self, out: &mut Vec<L7Event>) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
-        for r in [&mut self.egress, &mut self.ingress] {
+        for r in self.0.close().into_iter().flatten() {
             if !r.pending.is_empty() {
                 out.push(L7Event::ParseError { protocol: NAME, reason: "method_without_content_at_close" });
                 r.pending.clear();
@@ -136,7 +112,7 @@ fn err(reason: &'static str) -> L7Event {
     L7Event::ParseError { protocol: NAME, reason }
 }
 
-impl Reader {
+impl SegmentReader for Reader {
     fn segment(&mut self, seg: &Segment, out: &mut Vec<L7Event>) {
         if self.dead {
             return;
@@ -224,7 +200,9 @@ impl Reader {
         }
         self.batch.flush(SYSTEM, now, out);
     }
+}
 
+impl Reader {
     fn give_up(&mut self, out: &mut Vec<L7Event>, reason: &'static str) {
         out.push(err(reason));
         self.dead = true;

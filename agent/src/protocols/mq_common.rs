@@ -2,7 +2,10 @@
 //! per-direction byte reader that keeps only what is being parsed (bounded) and skips
 //! payloads without storing them.
 
-use super::{MqKind, MqMessage, MqOperation, Timing};
+use hoptrace_common::Direction;
+
+use super::{L7Event, MqKind, MqMessage, MqOperation, Timing};
+use crate::stream::Segment;
 
 /// The syscall that carried a byte (for span timing and thread linking).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,6 +58,52 @@ impl ReceiveBatch {
             messages: std::mem::take(&mut self.messages),
             error: None,
         }));
+    }
+}
+
+/// What parses one direction of a broker connection, a segment at a time.
+pub(crate) trait SegmentReader {
+    fn segment(&mut self, seg: &Segment, out: &mut Vec<L7Event>);
+}
+
+/// The two directions of a broker connection, as the AMQP and NATS parsers both route
+/// them: only the client's end is parsed (the broker is not a messaging service of its
+/// own), and once the connection is closed late bytes (a reused parser, a racing record)
+/// are ignored.
+pub(crate) struct ClientConnection<R> {
+    /// This end is the client (the broker's end produces nothing).
+    client: bool,
+    egress: R,
+    ingress: R,
+    closed: bool,
+}
+
+impl<R: SegmentReader> ClientConnection<R> {
+    pub fn new(client: bool, egress: R, ingress: R) -> Self {
+        Self { client, egress, ingress, closed: false }
+    }
+
+    /// Hands `segments` to the reader of `direction`.
+    pub fn feed(&mut self, direction: Direction, segments: &[Segment], out: &mut Vec<L7Event>) {
+        if !self.client || self.closed {
+            return;
+        }
+        let r = match direction {
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
+        };
+        for seg in segments {
+            r.segment(seg, out);
+        }
+    }
+
+    /// Marks the connection closed. The first time, returns both readers (egress, then
+    /// ingress) so the parser can report what was left unfinished; after that, nothing.
+    pub fn close(&mut self) -> Option<[&mut R; 2]> {
+        if std::mem::replace(&mut self.closed, true) {
+            return None;
+        }
+        Some([&mut self.egress, &mut self.ingress])
     }
 }
 

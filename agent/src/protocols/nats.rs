@@ -18,7 +18,7 @@
 use hoptrace_common::{Direction, Role};
 
 use super::{
-    mq_common::{timing, ReceiveBatch, Syscall},
+    mq_common::{timing, ClientConnection, ReceiveBatch, SegmentReader, Syscall},
     L7Event, MqKind, MqMessage, MqOperation, Protocol,
 };
 use crate::stream::Segment;
@@ -66,17 +66,11 @@ struct Reader {
     batch: ReceiveBatch,
 }
 
-pub struct Nats {
-    client: bool,
-    egress: Reader,
-    ingress: Reader,
-    /// The connection is gone: late bytes (a reused parser, a racing record) are ignored.
-    closed: bool,
-}
+pub struct Nats(ClientConnection<Reader>);
 
 impl Nats {
     fn new(client: bool) -> Self {
-        Self { client, egress: Reader::default(), ingress: Reader::default(), closed: false }
+        Self(ClientConnection::new(client, Reader::default(), Reader::default()))
     }
 }
 
@@ -86,20 +80,11 @@ impl Protocol for Nats {
     }
 
     fn feed(&mut self, direction: Direction, segments: &[Segment], out: &mut Vec<L7Event>) {
-        if !self.client || self.closed {
-            return;
-        }
-        let r = match direction {
-            Direction::Egress => &mut self.egress,
-            Direction::Ingress => &mut self.ingress,
-        };
-        for seg in segments {
-            r.segment(seg, out);
-        }
+        self.0.feed(direction, segments, out);
     }
 
     fn close(&mut self, _out: &mut Vec<L7Event>) {
-        self.closed = true;
+        self.0.close();
     }
 }
 
@@ -107,7 +92,7 @@ fn err(reason: &'static str) -> L7Event {
     L7Event::ParseError { protocol: NAME, reason }
 }
 
-impl Reader {
+impl SegmentReader for Reader {
     fn segment(&mut self, seg: &Segment, out: &mut Vec<L7Event>) {
         if self.dead {
             return;
@@ -172,7 +157,9 @@ impl Reader {
         }
         self.batch.flush(SYSTEM, now, out);
     }
+}
 
+impl Reader {
     fn message(&mut self, kind: MqKind, name: &'static str, start: Syscall, now: Syscall, msg: MqMessage, out: &mut Vec<L7Event>) {
         match kind {
             MqKind::Publish => out.push(L7Event::Messaging(MqOperation {

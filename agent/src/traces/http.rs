@@ -166,8 +166,10 @@ fn outcome_status(x: &HttpExchange, error_from: u16) -> Status {
     }
 }
 
+/// A span with no events or links yet, its end never before its start: the one way
+/// HTTP and messaging spans are put together.
 #[allow(clippy::too_many_arguments)]
-fn span(
+pub(super) fn span(
     kind: SpanKind,
     name: String,
     resource: Arc<Resource>,
@@ -266,16 +268,22 @@ pub fn client_span(
     finish(cfg, clock, x, SpanKind::Client, name, resource, ids, start, attrs, 400)
 }
 
+/// The server of a client span known only by its address (a failed connect, a message
+/// broker): it is both the server and the network peer, over TCP.
+pub(super) fn remote_server_attributes(remote: SocketAddr) -> [KeyValue; 5] {
+    [
+        KeyValue::str("server.address", remote.ip().to_string()),
+        KeyValue::int("server.port", remote.port() as i64),
+        KeyValue::str("network.peer.address", remote.ip().to_string()),
+        KeyValue::int("network.peer.port", remote.port() as i64),
+        KeyValue::str("network.transport", "tcp"),
+    ]
+}
+
 /// A connection attempt that failed: an error CLIENT span named after what was tried.
 pub fn connect_failed_span(addrs: &Addrs, resource: Arc<Resource>, ids: Ids, time: u64, error: &'static str) -> SpanRecord {
-    let attrs = vec![
-        KeyValue::str("server.address", addrs.remote.ip().to_string()),
-        KeyValue::int("server.port", addrs.remote.port() as i64),
-        KeyValue::str("network.peer.address", addrs.remote.ip().to_string()),
-        KeyValue::int("network.peer.port", addrs.remote.port() as i64),
-        KeyValue::str("network.transport", "tcp"),
-        KeyValue::str("error.type", error),
-    ];
+    let mut attrs = Vec::from(remote_server_attributes(addrs.remote));
+    attrs.push(KeyValue::str("error.type", error));
     let status = Status { code: StatusCode::Error, message: format!("connect failed: {error}") };
     span(SpanKind::Client, "connect".into(), resource, ids, time, time, attrs, status)
 }

@@ -21,10 +21,10 @@ use crate::{
     gaps::GapKind,
     protocols::{MqKind, MqMessage, MqOperation},
     redact::Redactor,
-    spans::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode, TraceOrigin},
+    spans::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode},
 };
 
-use super::{http, mark_gap, Call, ConnView, Ctx, SpanSink, TracePipeline};
+use super::{http, mark_gap, mark_parent_link, Call, ConnView, Ctx, SpanSink, TracePipeline};
 
 /// Most links put on one batch span (the rest are counted in `hoptrace.links.dropped`).
 const MAX_LINKS: usize = 128;
@@ -159,23 +159,12 @@ impl TracePipeline {
         let own = op.messages.first().and_then(|m| message_context(m).ok().flatten());
         let ctx = match (parent, own) {
             (Some(p), _) => p,
-            (None, Some((tp, state))) => Ctx {
-                trace_id: tp.trace_id,
-                parent: tp.parent_id,
-                flags: tp.flags,
-                trace_state: state,
-                origin: TraceOrigin::Remote,
-            },
+            (None, Some((tp, state))) => Ctx::remote(&tp, state),
             (None, None) => self.new_trace(),
         };
         let span_id = self.ids.span_id();
         let mut span = self.mq_span(&op, view, SpanKind::Producer, ctx.ids(span_id));
-        if let Some(why) = unresolved {
-            span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
-        }
-        if let Some(kind) = gap {
-            mark_gap(&mut span, kind);
-        }
+        mark_parent_link(&mut span, unresolved, gap);
         self.stats.spans_producer += 1;
         self.submit(span, sink);
     }
@@ -186,13 +175,7 @@ impl TracePipeline {
             op.messages.iter().map(message_context).collect();
         let single = op.messages.len() == 1;
         let ctx = match contexts.first() {
-            Some(Ok(Some((tp, state)))) if single => Ctx {
-                trace_id: tp.trace_id,
-                parent: tp.parent_id,
-                flags: tp.flags,
-                trace_state: state.clone(),
-                origin: TraceOrigin::Remote,
-            },
+            Some(Ok(Some((tp, state)))) if single => Ctx::remote(tp, state.clone()),
             _ => self.new_trace(),
         };
         let span_id = self.ids.span_id();
@@ -278,12 +261,7 @@ impl TracePipeline {
         if partitions.len() == 1 {
             attrs.push(KeyValue::str("messaging.destination.partition.id", partitions.first().copied().unwrap_or(0).to_string()));
         }
-        let broker = view.remote;
-        attrs.push(KeyValue::str("server.address", broker.ip().to_string()));
-        attrs.push(KeyValue::int("server.port", broker.port() as i64));
-        attrs.push(KeyValue::str("network.peer.address", broker.ip().to_string()));
-        attrs.push(KeyValue::int("network.peer.port", broker.port() as i64));
-        attrs.push(KeyValue::str("network.transport", "tcp"));
+        attrs.extend(http::remote_server_attributes(view.remote));
         let status = match &op.error {
             Some(e) => {
                 attrs.push(KeyValue::str("error.type", e.clone()));
@@ -293,24 +271,8 @@ impl TracePipeline {
         };
         let resource = self.resource_for(view.pid, &view.comm);
         let start = self.clock.to_unix_ns(op.timing.first_enter_ns);
-        let end = self.clock.to_unix_ns(op.timing.last_exit_ns).max(start);
-        SpanRecord {
-            resource,
-            trace_id: ids.trace_id,
-            span_id: ids.span_id,
-            parent_span_id: ids.parent,
-            trace_state: ids.trace_state,
-            flags: ids.flags,
-            origin: ids.origin,
-            name,
-            kind,
-            start_unix_ns: start,
-            end_unix_ns: end,
-            attributes: attrs,
-            events: Vec::new(),
-            links: Vec::new(),
-            status,
-        }
+        let end = self.clock.to_unix_ns(op.timing.last_exit_ns);
+        http::span(kind, name, resource, ids, start, end, attrs, status)
     }
 }
 

@@ -299,6 +299,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Continues the trace a `traceparent` received from another process names.
+    fn remote(tp: &TraceParent, trace_state: String) -> Ctx {
+        Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state, origin: TraceOrigin::Remote }
+    }
+
     /// The identity of a new span `span_id` in this context.
     fn ids(self, span_id: SpanId) -> http::Ids {
         http::Ids {
@@ -824,7 +829,7 @@ impl TracePipeline {
         }
 
         let ctx = match &inbound {
-            Some(tp) => Ctx { trace_id: tp.trace_id, parent: tp.parent_id, flags: tp.flags, trace_state, origin: TraceOrigin::Remote },
+            Some(tp) => Ctx::remote(tp, trace_state),
             None => self.new_trace(),
         };
         let span_id = self.ids.span_id();
@@ -968,21 +973,9 @@ impl TracePipeline {
         // it differs from the enclosing span's.
         let outbound = outbound_context(&x);
         let ctx = match (parent, outbound) {
-            (Some(p), Some(o)) if o.trace_id != p.trace_id => Ctx {
-                trace_id: o.trace_id,
-                parent: o.parent_id,
-                flags: o.flags,
-                trace_state: String::new(),
-                origin: TraceOrigin::Remote,
-            },
+            (Some(p), Some(o)) if o.trace_id != p.trace_id => Ctx::remote(&o, String::new()),
             (Some(p), _) => p,
-            (None, Some(o)) => Ctx {
-                trace_id: o.trace_id,
-                parent: o.parent_id,
-                flags: o.flags,
-                trace_state: String::new(),
-                origin: TraceOrigin::Remote,
-            },
+            (None, Some(o)) => Ctx::remote(&o, String::new()),
             (None, None) => self.new_trace(),
         };
         let span_id = self.ids.span_id();
@@ -990,12 +983,7 @@ impl TracePipeline {
         let service = resource_service(&resource);
         let route = self.route(&service, &x.request.target);
         let mut span = http::client_span(&self.cfg, &self.clock, &x, &route, &view_addrs(view), resource, ctx.ids(span_id));
-        if let Some(why) = unresolved {
-            span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
-        }
-        if let Some(kind) = gap {
-            mark_gap(&mut span, kind);
-        }
+        mark_parent_link(&mut span, unresolved, gap);
         self.stats.spans_client += 1;
         self.submit(span, sink);
     }
@@ -1028,6 +1016,18 @@ fn resource_service(r: &crate::spans::Resource) -> String {
             _ => None,
         })
         .unwrap_or_default()
+}
+
+/// What is known about an outgoing span's (HTTP call, publish) link to the span that
+/// encloses it, each when there is one: why it has none (`hoptrace.parent.unresolved`),
+/// and the propagation gap it is part of.
+fn mark_parent_link(span: &mut SpanRecord, unresolved: Option<&'static str>, gap: Option<GapKind>) {
+    if let Some(why) = unresolved {
+        span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
+    }
+    if let Some(kind) = gap {
+        mark_gap(span, kind);
+    }
 }
 
 /// Names the gap on the span itself: an attribute and an event.
