@@ -3,7 +3,7 @@
 //! - `parse/*`: the HTTP/1 parser and the W3C traceparent parser alone.
 //! - `pipeline/*`: ring-buffer records (the exact bytes the kernel programs write) →
 //!   decode → connection table/stream → HTTP parser → span (ids, resource, redaction) →
-//!   OTLP protobuf bytes, for a server connection (nginx-like) and a client connection
+//!   OTLP protobuf bytes (the HTTP exporter's encoder), for a server connection (nginx-like) and a client connection
 //!   (wrk-like): two spans per request, as `cargo xtask bench` produces. Reported per
 //!   request (criterion "elements").
 //!
@@ -15,14 +15,13 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use hoptrace::{
     conntrack::{ConnTable, Limits},
     events::{decode, Event},
-    export::otlp,
+    export::encode::encode_request,
     protocols::{http1::Http1, L7Event, Protocol},
     spans::SpanRecord,
     stream::Segment,
     traces::{resource::ResourceResolver, TraceConfig, TracePipeline},
 };
 use hoptrace_common::{DataHeader, Direction, EventKind, OpenEvent, Role, Syscall};
-use prost::Message;
 
 const REQUEST: &[u8] = b"GET /api/users/12345/orders?email=ana@example.com&page=2 HTTP/1.1\r\n\
 Host: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\
@@ -146,7 +145,7 @@ fn pipeline(c: &mut Criterion) {
                 for r in &recs {
                     h.record(r, &mut spans);
                 }
-                let bytes = otlp::to_request(&spans).encode_to_vec();
+                let bytes = encode_request(&spans);
                 black_box(bytes.len())
             },
             BatchSize::LargeInput,

@@ -277,6 +277,11 @@ pub struct TracePipeline {
     redactor: Redactor,
     /// Distinct routes seen per service (bounded by `max_routes_per_service`).
     routes: HashMap<String, std::collections::HashSet<String>>,
+    /// Request path (query and fragment cut off) → its template. Templating runs every
+    /// PII detector over every segment; services repeat their paths, so the answer is
+    /// remembered. Bounded: emptied when full. Raw paths stay in this process's memory
+    /// only, like the request bytes they come from.
+    route_cache: HashMap<Box<[u8]>, String>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
     client_peers: HashMap<(std::net::SocketAddr, std::net::SocketAddr), (u32, String)>,
     /// Server sockets on this node by (local, remote): who answered a client call. Kept
@@ -344,6 +349,7 @@ impl TracePipeline {
             sampler,
             redactor,
             routes: HashMap::new(),
+            route_cache: HashMap::new(),
             client_peers: HashMap::new(),
             server_peers: HashMap::new(),
             gaps: Arc::new(std::sync::Mutex::new(GapTable::default())),
@@ -450,9 +456,24 @@ impl TracePipeline {
     /// `max_routes_per_service` distinct routes, new ones share one overflow bucket (so a
     /// scan of a million distinct paths cannot blow up memory, spans or metric labels).
     fn route(&mut self, service: &str, target: &[u8]) -> String {
-        let route = http::route_template(target, &self.redactor);
+        const ROUTE_CACHE_MAX: usize = 4096;
+        let path = target.split(|&b| b == b'?' || b == b'#').next().unwrap_or_default();
+        let route = match self.route_cache.get(path) {
+            Some(r) => r.clone(),
+            None => {
+                let r = http::route_template(path, &self.redactor);
+                if self.route_cache.len() >= ROUTE_CACHE_MAX {
+                    self.route_cache.clear();
+                }
+                self.route_cache.insert(path.into(), r.clone());
+                r
+            }
+        };
         let max = self.cfg.max_routes_per_service;
-        let known = self.routes.entry(service.to_string()).or_default();
+        if !self.routes.contains_key(service) {
+            self.routes.insert(service.to_string(), Default::default());
+        }
+        let known = self.routes.get_mut(service).expect("inserted above");
         if known.contains(&route) {
             return route;
         }
