@@ -19,6 +19,10 @@
 //! - memory: RSS sampled every 250 ms under load (median = steady) and `VmHWM` (peak,
 //!   start-up included).
 //!
+//! - overload: one more agent round with the agent CPU-starved through its cgroup (cgroup
+//!   v2 `cpu.max`, or v1 `cpu.cfs_quota_us`): throughput against the baseline, ring-buffer
+//!   drops and bytes lost as the agent counted them once it could run again.
+//!
 //! CPU placement on a 2-core machine: nginx's worker is pinned to CPU 0 and wrk (one
 //! thread) to CPU 1, so the two sides of the benchmark never share a core with each other;
 //! the agent is left unpinned (as a node agent would be) and competes with both, which is
@@ -73,6 +77,11 @@ pub struct BenchArgs {
     /// Label stored in the JSON (e.g. the commit or the change being measured).
     #[arg(long, default_value = "")]
     label: String,
+    /// After the rounds, one overload round: the agent CPU-starved through its cgroup
+    /// (this percentage of one CPU) while wrk runs; it must drop and count, never slow
+    /// nginx. 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    starved_cpu_percent: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -489,6 +498,7 @@ struct AgentRound {
     /// OTLP bytes the sink received per request (0 with the JSON sink).
     sink_bytes_per_req: f64,
     sink_requests: f64,
+    bytes_lost_per_req: f64,
     load: f64,
 }
 
@@ -499,7 +509,47 @@ fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn agent_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path) -> Result<AgentRound> {
+/// A CPU cgroup that limits a process to `percent` of one CPU; the process goes back to
+/// the root cgroup (and the cgroup away) when this is dropped.
+struct Starved {
+    dir: PathBuf,
+    root: PathBuf,
+    pid: u32,
+}
+
+impl Starved {
+    fn new(pid: u32, percent: u32) -> Result<Self> {
+        const PERIOD_US: u32 = 100_000;
+        let quota = (PERIOD_US * percent / 100).max(1000);
+        let (root, limits): (PathBuf, Vec<(&str, String)>) = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let root = PathBuf::from("/sys/fs/cgroup");
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
+            (root, vec![("cpu.max", format!("{quota} {PERIOD_US}"))])
+        } else {
+            (
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                vec![("cpu.cfs_period_us", PERIOD_US.to_string()), ("cpu.cfs_quota_us", quota.to_string())],
+            )
+        };
+        let dir = root.join(format!("hoptrace-bench-starved-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+        let starved = Self { dir, root, pid };
+        for (file, value) in limits {
+            std::fs::write(starved.dir.join(file), &value).with_context(|| format!("writing {value} to {file}"))?;
+        }
+        std::fs::write(starved.dir.join("cgroup.procs"), pid.to_string()).context("moving the agent into the cgroup")?;
+        Ok(starved)
+    }
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn agent_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path, starve: Option<u32>) -> Result<AgentRound> {
     let sink = match args.sink {
         Sink::Otlp => Some(OtlpSink::start()?),
         Sink::Json => None,
@@ -507,6 +557,7 @@ fn agent_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path) -> Resul
     let agent = Agent::start(bin, nginx.port, sink.as_ref(), log)?;
     let pid = agent.pid();
     thread::sleep(Duration::from_millis(500));
+    let starved = starve.map(|percent| Starved::new(pid, percent)).transpose()?;
     let bpf0 = bpf_stats(pid);
     let cpu0 = cpu_ns(pid);
     let m0 = agent.metrics();
@@ -530,6 +581,8 @@ fn agent_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path) -> Resul
     sampling.store(false, Ordering::Relaxed);
     let rss = sampler.join().unwrap_or_default();
     let wrk = wrk?;
+    // Starved: let it run freely again, so it can count what it missed.
+    drop(starved);
     // Drain tail: the agent finishes the backlog and the exporter's 1 s batch timer fires.
     thread::sleep(Duration::from_millis(2000));
     let cpu1 = cpu_ns(pid);
@@ -566,6 +619,7 @@ fn agent_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path) -> Resul
         drops,
         sink_bytes_per_req: sink.as_ref().map_or(0.0, |s| s.bytes.load(Ordering::Relaxed) as f64 / reqs),
         sink_requests: sink.as_ref().map_or(0.0, |s| s.requests.load(Ordering::Relaxed) as f64),
+        bytes_lost_per_req: delta("hoptrace_capture_bytes_lost_total") / reqs,
         load: loadavg(),
     })
 }
@@ -587,7 +641,7 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
         let order = if i % 2 == 0 { [false, true] } else { [true, false] };
         for agent in order {
             if agent {
-                let r = agent_round(args, bin, &nginx, &log)?;
+                let r = agent_round(args, bin, &nginx, &log, None)?;
                 eprintln!(
                     "  round {} agent:    {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:.2} us/req  bpf {:.0} ns/req  spans/req {:.2}  load {:.2}",
                     i + 1, r.wrk.rps, r.wrk.p50_us, r.wrk.p99_us, r.cpu_us_per_req, r.bpf_ns_per_req, r.spans_per_req, r.load
@@ -600,6 +654,22 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
             }
         }
     }
+    let overload = if args.starved_cpu_percent > 0 {
+        let r = agent_round(args, bin, &nginx, &log, Some(args.starved_cpu_percent))?;
+        let ring: f64 = r.drops.iter().filter(|(k, _)| k.contains("ringbuf")).map(|(_, v)| v).sum();
+        eprintln!(
+            "  overload (agent at {}% CPU): {:>9.0} req/s  p99 {:>7.0} us  ring drops {:.0}  spans/req {:.2}",
+            args.starved_cpu_percent, r.wrk.rps, r.wrk.p99_us, ring, r.spans_per_req
+        );
+        Some(json!({
+            "agent_cpu_percent": args.starved_cpu_percent,
+            "rps": r.wrk.rps, "p50_us": r.wrk.p50_us, "p99_us": r.wrk.p99_us, "requests": r.wrk.requests,
+            "ring_drops": ring, "drops": r.drops, "spans_per_request": r.spans_per_req,
+            "bytes_lost_per_request": r.bytes_lost_per_req,
+        }))
+    } else {
+        None
+    };
     let bm = |f: fn(&Wrk) -> f64| median(base.iter().map(f).collect());
     let am = |f: &dyn Fn(&AgentRound) -> f64| median(with.iter().map(f).collect());
     let (b_rps, b_p50, b_p99) = (bm(|w| w.rps), bm(|w| w.p50_us), bm(|w| w.p99_us));
@@ -644,6 +714,11 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
                        "otlp_bytes_per_request": am(&|r| r.sink_bytes_per_req),
                        "rss_steady_mib": steady, "rss_peak_mib": peak },
         "ratios": { "throughput": a_rps / b_rps, "p50": a_p50 / b_p50, "p99": a_p99 / b_p99 },
+        "overload": overload.map(|mut o| {
+            o["throughput_ratio"] = json!(o["rps"].as_f64().unwrap_or(f64::NAN) / b_rps);
+            o["p99_ratio"] = json!(o["p99_us"].as_f64().unwrap_or(f64::NAN) / b_p99);
+            o
+        }),
         "bpf_programs": programs,
         "drops": drops,
         "targets": targets,
@@ -689,6 +764,17 @@ fn print_report(r: &Value) {
         }
     }
     println!("load average (median)              {:.2}", f("/load_avg_median"));
+    if r.get("overload").is_some_and(|o| !o.is_null()) {
+        println!(
+            "\noverload: agent at {:.0}% of one CPU  throughput ratio {:.3}  p99 ratio {:.3}  ring drops {:.0} (counted)  bytes lost/request {:.0}  spans/request {:.2}",
+            f("/overload/agent_cpu_percent"),
+            f("/overload/throughput_ratio"),
+            f("/overload/p99_ratio"),
+            f("/overload/ring_drops"),
+            f("/overload/bytes_lost_per_request"),
+            f("/overload/spans_per_request")
+        );
+    }
     println!("\n{:<36} {:>12} {:>10}  met", "target", "value", "limit");
     for t in r["targets"].as_array().into_iter().flatten() {
         println!(
