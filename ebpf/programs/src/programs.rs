@@ -17,7 +17,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
@@ -45,9 +45,80 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS as u
 #[map]
 static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Syscalls in flight on captured sockets, keyed by thread id.
+/// Syscalls in flight on captured sockets: one slot per thread id modulo the size, found
+/// without hashing or locking (a hash-map insert and delete per syscall cost more than
+/// the rest of the enter program). A thread whose slot another thread holds at that
+/// moment (a blocked read, say) goes to `INFLIGHT_SPILL`, and the slot is marked so that
+/// exits mapping to it look there too.
 #[map]
-static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
+static INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+const INFLIGHT_SLOTS: u32 = 1 << 15;
+
+#[map]
+static INFLIGHT_SPILL: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InflightSlot {
+    /// Owning thread id, 0 when free (tid 0 never makes syscalls).
+    owner: u32,
+    /// Set once a call of a thread mapping here went to `INFLIGHT_SPILL` (never cleared:
+    /// exits of this slot's threads then also look there).
+    spilled: u32,
+    call: Inflight,
+}
+
+/// Stores the arguments of the current thread's syscall for its exit program.
+///
+/// The bpf target has no compare-and-swap, so two threads of one slot entering on two
+/// CPUs at the same instant can interleave their writes; `call.tid` travels with the
+/// arguments and `inflight_take` only accepts a slot whose owner and arguments are both
+/// its own (and counts the torn case), so a race loses a call but never mixes two.
+#[inline(always)]
+fn inflight_put(tid: u32, mut call: Inflight) {
+    call.tid = tid;
+    let Some(slot) = INFLIGHT.get_ptr_mut(tid & (INFLIGHT_SLOTS - 1)) else { return };
+    // SAFETY: `slot` points into the array map's value memory, valid while the map is.
+    unsafe {
+        let owner = core::ptr::read_volatile(&(*slot).owner);
+        if owner == 0 || owner == tid {
+            (*slot).call = call;
+            core::ptr::write_volatile(&mut (*slot).owner, tid);
+            return;
+        }
+        if INFLIGHT_SPILL.insert(tid, call, 0).is_err() {
+            count_drop(DropReason::ArgsMapFull, 1);
+            return;
+        }
+        core::ptr::write_volatile(&mut (*slot).spilled, 1);
+    }
+}
+
+/// Takes the arguments `inflight_put` stored for the current thread, if any.
+#[inline(always)]
+fn inflight_take(tid: u32) -> Option<Inflight> {
+    let slot = INFLIGHT.get_ptr_mut(tid & (INFLIGHT_SLOTS - 1))?;
+    // SAFETY: as in `inflight_put`.
+    unsafe {
+        let owner = core::ptr::read_volatile(&(*slot).owner);
+        if owner == tid {
+            let call = (*slot).call;
+            core::ptr::write_volatile(&mut (*slot).owner, 0);
+            if call.tid == tid {
+                return Some(call);
+            }
+            // Torn by a same-slot thread entering at the same instant: lost, counted.
+            count_drop(DropReason::ArgsMapFull, 1);
+            return None;
+        }
+        if core::ptr::read_volatile(&(*slot).spilled) == 0 {
+            return None;
+        }
+        let call = *INFLIGHT_SPILL.get(tid)?;
+        let _ = INFLIGHT_SPILL.remove(tid);
+        Some(call)
+    }
+}
 
 /// (tgid << 32 | fd) → what that descriptor is. `sk == 0` means "not captured".
 #[map]
@@ -72,6 +143,8 @@ static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Inflight {
+    /// The thread these arguments belong to (checked by `inflight_take`).
+    tid: u32,
     buf: u64,
     /// Buffer length, or iovec count for vectored calls.
     count: u64,
@@ -461,6 +534,7 @@ fn data_enter(fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
         return;
     }
     let inflight = Inflight {
+        tid: 0,
         buf,
         count,
         sk,
@@ -471,9 +545,7 @@ fn data_enter(fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
         known,
         in_ssl: tls::note_syscall_fd(pid_tgid as u32, fd) as u8,
     };
-    if INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
-        count_drop(DropReason::ArgsMapFull, 1);
-    }
+    inflight_put(pid_tgid as u32, inflight);
 }
 
 /// What the emitter programs copy: written by `exit_data` into per-CPU memory right
@@ -600,9 +672,7 @@ pub fn emit_vectored(ctx: TracePointContext) -> u32 {
 fn data_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(inf_ptr) = INFLIGHT.get_ptr(tid) else { return };
-    let inf = unsafe { *inf_ptr };
-    let _ = INFLIGHT.remove(tid);
+    let Some(inf) = inflight_take(tid) else { return };
     if inf.syscall == Syscall::Connect as u8 {
         return;
     }
@@ -820,6 +890,7 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let inflight = Inflight {
+        tid: 0,
         buf: 0,
         count: 0,
         sk: 0,
@@ -830,18 +901,14 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
         known: 0,
         in_ssl: 0,
     };
-    if INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
-        count_drop(DropReason::ArgsMapFull, 1);
-    }
+    inflight_put(pid_tgid as u32, inflight);
     0
 }
 
 #[tracepoint]
 pub fn exit_connect(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(inf_ptr) = INFLIGHT.get_ptr(tid) else { return 0 };
-    let inf = unsafe { *inf_ptr };
-    let _ = INFLIGHT.remove(tid);
+    let Some(inf) = inflight_take(tid) else { return 0 };
     if inf.syscall != Syscall::Connect as u8 {
         return 0;
     }
