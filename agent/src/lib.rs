@@ -21,11 +21,13 @@
 //! and OTLP.
 //!
 //! [`config`] reads the YAML configuration file and its environment overrides.
+//! [`allocator`] tunes the binary's allocator (mimalloc) for start-up and steady state.
 //!
 //! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
 //! agent's main job). [`counters`] keeps every count of what was captured and dropped.
 
 pub mod alerting;
+pub mod allocator;
 pub mod capture;
 pub mod check;
 pub mod clock;

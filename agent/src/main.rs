@@ -2,6 +2,10 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+/// Why, and how it is tuned: `hoptrace::allocator`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// eBPF node agent: captures HTTP and message-queue traffic from the kernel and turns it
 /// into OpenTelemetry traces.
 #[derive(Parser, Debug)]
@@ -26,6 +30,7 @@ enum Command {
 }
 
 fn main() {
+    hoptrace::allocator::before_startup();
     let cli = Cli::parse();
     let result = match (cli.command, cli.check_config) {
         (_, Some(path)) => check_config(&path),

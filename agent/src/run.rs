@@ -325,10 +325,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "service_rules": config.services.len(),
                 "listen": listening.map(|a| a.to_string()) }),
     );
-    // Loading parsed the kernel's BTF (tens of MiB, freed by now) and glibc keeps freed
-    // heap mapped: hand it back so the steady-state RSS is the agent's, not start-up's.
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    // Loading parsed the kernel's BTF (tens of MiB, freed by now): hand it back so the
+    // steady-state RSS is the agent's, not start-up's.
+    crate::allocator::after_startup();
     let mut driver = Driver::new(conn_table(&probe));
     driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
     traces.inner.flush();
