@@ -174,6 +174,16 @@ impl Driver {
         Ok(())
     }
 
+    /// Hands the counters to the consumer (the `/metrics` samples): once a second while
+    /// running, and once before the agent says it is ready, so every series exists from
+    /// the first scrape on.
+    pub fn publish(&mut self, loaded: &Loaded, c: &mut dyn Consumer) -> Result<()> {
+        if let Some(tls) = &loaded.tls {
+            self.counters.tls = tls.stats.clone();
+        }
+        c.tick(&self.counters, &self.table.stats, self.table.len())
+    }
+
     /// Runs until SIGINT/SIGTERM or `duration`, then drains everything.
     pub fn run(&mut self, loaded: &mut Loaded, duration: Option<Duration>, c: &mut dyn Consumer) -> Result<()> {
         let deadline = duration.map(|d| Instant::now() + d);
@@ -197,12 +207,9 @@ impl Driver {
             self.tls_work(loaded);
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
-                if let Some(tls) = &loaded.tls {
-                    self.counters.tls = tls.stats.clone();
-                }
                 let idle = self.table.evict_idle();
                 self.retire(idle, c)?;
-                c.tick(&self.counters, &self.table.stats, self.table.len())?;
+                self.publish(loaded, c)?;
             }
         }
         while let Some(item) = loaded.ring.next() {

@@ -314,6 +314,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
         ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
     };
+    let mut driver = Driver::new(conn_table(&probe));
+    driver.publish(&loaded, &mut traces)?;
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(
         "info",
@@ -328,7 +330,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Loading parsed the kernel's BTF (tens of MiB, freed by now): hand it back so the
     // steady-state RSS is the agent's, not start-up's.
     crate::allocator::after_startup();
-    let mut driver = Driver::new(conn_table(&probe));
     driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
     traces.inner.flush();
     let TraceConsumer { pipeline, sink: exporter } = traces.inner;

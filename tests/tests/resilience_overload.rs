@@ -34,17 +34,8 @@ fn frozen_agent_never_blocks_the_application_and_counts_every_byte_it_missed() {
     );
     let listen = free_port();
     let out = dir.join("spans.jsonl");
-    let test_pid = std::process::id().to_string();
-    let args = [
-        "--output",
-        out.to_str().unwrap(),
-        // Only nginx's side, so the bytes nginx moved are exactly what this test moved.
-        "--exclude-pid",
-        &test_pid,
-        &listen_args(listen)[0],
-        &listen_args(listen)[1],
-    ];
-    let agent = RunAgent::start(&[port], &args, Vec::<(String, String)>::new());
+    // Only nginx's side, so the bytes nginx moved are exactly what this test moved.
+    let agent = start_nginx_side_agent(port, &out, listen, &[]);
     let before = Metrics::scrape(listen);
     assert_eq!(before.get("hoptrace_kernel_drops_total{reason=\"ringbuf_full\"}"), 0);
 

@@ -98,7 +98,12 @@ fn https_through_nginx_gives_the_same_spans_as_plain_http() {
         // A Python HTTPS client calling out without context: a CLIENT span of its own.
         python_client(&format!("{base}/out"), None);
     }
-    let metrics_text = metrics(listen);
+    // /metrics is refreshed once a second: wait for a refresh that saw the attachment.
+    let mut metrics_text = String::new();
+    wait_until(TIMEOUT, || {
+        metrics_text = metrics(listen);
+        metrics_text.lines().any(|l| l.starts_with("hoptrace_tls_libraries_attached ") && !l.ends_with(" 0"))
+    });
     std::thread::sleep(Duration::from_millis(300));
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));

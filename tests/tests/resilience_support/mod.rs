@@ -164,6 +164,17 @@ pub fn listen_args(port: u16) -> [String; 2] {
     ["--listen".into(), format!("127.0.0.1:{port}")]
 }
 
+/// Starts an agent that watches only nginx's side of `port` (this test process is
+/// excluded: its own sockets would double every count), writes OTLP/JSON to `out` and
+/// serves `/metrics` on `listen`; `extra` are further `hoptrace run` arguments.
+pub fn start_nginx_side_agent(port: u16, out: &std::path::Path, listen: u16, extra: &[&str]) -> RunAgent {
+    let test_pid = std::process::id().to_string();
+    let listen = listen_args(listen);
+    let mut args = vec!["--output", out.to_str().unwrap(), "--exclude-pid", &test_pid, &listen[0], &listen[1]];
+    args.extend_from_slice(extra);
+    RunAgent::start(&[port], &args, Vec::<(String, String)>::new())
+}
+
 /// Every span submitted is exported, or counted under exactly one drop reason, and
 /// nothing is left queued: the exporter's books balance.
 pub fn assert_export_accounted(stopped: &Stopped) {
