@@ -1339,6 +1339,11 @@ impl RunAgent {
         self.process.pid()
     }
 
+    /// Sends `sig` to the agent (SIGSTOP/SIGCONT to freeze it, say).
+    pub fn signal(&self, sig: i32) {
+        self.process.signal(sig);
+    }
+
     /// The agent's log lines so far.
     pub fn stderr(&self) -> String {
         self.process.stderr()

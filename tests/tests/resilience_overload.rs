@@ -12,11 +12,6 @@ use std::time::Duration;
 use hoptrace_e2e::*;
 use resilience_support::*;
 
-fn kill(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill({pid}, {sig})");
-}
-
 #[test]
 fn frozen_agent_never_blocks_the_application_and_counts_every_byte_it_missed() {
     require_root();
@@ -40,7 +35,7 @@ fn frozen_agent_never_blocks_the_application_and_counts_every_byte_it_missed() {
     assert_eq!(before.get("hoptrace_kernel_drops_total{reason=\"ringbuf_full\"}"), 0);
 
     // Frozen: from here the agent reads nothing until SIGCONT.
-    kill(agent.pid(), libc::SIGSTOP);
+    agent.signal(libc::SIGSTOP);
     const REQUESTS: usize = 4_000;
     let mut conns: Vec<KeepAlive> = (0..4).map(|_| KeepAlive::connect(port)).collect();
     for i in 0..REQUESTS {
@@ -50,7 +45,7 @@ fn frozen_agent_never_blocks_the_application_and_counts_every_byte_it_missed() {
     // All answered while the agent was frozen: nothing on nginx's path waited for it.
     let moved: u64 = conns.iter().map(|c| c.bytes_written + c.bytes_read).sum();
     drop(conns);
-    kill(agent.pid(), libc::SIGCONT);
+    agent.signal(libc::SIGCONT);
 
     let m = wait_metrics(
         listen,

@@ -280,16 +280,13 @@ impl TracePipeline {
 mod tests {
     //! The pipeline on operations as the parsers report them (the parsers' own tests use
     //! bytes recorded from real clients).
-    use std::time::Instant;
-
-    use hoptrace_common::{Direction, Role, Syscall};
+    use hoptrace_common::{Direction, Role};
 
     use super::*;
     use crate::{
-        conntrack::RoleSource,
         protocols::{L7Event, Timing},
         spans::{hex, AnyValue},
-        stream::{Segment, Stream},
+        stream::Segment,
         traces::{resource::ResourceResolver, TraceConfig},
     };
 
@@ -298,21 +295,7 @@ mod tests {
     const TP: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn conn(id: u64, role: Role, local: &str, remote: &str) -> Connection {
-        Connection {
-            id,
-            tuple: crate::conntrack::Tuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
-            role,
-            role_source: RoleSource::Syscall,
-            via: Syscall::Connect,
-            pid: PID,
-            ppid: 1,
-            fd: 3,
-            comm: "svc".into(),
-            cgroup_id: 0,
-            opened_ns: 0,
-            last_seen: Instant::now(),
-            streams: [Stream::default(), Stream::default()],
-        }
+        crate::traces::tests::conn_of(PID, id, role, local, remote)
     }
 
     fn op(kind: MqKind, name: &'static str, at: u64, messages: Vec<MqMessage>) -> MqOperation {

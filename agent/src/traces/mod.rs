@@ -1087,13 +1087,19 @@ mod tests {
     const TID: u32 = 4243;
 
     fn conn(id: u64, role: Role, local: &str, remote: &str) -> Connection {
+        conn_of(PID, id, role, local, remote)
+    }
+
+    /// A connection of process `pid` as the connection table hands it to the pipeline
+    /// (shared with the messaging tests).
+    pub(super) fn conn_of(pid: u32, id: u64, role: Role, local: &str, remote: &str) -> Connection {
         Connection {
             id,
             tuple: crate::conntrack::Tuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
             role,
             role_source: RoleSource::Syscall,
-            via: Syscall::Accept,
-            pid: PID,
+            via: if role == Role::Server { Syscall::Accept } else { Syscall::Connect },
+            pid,
             ppid: 1,
             fd: 3,
             comm: "svc".into(),
