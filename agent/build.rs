@@ -6,11 +6,7 @@ fn main() {
     let root_dir = format!("{manifest_dir}/../ebpf/programs");
     let common_dir = format!("{manifest_dir}/../ebpf/common");
     println!("cargo:rerun-if-changed={common_dir}");
-    let package = aya_build::Package {
-        name: "hoptrace-ebpf",
-        root_dir: &root_dir,
-        ..Default::default()
-    };
+    let package = aya_build::Package { name: "hoptrace-ebpf", root_dir: &root_dir, ..Default::default() };
     // AYA_BUILD_SKIP=1 (unit-test loops that never load programs): aya-build skips the
     // kernel build; leave an empty object so the agent still compiles. The loader refuses
     // an empty object with a clear message.

@@ -13,13 +13,14 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hoptrace::{
-    conntrack::{ConnTable, Limits},
-    events::{decode, Event},
+    capture::conntrack::{ConnTable, Limits},
+    capture::events::{decode, Event},
+    capture::stream::Segment,
     export::encode::encode_request,
+    model::span::SpanRecord,
     protocols::{http1::Http1, L7Event, Protocol},
-    spans::SpanRecord,
-    stream::Segment,
-    traces::{resource::ResourceResolver, TraceConfig, TracePipeline},
+    resource::resolver::ResourceResolver,
+    traces::{TraceConfig, TracePipeline},
 };
 use hoptrace_common::{DataHeader, Direction, EventKind, OpenEvent, Role, Syscall};
 
@@ -101,7 +102,8 @@ impl Harness {
             }
             Event::Data { header, payload } => {
                 self.segs.clear();
-                let dir = if header.direction == Direction::Ingress as u8 { Direction::Ingress } else { Direction::Egress };
+                let dir =
+                    if header.direction == Direction::Ingress as u8 { Direction::Ingress } else { Direction::Egress };
                 if let Some(conn) = self.table.on_data(&header, payload, &mut self.segs) {
                     self.pipeline.on_segments(conn, dir, &self.segs, spans);
                 }
@@ -158,7 +160,8 @@ fn pipeline(c: &mut Criterion) {
 fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Elements(1));
-    let seg = |offset: u64, bytes: &[u8]| Segment::Data { offset, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: bytes.to_vec() };
+    let seg =
+        |offset: u64, bytes: &[u8]| Segment::Data { offset, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: bytes.to_vec() };
     g.bench_function("http1_request_and_response", |b| {
         let mut p = Http1::new(Direction::Ingress);
         let mut out: Vec<L7Event> = Vec::new();
@@ -181,7 +184,7 @@ fn parse(c: &mut Criterion) {
     });
     g.bench_function("traceparent", |b| {
         let v: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        b.iter(|| black_box(hoptrace::context::parse_traceparent(black_box(v)).is_ok()))
+        b.iter(|| black_box(hoptrace::traces::context::parse_traceparent(black_box(v)).is_ok()))
     });
     g.finish();
 }

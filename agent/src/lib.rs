@@ -1,56 +1,34 @@
 //! hoptrace: an eBPF node agent that turns the HTTP and message-queue traffic it sees in
-//! the kernel into OpenTelemetry traces, and finds where trace context gets lost.
+//! the kernel into OpenTelemetry traces, metrics and gaps, and finds where trace context
+//! gets lost.
 //!
-//! Data flows one way, and the modules follow it:
+//! Data walks one way, and the modules follow it; each module uses only the ones listed
+//! before it (checked by `cargo xtask layers`):
 //!
-//! 1. [`loader`] — preflight checks, kernel struct offsets from BTF, load and attach the
-//!    syscall tracepoint programs (`ebpf/programs`).
-//! 2. [`events`] — decode ring-buffer records into typed events; [`driver`] runs the loop.
-//! 3. [`conntrack`] — the connection table: tuples, roles, processes, and per-direction
-//!    ordered byte [`stream`]s (with [`procnet`] for what /proc knows about sockets).
-//! 4. [`protocols`] — protocol detection and parsers (HTTP/1) turning streams into
-//!    exchanges; [`context`] reads W3C traceparent, tracestate and baggage from them.
-//! 5. [`traces`] — exchanges become [`spans`] with resources from [`process`] information.
-//! 6. [`export`] — spans go to an OpenTelemetry collector (OTLP over gRPC or HTTP/protobuf),
-//!    or are printed as OTLP/JSON lines when none is configured.
-//!
-//! [`k8s`] maps processes to their pods (Kubernetes API watch) for resource attributes.
-//! [`tls`] attaches the OpenSSL uprobes (TLS plaintext joins the same streams) and reports
-//! processes whose TLS cannot be seen.
-//! [`metrics`] turns every finished span (sampled or not) into RED metrics for `/metrics`
-//! and OTLP.
-//!
-//! [`config`] reads the YAML configuration file and its environment overrides.
-//! [`allocator`] tunes the binary's allocator (mimalloc) for start-up and steady state.
-//!
-//! Commands: [`capture`] (`hoptrace capture`, events as JSON lines) and [`run`] (the
-//! agent's main job). [`counters`] keeps every count of what was captured and dropped.
+//! 1. [`util`], [`model`] — leaf helpers (log lines, clock) and the data produced (spans,
+//!    metric samples).
+//! 2. [`resource`] — who a process is: executable, container, pod, service rules.
+//! 3. [`capture`] — load the kernel programs, decode ring-buffer records, keep the
+//!    connection table and its ordered byte streams, TLS plaintext via OpenSSL uprobes.
+//! 4. [`protocols`] — detect and parse HTTP/1, AMQP, NATS and Kafka from those streams.
+//! 5. [`policy`] — PII redaction and route templating; head and tail sampling.
+//! 6. [`gaps`] — where trace context was lost, and the alerts about it.
+//! 7. [`traces`] — exchanges and messages become spans (parent linking, gap judgement,
+//!    RED metrics), finished through redaction and sampling.
+//! 8. [`export`] — spans and metrics leave over OTLP (gRPC or HTTP), or as OTLP/JSON lines.
+//! 9. [`ops`] — the HTTP endpoint (`/metrics`, `/gaps`, `/healthz`, `/readyz`), allocator.
+//! 10. [`config`] — the YAML configuration and its environment overrides.
+//! 11. [`cli`] — the commands: `run`, `capture`, `check`.
 
-pub mod alerting;
-pub mod allocator;
 pub mod capture;
-pub mod check;
-pub mod clock;
+pub mod cli;
 pub mod config;
-pub mod conntrack;
-pub mod context;
-pub mod counters;
-pub mod driver;
-pub mod events;
 pub mod export;
 pub mod gaps;
-pub mod k8s;
-pub mod loader;
-pub mod logging;
-pub mod metrics;
-pub mod process;
-pub mod procnet;
-pub mod run;
-pub mod sampling;
-pub mod server;
+pub mod model;
+pub mod ops;
+pub mod policy;
 pub mod protocols;
-pub mod redact;
-pub mod spans;
-pub mod stream;
-pub mod tls;
+pub mod resource;
 pub mod traces;
+pub mod util;

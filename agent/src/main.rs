@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// Why, and how it is tuned: `hoptrace::allocator`.
+/// Why, and how it is tuned: `hoptrace::ops::allocator`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -22,21 +22,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the agent: HTTP traffic on this node becomes OpenTelemetry spans (OTLP).
-    Run(hoptrace::run::RunArgs),
+    Run(hoptrace::cli::run::RunArgs),
     /// Run a command under capture and fail when trace context is lost on any hop (CI gate).
-    Check(hoptrace::check::CheckArgs),
+    Check(hoptrace::cli::check::CheckArgs),
     /// Print TCP connection open/data/close events seen by the kernel as JSON lines.
-    Capture(hoptrace::capture::CaptureArgs),
+    Capture(hoptrace::cli::capture::CaptureArgs),
 }
 
 fn main() {
-    hoptrace::allocator::before_startup();
+    hoptrace::ops::allocator::before_startup();
     let cli = Cli::parse();
     let result = match (cli.command, cli.check_config) {
         (_, Some(path)) => check_config(&path),
-        (Some(Command::Run(args)), None) => hoptrace::run::run(args),
-        (Some(Command::Capture(args)), None) => hoptrace::capture::run(args),
-        (Some(Command::Check(args)), None) => match hoptrace::check::run(args) {
+        (Some(Command::Run(args)), None) => hoptrace::cli::run::run(args),
+        (Some(Command::Capture(args)), None) => hoptrace::cli::capture::run(args),
+        (Some(Command::Check(args)), None) => match hoptrace::cli::check::run(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },

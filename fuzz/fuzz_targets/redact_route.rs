@@ -3,7 +3,7 @@
 //! strings, and a redacted value shows no trace of what a detector found.
 #![no_main]
 
-use hoptrace::redact::Redactor;
+use hoptrace::policy::redact::Redactor;
 use hoptrace::traces::http::route_template;
 use libfuzzer_sys::fuzz_target;
 

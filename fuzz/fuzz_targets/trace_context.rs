@@ -2,7 +2,7 @@
 //! or a ContextError, never a panic) whose accepted output is well-formed and stable.
 #![no_main]
 
-use hoptrace::context::{
+use hoptrace::traces::context::{
     parse_baggage, parse_traceparent, parse_tracestate, MAX_BAGGAGE_MEMBERS, MAX_TRACESTATE_LEN,
 };
 use libfuzzer_sys::fuzz_target;

@@ -13,7 +13,7 @@
 //! `[[bin]]` entry in Cargo.toml).
 
 use hoptrace::protocols::{Detector, L7Event, Protocol};
-use hoptrace::stream::{GapReason, Segment};
+use hoptrace::capture::stream::{GapReason, Segment};
 use hoptrace_common::{Direction, Role};
 
 /// A fuzz target for one protocol's detector (and so its parser). The target file also

@@ -30,10 +30,7 @@ const POLL: Duration = Duration::from_millis(50);
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the hoptrace e2e tests must run as root (euid is {euid})"
-    );
+    assert_eq!(euid, 0, "the hoptrace e2e tests must run as root (euid is {euid})");
 }
 
 /// A port that was free a moment ago. Racy by nature, but each test uses its own, and the
@@ -58,32 +55,21 @@ pub fn hoptrace_bin() -> PathBuf {
 
 /// Absolute path of a file in `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
 /// A string no other test (or earlier run) puts on the wire; short so that it fits in the
 /// agent's `payload_prefix` right after `GET /`.
 pub fn unique_marker(label: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "mk{label}{:08x}",
-        nanos ^ std::process::id().rotate_left(16) ^ n
-    )
+    format!("mk{label}{:08x}", nanos ^ std::process::id().rotate_left(16) ^ n)
 }
 
 /// Number of (possibly overlapping) occurrences of `needle` in `haystack`.
 pub fn count_occurrences(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count()
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 /// Polls `check` until it returns true or `timeout` passes; returns the last result.
@@ -133,15 +119,9 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "hoptrace-e2e-{label}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let name =
+            format!("hoptrace-e2e-{label}-{}-{}-{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let path = std::env::temp_dir().join(name);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }
@@ -174,9 +154,7 @@ impl Drop for TempDir {
 /// `python3 tests/fixtures/<script>`, unbuffered so readiness lines arrive immediately.
 pub fn python(script: &str) -> Command {
     let mut cmd = Command::new("python3");
-    cmd.arg(fixture(script))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg(fixture(script)).env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 
@@ -184,20 +162,14 @@ pub fn python(script: &str) -> Command {
 /// from `tests/requirements.txt`), for fixtures that need packages beyond the stdlib.
 pub fn venv_python() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
-    assert!(
-        python.exists(),
-        "no Python venv at {}: run `cargo xtask setup`",
-        python.display()
-    );
+    assert!(python.exists(), "no Python venv at {}: run `cargo xtask setup`", python.display());
     python
 }
 
 /// Like [`python`], with the venv's interpreter ([`venv_python`]).
 pub fn venv(script: &str) -> Command {
     let mut cmd = Command::new(venv_python());
-    cmd.arg(fixture(script))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg(fixture(script)).env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 
@@ -225,11 +197,7 @@ pub struct Finished {
 impl Finished {
     /// Panics with the process's output unless it exited 0.
     pub fn expect_success(self) -> Finished {
-        assert!(
-            self.status.success(),
-            "process {} failed: {self:#?}",
-            self.pid
-        );
+        assert!(self.status.success(), "process {} failed: {self:#?}", self.pid);
         self
     }
 }
@@ -274,12 +242,7 @@ impl Running {
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (stdout, out_reader) = collect(child.stdout.take().unwrap());
         let (stderr, err_reader) = collect(child.stderr.take().unwrap());
-        Running {
-            child,
-            stdout,
-            stderr,
-            readers: vec![out_reader, err_reader],
-        }
+        Running { child, stdout, stderr, readers: vec![out_reader, err_reader] }
     }
 
     pub fn pid(&self) -> u32 {
@@ -292,10 +255,7 @@ impl Running {
         let deadline = Instant::now() + timeout;
         loop {
             let out = text(&self.stdout);
-            if let Some(line) = out
-                .split_inclusive('\n')
-                .find(|l| l.starts_with(prefix) && l.ends_with('\n'))
-            {
+            if let Some(line) = out.split_inclusive('\n').find(|l| l.starts_with(prefix) && l.ends_with('\n')) {
                 return line.trim_end().to_string();
             }
             let exited = self.child.try_wait().expect("try_wait");
@@ -320,10 +280,7 @@ impl Running {
             }
             let exited = self.child.try_wait().expect("try_wait");
             if exited.is_some() || Instant::now() >= deadline {
-                panic!(
-                    "pid {} never logged {needle:?} (exit status: {exited:?})\nstderr:\n{err}",
-                    self.pid()
-                );
+                panic!("pid {} never logged {needle:?} (exit status: {exited:?})\nstderr:\n{err}", self.pid());
             }
             thread::sleep(POLL);
         }
@@ -368,12 +325,7 @@ impl Running {
         for reader in self.readers.drain(..) {
             reader.join().unwrap();
         }
-        Finished {
-            pid: self.pid(),
-            status,
-            stdout: text(&self.stdout),
-            stderr: text(&self.stderr),
-        }
+        Finished { pid: self.pid(), status, stdout: text(&self.stdout), stderr: text(&self.stderr) }
     }
 }
 
@@ -404,40 +356,24 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// Case-insensitive header lookup.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// One GET with curl on its own connection.
 pub fn curl_get(url: &str) -> HttpResponse {
-    let done = run(
-        Command::new("curl").args(["-sS", "-i", "--max-time", "10", url]),
-        TIMEOUT,
-    )
-    .expect_success();
-    let (head, body) = done
-        .stdout
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header block in curl output: {done:#?}"));
+    let done = run(Command::new("curl").args(["-sS", "-i", "--max-time", "10", url]), TIMEOUT).expect_success();
+    let (head, body) =
+        done.stdout.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header block in curl output: {done:#?}"));
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line in curl output: {done:#?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    HttpResponse {
-        pid: done.pid,
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
+    HttpResponse { pid: done.pid, status, headers, body: body.to_string() }
 }
 
 /// Everything the agent printed on stdout so far.
@@ -478,49 +414,25 @@ impl Agent {
                 let mut out = sink.lock().unwrap();
                 match serde_json::from_slice::<Value>(&line) {
                     Ok(event @ Value::Object(_)) => out.events.push(event),
-                    _ => out
-                        .garbage
-                        .push(String::from_utf8_lossy(&line).into_owned()),
+                    _ => out.garbage.push(String::from_utf8_lossy(&line).into_owned()),
                 }
             }
         });
         let (stderr, stderr_reader) = collect(child.stderr.take().unwrap());
-        let mut agent = Agent {
-            child,
-            output,
-            stderr,
-            readers: vec![stdout_reader, stderr_reader],
-        };
+        let mut agent = Agent { child, output, stderr, readers: vec![stdout_reader, stderr_reader] };
 
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let ready = agent
-                .output
-                .lock()
-                .unwrap()
-                .events
-                .iter()
-                .find(|e| e.kind() == "ready")
-                .cloned();
+            let ready = agent.output.lock().unwrap().events.iter().find(|e| e.kind() == "ready").cloned();
             if let Some(ready) = ready {
-                assert_eq!(
-                    ready.get_u64("pid"),
-                    u64::from(agent.child.id()),
-                    "ready line: {ready}"
-                );
+                assert_eq!(ready.get_u64("pid"), u64::from(agent.child.id()), "ready line: {ready}");
                 return agent;
             }
             if let Some(status) = agent.child.try_wait().expect("try_wait") {
-                panic!(
-                    "hoptrace exited ({status}) before it was ready; stderr:\n{}",
-                    agent.stderr()
-                );
+                panic!("hoptrace exited ({status}) before it was ready; stderr:\n{}", agent.stderr());
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "hoptrace not ready after {READY_TIMEOUT:?}; stderr:\n{}",
-                    agent.stderr()
-                );
+                panic!("hoptrace not ready after {READY_TIMEOUT:?}; stderr:\n{}", agent.stderr());
             }
             thread::sleep(POLL);
         }
@@ -557,25 +469,14 @@ impl Agent {
         });
         let Some(status) = status else {
             let _ = self.child.kill();
-            panic!(
-                "hoptrace did not exit within 10 s of SIGINT; stderr:\n{}",
-                self.stderr()
-            );
+            panic!("hoptrace did not exit within 10 s of SIGINT; stderr:\n{}", self.stderr());
         };
         for reader in self.readers.drain(..) {
             reader.join().unwrap();
         }
         let output = std::mem::take(&mut *self.output.lock().unwrap());
-        assert!(
-            status.success(),
-            "hoptrace exited with {status} after SIGINT; stderr:\n{}",
-            self.stderr()
-        );
-        assert!(
-            output.garbage.is_empty(),
-            "hoptrace printed non-JSON lines: {:#?}",
-            output.garbage
-        );
+        assert!(status.success(), "hoptrace exited with {status} after SIGINT; stderr:\n{}", self.stderr());
+        assert!(output.garbage.is_empty(), "hoptrace printed non-JSON lines: {:#?}", output.garbage);
         assert!(
             output.events.iter().any(|e| e.kind() == "stats"),
             "no stats line after SIGINT; stderr:\n{}",
@@ -627,8 +528,7 @@ impl Nginx {
 
     fn start_with(port: u16, server_config: &str, tls: bool) -> Nginx {
         let dir = TempDir::new("nginx");
-        let template =
-            fs::read_to_string(fixture("nginx.conf.template")).expect("read nginx template");
+        let template = fs::read_to_string(fixture("nginx.conf.template")).expect("read nginx template");
         let mut server_config = server_config.to_string();
         let mut template = template;
         if tls {
@@ -661,8 +561,7 @@ impl Nginx {
         );
         let mut nginx = Nginx { master, dir, port };
         let ready = wait_until(TIMEOUT, || {
-            nginx.worker_pids().len() == Self::WORKERS
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            nginx.worker_pids().len() == Self::WORKERS && TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         if !ready {
             let exited = nginx.master.child.try_wait().expect("try_wait");
@@ -694,9 +593,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // Fast shutdown; `Running`'s drop then SIGKILLs whatever is left of the group.
         signal(self.master_pid() as i32, libc::SIGTERM);
-        wait_until(Duration::from_secs(5), || {
-            matches!(self.master.child.try_wait(), Ok(Some(_)))
-        });
+        wait_until(Duration::from_secs(5), || matches!(self.master.child.try_wait(), Ok(Some(_))));
     }
 }
 
@@ -734,11 +631,7 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
                 return false;
             };
             let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            after_comm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse().ok())
-                == Some(ppid)
+            after_comm.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(ppid)
         })
         .collect();
     pids.sort_unstable();
@@ -767,9 +660,7 @@ impl PyServer {
     pub fn start_cmd(cmd: &mut Command) -> PyServer {
         let mut process = Running::spawn(cmd);
         let line = process.wait_for_line("READY ", TIMEOUT);
-        let port = line["READY ".len()..]
-            .parse()
-            .unwrap_or_else(|_| panic!("bad READY line from {cmd:?}: {line:?}"));
+        let port = line["READY ".len()..].parse().unwrap_or_else(|_| panic!("bad READY line from {cmd:?}: {line:?}"));
         PyServer { process, port }
     }
 
@@ -807,15 +698,11 @@ impl EventExt for Value {
     }
 
     fn get_str(&self, key: &str) -> &str {
-        self.get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no string {key:?} in {self}"))
+        self.get(key).and_then(Value::as_str).unwrap_or_else(|| panic!("no string {key:?} in {self}"))
     }
 
     fn get_u64(&self, key: &str) -> u64 {
-        self.get(key)
-            .and_then(Value::as_u64)
-            .unwrap_or_else(|| panic!("no unsigned {key:?} in {self}"))
+        self.get(key).and_then(Value::as_u64).unwrap_or_else(|| panic!("no unsigned {key:?} in {self}"))
     }
 }
 
@@ -878,11 +765,7 @@ impl<'a> Events<'a> {
     pub fn only(&self, what: &str) -> &'a Value {
         match self.0.as_slice() {
             [one] => one,
-            many => panic!(
-                "expected exactly one {what}, found {}:\n{}",
-                many.len(),
-                self.show()
-            ),
+            many => panic!("expected exactly one {what}, found {}:\n{}", many.len(), self.show()),
         }
     }
 
@@ -908,15 +791,9 @@ pub fn stream_bytes(dump_dir: &Path, conn_id: u64, direction: &str) -> Vec<u8> {
     let path = dump_dir.join(format!("{conn_id}-{direction}.bin"));
     fs::read(&path).unwrap_or_else(|e| {
         let present: Vec<_> = fs::read_dir(dump_dir)
-            .map(|d| {
-                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-                    .collect()
-            })
+            .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
             .unwrap_or_default();
-        panic!(
-            "read {}: {e}; the dump dir holds {present:?}",
-            path.display()
-        )
+        panic!("read {}: {e}; the dump dir holds {present:?}", path.display())
     })
 }
 
@@ -1103,17 +980,9 @@ impl OtlpReceiver {
         };
         let (grpc, http) = (port("grpc"), port("http"));
         for (asked, got) in [(grpc_port, grpc), (http_port, http)] {
-            assert!(
-                asked == 0 || asked == got,
-                "receiver asked for port {asked}, got {got}"
-            );
+            assert!(asked == 0 || asked == got, "receiver asked for port {asked}, got {got}");
         }
-        OtlpReceiver {
-            process,
-            dir,
-            grpc_port: grpc,
-            http_port: http,
-        }
+        OtlpReceiver { process, dir, grpc_port: grpc, http_port: http }
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -1154,29 +1023,18 @@ impl OtlpReceiver {
     pub fn requests(&self) -> Vec<Value> {
         self.raw()
             .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}")))
             .collect()
     }
 
     /// Every span received so far, in arrival order.
     pub fn spans(&self) -> Vec<OtlpSpan> {
-        self.requests()
-            .iter()
-            .flat_map(|r| otlp_spans(&r["request"]))
-            .collect()
+        self.requests().iter().flat_map(|r| otlp_spans(&r["request"])).collect()
     }
 
     /// Waits until `check` holds for the spans received so far and returns them; panics
     /// with what was received (and the receiver's stderr) after `timeout`.
-    pub fn wait_for_spans(
-        &self,
-        timeout: Duration,
-        what: &str,
-        check: impl Fn(&[OtlpSpan]) -> bool,
-    ) -> Vec<OtlpSpan> {
+    pub fn wait_for_spans(&self, timeout: Duration, what: &str, check: impl Fn(&[OtlpSpan]) -> bool) -> Vec<OtlpSpan> {
         let mut spans = Vec::new();
         if wait_until(timeout, || {
             spans = self.spans();
@@ -1204,10 +1062,7 @@ impl OtlpReceiver {
             } else if last.1.elapsed() >= quiet {
                 return self.spans().len();
             }
-            assert!(
-                Instant::now() < deadline,
-                "the receiver kept receiving for {timeout:?} ({n} requests)"
-            );
+            assert!(Instant::now() < deadline, "the receiver kept receiving for {timeout:?} ({n} requests)");
         }
     }
 
@@ -1249,23 +1104,19 @@ impl OtlpReceiver {
     /// Export requests the receiver refused (`--fail-count`), in arrival order:
     /// `{"transport", "status", "spans", "span_ids", "time"}`.
     pub fn refused(&self) -> Vec<Value> {
-        let text =
-            fs::read_to_string(self.dir.join("requests.jsonl.refused")).unwrap_or_default();
+        let text = fs::read_to_string(self.dir.join("requests.jsonl.refused")).unwrap_or_default();
         let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
         complete
             .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}")))
             .collect()
     }
 }
 
 /// Resident set size of a process in KiB (`VmRSS` in /proc/<pid>/status).
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -1290,12 +1141,9 @@ pub struct Stopped {
 impl Stopped {
     /// `log.<section>.<key>` as an unsigned integer; panics if absent.
     pub fn counter(&self, section: &str, key: &str) -> u64 {
-        self.log[section][key].as_u64().unwrap_or_else(|| {
-            panic!(
-                "no unsigned {section}.{key} in the stopped log: {}",
-                self.log
-            )
-        })
+        self.log[section][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no unsigned {section}.{key} in the stopped log: {}", self.log))
     }
 
     /// `export.<key>`.
@@ -1313,11 +1161,7 @@ impl RunAgent {
     /// Starts `hoptrace run --port <p>... <args>` with the inherited `OTEL_*` variables
     /// removed and `env` set (the exporter's configuration), and waits for its ready log,
     /// so traffic generated afterwards is observed.
-    pub fn start<K, V>(
-        ports: &[u16],
-        args: &[&str],
-        env: impl IntoIterator<Item = (K, V)>,
-    ) -> RunAgent
+    pub fn start<K, V>(ports: &[u16], args: &[&str], env: impl IntoIterator<Item = (K, V)>) -> RunAgent
     where
         K: AsRef<std::ffi::OsStr>,
         V: AsRef<std::ffi::OsStr>,
@@ -1366,10 +1210,6 @@ impl RunAgent {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["msg"] == "stopped")
             .unwrap_or_else(|| panic!("no stopped log line; stderr:\n{}", done.stderr));
-        Stopped {
-            log,
-            stdout: done.stdout,
-            stderr: done.stderr,
-        }
+        Stopped { log, stdout: done.stdout, stderr: done.stderr }
     }
 }

@@ -40,7 +40,8 @@ fn table_rows(stdout: &str) -> Vec<(String, String, String, String, String, u64)
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 7).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into(), f[4].into(), f[5].parse().unwrap()))
+            (f.len() >= 7)
+                .then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into(), f[4].into(), f[5].parse().unwrap()))
         })
         .collect()
 }
@@ -63,11 +64,18 @@ fn check_finds_every_broken_hop_and_fails_the_gate() {
     cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string()]);
     cmd.args(["--", "sh", "-c", &script]);
     let done = run(&mut cmd, Duration::from_secs(60));
-    assert_eq!(done.status.code(), Some(2), "gaps must fail the gate\nstdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
+    assert_eq!(
+        done.status.code(),
+        Some(2),
+        "gaps must fail the gate\nstdout:\n{}\nstderr:\n{}",
+        done.stdout,
+        done.stderr
+    );
 
     let mut rows = table_rows(&done.stdout);
     rows.sort();
-    let row = |k: &str, s: &str, z: &str, p: &str, r: &str, n: u64| (k.into(), s.into(), z.into(), p.into(), r.into(), n);
+    let row =
+        |k: &str, s: &str, z: &str, p: &str, r: &str, n: u64| (k.into(), s.into(), z.into(), p.into(), r.into(), n);
     let expected = vec![
         // front got context from curl and called inventory without it.
         row("dropped_outbound_context", "front", "Z1", "inventory", "/items/{id}", 1),
@@ -84,7 +92,8 @@ fn check_finds_every_broken_hop_and_fails_the_gate() {
 fn a_service_starting_a_new_trace_is_a_restarted_context() {
     require_root();
     let inventory = PyServer::start("chain_service.py", &["0"]);
-    let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port()), "restart"]);
+    let front =
+        PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port()), "restart"]);
     let dir = TempDir::new("gaps-restart");
     let config = mesh_config(&dir, front.port(), inventory.port());
     let mut cmd = Command::new(hoptrace_bin());
@@ -109,7 +118,8 @@ fn clean_path_through_a_forwarding_proxy_passes_the_gate() {
     require_root();
     let inventory = PyServer::start("chain_service.py", &["0"]);
     // nginx as a transparent proxy: it forwards traceparent as it received it.
-    let nginx = Nginx::start(free_port(), &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", inventory.port()));
+    let nginx =
+        Nginx::start(free_port(), &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", inventory.port()));
     let dir = TempDir::new("gaps-clean");
     let config = mesh_config(&dir, nginx.port(), inventory.port());
     let mut cmd = Command::new(hoptrace_bin());
@@ -137,7 +147,10 @@ fn sdk_to_nginx_to_sdk_has_no_gaps() {
     let receiver = OtlpReceiver::start();
     let leaf = PyServer::start_venv("sdk_app.py", &["0", "http://127.0.0.1:9", &receiver.http_traces_url()]);
     let nginx = Nginx::start(free_port(), &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", leaf.port()));
-    let front = PyServer::start_venv("sdk_app.py", &["0", &format!("http://127.0.0.1:{}", nginx.port()), &receiver.http_traces_url()]);
+    let front = PyServer::start_venv(
+        "sdk_app.py",
+        &["0", &format!("http://127.0.0.1:{}", nginx.port()), &receiver.http_traces_url()],
+    );
     let dir = TempDir::new("gaps-sdk");
     let config = dir.join("hoptrace.yaml");
     fs::write(
@@ -161,12 +174,19 @@ fn sdk_to_nginx_to_sdk_has_no_gaps() {
     let done = run(&mut cmd, Duration::from_secs(90));
     assert_eq!(done.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
     assert!(done.stdout.contains("no broken hops"), "{}", done.stdout);
-    let seen: u64 = done.stdout.split('(').nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let seen: u64 = done
+        .stdout
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(seen >= 4, "curl→checkout, checkout→nginx, nginx→items (both sides): {}", done.stdout);
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    let out = Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+    let out =
+        Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
     assert!(out.status.success(), "GET {path} failed");
     String::from_utf8(out.stdout).unwrap()
 }
@@ -187,7 +207,14 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
 
-    run(&mut curl(&["-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"), &format!("http://127.0.0.1:{}/orders/1", front.port())]), TIMEOUT);
+    run(
+        &mut curl(&[
+            "-H",
+            &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"),
+            &format!("http://127.0.0.1:{}/orders/1", front.port()),
+        ]),
+        TIMEOUT,
+    );
     let mut gaps = Value::Null;
     assert!(
         wait_until(TIMEOUT, || {
@@ -214,10 +241,14 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     // The gap is named on the spans themselves: front's CLIENT call and inventory's SERVER span.
     let spans = parse_spans(&fs::read_to_string(&out).unwrap());
     let kind_of = |s: &Span| s.attrs.get("hoptrace.gap.kind").and_then(Value::as_str).map(String::from);
-    let client = spans.iter().find(|s| s.kind == CLIENT && s.service == "front").unwrap_or_else(|| panic!("{}", show(&spans)));
+    let client =
+        spans.iter().find(|s| s.kind == CLIENT && s.service == "front").unwrap_or_else(|| panic!("{}", show(&spans)));
     assert_eq!(kind_of(client).as_deref(), Some("dropped_outbound_context"));
     assert!(client.events.iter().any(|(n, _)| n == "propagation_gap"));
-    let inv = spans.iter().find(|s| s.kind == SERVER && s.service == "inventory").unwrap_or_else(|| panic!("{}", show(&spans)));
+    let inv = spans
+        .iter()
+        .find(|s| s.kind == SERVER && s.service == "inventory")
+        .unwrap_or_else(|| panic!("{}", show(&spans)));
     assert_eq!(kind_of(inv).as_deref(), Some("missing_inbound_context"));
     // One JSON log line per broken hop, joined to its trace.
     let logged: Vec<Value> = done
@@ -226,12 +257,19 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["msg"] == "trace context lost on a hop")
         .collect();
-    assert!(logged.iter().any(|v| v["kind"] == "dropped_outbound_context" && v["trace_id"] == TRACE), "{}", done.stderr);
+    assert!(
+        logged.iter().any(|v| v["kind"] == "dropped_outbound_context" && v["trace_id"] == TRACE),
+        "{}",
+        done.stderr
+    );
 }
 
 /// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default).
 fn am_alerts(port: u16) -> Vec<Value> {
-    let out = Command::new("curl").args(["-s", "-m", "3", &format!("http://127.0.0.1:{port}/api/v2/alerts?active=true")]).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3", &format!("http://127.0.0.1:{port}/api/v2/alerts?active=true")])
+        .output()
+        .unwrap();
     serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
 }
 
@@ -240,7 +278,8 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
     require_root();
     let dir = TempDir::new("alertmanager");
     let am_config = dir.join("alertmanager.yml");
-    fs::write(&am_config, "route:\n  receiver: blackhole\n  group_wait: 0s\nreceivers:\n  - name: blackhole\n").unwrap();
+    fs::write(&am_config, "route:\n  receiver: blackhole\n  group_wait: 0s\nreceivers:\n  - name: blackhole\n")
+        .unwrap();
     let am_port = free_port();
     let _am = Running::spawn(
         Command::new("prometheus-alertmanager")
@@ -250,7 +289,10 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
             .arg("--cluster.listen-address="),
     );
     assert!(
-        wait_until(TIMEOUT, || Command::new("curl").args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")]).status().is_ok_and(|s| s.success())),
+        wait_until(TIMEOUT, || Command::new("curl")
+            .args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")])
+            .status()
+            .is_ok_and(|s| s.success())),
         "alertmanager never became ready"
     );
 
@@ -263,7 +305,14 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
     cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string()]);
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
-    run(&mut curl(&["-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"), &format!("http://127.0.0.1:{}/orders/1", front.port())]), TIMEOUT);
+    run(
+        &mut curl(&[
+            "-H",
+            &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"),
+            &format!("http://127.0.0.1:{}/orders/1", front.port()),
+        ]),
+        TIMEOUT,
+    );
 
     let is_ours = |a: &Value| {
         a["labels"]["alertname"] == "HoptracePropagationGap"

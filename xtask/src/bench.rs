@@ -408,7 +408,9 @@ fn parse_wrk(text: &str) -> Option<Wrk> {
 
 /// CPU time (ns) of every thread of `pid`.
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
     dir.flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
@@ -424,9 +426,13 @@ fn status_kib(pid: u32, field: &str) -> Option<f64> {
 /// name → (run_time_ns, run_cnt) of the BPF programs `pid` holds.
 fn bpf_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return out };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
         let field = |k: &str| -> Option<u64> {
             text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse().ok())
         };
@@ -521,7 +527,8 @@ impl Starved {
     fn new(pid: u32, percent: u32) -> Result<Self> {
         const PERIOD_US: u32 = 100_000;
         let quota = (PERIOD_US * percent / 100).max(1000);
-        let (root, limits): (PathBuf, Vec<(&str, String)>) = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let (root, limits): (PathBuf, Vec<(&str, String)>) = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        {
             let root = PathBuf::from("/sys/fs/cgroup");
             let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
             (root, vec![("cpu.max", format!("{quota} {PERIOD_US}"))])
@@ -537,7 +544,8 @@ impl Starved {
         for (file, value) in limits {
             std::fs::write(starved.dir.join(file), &value).with_context(|| format!("writing {value} to {file}"))?;
         }
-        std::fs::write(starved.dir.join("cgroup.procs"), pid.to_string()).context("moving the agent into the cgroup")?;
+        std::fs::write(starved.dir.join("cgroup.procs"), pid.to_string())
+            .context("moving the agent into the cgroup")?;
         Ok(starved)
     }
 }
@@ -630,7 +638,14 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
     std::fs::create_dir_all(log.parent().unwrap())?;
     eprintln!(
         "bench: nginx :{} on CPU {}, wrk -t1 -c{} on CPU {}, {} rounds x {} s, sink {:?}, agent {}",
-        nginx.port, args.nginx_cpus, args.connections, args.wrk_cpus, args.rounds, args.duration, args.sink, bin.display()
+        nginx.port,
+        args.nginx_cpus,
+        args.connections,
+        args.wrk_cpus,
+        args.rounds,
+        args.duration,
+        args.sink,
+        bin.display()
     );
     // Warm-up (page cache, nginx, TCP): not measured.
     run_wrk(&args.wrk_cpus, nginx.port, args.connections, 2)?;
@@ -649,7 +664,13 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
                 with.push(r);
             } else {
                 let w = run_wrk(&args.wrk_cpus, nginx.port, args.connections, args.duration)?;
-                eprintln!("  round {} baseline: {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us", i + 1, w.rps, w.p50_us, w.p99_us);
+                eprintln!(
+                    "  round {} baseline: {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+                    i + 1,
+                    w.rps,
+                    w.p50_us,
+                    w.p99_us
+                );
                 base.push(w);
             }
         }
@@ -750,7 +771,11 @@ fn print_report(r: &Value) {
         for (name, v) in p {
             let per_req = v["ns_per_request"].as_f64().unwrap_or(0.0);
             if per_req >= 0.5 {
-                println!("  {name:<32} {:>12} {per_req:>12.0}   ({:.0} ns/run)", "", v["ns_per_run"].as_f64().unwrap_or(0.0));
+                println!(
+                    "  {name:<32} {:>12} {per_req:>12.0}   ({:.0} ns/run)",
+                    "",
+                    v["ns_per_run"].as_f64().unwrap_or(0.0)
+                );
             }
         }
     }

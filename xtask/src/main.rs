@@ -147,16 +147,11 @@ fn setup() -> Result<()> {
                 bail!("cannot install rust-src: run `rustup component add rust-src --toolchain nightly`");
             }
             eprintln!("xtask: rustup failed; unpacking {}", archive.display());
-            run(Command::new("tar")
-                .arg("-xJf")
-                .arg(&archive)
-                .arg("-C")
-                .arg(sysroot.join("lib/rustlib")))?;
+            run(Command::new("tar").arg("-xJf").arg(&archive).arg("-C").arg(sysroot.join("lib/rustlib")))?;
         }
     }
 
-    let linker_ok = output(Command::new("bpf-linker").arg("--version"))
-        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let linker_ok = output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
     if !linker_ok {
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
         run(Command::new("cargo")
@@ -179,9 +174,11 @@ fn kafka_broker() -> Result<()> {
     let ok = output(Command::new("tansu").arg("--version")).is_some_and(|v| v.contains(TANSU_VERSION));
     if !ok {
         eprintln!("xtask: installing tansu {TANSU_VERSION} (Kafka broker for the e2e tests; a cold build takes about 15 minutes on 2 idle cores)");
-        run(Command::new("cargo")
-            .args(["install", &format!("tansu@{TANSU_VERSION}"), "--locked"])
-            .args(["--no-default-features", "--features", "dynostore"]))?;
+        run(Command::new("cargo").args(["install", &format!("tansu@{TANSU_VERSION}"), "--locked"]).args([
+            "--no-default-features",
+            "--features",
+            "dynostore",
+        ]))?;
     }
     Ok(())
 }
@@ -206,11 +203,7 @@ fn python_env() -> Result<()> {
     let wanted = format!("{:016x}\n", fnv1a64(&content));
 
     // A venv whose base interpreter went away (pyenv switch, distro upgrade) cannot run.
-    let usable = python.exists()
-        && Command::new(&python)
-            .args(["-c", ""])
-            .status()
-            .is_ok_and(|s| s.success());
+    let usable = python.exists() && Command::new(&python).args(["-c", ""]).status().is_ok_and(|s| s.success());
     if !usable {
         if venv.exists() {
             eprintln!("xtask: {} is broken; recreating it", venv.display());

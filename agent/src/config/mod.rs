@@ -16,7 +16,7 @@
 //! 3. the file;
 //! 4. the built-in defaults.
 //!
-//! A flag wins when it differs from its default: [`Config::apply_probe`] cannot tell
+//! A flag wins when it differs from its default: `ProbeArgs::apply_config` (in `cli::probe`) cannot tell
 //! `--capture-cap 65536` from no flag at all, so the file's value is used in that case.
 //!
 //! **Diagnostics.** A configuration mistake must not be found one restart at a time, nor
@@ -39,10 +39,9 @@ use std::time::Duration;
 use hoptrace_common::DEFAULT_CAPTURE_CAP;
 use thiserror::Error;
 
-use crate::capture::ProbeArgs;
 use crate::export::ExporterConfig;
-use crate::spans::KeyValue;
-use crate::traces::resource::{parse_resource_attributes, Rule};
+use crate::model::span::KeyValue;
+use crate::resource::resolver::{parse_resource_attributes, Rule};
 use crate::traces::TraceConfig;
 
 /// Largest configuration file read: a configuration is a few kilobytes, and reading a
@@ -123,10 +122,10 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub traces: TraceConfig,
     /// RED metrics: series bound, OTLP export interval, exemplars.
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: crate::traces::red::MetricsConfig,
     pub resource: ResourceConfig,
     /// Pod metadata from the Kubernetes API.
-    pub kubernetes: crate::k8s::KubernetesConfig,
+    pub kubernetes: crate::resource::k8s::KubernetesConfig,
     /// Ordered: the first rule whose conditions all hold names the process.
     pub services: Vec<Rule>,
 }
@@ -336,31 +335,5 @@ impl Config {
             set(kv);
         }
         out
-    }
-
-    /// Fills what the command line left at its defaults with the configuration's values; a
-    /// flag that was given wins. Lists: the command line's when it gave any.
-    pub fn apply_probe(&self, probe: &mut ProbeArgs) {
-        let (c, d) = (&self.capture, CaptureConfig::default());
-        fn list<T: Clone>(flag: &mut Vec<T>, cfg: &[T]) {
-            if flag.is_empty() {
-                *flag = cfg.to_vec();
-            }
-        }
-        fn value<T: PartialEq>(flag: &mut T, default: T, cfg: T) {
-            if *flag == default {
-                *flag = cfg;
-            }
-        }
-        list(&mut probe.ports, &c.ports);
-        list(&mut probe.exclude_ports, &c.exclude_ports);
-        list(&mut probe.pids, &c.pids);
-        list(&mut probe.exclude_pids, &c.exclude_pids);
-        list(&mut probe.cgroups, &c.cgroups);
-        list(&mut probe.exclude_cgroups, &c.exclude_cgroups);
-        value(&mut probe.capture_cap, d.capture_cap, c.capture_cap);
-        value(&mut probe.ringbuf_size, d.ringbuf_size, c.ringbuf_size);
-        value(&mut probe.max_connections, d.max_connections, c.max_connections);
-        value(&mut probe.idle_timeout, d.idle_timeout.as_secs(), c.idle_timeout.as_secs());
     }
 }

@@ -17,7 +17,7 @@ use hoptrace_common::MAX_CAPTURE_CAP;
 use super::yaml::{Kind, Node, Origin};
 use super::{Config, Diagnostic};
 use crate::export::{Compression, JsonOutput, Protocol};
-use crate::traces::resource::{Match, Rule};
+use crate::resource::resolver::{Match, Rule};
 
 /// The top-level keys, in the order the documentation presents them.
 pub(crate) const SECTIONS: [&str; 10] =
@@ -116,7 +116,9 @@ static SETTINGS: &[Setting] = &[
             let mut headers = Vec::new();
             for (name, key, value) in entries(c, n, "exporter.headers") {
                 let name_ok = header_name(c, key, &name);
-                let Some(v) = string(c, value, &format!("header `{name}`")) else { continue };
+                let Some(v) = string(c, value, &format!("header `{name}`")) else {
+                    continue;
+                };
                 // The value is never echoed: headers carry credentials.
                 if http::HeaderValue::from_str(&v).is_err() {
                     c.error(value, format!("the value of header `{name}` is not a valid HTTP header value (control characters or non-ASCII)"));
@@ -388,7 +390,9 @@ static SETTINGS: &[Setting] = &[
         key: "risk_signal_headers",
         env: Env::List,
         apply: |c, n| {
-            let Some(items) = list(c, n, "traces.risk_signal_headers") else { return };
+            let Some(items) = list(c, n, "traces.risk_signal_headers") else {
+                return;
+            };
             let mut out = Vec::new();
             for item in items {
                 if let Some(name) = string(c, item, "a risk signal header") {
@@ -416,10 +420,17 @@ static SETTINGS: &[Setting] = &[
         env: Env::List,
         apply: |c, n| {
             if let Some(v) = string_list(c, n, "privacy.disabled_detectors", |c, item, v| {
-                let names: Vec<&str> = crate::redact::Detector::ALL.iter().map(|d| d.name()).collect();
+                let names: Vec<&str> = crate::policy::redact::Detector::ALL.iter().map(|d| d.name()).collect();
                 let ok = names.contains(&v);
                 if !ok {
-                    c.error(item, format!("unknown detector `{v}`{}; detectors: {}", did_you_mean(v, names.iter().copied()), names.join(", ")));
+                    c.error(
+                        item,
+                        format!(
+                            "unknown detector `{v}`{}; detectors: {}",
+                            did_you_mean(v, names.iter().copied()),
+                            names.join(", ")
+                        ),
+                    );
                 }
                 ok
             }) {
@@ -482,7 +493,10 @@ static SETTINGS: &[Setting] = &[
             let Some(v) = string_list(c, n, "gaps.internal_networks", |c, item, v| {
                 let ok = v.parse::<ipnet::IpNet>().is_ok();
                 if !ok {
-                    c.error(item, format!("`gaps.internal_networks` entries must be CIDR networks like 10.0.0.0/8, got {v:?}"));
+                    c.error(
+                        item,
+                        format!("`gaps.internal_networks` entries must be CIDR networks like 10.0.0.0/8, got {v:?}"),
+                    );
                 }
                 ok
             }) else {
@@ -522,7 +536,9 @@ static SETTINGS: &[Setting] = &[
         key: "ratio",
         env: Env::Scalar,
         apply: |c, n| {
-            let Some(text) = string(c, n, "`sampling.ratio`") else { return };
+            let Some(text) = string(c, n, "`sampling.ratio`") else {
+                return;
+            };
             match text.parse::<f64>() {
                 Ok(v) if (0.0..=1.0).contains(&v) => c.cfg.traces.sampling.ratio = v,
                 _ => c.error(n, format!("`sampling.ratio` must be a number from 0 to 1, got `{text}`")),
@@ -559,12 +575,7 @@ static SETTINGS: &[Setting] = &[
             }
         },
     },
-    Setting {
-        section: "sampling",
-        key: "rules",
-        env: Env::No,
-        apply: sampling_rules,
-    },
+    Setting { section: "sampling", key: "rules", env: Env::No, apply: sampling_rules },
     Setting {
         section: "metrics",
         key: "max_series",
@@ -607,7 +618,9 @@ static SETTINGS: &[Setting] = &[
         key: "enabled",
         env: Env::Scalar,
         apply: |c, n| {
-            if let Some(v) = choice(c, n, "kubernetes.enabled", &["auto", "true", "false"]).and_then(crate::k8s::Enabled::parse) {
+            if let Some(v) = choice(c, n, "kubernetes.enabled", &["auto", "true", "false"])
+                .and_then(crate::resource::k8s::Enabled::parse)
+            {
                 c.cfg.kubernetes.enabled = v;
             }
         },
@@ -617,13 +630,20 @@ static SETTINGS: &[Setting] = &[
         key: "api_url",
         env: Env::Scalar,
         apply: |c, n| {
-            let Some(v) = optional_string(c, n, "kubernetes.api_url", "to use KUBERNETES_SERVICE_HOST/PORT") else { return };
+            let Some(v) = optional_string(c, n, "kubernetes.api_url", "to use KUBERNETES_SERVICE_HOST/PORT") else {
+                return;
+            };
             if let Some(url) = &v {
                 let ok = url.parse::<http::Uri>().is_ok_and(|u| {
                     matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
                 });
                 if !ok {
-                    c.error(n, format!("`kubernetes.api_url` must be an http(s) URL such as https://10.0.0.1:443, got {url:?}"));
+                    c.error(
+                        n,
+                        format!(
+                            "`kubernetes.api_url` must be an http(s) URL such as https://10.0.0.1:443, got {url:?}"
+                        ),
+                    );
                     return;
                 }
             }
@@ -691,9 +711,16 @@ static SETTINGS: &[Setting] = &[
                     c.error(key_node, "an attribute name in `kubernetes.attributes` is empty");
                     continue;
                 }
-                let Some(key) = string(c, value, &format!("the pod label/annotation key for `{attr}`")) else { continue };
+                let Some(key) = string(c, value, &format!("the pod label/annotation key for `{attr}`")) else {
+                    continue;
+                };
                 if let Err(why) = label_key(&key) {
-                    c.error(value, format!("`kubernetes.attributes.{attr}`: {key:?} is not a Kubernetes label/annotation key: {why}"));
+                    c.error(
+                        value,
+                        format!(
+                            "`kubernetes.attributes.{attr}`: {key:?} is not a Kubernetes label/annotation key: {why}"
+                        ),
+                    );
                     continue;
                 }
                 out.push((attr, key));
@@ -726,7 +753,8 @@ fn label_key(key: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 63 {
         return Err("the name must be 1 to 63 characters");
     }
-    if !edge(name.bytes().next()) || !edge(name.bytes().last())
+    if !edge(name.bytes().next())
+        || !edge(name.bytes().last())
         || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
         return Err("the name must be alphanumeric at both ends, with only -, _ and . inside");
@@ -765,7 +793,9 @@ fn string_list(c: &mut Ctx, n: &Node, what: &str, valid: fn(&mut Ctx, &Node, &st
 
 /// Walks the whole file.
 pub(crate) fn apply_file(c: &mut Ctx, root: Option<&Node>) {
-    let Some(root) = root.filter(|r| !r.is_null()) else { return };
+    let Some(root) = root.filter(|r| !r.is_null()) else {
+        return;
+    };
     if !matches!(root.kind, Kind::Map(_)) {
         c.error(
             root,
@@ -807,7 +837,9 @@ fn section(c: &mut Ctx, name: &str, node: &Node) {
 
 /// `services`: ordered rules naming the processes they match.
 fn services(c: &mut Ctx, node: &Node) {
-    let Some(items) = list(c, node, "services") else { return };
+    let Some(items) = list(c, node, "services") else {
+        return;
+    };
     let mut rules = Vec::new();
     for item in items {
         if !matches!(item.kind, Kind::Map(_)) {
@@ -863,14 +895,22 @@ fn services(c: &mut Ctx, node: &Node) {
 
 /// `sampling.rules`: per service / route ratios and slow thresholds, first match wins.
 fn sampling_rules(c: &mut Ctx, node: &Node) {
-    let Some(items) = list(c, node, "sampling.rules") else { return };
+    let Some(items) = list(c, node, "sampling.rules") else {
+        return;
+    };
     let mut rules = Vec::new();
     for item in items {
         if !matches!(item.kind, Kind::Map(_)) {
-            c.error(item, format!("a `sampling.rules` entry must be a mapping (service, route, ratio, slow_ms), got {}", item.describe()));
+            c.error(
+                item,
+                format!(
+                    "a `sampling.rules` entry must be a mapping (service, route, ratio, slow_ms), got {}",
+                    item.describe()
+                ),
+            );
             continue;
         }
-        let mut rule = crate::sampling::SamplingRule { ratio: f64::NAN, ..Default::default() };
+        let mut rule = crate::policy::sampling::SamplingRule { ratio: f64::NAN, ..Default::default() };
         let mut valid = true;
         for (key, key_node, value) in entries(c, item, "a `sampling.rules` entry") {
             match key.as_str() {
@@ -952,7 +992,9 @@ fn attributes(c: &mut Ctx, node: &Node, path: &str) -> Vec<(String, String)> {
             c.error(key_node, format!("an attribute name in `{path}` is empty"));
             continue;
         }
-        let Some(v) = string(c, value, &format!("attribute `{key}`")) else { continue };
+        let Some(v) = string(c, value, &format!("attribute `{key}`")) else {
+            continue;
+        };
         if key == "zone" && !ZONES.contains(&v.as_str()) {
             c.error(value, format!("`zone` must be one of Z1..Z7, got {:?}", v));
             continue;
@@ -971,7 +1013,9 @@ fn header_attributes(c: &mut Ctx, node: &Node, path: &str) -> Vec<(String, Strin
     let mut out = Vec::new();
     for (name, key_node, value) in entries(c, node, path) {
         let name_ok = header_name(c, key_node, &name);
-        let Some(attr) = non_empty(c, value, &format!("the attribute for header `{name}`")) else { continue };
+        let Some(attr) = non_empty(c, value, &format!("the attribute for header `{name}`")) else {
+            continue;
+        };
         if name_ok {
             out.push((name, attr));
         }
@@ -981,7 +1025,9 @@ fn header_attributes(c: &mut Ctx, node: &Node, path: &str) -> Vec<(String, Strin
 
 /// After the file and the environment: checks that depend on several settings.
 pub(crate) fn finish(c: &mut Ctx) {
-    let (Some(endpoint), Some(at)) = (c.cfg.exporter.endpoint.clone(), c.endpoint_at.clone()) else { return };
+    let (Some(endpoint), Some(at)) = (c.cfg.exporter.endpoint.clone(), c.endpoint_at.clone()) else {
+        return;
+    };
     match normalize_endpoint(&endpoint, c.cfg.exporter.protocol) {
         Ok(e) => c.cfg.exporter.endpoint = Some(e),
         Err(msg) => c.diags.push(at.diagnostic(msg)),
@@ -1026,7 +1072,9 @@ pub(crate) fn normalize_endpoint(endpoint: &str, protocol: Protocol) -> Result<S
 pub(crate) fn apply_env(c: &mut Ctx, lookup: super::Lookup) {
     for s in SETTINGS.iter().filter(|s| s.env != Env::No) {
         let var = s.env_var();
-        let Some(value) = lookup(&var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else { continue };
+        let Some(value) = lookup(&var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else {
+            continue;
+        };
         let origin = Origin::Env { var, value: value.clone() };
         let node = match s.env {
             Env::List => Node {
@@ -1053,7 +1101,9 @@ pub(crate) fn unknown_env<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<D
     let known: Vec<String> = SETTINGS.iter().filter(|s| s.env != Env::No).map(Setting::env_var).collect();
     let mut out = Vec::new();
     for name in names {
-        let Some(rest) = name.strip_prefix("HOPTRACE_") else { continue };
+        let Some(rest) = name.strip_prefix("HOPTRACE_") else {
+            continue;
+        };
         let ours =
             SECTIONS.iter().any(|s| rest.strip_prefix(&*s.to_ascii_uppercase()).is_some_and(|r| r.starts_with('_')));
         if !ours || known.iter().any(|k| k == name) {
@@ -1225,7 +1275,9 @@ fn cgroup_list(c: &mut Ctx, node: &Node, path: &str) -> Option<Vec<PathBuf>> {
     let before = c.diags.len();
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let Some(p) = non_empty(c, item, &format!("`{path}[{i}]`")) else { continue };
+        let Some(p) = non_empty(c, item, &format!("`{path}[{i}]`")) else {
+            continue;
+        };
         if !p.starts_with('/') {
             c.error(
                 item,

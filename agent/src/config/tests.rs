@@ -1,13 +1,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use clap::Parser;
-
 use super::schema::{closest, edit_distance, normalize_endpoint, unknown_env};
 use super::*;
 use crate::export::{Compression, JsonOutput, Protocol};
-use crate::spans::AnyValue;
-use crate::traces::resource::Match;
+use crate::model::span::AnyValue;
+use crate::resource::resolver::Match;
+use crate::traces::red::MetricsConfig;
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -17,16 +16,6 @@ fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 /// `(line, column, message)` of each diagnostic, for exact comparisons.
 fn triples(diags: &[Diagnostic]) -> Vec<(usize, usize, &str)> {
     diags.iter().map(|d| (d.line, d.column, d.message.as_str())).collect()
-}
-
-#[derive(Parser)]
-struct ProbeCli {
-    #[command(flatten)]
-    probe: ProbeArgs,
-}
-
-fn probe(flags: &[&str]) -> ProbeArgs {
-    ProbeCli::try_parse_from(std::iter::once("hoptrace").chain(flags.iter().copied())).unwrap().probe
 }
 
 const EXAMPLE: &str = include_str!("../../../deploy/hoptrace.yaml");
@@ -385,39 +374,6 @@ fn node_attributes_file_then_otel_resource_attributes() {
 }
 
 #[test]
-fn command_line_flags_win_over_the_file() {
-    let cfg = from_str(
-        "capture:\n  ports: [80]\n  exclude_ports: [22]\n  pids: [7]\n  cgroups: [/sys/fs/cgroup/a]\n  capture_cap: 4096\n  ringbuf_size: 65536\n  max_connections: 10\n  idle_timeout_s: 60\n",
-    )
-    .unwrap();
-    let mut p = probe(&["--port", "8080", "--ringbuf-size", "1048576", "--duration", "5"]);
-    cfg.apply_probe(&mut p);
-    assert_eq!(p.ports, vec![8080]);
-    assert_eq!(p.exclude_ports, vec![22]);
-    assert_eq!(p.pids, vec![7]);
-    assert_eq!(p.cgroups, vec![std::path::PathBuf::from("/sys/fs/cgroup/a")]);
-    assert_eq!(p.capture_cap, 4096);
-    assert_eq!(p.ringbuf_size, 1048576);
-    assert_eq!(p.max_connections, 10);
-    assert_eq!(p.idle_timeout, 60);
-    assert_eq!(p.duration, Some(5.0));
-
-    // A default configuration changes nothing.
-    let mut p = probe(&[]);
-    from_str("").unwrap().apply_probe(&mut p);
-    assert_eq!(format!("{p:?}"), format!("{:?}", probe(&[])));
-}
-
-#[test]
-fn capture_defaults_are_the_command_lines() {
-    let (p, d) = (probe(&[]), CaptureConfig::default());
-    assert_eq!(
-        (p.capture_cap, p.ringbuf_size, p.max_connections, p.idle_timeout),
-        (d.capture_cap, d.ringbuf_size, d.max_connections, d.idle_timeout.as_secs())
-    );
-}
-
-#[test]
 fn the_example_file_is_valid_and_describes_the_seed() {
     assert_eq!(check(EXAMPLE), vec![]);
     let cfg = from_str(EXAMPLE).unwrap();
@@ -545,7 +501,9 @@ fn sampling_rules_per_service_and_route() {
     assert_eq!(r.len(), 2);
     assert_eq!((r[0].route.as_deref(), r[0].ratio), (Some("/healthz"), 0.0));
     assert_eq!((r[1].service.as_deref(), r[1].slow_ms), (Some("checkout"), Some(200)));
-    let bad = check("sampling:\n  rules:\n    - { route: healthz, ratio: 0 }\n    - { ratio: 2 }\n    - { route: /a, ratoi: 1 }\n");
+    let bad = check(
+        "sampling:\n  rules:\n    - { route: healthz, ratio: 0 }\n    - { ratio: 2 }\n    - { route: /a, ratoi: 1 }\n",
+    );
     assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![3, 4, 5], "{bad:?}");
 }
 
@@ -553,7 +511,10 @@ fn sampling_rules_per_service_and_route() {
 fn privacy_section_detectors_and_patterns() {
     let ok = from_str("privacy:\n  disabled_detectors: [phone]\n  patterns: ['ACME-[0-9]{6}']\n").unwrap();
     let t = ok.trace_config();
-    assert_eq!((t.disabled_detectors, t.redact_patterns), (vec!["phone".to_string()], vec!["ACME-[0-9]{6}".to_string()]));
+    assert_eq!(
+        (t.disabled_detectors, t.redact_patterns),
+        (vec!["phone".to_string()], vec!["ACME-[0-9]{6}".to_string()])
+    );
     let bad = check("privacy:\n  disabled_detectors: [phnoe]\n  patterns: ['ACME-[0-9', 'x*']\n");
     assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![2, 3, 3], "{bad:?}");
     assert!(bad[0].message.contains("did you mean `phone`"), "{bad:?}");
@@ -573,7 +534,7 @@ kubernetes:
 ";
     let cfg = from_str(text).unwrap();
     let k = &cfg.kubernetes;
-    assert_eq!(k.enabled, crate::k8s::Enabled::On);
+    assert_eq!(k.enabled, crate::resource::k8s::Enabled::On);
     assert_eq!(k.api_url.as_deref(), Some("http://127.0.0.1:8001"));
     assert_eq!(k.node_name.as_deref(), Some("node-a"));
     assert_eq!(k.token_file, std::path::PathBuf::from("/run/token"));
@@ -584,7 +545,7 @@ kubernetes:
     );
     // Defaults: auto, the in-cluster files, the recommended labels.
     let d = from_str("").unwrap().kubernetes;
-    assert_eq!(d, crate::k8s::KubernetesConfig::default());
+    assert_eq!(d, crate::resource::k8s::KubernetesConfig::default());
     assert_eq!(d.attributes[0], ("service.name".into(), "app.kubernetes.io/name".into()));
 
     let bad = "\
@@ -609,8 +570,32 @@ kubernetes:
             (7, 3, "unknown key `nodename` in `kubernetes`, did you mean `node_name`?"),
         ]
     );
-    let from_env = from_str_with_env("", env(&[("HOPTRACE_KUBERNETES_ENABLED", "false"), ("HOPTRACE_KUBERNETES_NODE_NAME", "n2")]))
-        .unwrap()
-        .kubernetes;
-    assert_eq!((from_env.enabled, from_env.node_name.as_deref()), (crate::k8s::Enabled::Off, Some("n2")));
+    let from_env = from_str_with_env(
+        "",
+        env(&[("HOPTRACE_KUBERNETES_ENABLED", "false"), ("HOPTRACE_KUBERNETES_NODE_NAME", "n2")]),
+    )
+    .unwrap()
+    .kubernetes;
+    assert_eq!((from_env.enabled, from_env.node_name.as_deref()), (crate::resource::k8s::Enabled::Off, Some("n2")));
+}
+
+#[test]
+fn metrics_section_is_read_validated_and_overridable_from_the_environment() {
+    let cfg = crate::config::from_str("metrics:\n  max_series: 50\n  export_interval_ms: 1500\n  exemplars: false\n")
+        .unwrap();
+    assert_eq!(
+        cfg.metrics,
+        MetricsConfig { max_series: 50, export_interval: Duration::from_millis(1500), exemplars: false }
+    );
+    let cfg = crate::config::from_str_with_env("metrics:\n  max_series: 50\n", |k| {
+        (k == "HOPTRACE_METRICS_EXPORT_INTERVAL_MS").then(|| "0".to_string())
+    })
+    .unwrap();
+    assert_eq!((cfg.metrics.max_series, cfg.metrics.export_interval), (50, Duration::ZERO), "0 turns export off");
+    assert_eq!(crate::config::from_str("").unwrap().metrics, MetricsConfig::default());
+    let diags = crate::config::check("metrics:\n  max_series: 0\n  exemplar: true\n");
+    let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(diags.len(), 2, "{messages:?}");
+    assert!(messages[0].contains("`metrics.max_series`"), "{messages:?}");
+    assert!(messages[1].contains("exemplar") && messages[1].contains("exemplars"), "did you mean: {messages:?}");
 }

@@ -169,20 +169,14 @@ impl Default for ExporterConfig {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{var}={value:?} is not valid: expected {expected}")]
-    InvalidEnv {
-        var: String,
-        value: String,
-        expected: &'static str,
-    },
+    InvalidEnv { var: String, value: String, expected: &'static str },
     #[error("invalid exporter endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("invalid exporter header {name:?}: {reason}")]
     InvalidHeader { name: String, reason: String },
     #[error("exporter setting {field} must be greater than zero")]
     Zero { field: &'static str },
-    #[error(
-        "exporter retry max backoff ({max:?}) is shorter than the initial backoff ({initial:?})"
-    )]
+    #[error("exporter retry max backoff ({max:?}) is shorter than the initial backoff ({initial:?})")]
     BackoffOrder { initial: Duration, max: Duration },
     #[error("cannot use CA certificate file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
@@ -197,10 +191,7 @@ impl ExporterConfig {
     }
 
     /// [`Self::from_env`] reading variables through `lookup` instead of the process env.
-    pub fn from_env_with(
-        base: ExporterConfig,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_env_with(base: ExporterConfig, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         Self::from_env_for_signal(base, Signal::Traces, lookup)
     }
 
@@ -271,13 +262,7 @@ impl ExporterConfig {
             cfg.tls.insecure = match value.to_ascii_lowercase().as_str() {
                 "true" => true,
                 "false" => false,
-                _ => {
-                    return Err(ConfigError::InvalidEnv {
-                        var,
-                        value,
-                        expected: "\"true\" or \"false\"",
-                    })
-                }
+                _ => return Err(ConfigError::InvalidEnv { var, value, expected: "\"true\" or \"false\"" }),
             };
         }
 
@@ -291,20 +276,14 @@ impl ExporterConfig {
             ("queue_capacity", self.queue_capacity as u128),
             ("timeout", self.timeout.as_nanos()),
             ("batch_timeout", self.batch_timeout.as_nanos()),
-            (
-                "retry.initial_backoff",
-                self.retry.initial_backoff.as_nanos(),
-            ),
+            ("retry.initial_backoff", self.retry.initial_backoff.as_nanos()),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { field });
             }
         }
         if self.retry.max_backoff < self.retry.initial_backoff {
-            return Err(ConfigError::BackoffOrder {
-                initial: self.retry.initial_backoff,
-                max: self.retry.max_backoff,
-            });
+            return Err(ConfigError::BackoffOrder { initial: self.retry.initial_backoff, max: self.retry.max_backoff });
         }
         if self.endpoint.is_some() {
             self.endpoint_uri()?;
@@ -318,10 +297,7 @@ impl ExporterConfig {
         let Some(endpoint) = &self.endpoint else {
             return Ok(None);
         };
-        let invalid = |reason: String| ConfigError::InvalidEndpoint {
-            endpoint: endpoint.clone(),
-            reason,
-        };
+        let invalid = |reason: String| ConfigError::InvalidEndpoint { endpoint: endpoint.clone(), reason };
         let full = if endpoint.contains("://") {
             endpoint.clone()
         } else if self.tls.insecure {
@@ -329,9 +305,7 @@ impl ExporterConfig {
         } else {
             format!("https://{endpoint}")
         };
-        let uri: Uri = full
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+        let uri: Uri = full.parse().map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
             other => return Err(invalid(format!("unsupported scheme {other:?}"))),
@@ -351,9 +325,7 @@ struct EnvReader<F> {
 
 impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
     fn read(&self, var: &str) -> Option<String> {
-        (self.lookup)(var)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        (self.lookup)(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
     fn specific_var(&self, setting: &str) -> String {
@@ -408,9 +380,7 @@ fn parse_headers(var: &str, value: &str) -> Result<Vec<(String, String)>, Config
         if k.is_empty() {
             return Err(invalid());
         }
-        let v = percent_encoding::percent_decode_str(v.trim())
-            .decode_utf8()
-            .map_err(|_| invalid())?;
+        let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8().map_err(|_| invalid())?;
         out.push((k.to_owned(), v.into_owned()));
     }
     Ok(out)
@@ -423,10 +393,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -436,42 +403,23 @@ mod tests {
 
     #[test]
     fn no_variables_keep_base() {
-        let base = ExporterConfig {
-            endpoint: Some("http://base:4318/v1/traces".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            ExporterConfig::from_env_with(base.clone(), env(&[])).unwrap(),
-            base
-        );
+        let base = ExporterConfig { endpoint: Some("http://base:4318/v1/traces".into()), ..Default::default() };
+        assert_eq!(ExporterConfig::from_env_with(base.clone(), env(&[])).unwrap(), base);
     }
 
     #[test]
     fn generic_http_endpoint_gets_signal_path() {
         let c = traces(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap();
-        assert_eq!(
-            c.endpoint.as_deref(),
-            Some("http://collector:4318/v1/traces")
-        );
-        let c = traces(&[(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "http://collector:4318/prefix/",
-        )])
-        .unwrap();
-        assert_eq!(
-            c.endpoint.as_deref(),
-            Some("http://collector:4318/prefix/v1/traces")
-        );
+        assert_eq!(c.endpoint.as_deref(), Some("http://collector:4318/v1/traces"));
+        let c = traces(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/prefix/")]).unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("http://collector:4318/prefix/v1/traces"));
     }
 
     #[test]
     fn signal_endpoint_used_as_is_and_wins() {
         let c = traces(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "http://specific:4318/custom",
-            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://specific:4318/custom"),
         ])
         .unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("http://specific:4318/custom"));
@@ -497,10 +445,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.protocol, Protocol::HttpProtobuf);
-        assert_eq!(
-            c.endpoint.as_deref(),
-            Some("http://collector:4318/v1/traces")
-        );
+        assert_eq!(c.endpoint.as_deref(), Some("http://collector:4318/v1/traces"));
     }
 
     #[test]
@@ -512,27 +457,18 @@ mod tests {
                 if var == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" && value == "http/json"
         ));
         let text = err.to_string();
-        assert!(
-            text.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && text.contains("http/json"),
-            "{text}"
-        );
+        assert!(text.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && text.contains("http/json"), "{text}");
     }
 
     #[test]
     fn headers_percent_decoded_and_merged() {
         let base = ExporterConfig {
-            headers: vec![
-                ("Authorization".into(), "old".into()),
-                ("x-keep".into(), "1".into()),
-            ],
+            headers: vec![("Authorization".into(), "old".into()), ("x-keep".into(), "1".into())],
             ..Default::default()
         };
         let c = ExporterConfig::from_env_with(
             base,
-            env(&[(
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "authorization=Bearer%20abc%3D%3D, x-tenant = a%2Cb ,",
-            )]),
+            env(&[("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc%3D%3D, x-tenant = a%2Cb ,")]),
         )
         .unwrap();
         assert_eq!(
@@ -547,11 +483,8 @@ mod tests {
 
     #[test]
     fn signal_headers_replace_generic() {
-        let c = traces(&[
-            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2"),
-            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "c=3"),
-        ])
-        .unwrap();
+        let c =
+            traces(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2"), ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "c=3")]).unwrap();
         assert_eq!(c.headers, vec![("c".to_string(), "3".to_string())]);
     }
 
@@ -573,10 +506,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-                "/etc/traces-ca.pem",
-            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/traces-ca.pem"),
             ("OTEL_EXPORTER_OTLP_INSECURE", "TRUE"),
         ])
         .unwrap();
@@ -588,9 +518,7 @@ mod tests {
         let err = traces(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).unwrap_err();
         assert!(matches!(err, ConfigError::InvalidEnv { ref value, .. } if value == "zstd"));
         let err = traces(&[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "10s")]).unwrap_err();
-        assert!(
-            matches!(err, ConfigError::InvalidEnv { ref var, .. } if var == "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-        );
+        assert!(matches!(err, ConfigError::InvalidEnv { ref var, .. } if var == "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"));
     }
 
     #[test]
@@ -609,61 +537,30 @@ mod tests {
     fn metrics_signal_reads_its_own_variables() {
         let lookup = env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "http://traces-only:4318/v1/traces",
-            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces-only:4318/v1/traces"),
             ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "700"),
         ]);
-        let c =
-            ExporterConfig::from_env_for_signal(ExporterConfig::default(), Signal::Metrics, lookup)
-                .unwrap();
-        assert_eq!(
-            c.endpoint.as_deref(),
-            Some("http://collector:4318/v1/metrics")
-        );
+        let c = ExporterConfig::from_env_for_signal(ExporterConfig::default(), Signal::Metrics, lookup).unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("http://collector:4318/v1/metrics"));
         assert_eq!(c.timeout, Duration::from_millis(700));
     }
 
     #[test]
     fn endpoint_scheme_from_insecure() {
-        let mut c = ExporterConfig {
-            endpoint: Some("collector:4317".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            c.endpoint_uri().unwrap().unwrap().scheme_str(),
-            Some("https")
-        );
+        let mut c = ExporterConfig { endpoint: Some("collector:4317".into()), ..Default::default() };
+        assert_eq!(c.endpoint_uri().unwrap().unwrap().scheme_str(), Some("https"));
         c.tls.insecure = true;
-        assert_eq!(
-            c.endpoint_uri().unwrap().unwrap().scheme_str(),
-            Some("http")
-        );
+        assert_eq!(c.endpoint_uri().unwrap().unwrap().scheme_str(), Some("http"));
         c.endpoint = Some("https://collector:4317".into());
-        assert_eq!(
-            c.endpoint_uri().unwrap().unwrap().scheme_str(),
-            Some("https")
-        );
+        assert_eq!(c.endpoint_uri().unwrap().unwrap().scheme_str(), Some("https"));
         c.endpoint = Some("ftp://collector".into());
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::InvalidEndpoint { .. })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::InvalidEndpoint { .. })));
     }
 
     #[test]
     fn validate_rejects_zero_sizes() {
-        let c = ExporterConfig {
-            queue_capacity: 0,
-            ..Default::default()
-        };
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::Zero {
-                field: "queue_capacity"
-            })
-        );
+        let c = ExporterConfig { queue_capacity: 0, ..Default::default() };
+        assert_eq!(c.validate(), Err(ConfigError::Zero { field: "queue_capacity" }));
         assert_eq!(ExporterConfig::default().validate(), Ok(()));
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
 use super::otlp::{SCOPE_NAME, SCOPE_VERSION};
-use crate::spans::{AnyValue, KeyValue, Resource, SpanEvent, SpanLink, SpanRecord};
+use crate::model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanLink, SpanRecord};
 
 /// The serialized `ExportTraceServiceRequest` of `spans`.
 pub fn encode_request(spans: &[SpanRecord]) -> Vec<u8> {
@@ -237,7 +237,7 @@ mod tests {
     use super::*;
     use crate::export::otlp::tests::{resource, span};
     use crate::export::otlp::to_request;
-    use crate::spans::{SpanKind, Status, StatusCode};
+    use crate::model::span::{SpanKind, Status, StatusCode};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message;
 

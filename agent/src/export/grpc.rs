@@ -41,13 +41,10 @@ impl GrpcTransport {
         // Tells the server (grpc-timeout) as well as bounding the wait here.
         request.set_timeout(timeout);
         match tokio::time::timeout(timeout, self.client.export(request)).await {
-            Err(_) => Err(ExportFailure::retryable(
-                "grpc DEADLINE_EXCEEDED",
-                format!("no response within {timeout:?}"),
-            )),
-            Ok(Ok(response)) => Ok(Accepted::from_partial(
-                response.into_inner().partial_success,
-            )),
+            Err(_) => {
+                Err(ExportFailure::retryable("grpc DEADLINE_EXCEEDED", format!("no response within {timeout:?}")))
+            }
+            Ok(Ok(response)) => Ok(Accepted::from_partial(response.into_inner().partial_success)),
             Ok(Err(status)) => Err(classify(&status)),
         }
     }
@@ -66,9 +63,7 @@ pub(crate) fn channel(cfg: &ExporterConfig, uri: Uri) -> Result<Channel, ConfigE
         if let Some(path) = &cfg.tls.ca_file {
             tls = tls.ca_certificate(Certificate::from_pem(read_ca_pem(path)?));
         }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| ConfigError::Tls(e.to_string()))?;
     }
     Ok(endpoint.connect_lazy())
 }
@@ -77,14 +72,10 @@ pub(crate) fn channel(cfg: &ExporterConfig, uri: Uri) -> Result<Channel, ConfigE
 pub(crate) fn metadata(cfg: &ExporterConfig) -> Result<MetadataMap, ConfigError> {
     let mut metadata = MetadataMap::new();
     for (name, value) in &cfg.headers {
-        let invalid = |reason: &str| ConfigError::InvalidHeader {
-            name: name.clone(),
-            reason: reason.to_owned(),
-        };
+        let invalid = |reason: &str| ConfigError::InvalidHeader { name: name.clone(), reason: reason.to_owned() };
         let key = AsciiMetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
             .map_err(|_| invalid("not a valid gRPC metadata key"))?;
-        let value = AsciiMetadataValue::try_from(value.as_str())
-            .map_err(|_| invalid("value is not visible ASCII"))?;
+        let value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| invalid("value is not visible ASCII"))?;
         metadata.insert(key, value);
     }
     Ok(metadata)
@@ -113,17 +104,12 @@ pub(crate) fn retry_info_delay(status: &Status) -> Option<Duration> {
         return None;
     }
     let rpc = rpc::Status::decode(status.details()).ok()?;
-    rpc.details
-        .iter()
-        .find(|any| any.type_url == rpc::RETRY_INFO_TYPE)
-        .and_then(|any| {
-            let delay = rpc::RetryInfo::decode(any.value.as_slice())
-                .ok()?
-                .retry_delay?;
-            let secs = u64::try_from(delay.seconds).ok()?;
-            let nanos = u32::try_from(delay.nanos).ok()?;
-            Some(Duration::new(secs, nanos.min(999_999_999)))
-        })
+    rpc.details.iter().find(|any| any.type_url == rpc::RETRY_INFO_TYPE).and_then(|any| {
+        let delay = rpc::RetryInfo::decode(any.value.as_slice()).ok()?.retry_delay?;
+        let secs = u64::try_from(delay.seconds).ok()?;
+        let nanos = u32::try_from(delay.nanos).ok()?;
+        Some(Duration::new(secs, nanos.min(999_999_999)))
+    })
 }
 
 /// The subset of `google.rpc` (status.proto, error_details.proto) needed for RetryInfo.

@@ -12,9 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 
 use super::config::{Compression, ConfigError, ExporterConfig};
@@ -49,30 +47,17 @@ impl HttpTransport {
 
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("hoptrace/", env!("CARGO_PKG_VERSION"))),
-        );
+        headers.insert(USER_AGENT, HeaderValue::from_static(concat!("hoptrace/", env!("CARGO_PKG_VERSION"))));
         if cfg.compression == Compression::Gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         for (name, value) in &cfg.headers {
-            let invalid = |reason: &str| ConfigError::InvalidHeader {
-                name: name.clone(),
-                reason: reason.to_owned(),
-            };
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid("not a valid HTTP header name"))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| invalid("not a valid HTTP header value"))?;
+            let invalid = |reason: &str| ConfigError::InvalidHeader { name: name.clone(), reason: reason.to_owned() };
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("not a valid HTTP header name"))?;
+            let value = HeaderValue::from_str(value).map_err(|_| invalid("not a valid HTTP header value"))?;
             headers.insert(name, value);
         }
-        Ok(Self {
-            client,
-            uri,
-            headers,
-            compression: cfg.compression,
-        })
+        Ok(Self { client, uri, headers, compression: cfg.compression })
     }
 
     #[allow(dead_code)] // the worker sends bytes (export_bytes); kept for callers with a message
@@ -89,9 +74,7 @@ impl HttpTransport {
     pub async fn export_bytes(&mut self, body: Vec<u8>, timeout: Duration) -> Result<Accepted, ExportFailure> {
         let body = self.post(body, timeout).await?;
         // An empty or undecodable body still means the spans were accepted.
-        let partial = ExportTraceServiceResponse::decode(body)
-            .ok()
-            .and_then(|r| r.partial_success);
+        let partial = ExportTraceServiceResponse::decode(body).ok().and_then(|r| r.partial_success);
         Ok(Accepted::from_partial(partial))
     }
 
@@ -115,10 +98,7 @@ impl HttpTransport {
                 .await
                 .map_err(|e| ExportFailure::retryable("http connection", error_chain(&e)))?;
             let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(parse_retry_after);
+            let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
             let body = response
                 .into_body()
                 .collect()
@@ -127,15 +107,9 @@ impl HttpTransport {
                 .to_bytes();
             Ok::<_, ExportFailure>((status, retry_after, body))
         };
-        let (status, retry_after, body) =
-            tokio::time::timeout(timeout, exchange)
-                .await
-                .map_err(|_| {
-                    ExportFailure::retryable(
-                        "http timeout",
-                        format!("no response within {timeout:?}"),
-                    )
-                })??;
+        let (status, retry_after, body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ExportFailure::retryable("http timeout", format!("no response within {timeout:?}")))??;
 
         if status.is_success() {
             return Ok(body);

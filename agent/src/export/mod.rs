@@ -17,12 +17,12 @@
 
 pub mod config;
 pub mod encode;
-mod grpc;
-mod http;
+pub(crate) mod grpc;
+pub(crate) mod http;
 pub mod metrics;
 pub mod otlp;
 mod queue;
-mod retry;
+pub(crate) mod retry;
 mod stats;
 mod stdout;
 mod tls;
@@ -39,13 +39,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use config::{
-    Compression, ConfigError, ExporterConfig, JsonOutput, Protocol, RetryConfig, Signal, TlsConfig,
-};
+pub use config::{Compression, ConfigError, ExporterConfig, JsonOutput, Protocol, RetryConfig, Signal, TlsConfig};
 pub use stats::ExportStats;
 pub use stdout::encode_json;
 
-use crate::spans::SpanRecord;
+use crate::model::span::SpanRecord;
 use queue::SpanQueue;
 use retry::ExportFailure;
 use stats::Counters;
@@ -95,10 +93,7 @@ impl Exporter {
         let thread = std::thread::Builder::new()
             .name("hoptrace-export".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(StartError::Runtime(e)));
@@ -128,12 +123,7 @@ impl Exporter {
             })
             .map_err(StartError::Thread)?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self {
-                shared,
-                shutdown: shutdown_tx,
-                done: Mutex::new(done_rx),
-                thread: Some(thread),
-            }),
+            Ok(Ok(())) => Ok(Self { shared, shutdown: shutdown_tx, done: Mutex::new(done_rx), thread: Some(thread) }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -177,11 +167,7 @@ impl Exporter {
         self.shutdown.send_replace(Some(Instant::now() + deadline));
         // The worker bounds its own work by the deadline; the grace covers tearing down a
         // request. Should it still not finish, the thread is left to end on its own.
-        let done = self
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .recv_timeout(deadline + Duration::from_secs(1));
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).recv_timeout(deadline + Duration::from_secs(1));
         match done {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(thread) = self.thread.take() {
@@ -233,20 +219,14 @@ impl Transport {
             None => Self::Json(stdout::JsonSink::open(&config.json_output)?),
             Some(uri) => match config.protocol {
                 Protocol::Grpc => Self::Grpc(Box::new(grpc::GrpcTransport::new(config, uri)?)),
-                Protocol::HttpProtobuf => {
-                    Self::Http(Box::new(http::HttpTransport::new(config, uri)?))
-                }
+                Protocol::HttpProtobuf => Self::Http(Box::new(http::HttpTransport::new(config, uri)?)),
             },
         })
     }
 
     /// Sends one batch. OTLP/HTTP writes the protobuf straight from the records
     /// ([`encode`]); gRPC and the JSON sink need the generated message.
-    async fn export_batch(
-        &mut self,
-        batch: &[SpanRecord],
-        timeout: Duration,
-    ) -> Result<Accepted, ExportFailure> {
+    async fn export_batch(&mut self, batch: &[SpanRecord], timeout: Duration) -> Result<Accepted, ExportFailure> {
         match self {
             Self::Grpc(t) => t.export(otlp::to_request(batch), timeout).await,
             Self::Http(t) => t.export_bytes(encode::encode_request(batch), timeout).await,

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::common::v1 as pb_common;
 use opentelemetry_proto::tonic::resource::v1 as pb_resource;
 use opentelemetry_proto::tonic::trace::v1 as pb_trace;
 
-use crate::spans::{AnyValue, KeyValue, Resource, SpanRecord};
+use crate::model::span::{AnyValue, KeyValue, Resource, SpanRecord};
 
 /// Instrumentation scope of every exported span.
 pub const SCOPE_NAME: &str = "hoptrace";
@@ -24,10 +24,7 @@ pub fn to_request(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
     // hashing attribute lists (which hold f64s and are not `Hash` anyway).
     let mut groups: Vec<(&Arc<Resource>, Vec<pb_trace::Span>)> = Vec::new();
     for span in spans {
-        let idx = match groups
-            .iter()
-            .position(|(r, _)| Arc::ptr_eq(r, &span.resource) || ***r == *span.resource)
-        {
+        let idx = match groups.iter().position(|(r, _)| Arc::ptr_eq(r, &span.resource) || ***r == *span.resource) {
             Some(i) => i,
             None => {
                 groups.push((&span.resource, Vec::new()));
@@ -65,11 +62,7 @@ fn span_to_proto(s: &SpanRecord) -> pb_trace::Span {
         span_id: s.span_id.to_vec(),
         trace_state: s.trace_state.clone(),
         // OTLP wants an empty parent id for a root span, not eight zero bytes.
-        parent_span_id: if s.is_root() {
-            Vec::new()
-        } else {
-            s.parent_span_id.to_vec()
-        },
+        parent_span_id: if s.is_root() { Vec::new() } else { s.parent_span_id.to_vec() },
         // Bits 0-7 are the W3C trace flags. Whether the parent is remote (bits 8-9) is not
         // known here, so those stay zero ("unknown"), as the specification allows.
         flags: u32::from(s.flags),
@@ -103,20 +96,13 @@ fn span_to_proto(s: &SpanRecord) -> pb_trace::Span {
             })
             .collect(),
         dropped_links_count: 0,
-        status: Some(pb_trace::Status {
-            message: s.status.message.clone(),
-            code: s.status.code as i32,
-        }),
+        status: Some(pb_trace::Status { message: s.status.message.clone(), code: s.status.code as i32 }),
     }
 }
 
 fn attributes(kvs: &[KeyValue]) -> Vec<pb_common::KeyValue> {
     kvs.iter()
-        .map(|kv| pb_common::KeyValue {
-            key: kv.key.clone(),
-            value: Some(any_value(&kv.value)),
-            ..Default::default()
-        })
+        .map(|kv| pb_common::KeyValue { key: kv.key.clone(), value: Some(any_value(&kv.value)), ..Default::default() })
         .collect()
 }
 
@@ -134,20 +120,17 @@ fn any_value(v: &AnyValue) -> pb_common::AnyValue {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::spans::{SpanEvent, SpanKind, SpanLink, Status, StatusCode};
+    use crate::model::span::{SpanEvent, SpanKind, SpanLink, Status, StatusCode};
 
     pub(crate) fn resource(service: &str) -> Arc<Resource> {
         Arc::new(Resource {
-            attributes: vec![
-                KeyValue::str("service.name", service),
-                KeyValue::str("host.name", "node-1"),
-            ],
+            attributes: vec![KeyValue::str("service.name", service), KeyValue::str("host.name", "node-1")],
         })
     }
 
     pub(crate) fn span(resource: &Arc<Resource>, n: u8) -> SpanRecord {
         SpanRecord {
-            origin: crate::spans::TraceOrigin::Remote,
+            origin: crate::model::span::TraceOrigin::Remote,
             resource: resource.clone(),
             trace_id: [n; 16],
             span_id: [n.wrapping_add(1); 8],
@@ -180,23 +163,11 @@ pub(crate) mod tests {
         let names: Vec<Vec<String>> = req
             .resource_spans
             .iter()
-            .map(|rs| {
-                rs.scope_spans[0]
-                    .spans
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect()
-            })
+            .map(|rs| rs.scope_spans[0].spans.iter().map(|s| s.name.clone()).collect())
             .collect();
-        assert_eq!(
-            names,
-            vec![vec!["GET /items/1", "GET /items/3"], vec!["GET /items/2"]]
-        );
+        assert_eq!(names, vec![vec!["GET /items/1", "GET /items/3"], vec!["GET /items/2"]]);
         let scope = req.resource_spans[0].scope_spans[0].scope.as_ref().unwrap();
-        assert_eq!(
-            (scope.name.as_str(), scope.version.as_str()),
-            (SCOPE_NAME, SCOPE_VERSION)
-        );
+        assert_eq!((scope.name.as_str(), scope.version.as_str()), (SCOPE_NAME, SCOPE_VERSION));
     }
 
     #[test]
@@ -206,14 +177,8 @@ pub(crate) mod tests {
         s.parent_span_id = [9; 8];
         s.trace_state = "vendor=x".into();
         s.kind = SpanKind::Consumer;
-        s.status = Status {
-            code: StatusCode::Error,
-            message: "boom".into(),
-        };
-        s.attributes.push(KeyValue {
-            key: "ratio".into(),
-            value: AnyValue::Double(0.5),
-        });
+        s.status = Status { code: StatusCode::Error, message: "boom".into() };
+        s.attributes.push(KeyValue { key: "ratio".into(), value: AnyValue::Double(0.5) });
         s.attributes.push(KeyValue::bool("retry", true));
         s.events.push(SpanEvent {
             name: "exception".into(),
@@ -236,16 +201,10 @@ pub(crate) mod tests {
         assert_eq!(p.kind, pb_trace::span::SpanKind::Consumer as i32);
         assert_eq!(p.start_time_unix_nano, 1_700_000_000_000_000_007);
         let st = p.status.as_ref().unwrap();
-        assert_eq!(
-            (st.code, st.message.as_str()),
-            (pb_trace::status::StatusCode::Error as i32, "boom")
-        );
+        assert_eq!((st.code, st.message.as_str()), (pb_trace::status::StatusCode::Error as i32, "boom"));
         use pb_common::any_value::Value;
-        let vals: Vec<_> = p
-            .attributes
-            .iter()
-            .map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap()))
-            .collect();
+        let vals: Vec<_> =
+            p.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap())).collect();
         assert_eq!(
             vals,
             vec![
@@ -269,8 +228,6 @@ pub(crate) mod tests {
     fn root_span_has_empty_parent() {
         let r = resource("checkout");
         let req = to_request(&[span(&r, 1)]);
-        assert!(req.resource_spans[0].scope_spans[0].spans[0]
-            .parent_span_id
-            .is_empty());
+        assert!(req.resource_spans[0].scope_spans[0].spans[0].parent_span_id.is_empty());
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::spans::SpanRecord;
+use crate::model::span::SpanRecord;
 
 pub(crate) struct SpanQueue {
     inner: Mutex<Inner>,

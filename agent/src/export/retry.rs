@@ -27,21 +27,11 @@ pub(crate) struct ExportFailure {
 
 impl ExportFailure {
     pub fn retryable(reason: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            retryable: true,
-            reason: reason.into(),
-            detail: detail.into(),
-            retry_after: None,
-        }
+        Self { retryable: true, reason: reason.into(), detail: detail.into(), retry_after: None }
     }
 
     pub fn permanent(reason: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            retryable: false,
-            reason: reason.into(),
-            detail: detail.into(),
-            retry_after: None,
-        }
+        Self { retryable: false, reason: reason.into(), detail: detail.into(), retry_after: None }
     }
 }
 
@@ -94,13 +84,7 @@ pub(crate) fn http_status_retryable(status: u16) -> bool {
 /// `Retry-After` in its delta-seconds form. The HTTP-date form is not honoured (collectors
 /// send seconds); it falls back to the computed backoff.
 pub(crate) fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
-    value
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    value.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Exponential backoff with jitter over one retry budget (`max_elapsed` from the first
@@ -115,15 +99,8 @@ pub(crate) struct Backoff {
 impl Backoff {
     pub fn new(cfg: RetryConfig) -> Self {
         // Jitter needs no cryptographic quality: a clock-seeded splitmix64 is plenty.
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Self {
-            cfg,
-            attempt: 0,
-            first_failure: None,
-            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
-        }
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Self { cfg, attempt: 0, first_failure: None, rng: seed ^ 0x9e37_79b9_7f4a_7c15 }
     }
 
     /// Forgets past failures (after a delivery, or after giving up on a batch).
@@ -139,10 +116,7 @@ impl Backoff {
         let delay = match server_delay {
             Some(d) => d,
             None => {
-                let exp = self
-                    .cfg
-                    .initial_backoff
-                    .saturating_mul(1u32 << self.attempt.min(20));
+                let exp = self.cfg.initial_backoff.saturating_mul(1u32 << self.attempt.min(20));
                 let base = exp.min(self.cfg.max_backoff);
                 // Uniform in [0.5, 1.5) × base, then capped.
                 let factor = 0.5 + (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
@@ -183,12 +157,8 @@ mod tests {
         let now = Instant::now();
         for attempt in 0..10u32 {
             let d = b.next_delay(now, None).unwrap();
-            let base =
-                Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_millis(1000));
-            assert!(
-                d >= base / 2 && d <= Duration::from_millis(1000),
-                "attempt {attempt}: {d:?}"
-            );
+            let base = Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_millis(1000));
+            assert!(d >= base / 2 && d <= Duration::from_millis(1000), "attempt {attempt}: {d:?}");
         }
     }
 
@@ -197,24 +167,11 @@ mod tests {
         let mut b = Backoff::new(cfg());
         let start = Instant::now();
         assert!(b.next_delay(start, None).is_some());
-        assert!(b
-            .next_delay(
-                start + Duration::from_millis(4900),
-                Some(Duration::from_millis(50))
-            )
-            .is_some());
-        assert!(b
-            .next_delay(
-                start + Duration::from_millis(4900),
-                Some(Duration::from_millis(200))
-            )
-            .is_none());
+        assert!(b.next_delay(start + Duration::from_millis(4900), Some(Duration::from_millis(50))).is_some());
+        assert!(b.next_delay(start + Duration::from_millis(4900), Some(Duration::from_millis(200))).is_none());
         b.reset();
         let later = start + Duration::from_secs(100);
-        assert_eq!(
-            b.next_delay(later, Some(Duration::from_secs(2))),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(b.next_delay(later, Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
     }
 
     #[test]
@@ -246,13 +203,7 @@ mod tests {
         for s in [400, 401, 403, 404, 413, 500] {
             assert!(!http_status_retryable(s));
         }
-        assert_eq!(
-            parse_retry_after(&HeaderValue::from_static(" 7 ")),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
-            None
-        );
+        assert_eq!(parse_retry_after(&HeaderValue::from_static(" 7 ")), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")), None);
     }
 }

@@ -68,10 +68,7 @@ impl Counters {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn drop_reasons(&self) -> Vec<(String, u64)> {

@@ -21,24 +21,19 @@ impl JsonSink {
     pub fn open(output: &JsonOutput) -> Result<Self, ConfigError> {
         match output {
             JsonOutput::Stdout => Ok(Self::Stdout),
-            JsonOutput::File(path) => OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map(Self::File)
-                .map_err(|e| ConfigError::InvalidEndpoint {
-                    endpoint: path.display().to_string(),
-                    reason: format!("cannot open OTLP/JSON output file: {e}"),
-                }),
+            JsonOutput::File(path) => {
+                OpenOptions::new().create(true).append(true).open(path).map(Self::File).map_err(|e| {
+                    ConfigError::InvalidEndpoint {
+                        endpoint: path.display().to_string(),
+                        reason: format!("cannot open OTLP/JSON output file: {e}"),
+                    }
+                })
+            }
         }
     }
 
-    pub fn export(
-        &mut self,
-        request: &ExportTraceServiceRequest,
-    ) -> Result<Accepted, ExportFailure> {
-        let mut line =
-            encode_json(request).map_err(|e| ExportFailure::permanent("json", e.to_string()))?;
+    pub fn export(&mut self, request: &ExportTraceServiceRequest) -> Result<Accepted, ExportFailure> {
+        let mut line = encode_json(request).map_err(|e| ExportFailure::permanent("json", e.to_string()))?;
         line.push('\n');
         let written = match self {
             // One locked write per line: other threads printing to stdout cannot split it.
@@ -70,7 +65,7 @@ mod tests {
     use super::*;
     use crate::export::otlp::tests::{resource, span};
     use crate::export::otlp::to_request;
-    use crate::spans::{AnyValue, KeyValue, SpanEvent, SpanKind, SpanLink, Status, StatusCode};
+    use crate::model::span::{AnyValue, KeyValue, SpanEvent, SpanKind, SpanLink, Status, StatusCode};
 
     #[test]
     fn otlp_json_is_spec_shaped() {
@@ -78,14 +73,8 @@ mod tests {
         let mut s = span(&r, 0xab);
         s.parent_span_id = [0x0f; 8];
         s.kind = SpanKind::Client;
-        s.status = Status {
-            code: StatusCode::Error,
-            message: "boom".into(),
-        };
-        s.attributes.push(KeyValue {
-            key: "ratio".into(),
-            value: AnyValue::Double(0.25),
-        });
+        s.status = Status { code: StatusCode::Error, message: "boom".into() };
+        s.attributes.push(KeyValue { key: "ratio".into(), value: AnyValue::Double(0.25) });
         s.attributes.push(KeyValue::bool("cached", false));
         s.events.push(SpanEvent {
             name: "retry".into(),
@@ -140,10 +129,7 @@ mod tests {
                 "droppedAttributesCount": 0,
             }])
         );
-        assert_eq!(
-            sp["links"][0]["traceId"],
-            "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"
-        );
+        assert_eq!(sp["links"][0]["traceId"], "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd");
         assert_eq!(sp["links"][0]["spanId"], "efefefefefefefef");
         // A root span has an empty parent id; absent or "" both decode to empty bytes.
         let root = &ss["spans"][1];

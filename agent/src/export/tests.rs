@@ -15,9 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -33,18 +31,9 @@ use super::*;
 #[derive(Clone, Debug)]
 enum Reply {
     Ok,
-    Partial {
-        rejected: i64,
-        message: &'static str,
-    },
-    Grpc {
-        code: Code,
-        retry_info: Option<Duration>,
-    },
-    Http {
-        status: u16,
-        retry_after: Option<u64>,
-    },
+    Partial { rejected: i64, message: &'static str },
+    Grpc { code: Code, retry_info: Option<Duration> },
+    Http { status: u16, retry_after: Option<u64> },
 }
 
 /// One request the collector accepted (answered with success).
@@ -71,12 +60,7 @@ impl State {
 
     fn record(&self, request: ExportTraceServiceRequest, headers: ::http::HeaderMap, path: String) {
         let at = Instant::now();
-        self.received.lock().unwrap().push(Received {
-            request,
-            headers,
-            path,
-            at,
-        });
+        self.received.lock().unwrap().push(Received { request, headers, path, at });
     }
 }
 
@@ -116,10 +100,7 @@ where
     Fut: Future<Output = ()>,
 {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(serve());
     });
 }
@@ -142,19 +123,14 @@ impl TraceService for GrpcCollector {
         let headers = request.metadata().clone().into_headers();
         let partial = match self.0.next_reply() {
             Reply::Ok => None,
-            Reply::Partial { rejected, message } => Some(ExportTracePartialSuccess {
-                rejected_spans: rejected,
-                error_message: message.into(),
-            }),
-            Reply::Grpc { code, retry_info } => {
-                return Err(status_with_retry_info(code, retry_info))
+            Reply::Partial { rejected, message } => {
+                Some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message.into() })
             }
+            Reply::Grpc { code, retry_info } => return Err(status_with_retry_info(code, retry_info)),
             Reply::Http { .. } => unreachable!("HTTP reply scripted for the gRPC collector"),
         };
         self.0.record(request.into_inner(), headers, String::new());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: partial,
-        }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: partial }))
     }
 }
 
@@ -164,37 +140,23 @@ fn status_with_retry_info(code: Code, delay: Option<Duration>) -> tonic::Status 
     };
     use super::grpc::rpc;
     let info = rpc::RetryInfo {
-        retry_delay: Some(rpc::ProtoDuration {
-            seconds: delay.as_secs() as i64,
-            nanos: delay.subsec_nanos() as i32,
-        }),
+        retry_delay: Some(rpc::ProtoDuration { seconds: delay.as_secs() as i64, nanos: delay.subsec_nanos() as i32 }),
     };
     let details = rpc::Status {
         code: code as i32,
         message: "scripted failure".into(),
-        details: vec![rpc::Any {
-            type_url: rpc::RETRY_INFO_TYPE.into(),
-            value: info.encode_to_vec(),
-        }],
+        details: vec![rpc::Any { type_url: rpc::RETRY_INFO_TYPE.into(), value: info.encode_to_vec() }],
     };
-    tonic::Status::with_details(
-        code,
-        "scripted failure",
-        Bytes::from(details.encode_to_vec()),
-    )
+    tonic::Status::with_details(code, "scripted failure", Bytes::from(details.encode_to_vec()))
 }
 
 fn start_grpc_collector(listener: StdTcpListener, script: Vec<Reply>) -> Collector {
-    let state = Arc::new(State {
-        script: Mutex::new(script.into()),
-        ..Default::default()
-    });
+    let state = Arc::new(State { script: Mutex::new(script.into()), ..Default::default() });
     let addr = listener.local_addr().unwrap();
     let svc_state = state.clone();
     on_thread(move || async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let svc = TraceServiceServer::new(GrpcCollector(svc_state))
-            .accept_compressed(CompressionEncoding::Gzip);
+        let svc = TraceServiceServer::new(GrpcCollector(svc_state)).accept_compressed(CompressionEncoding::Gzip);
         let _ = tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
@@ -204,10 +166,7 @@ fn start_grpc_collector(listener: StdTcpListener, script: Vec<Reply>) -> Collect
 }
 
 fn start_http_collector(listener: StdTcpListener, script: Vec<Reply>) -> Collector {
-    let state = Arc::new(State {
-        script: Mutex::new(script.into()),
-        ..Default::default()
-    });
+    let state = Arc::new(State { script: Mutex::new(script.into()), ..Default::default() });
     let addr = listener.local_addr().unwrap();
     let server_state = state.clone();
     on_thread(move || async move {
@@ -219,9 +178,7 @@ fn start_http_collector(listener: StdTcpListener, script: Vec<Reply>) -> Collect
             let state = server_state.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle_http(state.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -235,12 +192,7 @@ async fn handle_http(
 ) -> Result<::http::Response<Full<Bytes>>, Infallible> {
     let headers = req.headers().clone();
     let path = req.uri().path().to_owned();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let reply = state.next_reply();
     let respond = |status: u16, body: Vec<u8>| {
         Ok(::http::Response::builder()
@@ -250,29 +202,22 @@ async fn handle_http(
             .unwrap())
     };
     let partial = match reply {
-        Reply::Http {
-            status,
-            retry_after,
-        } => {
+        Reply::Http { status, retry_after } => {
             let mut resp = respond(status, Vec::new())?;
             if let Some(secs) = retry_after {
-                resp.headers_mut()
-                    .insert("retry-after", secs.to_string().parse().unwrap());
+                resp.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
             }
             return Ok(resp);
         }
         Reply::Grpc { .. } => unreachable!("gRPC reply scripted for the HTTP collector"),
         Reply::Ok => None,
-        Reply::Partial { rejected, message } => Some(ExportTracePartialSuccess {
-            rejected_spans: rejected,
-            error_message: message.into(),
-        }),
+        Reply::Partial { rejected, message } => {
+            Some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message.into() })
+        }
     };
     let raw = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&body[..])
-            .read_to_end(&mut out)
-            .unwrap();
+        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).unwrap();
         out
     } else {
         body.to_vec()
@@ -281,13 +226,7 @@ async fn handle_http(
         return respond(400, Vec::new());
     };
     state.record(request, headers, path);
-    respond(
-        200,
-        ExportTraceServiceResponse {
-            partial_success: partial,
-        }
-        .encode_to_vec(),
-    )
+    respond(200, ExportTraceServiceResponse { partial_success: partial }.encode_to_vec())
 }
 
 fn config(protocol: Protocol, addr: SocketAddr) -> ExporterConfig {
@@ -329,11 +268,7 @@ fn wait_for(exporter: &Exporter, what: &str, done: impl Fn(&ExportStats) -> bool
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }
 
 fn s(v: &str) -> Value {
@@ -352,10 +287,7 @@ fn submit_two_services(exporter: &Exporter) {
 
 fn assert_two_services(request: &ExportTraceServiceRequest) {
     assert_eq!(request.resource_spans.len(), 2);
-    for (rs, (service, seqs)) in request
-        .resource_spans
-        .iter()
-        .zip([("checkout", vec![1u8, 3]), ("payments", vec![2])])
+    for (rs, (service, seqs)) in request.resource_spans.iter().zip([("checkout", vec![1u8, 3]), ("payments", vec![2])])
     {
         assert_eq!(
             rs.resource.as_ref().unwrap().attributes,
@@ -366,10 +298,7 @@ fn assert_two_services(request: &ExportTraceServiceRequest) {
         assert_eq!(scope.name, "hoptrace");
         assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
         let spans = &rs.scope_spans[0].spans;
-        assert_eq!(
-            spans.iter().map(|s| s.trace_id[0]).collect::<Vec<_>>(),
-            seqs
-        );
+        assert_eq!(spans.iter().map(|s| s.trace_id[0]).collect::<Vec<_>>(), seqs);
         for (sp, n) in spans.iter().zip(seqs) {
             assert_eq!(sp.trace_id, vec![n; 16]);
             assert_eq!(sp.span_id, vec![n + 1; 8]);
@@ -412,14 +341,7 @@ fn grpc_delivers_spans_grouped_by_resource() {
         assert_eq!(received[0].headers.get("grpc-encoding").unwrap(), "gzip");
     }
     let stats = exporter.shutdown(Duration::from_secs(1));
-    assert_eq!(
-        (
-            stats.spans_submitted,
-            stats.spans_exported,
-            stats.queue_depth
-        ),
-        (3, 3, 0)
-    );
+    assert_eq!((stats.spans_submitted, stats.spans_exported, stats.queue_depth), (3, 3, 0));
 }
 
 #[test]
@@ -438,10 +360,7 @@ fn http_delivers_spans_grouped_by_resource() {
         assert_two_services(&received[0].request);
         let r = &received[0];
         assert_eq!(r.path, "/v1/traces");
-        assert_eq!(
-            r.headers.get("content-type").unwrap(),
-            "application/x-protobuf"
-        );
+        assert_eq!(r.headers.get("content-type").unwrap(), "application/x-protobuf");
         assert_eq!(r.headers.get("content-encoding").unwrap(), "gzip");
         assert_eq!(r.headers.get("authorization").unwrap(), "Bearer abc");
     }
@@ -450,37 +369,24 @@ fn http_delivers_spans_grouped_by_resource() {
 
 #[test]
 fn grpc_unavailable_is_retried_until_delivered_once() {
-    let unavailable = Reply::Grpc {
-        code: Code::Unavailable,
-        retry_info: None,
-    };
-    let collector =
-        start_grpc_collector(bind("127.0.0.1:0"), vec![unavailable.clone(), unavailable]);
+    let unavailable = Reply::Grpc { code: Code::Unavailable, retry_info: None };
+    let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![unavailable.clone(), unavailable]);
     let exporter = Exporter::start(config(Protocol::Grpc, collector.addr)).unwrap();
     let r = resource("checkout");
     exporter.submit(span(&r, 1));
     exporter.submit(span(&r, 2));
     let stats = wait_for(&exporter, "2 spans exported", |s| s.spans_exported == 2);
-    assert_eq!(
-        (stats.export_requests_failed, stats.export_requests_ok),
-        (2, 1)
-    );
+    assert_eq!((stats.export_requests_failed, stats.export_requests_ok), (2, 1));
     assert_eq!(collector.attempts(), 3);
     assert_eq!(collector.received().len(), 1);
     assert_eq!(collector.received_seqs(), vec![1, 2]);
     let stats = exporter.shutdown(Duration::from_secs(1));
-    assert_eq!(
-        stats.spans_dropped_non_retryable + stats.spans_dropped_retries_exhausted,
-        0
-    );
+    assert_eq!(stats.spans_dropped_non_retryable + stats.spans_dropped_retries_exhausted, 0);
 }
 
 #[test]
 fn grpc_retry_info_delay_is_honoured() {
-    let reply = Reply::Grpc {
-        code: Code::ResourceExhausted,
-        retry_info: Some(Duration::from_millis(300)),
-    };
+    let reply = Reply::Grpc { code: Code::ResourceExhausted, retry_info: Some(Duration::from_millis(300)) };
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![reply]);
     let mut cfg = config(Protocol::Grpc, collector.addr);
     // Far longer than the server's 300 ms: a delivery within 2 s means RetryInfo was used.
@@ -492,32 +398,21 @@ fn grpc_retry_info_delay_is_honoured() {
     exporter.submit(span(&resource("checkout"), 1));
     wait_for(&exporter, "span exported", |s| s.spans_exported == 1);
     let waited = collector.received()[0].at - submitted;
-    assert!(
-        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(2), "{waited:?}");
     exporter.shutdown(Duration::from_secs(1));
 }
 
 #[test]
 fn grpc_invalid_argument_is_dropped_and_counted() {
-    let reply = Reply::Grpc {
-        code: Code::InvalidArgument,
-        retry_info: None,
-    };
+    let reply = Reply::Grpc { code: Code::InvalidArgument, retry_info: None };
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![reply]);
     let exporter = Exporter::start(config(Protocol::Grpc, collector.addr)).unwrap();
     let r = resource("checkout");
     exporter.submit(span(&r, 1));
     exporter.submit(span(&r, 2));
-    let stats = wait_for(&exporter, "batch dropped", |s| {
-        s.spans_dropped_non_retryable == 2
-    });
+    let stats = wait_for(&exporter, "batch dropped", |s| s.spans_dropped_non_retryable == 2);
     assert_eq!((stats.export_requests_failed, stats.spans_exported), (1, 0));
-    assert_eq!(
-        exporter.drop_reasons(),
-        vec![("grpc INVALID_ARGUMENT".to_string(), 2)]
-    );
+    assert_eq!(exporter.drop_reasons(), vec![("grpc INVALID_ARGUMENT".to_string(), 2)]);
     assert_eq!(collector.attempts(), 1);
     // The exporter carries on with the next batch.
     exporter.submit(span(&r, 3));
@@ -528,16 +423,11 @@ fn grpc_invalid_argument_is_dropped_and_counted() {
 
 #[test]
 fn http_400_is_dropped_and_counted() {
-    let reply = Reply::Http {
-        status: 400,
-        retry_after: None,
-    };
+    let reply = Reply::Http { status: 400, retry_after: None };
     let collector = start_http_collector(bind("127.0.0.1:0"), vec![reply]);
     let exporter = Exporter::start(config(Protocol::HttpProtobuf, collector.addr)).unwrap();
     exporter.submit(span(&resource("checkout"), 1));
-    let stats = wait_for(&exporter, "batch dropped", |s| {
-        s.spans_dropped_non_retryable == 1
-    });
+    let stats = wait_for(&exporter, "batch dropped", |s| s.spans_dropped_non_retryable == 1);
     assert_eq!((stats.export_requests_failed, stats.spans_exported), (1, 0));
     assert_eq!(exporter.drop_reasons(), vec![("http 400".to_string(), 1)]);
     assert_eq!(collector.attempts(), 1);
@@ -546,10 +436,7 @@ fn http_400_is_dropped_and_counted() {
 
 #[test]
 fn http_503_retry_after_is_honoured() {
-    let reply = Reply::Http {
-        status: 503,
-        retry_after: Some(1),
-    };
+    let reply = Reply::Http { status: 503, retry_after: Some(1) };
     let collector = start_http_collector(bind("127.0.0.1:0"), vec![reply]);
     let mut cfg = config(Protocol::HttpProtobuf, collector.addr);
     cfg.retry.initial_backoff = Duration::from_secs(10);
@@ -559,24 +446,15 @@ fn http_503_retry_after_is_honoured() {
     let submitted = Instant::now();
     exporter.submit(span(&resource("checkout"), 1));
     let stats = wait_for(&exporter, "span exported", |s| s.spans_exported == 1);
-    assert_eq!(
-        (stats.export_requests_failed, stats.export_requests_ok),
-        (1, 1)
-    );
+    assert_eq!((stats.export_requests_failed, stats.export_requests_ok), (1, 1));
     let waited = collector.received()[0].at - submitted;
-    assert!(
-        waited >= Duration::from_secs(1) && waited < Duration::from_secs(3),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(3), "{waited:?}");
     exporter.shutdown(Duration::from_secs(1));
 }
 
 #[test]
 fn partial_success_rejections_are_counted() {
-    let reply = Reply::Partial {
-        rejected: 1,
-        message: "span 2 too large",
-    };
+    let reply = Reply::Partial { rejected: 1, message: "span 2 too large" };
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![reply]);
     let mut cfg = config(Protocol::Grpc, collector.addr);
     cfg.batch_max_spans = 3;
@@ -586,29 +464,21 @@ fn partial_success_rejections_are_counted() {
         exporter.submit(span(&r, n));
     }
     let stats = wait_for(&exporter, "batch settled", |s| s.export_requests_ok == 1);
-    assert_eq!(
-        (stats.spans_exported, stats.spans_rejected_by_collector),
-        (2, 1)
-    );
+    assert_eq!((stats.spans_exported, stats.spans_rejected_by_collector), (2, 1));
     assert!(exporter.last_error().unwrap().contains("span 2 too large"));
     exporter.shutdown(Duration::from_secs(1));
 }
 
 #[test]
 fn retries_exhausted_are_counted() {
-    let unavailable = Reply::Grpc {
-        code: Code::Unavailable,
-        retry_info: None,
-    };
+    let unavailable = Reply::Grpc { code: Code::Unavailable, retry_info: None };
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![unavailable; 1000]);
     let mut cfg = config(Protocol::Grpc, collector.addr);
     cfg.retry.max_elapsed = Duration::from_millis(150);
     let exporter = Exporter::start(cfg).unwrap();
     exporter.submit(span(&resource("checkout"), 1));
     exporter.submit(span(&resource("checkout"), 2));
-    let stats = wait_for(&exporter, "retries exhausted", |s| {
-        s.spans_dropped_retries_exhausted == 2
-    });
+    let stats = wait_for(&exporter, "retries exhausted", |s| s.spans_dropped_retries_exhausted == 2);
     assert!(stats.export_requests_failed >= 2, "{stats:?}");
     assert_eq!((stats.spans_exported, stats.queue_depth), (0, 0));
     exporter.shutdown(Duration::from_secs(1));
@@ -631,22 +501,15 @@ fn collector_down_at_start(protocol: Protocol) {
         exporter.submit(span(&r, n));
     }
     let stats = exporter.stats();
-    assert_eq!(
-        (stats.spans_submitted, stats.spans_dropped_queue_full),
-        (25, 15)
-    );
+    assert_eq!((stats.spans_submitted, stats.spans_dropped_queue_full), (25, 15));
     assert_eq!(stats.queue_depth, 10);
-    wait_for(&exporter, "failed attempts", |s| {
-        s.export_requests_failed >= 2
-    });
+    wait_for(&exporter, "failed attempts", |s| s.export_requests_failed >= 2);
 
     let collector = match protocol {
         Protocol::Grpc => start_grpc_collector(bind(&addr.to_string()), vec![]),
         Protocol::HttpProtobuf => start_http_collector(bind(&addr.to_string()), vec![]),
     };
-    let stats = wait_for(&exporter, "queued spans delivered", |s| {
-        s.spans_exported == 10
-    });
+    let stats = wait_for(&exporter, "queued spans delivered", |s| s.spans_exported == 10);
     // Drop-oldest applies to queued spans; a batch that was on the wire when the queue
     // overflowed is kept (and retried), so the survivors are the newest spans plus at most
     // one older batch: the newest `capacity - batch` are always among them.
@@ -657,9 +520,7 @@ fn collector_down_at_start(protocol: Protocol) {
     assert!((20..=25).all(|n| seqs.contains(&n)), "{seqs:?}");
     assert_eq!(stats.spans_dropped_queue_full, 15);
     assert_eq!(
-        stats.spans_dropped_non_retryable
-            + stats.spans_dropped_retries_exhausted
-            + stats.spans_dropped_shutdown,
+        stats.spans_dropped_non_retryable + stats.spans_dropped_retries_exhausted + stats.spans_dropped_shutdown,
         0
     );
     assert_eq!(stats.queue_depth, 0);
@@ -704,18 +565,8 @@ fn shutdown_deadline_bounds_retries_and_counts_the_rest() {
     let started = Instant::now();
     let stats = exporter.shutdown(Duration::from_millis(300));
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
-        "{took:?}"
-    );
-    assert_eq!(
-        (
-            stats.spans_dropped_shutdown,
-            stats.spans_exported,
-            stats.queue_depth
-        ),
-        (5, 0, 0)
-    );
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!((stats.spans_dropped_shutdown, stats.spans_exported, stats.queue_depth), (5, 0, 0));
 }
 
 #[test]
@@ -723,10 +574,7 @@ fn json_sink_writes_one_otlp_json_line_per_batch() {
     let path = std::env::temp_dir().join(format!(
         "hoptrace-export-test-{}-{}.jsonl",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     ));
     let _ = std::fs::remove_file(&path);
     let cfg = ExporterConfig {
@@ -744,18 +592,12 @@ fn json_sink_writes_one_otlp_json_line_per_batch() {
     assert_eq!((stats.spans_exported, stats.export_requests_ok), (3, 2));
     let text = std::fs::read_to_string(&path).unwrap();
     let _ = std::fs::remove_file(&path);
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     let spans = &lines[0]["resourceSpans"][0]["scopeSpans"][0]["spans"];
     assert_eq!(spans[0]["traceId"], "01010101010101010101010101010101");
     assert_eq!(spans[1]["spanId"], "0303030303030303");
-    assert_eq!(
-        lines[1]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"],
-        "GET /items/3"
-    );
+    assert_eq!(lines[1]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"], "GET /items/3");
 }
 
 #[test]
@@ -763,22 +605,14 @@ fn start_rejects_bad_tls_and_header_settings() {
     let mut cfg = config(Protocol::Grpc, "127.0.0.1:4317".parse().unwrap());
     cfg.endpoint = Some("https://127.0.0.1:4317".into());
     cfg.tls.ca_file = Some("/nonexistent/ca.pem".into());
-    assert!(matches!(
-        Exporter::start(cfg),
-        Err(StartError::Config(ConfigError::CaFile { .. }))
-    ));
+    assert!(matches!(Exporter::start(cfg), Err(StartError::Config(ConfigError::CaFile { .. }))));
 
     let mut cfg = config(Protocol::HttpProtobuf, "127.0.0.1:4318".parse().unwrap());
     cfg.headers = vec![("bad header".into(), "v".into())];
-    assert!(matches!(
-        Exporter::start(cfg),
-        Err(StartError::Config(ConfigError::InvalidHeader { .. }))
-    ));
+    assert!(matches!(Exporter::start(cfg), Err(StartError::Config(ConfigError::InvalidHeader { .. }))));
 
     // An https endpoint with only the built-in roots needs no file and starts fine.
     let mut cfg = config(Protocol::HttpProtobuf, "127.0.0.1:4318".parse().unwrap());
     cfg.endpoint = Some("https://collector.invalid/v1/traces".into());
-    Exporter::start(cfg)
-        .unwrap()
-        .shutdown(Duration::from_millis(10));
+    Exporter::start(cfg).unwrap().shutdown(Duration::from_millis(10));
 }

@@ -13,10 +13,7 @@ use super::config::ConfigError;
 /// Reads the CA file and checks that it holds at least one parsable certificate, so a
 /// wrong path or file shows at startup rather than as failed handshakes.
 pub(crate) fn read_ca_pem(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let err = |reason: String| ConfigError::CaFile {
-        path: path.to_owned(),
-        reason,
-    };
+    let err = |reason: String| ConfigError::CaFile { path: path.to_owned(), reason };
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let certs = parse_certs(&pem).map_err(err)?;
     if certs.is_empty() {
@@ -26,9 +23,7 @@ pub(crate) fn read_ca_pem(path: &Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
+    CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
 }
 
 /// Client configuration for OTLP/HTTP over https.
@@ -36,10 +31,7 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConf
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let err = |reason: String| ConfigError::CaFile {
-            path: path.to_owned(),
-            reason,
-        };
+        let err = |reason: String| ConfigError::CaFile { path: path.to_owned(), reason };
         let pem = read_ca_pem(path)?;
         for cert in parse_certs(&pem).map_err(err)? {
             roots.add(cert).map_err(|e| err(e.to_string()))?;

@@ -67,8 +67,7 @@ impl Worker {
                 self.wait(None, true).await;
                 continue;
             }
-            if queued < self.shared.queue.batch_size() && self.deadline.is_none() && !self.retry_due
-            {
+            if queued < self.shared.queue.batch_size() && self.deadline.is_none() && !self.retry_due {
                 let due = *self.batch_open_since.get_or_insert(now) + self.settings.batch_timeout;
                 if now < due {
                     self.wait(Some(due), true).await;
@@ -91,10 +90,7 @@ impl Worker {
         let n = batch.len() as u64;
         let started = Instant::now();
         let timeout = match self.deadline {
-            Some(d) => self
-                .settings
-                .request_timeout
-                .min(d.saturating_duration_since(started)),
+            Some(d) => self.settings.request_timeout.min(d.saturating_duration_since(started)),
             None => self.settings.request_timeout,
         };
 
@@ -134,10 +130,7 @@ impl Worker {
                 Counters::add(&c.spans_exported, n - rejected);
                 Counters::add(&c.spans_rejected_by_collector, rejected);
                 if rejected > 0 || !accepted.message.is_empty() {
-                    c.set_last_error(format!(
-                        "collector rejected {rejected} spans: {}",
-                        accepted.message
-                    ));
+                    c.set_last_error(format!("collector rejected {rejected} spans: {}", accepted.message));
                 }
                 self.backoff.reset();
             }

@@ -29,7 +29,7 @@ use super::{
     mq_common::{timing, ClientConnection, ReceiveBatch, SegmentReader, Syscall},
     L7Event, MqKind, MqMessage, MqOperation, Protocol,
 };
-use crate::stream::Segment;
+use crate::capture::stream::Segment;
 
 pub const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 const NAME: &str = "amqp";
@@ -85,7 +85,11 @@ pub struct Amqp(ClientConnection<Reader>);
 
 impl Amqp {
     fn new(client: bool) -> Self {
-        Self(ClientConnection::new(client, Reader { expect_protocol_header: true, ..Reader::default() }, Reader::default()))
+        Self(ClientConnection::new(
+            client,
+            Reader { expect_protocol_header: true, ..Reader::default() },
+            Reader::default(),
+        ))
     }
 }
 
@@ -254,11 +258,7 @@ impl Reader {
             // Content of a method this parser does not track (e.g. basic.return).
             return;
         };
-        let mut msg = MqMessage {
-            destination: m.exchange,
-            routing_key: Some(m.routing_key),
-            ..MqMessage::default()
-        };
+        let mut msg = MqMessage { destination: m.exchange, routing_key: Some(m.routing_key), ..MqMessage::default() };
         if let Err(reason) = properties(p, &mut msg) {
             out.push(err(reason));
         }
@@ -484,7 +484,9 @@ mod tests {
             no_errors(&events);
             let o = ops(&events);
             assert_eq!(o.len(), 3);
-            assert!(o.iter().all(|o| o.messages.len() == 1 && o.messages[0].traceparent.is_none() && o.messages[0].routing_key.as_deref() == Some("q2")));
+            assert!(o.iter().all(|o| o.messages.len() == 1
+                && o.messages[0].traceparent.is_none()
+                && o.messages[0].routing_key.as_deref() == Some("q2")));
         }
     }
 
@@ -496,7 +498,10 @@ mod tests {
             let n: usize = o.iter().map(|o| o.messages.len()).sum();
             assert_eq!(n, 3);
             assert!(o.iter().all(|o| o.operation_name == "get" && o.kind == MqKind::Receive));
-            assert!(o.iter().flat_map(|o| &o.messages).all(|m| m.traceparent.is_none() && m.routing_key.as_deref() == Some("q2")));
+            assert!(o
+                .iter()
+                .flat_map(|o| &o.messages)
+                .all(|m| m.traceparent.is_none() && m.routing_key.as_deref() == Some("q2")));
         }
     }
 
@@ -522,7 +527,7 @@ mod tests {
         let mut out = Vec::new();
         let segs = vec![
             Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 7, bytes: PUBLISH_SDK[..20].to_vec() },
-            Segment::Gap { offset: 20, len: 5, reason: crate::stream::GapReason::Lost },
+            Segment::Gap { offset: 20, len: 5, reason: crate::capture::stream::GapReason::Lost },
         ];
         p.feed(Direction::Egress, &segs, &mut out);
         assert_eq!(out, vec![err("gap_lost_sync")]);

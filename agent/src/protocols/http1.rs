@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use hoptrace_common::{Direction, Role};
 
 use super::{opposite, L7Event, Protocol};
-use crate::{context::trim_ows, stream::Segment};
+use crate::{capture::stream::Segment, traces::context::trim_ows};
 
 const PROTOCOL: &str = "http1";
 /// Largest header block (or trailer section) buffered before giving up on a message.
@@ -38,17 +38,8 @@ const EARLY_CHECK_LEN: usize = 1024;
 /// Buffers that grew past this are freed, not kept, once their message is done.
 const KEEP_BUFFER: usize = 8 * 1024;
 /// Request-line starts accepted by detection and resynchronization.
-const METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"HEAD ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-    b"TRACE ",
-];
+const METHODS: [&[u8]; 9] =
+    [b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
 
 /// Stable labels of [`L7Event::ParseError`]s from this parser.
 pub mod reason {
@@ -156,19 +147,13 @@ impl HttpResponse {
 }
 
 fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name == name)
-        .map(|h| h.value.as_slice())
+    headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
 }
 
 /// Every value of header `name` (lowercase), in order: for list headers such as
 /// tracestate and baggage that may be split over several lines.
 pub fn header_values<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .iter()
-        .filter(move |h| h.name == name)
-        .map(|h| h.value.as_slice())
+    headers.iter().filter(move |h| h.name == name).map(|h| h.value.as_slice())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,13 +197,11 @@ pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Bo
     }
     // A known role means the connection was seen from its start; otherwise, or when a
     // response came first, the other direction may be mid-message.
-    Some(Box::new(
-        if role != Role::Unknown && request_dir == direction {
-            Http1::new(request_dir)
-        } else {
-            Http1::mid_stream(request_dir, direction)
-        },
-    ))
+    Some(Box::new(if role != Role::Unknown && request_dir == direction {
+        Http1::new(request_dir)
+    } else {
+        Http1::mid_stream(request_dir, direction)
+    }))
 }
 
 fn starts_request(bytes: &[u8]) -> bool {
@@ -302,11 +285,7 @@ impl Http1 {
         match step {
             Step::More => return false,
             Step::Head => {
-                let body = if is_request {
-                    self.request_head(out)
-                } else {
-                    self.response_head(out)
-                };
+                let body = if is_request { self.request_head(out) } else { self.response_head(out) };
                 match body {
                     Ok(body) => {
                         if self.reader(is_request).begin_body(body) {
@@ -368,9 +347,7 @@ impl Http1 {
         match body {
             Ok(BodyKind::Tunnel) => self.requests.state = State::Opaque,
             // A refused CONNECT: the client may go on with HTTP.
-            _ if method == Some("CONNECT") && self.requests.state == State::Opaque => {
-                self.requests.state = State::Seek
-            }
+            _ if method == Some("CONNECT") && self.requests.state == State::Opaque => self.requests.state = State::Seek,
             _ => {}
         }
         let response = HttpResponse {
@@ -391,11 +368,7 @@ impl Http1 {
             self.current_request = None;
             return;
         }
-        if let Some(Answer {
-            pending,
-            mut response,
-        }) = self.inflight.take()
-        {
+        if let Some(Answer { pending, mut response }) = self.inflight.take() {
             response.timing = self.responses.timing;
             response.body_len = self.responses.body_len;
             emit(out, pending, Some(response), Outcome::Complete);
@@ -415,11 +388,7 @@ impl Http1 {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.push_back(Pending {
-            id,
-            request,
-            informational: Vec::new(),
-        });
+        self.pending.push_back(Pending { id, request, informational: Vec::new() });
         Some(id)
     }
 
@@ -431,11 +400,7 @@ impl Http1 {
         };
         let (last_exit_ns, body_len) = (self.requests.timing.last_exit_ns, self.requests.body_len);
         let queued = self.pending.iter_mut().rev().find(|p| p.id == id);
-        let answering = self
-            .inflight
-            .as_mut()
-            .map(|a| &mut a.pending)
-            .filter(|p| p.id == id);
+        let answering = self.inflight.as_mut().map(|a| &mut a.pending).filter(|p| p.id == id);
         if let Some(request) = queued.or(answering).and_then(|p| p.request.as_mut()) {
             request.timing.last_exit_ns = last_exit_ns;
             request.body_len = body_len;
@@ -455,10 +420,7 @@ impl Http1 {
             }
         } else {
             match self.inflight.take() {
-                Some(Answer {
-                    pending,
-                    mut response,
-                }) => {
+                Some(Answer { pending, mut response }) => {
                     response.timing = self.responses.timing;
                     response.body_len = self.responses.body_len;
                     emit(out, pending, Some(response), Outcome::Desync);
@@ -490,18 +452,10 @@ impl Protocol for Http1 {
         let is_request = direction == self.request_dir;
         for segment in segments {
             match segment {
-                Segment::Data {
-                    ts_enter_ns,
-                    ts_ns,
-                    tid,
-                    bytes,
-                    ..
-                } => {
+                Segment::Data { ts_enter_ns, ts_ns, tid, bytes, .. } => {
                     let mut pos = 0;
                     loop {
-                        let step =
-                            self.reader(is_request)
-                                .data(bytes, &mut pos, *ts_enter_ns, *ts_ns, *tid);
+                        let step = self.reader(is_request).data(bytes, &mut pos, *ts_enter_ns, *ts_ns, *tid);
                         if !self.handle(is_request, step, out) {
                             break;
                         }
@@ -532,10 +486,7 @@ impl Protocol for Http1 {
             out.push(parse_error(reason::CLOSED_MID_HEADER));
         }
         match self.inflight.take() {
-            Some(Answer {
-                pending,
-                mut response,
-            }) => {
+            Some(Answer { pending, mut response }) => {
                 response.timing = self.responses.timing;
                 response.body_len = self.responses.body_len;
                 let outcome = if self.responses.state == State::UntilClose {
@@ -564,20 +515,12 @@ impl Protocol for Http1 {
 
 fn emit(out: &mut Vec<L7Event>, p: Pending, response: Option<HttpResponse>, outcome: Outcome) {
     if let Some(request) = p.request {
-        out.push(L7Event::Http(HttpExchange {
-            request,
-            response,
-            informational: p.informational,
-            outcome,
-        }));
+        out.push(L7Event::Http(HttpExchange { request, response, informational: p.informational, outcome }));
     }
 }
 
 fn parse_error(reason: &'static str) -> L7Event {
-    L7Event::ParseError {
-        protocol: PROTOCOL,
-        reason,
-    }
+    L7Event::ParseError { protocol: PROTOCOL, reason }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -616,13 +559,7 @@ fn response_config() -> httparse::ParserConfig {
 }
 
 fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
-    headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_ascii_lowercase(),
-            value: h.value.to_vec(),
-        })
-        .collect()
+    headers.iter().map(|h| Header { name: h.name.to_ascii_lowercase(), value: h.value.to_vec() }).collect()
 }
 
 /// httparse's header slots, left uninitialized: filling 256 `EMPTY_HEADER`s (8 KiB) on
@@ -663,11 +600,7 @@ fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static str> {
         // httparse takes any three digits; there is no 0xx class (RFC 9110 §15), and a
         // status below 100 would be exported as if it were a final answer.
         (Some(status), Some(_)) if status < 100 => Err(reason::INVALID_STATUS),
-        (Some(status), Some(version)) => Ok(ResponseHead {
-            status,
-            version,
-            headers: owned_headers(resp.headers),
-        }),
+        (Some(status), Some(version)) => Ok(ResponseHead { status, version, headers: owned_headers(resp.headers) }),
         _ => Err(reason::MALFORMED_HEAD),
     }
 }
@@ -692,14 +625,11 @@ fn early_check(kind: Kind, buf: &[u8]) -> Result<(), &'static str> {
 /// httparse accepts them.
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let tail = buf.get(from..)?;
-    tail.iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'\n')
-        .find_map(|(i, _)| match (tail.get(i + 1), tail.get(i + 2)) {
-            (Some(b'\n'), _) => Some(from + i + 2),
-            (Some(b'\r'), Some(b'\n')) => Some(from + i + 3),
-            _ => None,
-        })
+    tail.iter().enumerate().filter(|&(_, &b)| b == b'\n').find_map(|(i, _)| match (tail.get(i + 1), tail.get(i + 2)) {
+        (Some(b'\n'), _) => Some(from + i + 2),
+        (Some(b'\r'), Some(b'\n')) => Some(from + i + 3),
+        _ => None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -718,11 +648,7 @@ enum BodyKind {
 fn request_body(headers: &[Header]) -> Result<BodyKind, &'static str> {
     if let Some(chunked) = transfer_encoding_chunked(headers) {
         // A request cannot be delimited by close: any coding but a final chunked is fatal.
-        return if chunked {
-            Ok(BodyKind::Chunked)
-        } else {
-            Err(reason::INVALID_TRANSFER_ENCODING)
-        };
+        return if chunked { Ok(BodyKind::Chunked) } else { Err(reason::INVALID_TRANSFER_ENCODING) };
     }
     Ok(match content_length(headers)? {
         Some(n) => BodyKind::Length(n),
@@ -730,11 +656,7 @@ fn request_body(headers: &[Header]) -> Result<BodyKind, &'static str> {
     })
 }
 
-fn response_body(
-    status: u16,
-    method: Option<&str>,
-    headers: &[Header],
-) -> Result<BodyKind, &'static str> {
+fn response_body(status: u16, method: Option<&str>, headers: &[Header]) -> Result<BodyKind, &'static str> {
     if status == 101 || (method == Some("CONNECT") && (200..300).contains(&status)) {
         return Ok(BodyKind::Tunnel);
     }
@@ -742,11 +664,7 @@ fn response_body(
         return Ok(BodyKind::None);
     }
     if let Some(chunked) = transfer_encoding_chunked(headers) {
-        return Ok(if chunked {
-            BodyKind::Chunked
-        } else {
-            BodyKind::UntilClose
-        });
+        return Ok(if chunked { BodyKind::Chunked } else { BodyKind::UntilClose });
     }
     Ok(match content_length(headers)? {
         Some(n) => BodyKind::Length(n),
@@ -760,11 +678,7 @@ fn transfer_encoding_chunked(headers: &[Header]) -> Option<bool> {
     let mut last: &[u8] = b"";
     for value in header_values(headers, "transfer-encoding") {
         present = true;
-        for coding in value
-            .split(|&b| b == b',')
-            .map(trim_ows)
-            .filter(|c| !c.is_empty())
-        {
+        for coding in value.split(|&b| b == b',').map(trim_ows).filter(|c| !c.is_empty()) {
             last = coding;
         }
     }
@@ -816,7 +730,6 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
         n.checked_mul(16)?.checked_add(u64::from(v))
     })
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Framing of one direction.
@@ -883,14 +796,7 @@ struct Reader {
 
 impl Reader {
     fn new(kind: Kind, state: State) -> Self {
-        Self {
-            kind,
-            state,
-            buf: Vec::new(),
-            scanned: 0,
-            timing: Timing::default(),
-            body_len: 0,
-        }
+        Self { kind, state, buf: Vec::new(), scanned: 0, timing: Timing::default(), body_len: 0 }
     }
 
     fn reset(&mut self, state: State) {
@@ -938,18 +844,11 @@ impl Reader {
                     }
                 }
                 State::Idle => {
-                    let blank = rest
-                        .iter()
-                        .take_while(|&&b| b == b'\r' || b == b'\n')
-                        .count();
+                    let blank = rest.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
                     *pos += blank;
                     if blank < rest.len() {
-                        self.timing = Timing {
-                            first_tid: tid,
-                            first_enter_ns: enter,
-                            first_exit_ns: exit,
-                            last_exit_ns: exit,
-                        };
+                        self.timing =
+                            Timing { first_tid: tid, first_enter_ns: enter, first_exit_ns: exit, last_exit_ns: exit };
                         self.body_len = 0;
                         self.clear_buf();
                         self.state = State::Head;
@@ -959,8 +858,7 @@ impl Reader {
                     self.timing.last_exit_ns = exit;
                     let old = self.buf.len();
                     let take = rest.len().min(MAX_HEAD_LEN.saturating_sub(old));
-                    self.buf
-                        .extend_from_slice(rest.get(..take).unwrap_or_default());
+                    self.buf.extend_from_slice(rest.get(..take).unwrap_or_default());
                     if let Some(end) = find_head_end(&self.buf, self.scanned.saturating_sub(3)) {
                         *pos += end.saturating_sub(old);
                         self.buf.truncate(end);
@@ -996,9 +894,7 @@ impl Reader {
                 State::ChunkSize => {
                     self.timing.last_exit_ns = exit;
                     let newline = rest.iter().position(|&b| b == b'\n');
-                    let part = rest
-                        .get(..newline.unwrap_or(rest.len()))
-                        .unwrap_or_default();
+                    let part = rest.get(..newline.unwrap_or(rest.len())).unwrap_or_default();
                     if self.buf.len() + part.len() > MAX_CHUNK_LINE {
                         return Step::Error(reason::CHUNK_LINE_TOO_LONG);
                     }
@@ -1029,9 +925,7 @@ impl Reader {
                 State::Trailers { line, total } => {
                     self.timing.last_exit_ns = exit;
                     let newline = rest.iter().position(|&b| b == b'\n');
-                    let part = rest
-                        .get(..newline.unwrap_or(rest.len()))
-                        .unwrap_or_default();
+                    let part = rest.get(..newline.unwrap_or(rest.len())).unwrap_or_default();
                     let line = line + part.iter().filter(|&&b| b != b'\r').count();
                     let total = total + part.len() + usize::from(newline.is_some());
                     if total > MAX_HEAD_LEN {
@@ -1086,9 +980,7 @@ impl Reader {
                         self.state = State::Idle;
                         return Step::End;
                     }
-                    self.state = State::Body {
-                        remaining: remaining - n,
-                    };
+                    self.state = State::Body { remaining: remaining - n };
                 }
                 // A hole inside one chunk's data is harmless: its end is known.
                 State::ChunkData { remaining } if *left <= remaining => {
@@ -1096,16 +988,13 @@ impl Reader {
                     self.state = if *left == remaining {
                         State::ChunkDataEnd { cr: false }
                     } else {
-                        State::ChunkData {
-                            remaining: remaining - *left,
-                        }
+                        State::ChunkData { remaining: remaining - *left }
                     };
                     *left = 0;
                 }
-                State::ChunkData { .. }
-                | State::ChunkSize
-                | State::ChunkDataEnd { .. }
-                | State::Trailers { .. } => return Step::Error(reason::GAP_IN_CHUNKED_BODY),
+                State::ChunkData { .. } | State::ChunkSize | State::ChunkDataEnd { .. } | State::Trailers { .. } => {
+                    return Step::Error(reason::GAP_IN_CHUNKED_BODY)
+                }
             }
         }
         Step::More

@@ -29,7 +29,7 @@ use std::io::Read;
 use hoptrace_common::{Direction, Role};
 
 use super::{L7Event, MqKind, MqMessage, MqOperation, Protocol, Timing};
-use crate::stream::Segment;
+use crate::capture::stream::Segment;
 
 const PROTOCOL: &str = "kafka";
 const SYSTEM: &str = "kafka";
@@ -77,11 +77,7 @@ fn remember_topic_id(id: [u8; 16], name: String) {
 }
 
 fn topic_by_id(id: [u8; 16]) -> Option<String> {
-    TOPIC_IDS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&id)
-        .cloned()
+    TOPIC_IDS.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
 }
 
 /// Stable labels of [`L7Event::ParseError`]s from this parser.
@@ -184,7 +180,10 @@ struct Frame {
 
 enum Phase {
     /// Reading the 4-byte size of the next frame.
-    Size { got: [u8; 4], n: usize },
+    Size {
+        got: [u8; 4],
+        n: usize,
+    },
     Body {
         bytes: Vec<u8>,
         remaining: u64,
@@ -202,10 +201,7 @@ struct Framer {
 
 impl Default for Framer {
     fn default() -> Self {
-        Framer {
-            phase: Phase::Size { got: [0; 4], n: 0 },
-            timing: Timing::default(),
-        }
+        Framer { phase: Phase::Size { got: [0; 4], n: 0 }, timing: Timing::default() }
     }
 }
 
@@ -224,11 +220,7 @@ impl Framer {
                 Phase::Desync => {}
                 Phase::Size { n: 0, .. } => self.desync(reason::GAP_BETWEEN_FRAMES, out),
                 Phase::Size { .. } => self.desync(reason::GAP_IN_FRAME, out),
-                Phase::Body {
-                    remaining,
-                    truncated,
-                    ..
-                } => {
+                Phase::Body { remaining, truncated, .. } => {
                     truncated.get_or_insert(reason::GAP_IN_FRAME);
                     if *len < *remaining {
                         *remaining -= len;
@@ -242,13 +234,7 @@ impl Framer {
                     }
                 }
             },
-            Segment::Data {
-                ts_enter_ns,
-                ts_ns,
-                tid,
-                bytes,
-                ..
-            } => {
+            Segment::Data { ts_enter_ns, ts_ns, tid, bytes, .. } => {
                 let mut pos = 0;
                 while pos < bytes.len() {
                     let rest = &bytes[pos..];
@@ -286,11 +272,7 @@ impl Framer {
                                 };
                             }
                         }
-                        Phase::Body {
-                            bytes: buf,
-                            remaining,
-                            truncated,
-                        } => {
+                        Phase::Body { bytes: buf, remaining, truncated } => {
                             let take = (*remaining).min(rest.len() as u64) as usize;
                             if truncated.is_none() {
                                 let room = MAX_FRAME_BUFFER - buf.len();
@@ -314,15 +296,8 @@ impl Framer {
 
     fn finish(&mut self, frames: &mut Vec<Frame>) {
         let phase = std::mem::replace(&mut self.phase, Phase::Size { got: [0; 4], n: 0 });
-        if let Phase::Body {
-            bytes, truncated, ..
-        } = phase
-        {
-            frames.push(Frame {
-                bytes,
-                truncated,
-                timing: self.timing,
-            });
+        if let Phase::Body { bytes, truncated, .. } = phase {
+            frames.push(Frame { bytes, truncated, timing: self.timing });
         }
     }
 
@@ -333,10 +308,7 @@ impl Framer {
 }
 
 fn error(reason: &'static str) -> L7Event {
-    L7Event::ParseError {
-        protocol: PROTOCOL,
-        reason,
-    }
+    L7Event::ParseError { protocol: PROTOCOL, reason }
 }
 
 /// A request waiting for its response.
@@ -378,10 +350,7 @@ impl Protocol for Kafka {
         let mut frames = Vec::new();
         for seg in segments {
             match direction {
-                Direction::Egress => {
-                    self.requests
-                        .push(seg, &plausible_request_payload, &mut frames, out)
-                }
+                Direction::Egress => self.requests.push(seg, &plausible_request_payload, &mut frames, out),
                 Direction::Ingress => {
                     let pending = &self.pending;
                     let known = |b: &[u8]| {
@@ -487,9 +456,7 @@ impl Kafka {
                 })();
                 match parsed {
                     Ok(()) => {}
-                    Err(Wire::Truncated) => {
-                        out.push(error(frame.truncated.unwrap_or(reason::MALFORMED_FETCH)))
-                    }
+                    Err(Wire::Truncated) => out.push(error(frame.truncated.unwrap_or(reason::MALFORMED_FETCH))),
                     Err(Wire::Malformed(why)) => out.push(error(why)),
                 }
             }
@@ -499,13 +466,7 @@ impl Kafka {
             self.pending.pop_front();
             out.push(error(reason::TOO_MANY_IN_FLIGHT));
         }
-        self.pending.push_back(Pending {
-            correlation_id,
-            api_key,
-            api_version,
-            timing: frame.timing,
-            produced,
-        });
+        self.pending.push_back(Pending { correlation_id, api_key, api_version, timing: frame.timing, produced });
     }
 
     fn on_response(&mut self, frame: Frame, out: &mut Vec<L7Event>) {
@@ -515,11 +476,7 @@ impl Kafka {
             return;
         };
         // Responses come back in request order: older unanswered requests are lost.
-        let Some(idx) = self
-            .pending
-            .iter()
-            .position(|p| p.correlation_id == correlation_id)
-        else {
+        let Some(idx) = self.pending.iter().position(|p| p.correlation_id == correlation_id) else {
             out.push(error(reason::UNMATCHED_RESPONSE));
             return;
         };
@@ -528,10 +485,7 @@ impl Kafka {
             out.push(error(reason::RESPONSE_MISSING));
         }
         let req = self.pending.pop_front().expect("found above");
-        let timing = Timing {
-            last_exit_ns: frame.timing.last_exit_ns,
-            ..req.timing
-        };
+        let timing = Timing { last_exit_ns: frame.timing.last_exit_ns, ..req.timing };
         match req.api_key {
             PRODUCE => {
                 let mut results = Vec::new();
@@ -556,9 +510,8 @@ impl Kafka {
                     .into_iter()
                     .map(|p| {
                         let mut m = p.message;
-                        let result = results
-                            .iter()
-                            .find(|r| r.topic == m.destination && Some(r.partition) == m.partition);
+                        let result =
+                            results.iter().find(|r| r.topic == m.destination && Some(r.partition) == m.partition);
                         if let Some(r) = result {
                             if r.error_code != 0 {
                                 error_name.get_or_insert_with(|| error_code_name(r.error_code));
@@ -585,13 +538,7 @@ impl Kafka {
                     if req.api_version >= 12 {
                         c.tagged_fields()?;
                     }
-                    parse_fetch_response(
-                        &mut c,
-                        req.api_version,
-                        &self.positions,
-                        &mut sink,
-                        &mut first_error,
-                    )
+                    parse_fetch_response(&mut c, req.api_version, &self.positions, &mut sink, &mut first_error)
                 })();
                 if let Err(e) = parsed {
                     out.push(error(match e {
@@ -676,10 +623,7 @@ fn topic_name(c: &mut Cur<'_>, version: i16, flexible: bool, ids_from: i16) -> W
             None => (id.iter().map(|b| format!("{b:02x}")).collect(), false),
         })
     } else {
-        Ok((
-            String::from_utf8_lossy(c.string(flexible)?.unwrap_or_default()).into_owned(),
-            true,
-        ))
+        Ok((String::from_utf8_lossy(c.string(flexible)?.unwrap_or_default()).into_owned(), true))
     }
 }
 
@@ -723,12 +667,7 @@ fn parse_produce_response(c: &mut Cur<'_>, v: i16, results: &mut Vec<PartitionRe
             let partition = c.i32()?;
             let error_code = c.i16()?;
             let base_offset = c.i64()?;
-            results.push(PartitionResult {
-                topic: topic.clone(),
-                partition,
-                error_code,
-                base_offset,
-            });
+            results.push(PartitionResult { topic: topic.clone(), partition, error_code, base_offset });
             if v >= 2 {
                 c.i64()?; // log append time
             }
@@ -758,11 +697,7 @@ fn parse_produce_response(c: &mut Cur<'_>, v: i16, results: &mut Vec<PartitionRe
 
 /// Fetch request: remembers the position the consumer asked for per partition (fetch
 /// sessions only resend partitions whose position moved, so positions are kept).
-fn parse_fetch_request(
-    c: &mut Cur<'_>,
-    v: i16,
-    positions: &mut HashMap<(String, i32), i64>,
-) -> W<()> {
+fn parse_fetch_request(c: &mut Cur<'_>, v: i16, positions: &mut HashMap<(String, i32), i64>) -> W<()> {
     let flexible = v >= 12;
     if v < 15 {
         c.i32()?; // replica id
@@ -852,14 +787,7 @@ fn parse_fetch_response(
             let (records, complete) = c.records(flexible)?;
             let before = sink.produced.len();
             let from = positions.get(&(topic.clone(), partition)).copied();
-            parse_batches(
-                records,
-                &topic,
-                partition,
-                Some(from.unwrap_or(i64::MIN)),
-                false,
-                sink,
-            );
+            parse_batches(records, &topic, partition, Some(from.unwrap_or(i64::MIN)), false, sink);
             if !known && sink.produced.len() > before {
                 sink.error(reason::TOPIC_ID_UNKNOWN);
             }
@@ -905,9 +833,7 @@ fn parse_metadata_response(c: &mut Cur<'_>, v: i16) -> W<()> {
     }
     for _ in 0..c.array_len(flexible)? {
         c.i16()?; // error code
-        let name = c
-            .string(flexible)?
-            .map(|n| String::from_utf8_lossy(n).into_owned());
+        let name = c.string(flexible)?.map(|n| String::from_utf8_lossy(n).into_owned());
         if v >= 10 {
             let id: [u8; 16] = c.arr()?;
             if let Some(name) = name.filter(|_| id != [0; 16]) {
@@ -951,14 +877,7 @@ const BATCH_HEADER: usize = 61;
 /// skips them; a trailing partial batch is the broker's cut and ignored), `None` for a
 /// produce request (offsets are relative to the batch, the broker assigns them).
 /// `cut`: the bytes end early because the capture did (keep the records that are whole).
-fn parse_batches(
-    mut data: &[u8],
-    topic: &str,
-    partition: i32,
-    fetch_from: Option<i64>,
-    cut: bool,
-    sink: &mut Sink,
-) {
+fn parse_batches(mut data: &[u8], topic: &str, partition: i32, fetch_from: Option<i64>, cut: bool, sink: &mut Sink) {
     while data.len() >= 12 {
         let base_offset = i64::from_be_bytes(data[0..8].try_into().expect("8 bytes"));
         let batch_len = i32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
@@ -999,9 +918,7 @@ fn parse_batches(
                     0 => parse_records(records, count, &msg, &keep, sink),
                     1 if whole => {
                         let mut plain = Vec::new();
-                        let read = flate2::read::GzDecoder::new(records)
-                            .take(MAX_DECOMPRESSED)
-                            .read_to_end(&mut plain);
+                        let read = flate2::read::GzDecoder::new(records).take(MAX_DECOMPRESSED).read_to_end(&mut plain);
                         match read {
                             Ok(_) => parse_records(&plain, count, &msg, &keep, sink),
                             Err(_) => {
@@ -1027,12 +944,7 @@ fn parse_batches(
 }
 
 /// Messages of a batch whose records cannot be read: offsets only, no context.
-fn count_only(
-    count: i32,
-    msg: &dyn Fn(i64) -> Produced,
-    keep: &dyn Fn(&Produced) -> bool,
-    sink: &mut Sink,
-) {
+fn count_only(count: i32, msg: &dyn Fn(i64) -> Produced, keep: &dyn Fn(&Produced) -> bool, sink: &mut Sink) {
     for delta in 0..count.clamp(0, MAX_MESSAGES as i32 + 1) {
         let p = msg(delta as i64);
         if keep(&p) {
@@ -1068,24 +980,16 @@ fn parse_records(
                 let headers = r.varint()?;
                 for _ in 0..headers.max(0) {
                     let klen = r.varint()?;
-                    let key = r.take(
-                        usize::try_from(klen)
-                            .map_err(|_| Wire::Malformed(reason::INVALID_RECORD_BATCH))?,
-                    )?;
+                    let key =
+                        r.take(usize::try_from(klen).map_err(|_| Wire::Malformed(reason::INVALID_RECORD_BATCH))?)?;
                     let vlen = r.varint()?;
-                    let value = if vlen >= 0 {
-                        Some(r.take(vlen as usize)?)
-                    } else {
-                        None
-                    };
+                    let value = if vlen >= 0 { Some(r.take(vlen as usize)?) } else { None };
                     let Some(value) = value.filter(|v| v.len() <= MAX_CONTEXT_VALUE) else {
                         continue;
                     };
                     if key.eq_ignore_ascii_case(b"traceparent") {
                         p.message.traceparent = Some(value.to_vec());
-                    } else if key.eq_ignore_ascii_case(b"tracestate")
-                        && p.message.tracestate.len() < MAX_TRACESTATE
-                    {
+                    } else if key.eq_ignore_ascii_case(b"tracestate") && p.message.tracestate.len() < MAX_TRACESTATE {
                         p.message.tracestate.push(value.to_vec());
                     }
                 }
@@ -1186,9 +1090,7 @@ impl<'a> Cur<'a> {
             if n == 0 {
                 return Ok(None);
             }
-            usize::try_from(n - 1)
-                .map(Some)
-                .map_err(|_| Wire::Malformed("invalid_length"))
+            usize::try_from(n - 1).map(Some).map_err(|_| Wire::Malformed("invalid_length"))
         } else {
             let n = self.i32()?;
             if n < -1 {
@@ -1343,21 +1245,16 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::stream::GapReason;
+    use crate::capture::stream::GapReason;
 
     type Chunk = (Direction, Vec<u8>);
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
     }
 
     fn dir(run: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("src/protocols/testdata/kafka")
-            .join(run)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocols/testdata/kafka").join(run)
     }
 
     /// Every recorded connection of a run, in file order.
@@ -1365,10 +1262,7 @@ mod tests {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir(run))
             .expect("fixture dir")
             .map(|e| e.expect("entry").path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("conn-"))
-            })
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("conn-")))
             .collect();
         files.sort();
         assert!(!files.is_empty(), "no connections in {run}");
@@ -1380,11 +1274,7 @@ mod tests {
                     .lines()
                     .map(|l| {
                         let (mark, h) = l.split_once(' ').expect("line");
-                        let d = if mark == ">" {
-                            Direction::Egress
-                        } else {
-                            Direction::Ingress
-                        };
+                        let d = if mark == ">" { Direction::Egress } else { Direction::Ingress };
                         (d, hex(h))
                     })
                     .collect()
@@ -1474,10 +1364,7 @@ mod tests {
             .map(|m| Seen {
                 partition: m.partition.expect("partition"),
                 offset: m.offset.expect("offset"),
-                traceparent: m
-                    .traceparent
-                    .as_ref()
-                    .map(|t| String::from_utf8(t.clone()).expect("utf8")),
+                traceparent: m.traceparent.as_ref().map(|t| String::from_utf8(t.clone()).expect("utf8")),
             })
             .collect();
         v.sort();
@@ -1486,41 +1373,24 @@ mod tests {
 
     /// A run's connections parsed with `piece`-byte segments: what the agent would report.
     fn parse_run(run: &str, piece: usize) -> Vec<L7Event> {
-        connections(run)
-            .iter()
-            .flat_map(|c| run_conn(c, piece))
-            .collect()
+        connections(run).iter().flat_map(|c| run_conn(c, piece)).collect()
     }
 
     fn check_run(run: &str, kind: MqKind) {
         let expected = client_view(run);
         assert!(expected.len() >= 6, "fixture {run} too small");
-        let partitions: std::collections::BTreeSet<i32> =
-            expected.iter().map(|s| s.partition).collect();
+        let partitions: std::collections::BTreeSet<i32> = expected.iter().map(|s| s.partition).collect();
         assert!(partitions.len() >= 2, "fixture {run} must span partitions");
         let baseline = parse_run(run, 0);
         assert_eq!(errors(&baseline), Vec::<&str>::new(), "{run}");
         let all = ops(&baseline);
         assert!(all.iter().all(|o| o.system == "kafka" && o.error.is_none()));
-        assert!(all
-            .iter()
-            .all(|o| o.timing.first_enter_ns <= o.timing.last_exit_ns));
-        assert_eq!(
-            seen(&all, kind),
-            expected,
-            "{run}: parser vs client library"
-        );
+        assert!(all.iter().all(|o| o.timing.first_enter_ns <= o.timing.last_exit_ns));
+        assert_eq!(seen(&all, kind), expected, "{run}: parser vs client library");
         // Several records of one batch / several partitions in one operation.
-        assert!(
-            all.iter().any(|o| o.kind == kind && o.messages.len() >= 2),
-            "{run}: no batch"
-        );
+        assert!(all.iter().any(|o| o.kind == kind && o.messages.len() >= 2), "{run}: no batch");
         for m in all.iter().flat_map(|o| o.messages.iter()) {
-            assert!(
-                m.destination.starts_with("hoptrace-"),
-                "{run}: topic {}",
-                m.destination
-            );
+            assert!(m.destination.starts_with("hoptrace-"), "{run}: topic {}", m.destination);
             assert!(m.body_size > 0);
             assert_eq!(m.traceparent.is_some(), !m.tracestate.is_empty());
         }
@@ -1535,19 +1405,12 @@ mod tests {
 
     /// Every fixture run (directory), by kind; the error run is checked on its own.
     fn runs(kind: MqKind) -> Vec<String> {
-        let suffix = if kind == MqKind::Publish {
-            "produce"
-        } else {
-            "fetch"
-        };
+        let suffix = if kind == MqKind::Publish { "produce" } else { "fetch" };
         let mut v: Vec<String> = std::fs::read_dir(dir(""))
             .expect("testdata/kafka")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| !n.ends_with("-error") && !n.ends_with("-acks0") && !n.ends_with(".md"))
-            .filter(|n| {
-                n.contains(&format!("-{suffix}"))
-                    || (kind == MqKind::Receive && n.contains("-consume"))
-            })
+            .filter(|n| n.contains(&format!("-{suffix}")) || (kind == MqKind::Receive && n.contains("-consume")))
             .collect();
         v.sort();
         v
@@ -1584,21 +1447,10 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].error.as_deref(), Some("NOT_LEADER_OR_FOLLOWER"));
         assert_eq!(all[0].messages.len(), 9);
-        let with_offsets: Vec<&MqMessage> = all[0]
-            .messages
-            .iter()
-            .filter(|m| m.offset.is_some())
-            .collect();
-        assert!(all[0]
-            .messages
-            .iter()
-            .filter(|m| m.partition == Some(1))
-            .all(|m| m.offset.is_none()));
+        let with_offsets: Vec<&MqMessage> = all[0].messages.iter().filter(|m| m.offset.is_some()).collect();
+        assert!(all[0].messages.iter().filter(|m| m.partition == Some(1)).all(|m| m.offset.is_none()));
         let ok = seen(
-            &[&MqOperation {
-                messages: with_offsets.into_iter().cloned().collect(),
-                ..all[0].clone()
-            }],
+            &[&MqOperation { messages: with_offsets.into_iter().cloned().collect(), ..all[0].clone() }],
             MqKind::Publish,
         );
         assert_eq!(ok, client_view(run));
@@ -1618,21 +1470,10 @@ mod tests {
         assert_eq!(all[0].kind, MqKind::Publish);
         assert_eq!(all[0].messages.len(), 9);
         assert!(all[0].messages.iter().all(|m| m.offset.is_none()));
-        assert_eq!(
-            all[0]
-                .messages
-                .iter()
-                .filter(|m| m.traceparent.is_some())
-                .count(),
-            5
-        );
+        assert_eq!(all[0].messages.iter().filter(|m| m.traceparent.is_some()).count(), 5);
         // The request's own syscall (third chunk) is the whole operation.
         assert_eq!(
-            (
-                all[0].timing.first_tid,
-                all[0].timing.first_enter_ns,
-                all[0].timing.last_exit_ns
-            ),
+            (all[0].timing.first_tid, all[0].timing.first_enter_ns, all[0].timing.last_exit_ns),
             (7, 3000, 3001)
         );
     }
@@ -1658,11 +1499,7 @@ mod tests {
                         split.extend_from_slice(&conn[i + 1..]);
                         let events = run_conn(&split, 0);
                         assert!(errors(&events).is_empty(), "{run} chunk {i} cut {cut}");
-                        assert_eq!(
-                            seen(&ops(&events), MqKind::Publish),
-                            want,
-                            "{run} chunk {i} cut {cut}"
-                        );
+                        assert_eq!(seen(&ops(&events), MqKind::Publish), want, "{run} chunk {i} cut {cut}");
                     }
                 }
             }
@@ -1674,16 +1511,9 @@ mod tests {
     /// (several frames per syscall).
     #[test]
     fn several_frames_per_segment() {
-        for run in runs(MqKind::Publish)
-            .into_iter()
-            .chain(runs(MqKind::Receive))
-        {
+        for run in runs(MqKind::Publish).into_iter().chain(runs(MqKind::Receive)) {
             let run = run.as_str();
-            let kind = if run.contains("produce") {
-                MqKind::Publish
-            } else {
-                MqKind::Receive
-            };
+            let kind = if run.contains("produce") { MqKind::Publish } else { MqKind::Receive };
             let mut all = Vec::new();
             for conn in connections(run) {
                 let mut merged: Vec<Chunk> = Vec::new();
@@ -1719,11 +1549,7 @@ mod tests {
                     let cut = b.len() - len;
                     vec![
                         data(&b[..cut], *o),
-                        Segment::Gap {
-                            offset: *o + cut as u64,
-                            len: len as u64,
-                            reason: GapReason::NotCaptured,
-                        },
+                        Segment::Gap { offset: *o + cut as u64, len: len as u64, reason: GapReason::NotCaptured },
                     ]
                 }
                 _ => vec![data(b, *o)],
@@ -1746,10 +1572,7 @@ mod tests {
             for conn in connections(run) {
                 let baseline = run_with_hole(&conn, None);
                 // The chunk that ends the first fetch response with records.
-                let Some(&(idx, _)) = baseline
-                    .iter()
-                    .find(|(_, e)| matches!(e, L7Event::Messaging(_)))
-                else {
+                let Some(&(idx, _)) = baseline.iter().find(|(_, e)| matches!(e, L7Event::Messaging(_))) else {
                     continue;
                 };
                 if conn[idx].1.len() < 40 {
@@ -1766,27 +1589,13 @@ mod tests {
                     .collect();
                 assert_eq!(errs, vec![reason::GAP_IN_FRAME], "{run}");
                 let after = |v: &[(usize, L7Event)]| -> Vec<L7Event> {
-                    v.iter()
-                        .filter(|(i, _)| *i > idx)
-                        .map(|(_, e)| e.clone())
-                        .collect()
+                    v.iter().filter(|(i, _)| *i > idx).map(|(_, e)| e.clone()).collect()
                 };
                 assert_eq!(after(&holed), after(&baseline), "{run}: later responses");
-                let lost: Vec<L7Event> = holed
-                    .iter()
-                    .filter(|(i, _)| *i == idx)
-                    .map(|(_, e)| e.clone())
-                    .collect();
-                let full: Vec<L7Event> = baseline
-                    .iter()
-                    .filter(|(i, _)| *i == idx)
-                    .map(|(_, e)| e.clone())
-                    .collect();
+                let lost: Vec<L7Event> = holed.iter().filter(|(i, _)| *i == idx).map(|(_, e)| e.clone()).collect();
+                let full: Vec<L7Event> = baseline.iter().filter(|(i, _)| *i == idx).map(|(_, e)| e.clone()).collect();
                 let count = |v: &[L7Event]| ops(v).iter().map(|o| o.messages.len()).sum::<usize>();
-                assert!(
-                    count(&lost) < count(&full),
-                    "{run}: the cut records are not reported"
-                );
+                assert!(count(&lost) < count(&full), "{run}: the cut records are not reported");
             }
         }
         assert!(tried > 0, "no fetch response with records in the fixtures");
@@ -1798,17 +1607,15 @@ mod tests {
     #[test]
     fn fetch_and_produce_through_the_trace_pipeline() {
         use crate::{
-            conntrack::{Connection, RoleSource, Tuple},
-            spans::{AnyValue, SpanKind, SpanRecord},
-            stream::Stream,
-            traces::{resource::ResourceResolver, TraceConfig, TracePipeline},
+            capture::conntrack::{Connection, RoleSource, Tuple},
+            capture::stream::Stream,
+            model::span::{AnyValue, SpanKind, SpanRecord},
+            resource::resolver::ResourceResolver,
+            traces::{TraceConfig, TracePipeline},
         };
         // The producer's records carry their own context, which makes it look
         // SDK-instrumented; keep its span here instead of suppressing it as a duplicate.
-        let cfg = TraceConfig {
-            suppress_instrumented: false,
-            ..TraceConfig::default()
-        };
+        let cfg = TraceConfig { suppress_instrumented: false, ..TraceConfig::default() };
         let mut pipeline = TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new()));
         let mut spans: Vec<SpanRecord> = Vec::new();
         for (id, run) in [(1, "encoded-fetch-v12"), (2, "encoded-produce-v9")] {
@@ -1844,58 +1651,29 @@ mod tests {
             }
         }
         pipeline.flush(&mut spans);
-        let attr = |s: &SpanRecord, k: &str| {
-            s.attributes
-                .iter()
-                .find(|a| a.key == k)
-                .map(|a| a.value.clone())
-        };
-        let consumer: Vec<&SpanRecord> = spans
-            .iter()
-            .filter(|s| s.kind == SpanKind::Consumer)
-            .collect();
+        let attr = |s: &SpanRecord, k: &str| s.attributes.iter().find(|a| a.key == k).map(|a| a.value.clone());
+        let consumer: Vec<&SpanRecord> = spans.iter().filter(|s| s.kind == SpanKind::Consumer).collect();
         assert_eq!(consumer.len(), 1, "{spans:#?}");
         let c = consumer[0];
         assert_eq!(c.name, "fetch hoptrace-encoded");
-        assert_eq!(
-            attr(c, "messaging.system"),
-            Some(AnyValue::Str("kafka".into()))
-        );
-        assert_eq!(
-            attr(c, "messaging.batch.message_count"),
-            Some(AnyValue::Int(7))
-        );
+        assert_eq!(attr(c, "messaging.system"), Some(AnyValue::Str("kafka".into())));
+        assert_eq!(attr(c, "messaging.batch.message_count"), Some(AnyValue::Int(7)));
         let expected: std::collections::BTreeSet<String> = client_view("encoded-fetch-v12")
             .into_iter()
             .filter_map(|r| r.traceparent)
             .map(|tp| tp.split('-').nth(2).unwrap().to_string())
             .collect();
-        let linked: std::collections::BTreeSet<String> = c
-            .links
-            .iter()
-            .map(|l| crate::spans::hex(&l.span_id))
-            .collect();
+        let linked: std::collections::BTreeSet<String> =
+            c.links.iter().map(|l| crate::model::span::hex(&l.span_id)).collect();
         assert_eq!(linked, expected);
-        let producer: Vec<&SpanRecord> = spans
-            .iter()
-            .filter(|s| s.kind == SpanKind::Producer)
-            .collect();
+        let producer: Vec<&SpanRecord> = spans.iter().filter(|s| s.kind == SpanKind::Producer).collect();
         assert_eq!(producer.len(), 1, "{spans:#?}");
         assert_eq!(producer[0].name, "produce hoptrace-encoded");
-        assert_eq!(
-            attr(producer[0], "messaging.batch.message_count"),
-            Some(AnyValue::Int(9))
-        );
+        assert_eq!(attr(producer[0], "messaging.batch.message_count"), Some(AnyValue::Int(9)));
         // Parent: the first record's own context (record 0 of partition 0).
-        let first = client_view("encoded-produce-v9")
-            .into_iter()
-            .find(|r| r.partition == 0 && r.offset == 5)
-            .unwrap();
+        let first = client_view("encoded-produce-v9").into_iter().find(|r| r.partition == 0 && r.offset == 5).unwrap();
         let tp = first.traceparent.expect("record 0 is traced");
-        assert_eq!(
-            crate::spans::hex(&producer[0].parent_span_id),
-            tp.split('-').nth(2).unwrap()
-        );
+        assert_eq!(crate::model::span::hex(&producer[0].parent_span_id), tp.split('-').nth(2).unwrap());
         assert!(!format!("{spans:?}").contains("SECRET"));
     }
 
@@ -1904,10 +1682,7 @@ mod tests {
         let conn = &connections("encoded-produce-v9")[0];
         let first = &conn[0].1;
         assert!(detect(Role::Client, Direction::Egress, first).is_some());
-        assert!(
-            detect(Role::Server, Direction::Ingress, first).is_none(),
-            "broker side"
-        );
+        assert!(detect(Role::Server, Direction::Ingress, first).is_none(), "broker side");
         assert!(detect(Role::Unknown, Direction::Egress, first).is_none());
         assert!(detect(Role::Client, Direction::Ingress, first).is_none());
         for text in [
@@ -1918,10 +1693,7 @@ mod tests {
             b"CONNECT {\"verbose\":false}\r\n",
             b"PING\r\n",
         ] {
-            assert!(
-                detect(Role::Client, Direction::Egress, text).is_none(),
-                "{text:?}"
-            );
+            assert!(detect(Role::Client, Direction::Egress, text).is_none(), "{text:?}");
         }
         // A MongoDB OP_MSG with request id 1 fits a Produce v1 header: not an opening request.
         let mut mongo = 0x2du32.to_be_bytes().to_vec();
@@ -1955,13 +1727,7 @@ mod tests {
         resp.extend_from_slice(&[0; 4]);
         p.feed(
             Direction::Ingress,
-            &[Segment::Data {
-                offset: 0,
-                ts_enter_ns: 1,
-                ts_ns: 2,
-                tid: 1,
-                bytes: resp,
-            }],
+            &[Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: resp }],
             &mut out,
         );
         assert_eq!(errors(&out), vec![reason::UNMATCHED_RESPONSE]);
@@ -1969,38 +1735,20 @@ mod tests {
         out.clear();
         p.feed(
             Direction::Egress,
-            &[Segment::Data {
-                offset: 0,
-                ts_enter_ns: 1,
-                ts_ns: 2,
-                tid: 1,
-                bytes: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-            }],
+            &[Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: b"GET / HTTP/1.1\r\n\r\n".to_vec() }],
             &mut out,
         );
         assert_eq!(errors(&out), vec![reason::INVALID_FRAME_SIZE]);
         out.clear();
         p.feed(
             Direction::Egress,
-            &[Segment::Data {
-                offset: 18,
-                ts_enter_ns: 1,
-                ts_ns: 2,
-                tid: 1,
-                bytes: b"more garbage".to_vec(),
-            }],
+            &[Segment::Data { offset: 18, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: b"more garbage".to_vec() }],
             &mut out,
         );
         assert!(out.is_empty());
         p.feed(
             Direction::Egress,
-            &[Segment::Data {
-                offset: 30,
-                ts_enter_ns: 1,
-                ts_ns: 2,
-                tid: 1,
-                bytes: conn[0].1.clone(),
-            }],
+            &[Segment::Data { offset: 30, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: conn[0].1.clone() }],
             &mut out,
         );
         assert!(errors(&out).is_empty());

@@ -11,7 +11,7 @@
 
 use hoptrace_common::{Direction, Role};
 
-use crate::stream::Segment;
+use crate::capture::stream::Segment;
 
 pub mod amqp;
 pub mod http1;
@@ -112,9 +112,7 @@ pub const DETECTORS: &[Detector] = &[amqp::detect, nats::detect, http1::detect, 
 
 /// Registry: the first protocol whose `detect` accepts the first bytes of a connection wins.
 pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Box<dyn Protocol>> {
-    DETECTORS
-        .iter()
-        .find_map(|d| d(role, direction, first_bytes))
+    DETECTORS.iter().find_map(|d| d(role, direction, first_bytes))
 }
 
 /// The other direction of the same connection.

@@ -5,7 +5,7 @@
 use hoptrace_common::Direction;
 
 use super::{L7Event, MqKind, MqMessage, MqOperation, Timing};
-use crate::stream::Segment;
+use crate::capture::stream::Segment;
 
 /// The syscall that carried a byte (for span timing and thread linking).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -17,7 +17,12 @@ pub(crate) struct Syscall {
 
 /// Timing from the syscall of an operation's first byte to the one of its last byte.
 pub(crate) fn timing(first: Syscall, last: Syscall) -> Timing {
-    Timing { first_tid: first.tid, first_enter_ns: first.enter_ns, first_exit_ns: first.exit_ns, last_exit_ns: last.exit_ns }
+    Timing {
+        first_tid: first.tid,
+        first_enter_ns: first.enter_ns,
+        first_exit_ns: first.exit_ns,
+        last_exit_ns: last.exit_ns,
+    }
 }
 
 /// Messages received in one read syscall: they become one [`MqOperation`] (a batch when
@@ -35,7 +40,15 @@ impl ReceiveBatch {
 
     /// Adds a message that started in syscall `start`. A different operation name starts
     /// a new operation (flushed into `out`).
-    pub fn push(&mut self, system: &'static str, name: &'static str, start: Syscall, now: Syscall, msg: MqMessage, out: &mut Vec<super::L7Event>) -> bool {
+    pub fn push(
+        &mut self,
+        system: &'static str,
+        name: &'static str,
+        start: Syscall,
+        now: Syscall,
+        msg: MqMessage,
+        out: &mut Vec<super::L7Event>,
+    ) -> bool {
         if self.op.is_some_and(|(n, _)| n != name) {
             self.flush(system, now, out);
         }
@@ -49,7 +62,9 @@ impl ReceiveBatch {
 
     /// The read syscall `now` ended: what it completed is one operation.
     pub fn flush(&mut self, system: &'static str, now: Syscall, out: &mut Vec<super::L7Event>) {
-        let Some((name, start)) = self.op.take() else { return };
+        let Some((name, start)) = self.op.take() else {
+            return;
+        };
         out.push(super::L7Event::Messaging(MqOperation {
             system,
             kind: MqKind::Receive,
@@ -112,8 +127,8 @@ pub(crate) mod tests {
     use hoptrace_common::Direction;
 
     use crate::{
+        capture::stream::Segment,
         protocols::{L7Event, Protocol},
-        stream::Segment,
     };
 
     /// The messaging operations among a parser's events.
@@ -140,7 +155,13 @@ pub(crate) mod tests {
                 let mut p = make();
                 let mut out = Vec::new();
                 let a = Segment::Data { offset: 0, ts_enter_ns: 10, ts_ns: 11, tid: 7, bytes: bytes[..cut].to_vec() };
-                let b = Segment::Data { offset: cut as u64, ts_enter_ns: 20, ts_ns: 21, tid: 7, bytes: bytes[cut..].to_vec() };
+                let b = Segment::Data {
+                    offset: cut as u64,
+                    ts_enter_ns: 20,
+                    ts_ns: 21,
+                    tid: 7,
+                    bytes: bytes[cut..].to_vec(),
+                };
                 // Both ways the stream hands segments over: together, and one call each.
                 if cut % 2 == 0 {
                     p.feed(dir, &[a, b], &mut out);

@@ -21,7 +21,7 @@ use super::{
     mq_common::{timing, ClientConnection, ReceiveBatch, SegmentReader, Syscall},
     L7Event, MqKind, MqMessage, MqOperation, Protocol,
 };
-use crate::stream::Segment;
+use crate::capture::stream::Segment;
 
 const NAME: &str = "nats";
 const SYSTEM: &str = "nats";
@@ -160,7 +160,15 @@ impl SegmentReader for Reader {
 }
 
 impl Reader {
-    fn message(&mut self, kind: MqKind, name: &'static str, start: Syscall, now: Syscall, msg: MqMessage, out: &mut Vec<L7Event>) {
+    fn message(
+        &mut self,
+        kind: MqKind,
+        name: &'static str,
+        start: Syscall,
+        now: Syscall,
+        msg: MqMessage,
+        out: &mut Vec<L7Event>,
+    ) {
         match kind {
             MqKind::Publish => out.push(L7Event::Messaging(MqOperation {
                 system: SYSTEM,
@@ -204,7 +212,8 @@ impl Reader {
             self.dead = true;
             return;
         }
-        let sizes: Option<Vec<u64>> = args[args.len() - if with_headers { 2 } else { 1 }..].iter().map(|s| s.parse().ok()).collect();
+        let sizes: Option<Vec<u64>> =
+            args[args.len() - if with_headers { 2 } else { 1 }..].iter().map(|s| s.parse().ok()).collect();
         let Some(sizes) = sizes else {
             out.push(err("bad_message_line"));
             self.dead = true;
@@ -238,7 +247,9 @@ impl Reader {
 fn trace_headers(block: &[u8], msg: &mut MqMessage) {
     for line in block.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         let (key, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if key.eq_ignore_ascii_case(b"traceparent") {
             if msg.traceparent.is_none() {
@@ -301,7 +312,10 @@ mod tests {
         p.feed(Direction::Egress, &feed_whole(SUB_OUT), &mut out);
         no_errors(&out);
         let o = ops(&out);
-        assert_eq!(o.iter().map(|o| (o.operation_name, o.messages.len())).collect::<Vec<_>>(), [("HMSG", 2), ("MSG", 2)]);
+        assert_eq!(
+            o.iter().map(|o| (o.operation_name, o.messages.len())).collect::<Vec<_>>(),
+            [("HMSG", 2), ("MSG", 2)]
+        );
     }
 
     #[test]
@@ -332,13 +346,19 @@ mod tests {
         let mut out = Vec::new();
         let segs = vec![
             Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 7, bytes: b"MSG a 1 10\r\nab".to_vec() },
-            Segment::Gap { offset: 14, len: 4, reason: crate::stream::GapReason::Lost },
-            Segment::Data { offset: 18, ts_enter_ns: 3, ts_ns: 4, tid: 7, bytes: b"ghij\r\nPING\r\nMSG b 1 0\r\n\r\n".to_vec() },
+            Segment::Gap { offset: 14, len: 4, reason: crate::capture::stream::GapReason::Lost },
+            Segment::Data {
+                offset: 18,
+                ts_enter_ns: 3,
+                ts_ns: 4,
+                tid: 7,
+                bytes: b"ghij\r\nPING\r\nMSG b 1 0\r\n\r\n".to_vec(),
+            },
         ];
         p.feed(Direction::Ingress, &segs, &mut out);
         no_errors(&out);
         assert_eq!(ops(&out).iter().map(|o| o.messages[0].destination.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        let segs = vec![Segment::Gap { offset: 40, len: 4, reason: crate::stream::GapReason::Lost }];
+        let segs = vec![Segment::Gap { offset: 40, len: 4, reason: crate::capture::stream::GapReason::Lost }];
         p.feed(Direction::Ingress, &segs, &mut out);
         assert_eq!(out.last(), Some(&err("gap_lost_sync")));
     }

@@ -9,16 +9,16 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
-    clock::Clock,
+    model::span::{KeyValue, Resource, SpanEvent, SpanId, SpanKind, SpanRecord, Status, StatusCode, TraceId},
     protocols::{
         http1::{HttpRequest, Outcome},
         HttpExchange,
     },
-    spans::{KeyValue, Resource, SpanEvent, SpanId, SpanKind, SpanRecord, Status, StatusCode, TraceId},
+    util::clock::Clock,
 };
 
 use super::TraceConfig;
-use crate::redact::Redactor;
+use crate::policy::redact::Redactor;
 
 pub struct Addrs {
     pub local: SocketAddr,
@@ -116,7 +116,13 @@ fn safe_header_value(v: &[u8]) -> Option<String> {
 
 /// Attributes shared by server and client spans. `route` is already templated and
 /// bounded by the pipeline (see `TracePipeline::route`).
-fn common(cfg: &TraceConfig, req: &HttpRequest, route: &str, addrs: &Addrs, peer: SocketAddr) -> (String, Vec<KeyValue>) {
+fn common(
+    cfg: &TraceConfig,
+    req: &HttpRequest,
+    route: &str,
+    addrs: &Addrs,
+    peer: SocketAddr,
+) -> (String, Vec<KeyValue>) {
     let route = route.to_string();
     let name = format!("{} {}", req.method, route);
     let mut a = vec![
@@ -140,7 +146,9 @@ fn common(cfg: &TraceConfig, req: &HttpRequest, route: &str, addrs: &Addrs, peer
     if !cfg.baggage_allowlist.is_empty() {
         let lines: Vec<&[u8]> = crate::protocols::http1::header_values(&req.headers, "baggage").collect();
         if !lines.is_empty() {
-            if let Ok(items) = crate::context::parse_baggage(&lines, |k| cfg.baggage_allowlist.iter().any(|a| a == k)) {
+            if let Ok(items) =
+                crate::traces::context::parse_baggage(&lines, |k| cfg.baggage_allowlist.iter().any(|a| a == k))
+            {
                 for (k, v) in items {
                     if let Some(v) = safe_header_value(v.as_bytes()) {
                         a.push(KeyValue::str(format!("baggage.{k}"), v));
@@ -248,7 +256,7 @@ pub struct Ids {
     pub parent: SpanId,
     pub flags: u8,
     pub trace_state: String,
-    pub origin: crate::spans::TraceOrigin,
+    pub origin: crate::model::span::TraceOrigin,
 }
 
 /// Common tail: end time (last response byte), status (errors from `error_from`), and
@@ -305,7 +313,13 @@ pub(super) fn remote_server_attributes(remote: SocketAddr) -> [KeyValue; 5] {
 }
 
 /// A connection attempt that failed: an error CLIENT span named after what was tried.
-pub fn connect_failed_span(addrs: &Addrs, resource: Arc<Resource>, ids: Ids, time: u64, error: &'static str) -> SpanRecord {
+pub fn connect_failed_span(
+    addrs: &Addrs,
+    resource: Arc<Resource>,
+    ids: Ids,
+    time: u64,
+    error: &'static str,
+) -> SpanRecord {
     let mut attrs = Vec::from(remote_server_attributes(addrs.remote));
     attrs.push(KeyValue::str("error.type", error));
     let status = Status { code: StatusCode::Error, message: format!("connect failed: {error}") };
@@ -314,7 +328,7 @@ pub fn connect_failed_span(addrs: &Addrs, resource: Arc<Resource>, ids: Ids, tim
 
 #[cfg(test)]
 mod tests {
-    use crate::redact::Redactor;
+    use crate::policy::redact::Redactor;
 
     fn route_template(t: &[u8]) -> String {
         super::route_template(t, &Redactor::default())

@@ -16,12 +16,12 @@
 //! the parsers already dropped bodies, keys and every header but the trace context.
 
 use crate::{
-    conntrack::Connection,
-    context,
+    capture::conntrack::Connection,
     gaps::GapKind,
+    model::span::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode},
+    policy::redact::Redactor,
     protocols::{MqKind, MqMessage, MqOperation},
-    redact::Redactor,
-    spans::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode},
+    traces::context,
 };
 
 use super::{http, mark_gap, mark_parent_link, Call, ConnView, Ctx, SpanSink, TracePipeline};
@@ -40,7 +40,9 @@ pub fn destination_template(dest: &str, redactor: &Redactor) -> String {
     let mut seg = String::new();
     let flush = |seg: &mut String, out: &mut String| {
         if !seg.is_empty() {
-            let detected = crate::redact::Detector::ALL.iter().find(|d| seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) == Some(d.name()));
+            let detected = crate::policy::redact::Detector::ALL
+                .iter()
+                .find(|d| seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) == Some(d.name()));
             match detected {
                 Some(d) => {
                     out.push('{');
@@ -91,7 +93,9 @@ fn operation_type(op: &MqOperation) -> &'static str {
 /// A message's valid trace context with its tracestate; `Err(reason)` when it carried an
 /// invalid one, `Ok(None)` when none.
 fn message_context(m: &MqMessage) -> Result<Option<(context::TraceParent, String)>, &'static str> {
-    let Some(tp) = &m.traceparent else { return Ok(None) };
+    let Some(tp) = &m.traceparent else {
+        return Ok(None);
+    };
     let tp = context::parse_traceparent(tp).map_err(|e| e.reason())?;
     let lines: Vec<&[u8]> = m.tracestate.iter().map(Vec::as_slice).collect();
     let state = context::parse_tracestate(&lines).unwrap_or_default();
@@ -179,7 +183,7 @@ impl TracePipeline {
             _ => self.new_trace(),
         };
         let span_id = self.ids.span_id();
-        let (trace_hex, span_hex) = (crate::spans::hex(&ctx.trace_id), crate::spans::hex(&span_id));
+        let (trace_hex, span_hex) = (crate::model::span::hex(&ctx.trace_id), crate::model::span::hex(&span_id));
         let mut span = self.mq_span(&op, &view, SpanKind::Consumer, ctx.ids(span_id));
         // Every message consumed without (valid) context is a gap of the consumer's.
         let mut gap = false;
@@ -205,7 +209,12 @@ impl TracePipeline {
                     dropped += 1;
                     continue;
                 }
-                span.links.push(SpanLink { trace_id: c.0.trace_id, span_id: c.0.parent_id, trace_state: c.1, attributes: Vec::new() });
+                span.links.push(SpanLink {
+                    trace_id: c.0.trace_id,
+                    span_id: c.0.parent_id,
+                    trace_state: c.1,
+                    attributes: Vec::new(),
+                });
             }
             if dropped > 0 {
                 span.attributes.push(KeyValue::int("hoptrace.links.dropped", dropped));
@@ -249,7 +258,10 @@ impl TracePipeline {
             let m = &op.messages[0];
             attrs.push(KeyValue::int("messaging.message.body.size", m.body_size.min(i64::MAX as u64) as i64));
             if let Some(k) = m.routing_key.as_deref().filter(|k| !k.is_empty()) {
-                attrs.push(KeyValue::str("messaging.rabbitmq.destination.routing_key", destination_template(k, &self.redactor)));
+                attrs.push(KeyValue::str(
+                    "messaging.rabbitmq.destination.routing_key",
+                    destination_template(k, &self.redactor),
+                ));
             }
             if let Some(o) = m.offset {
                 attrs.push(KeyValue::int("messaging.kafka.offset", o));
@@ -259,7 +271,10 @@ impl TracePipeline {
         }
         let partitions: std::collections::BTreeSet<i32> = op.messages.iter().filter_map(|m| m.partition).collect();
         if partitions.len() == 1 {
-            attrs.push(KeyValue::str("messaging.destination.partition.id", partitions.first().copied().unwrap_or(0).to_string()));
+            attrs.push(KeyValue::str(
+                "messaging.destination.partition.id",
+                partitions.first().copied().unwrap_or(0).to_string(),
+            ));
         }
         attrs.extend(http::remote_server_attributes(view.remote));
         let status = match &op.error {
@@ -284,10 +299,11 @@ mod tests {
 
     use super::*;
     use crate::{
+        capture::stream::Segment,
+        model::span::{hex, AnyValue},
         protocols::{L7Event, Timing},
-        spans::{hex, AnyValue},
-        stream::Segment,
-        traces::{resource::ResourceResolver, TraceConfig},
+        resource::resolver::ResourceResolver,
+        traces::TraceConfig,
     };
 
     const PID: u32 = 5151;
@@ -341,9 +357,18 @@ mod tests {
         let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:5672");
         let req = b"GET /publish HTTP/1.1\r\nHost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
         p.on_segments(&server, Direction::Ingress, &seg(10, req), &mut spans);
-        p.handle_events(&broker, vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", None)]))], &mut spans);
+        p.handle_events(
+            &broker,
+            vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", None)]))],
+            &mut spans,
+        );
         assert!(spans.is_empty(), "held for its request");
-        p.on_segments(&server, Direction::Egress, &seg(40, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), &mut spans);
+        p.on_segments(
+            &server,
+            Direction::Egress,
+            &seg(40, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut spans,
+        );
         let srv = spans.iter().find(|s| s.kind == SpanKind::Server).expect("server");
         let prod = spans.iter().find(|s| s.kind == SpanKind::Producer).expect("producer");
         assert_eq!((prod.trace_id, prod.parent_span_id), (srv.trace_id, srv.span_id));
@@ -360,12 +385,20 @@ mod tests {
         let mut p = pipeline();
         let mut spans: Vec<SpanRecord> = Vec::new();
         let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:5672");
-        p.handle_events(&broker, vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))], &mut spans);
+        p.handle_events(
+            &broker,
+            vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))],
+            &mut spans,
+        );
         assert!(spans.is_empty());
         assert_eq!(p.stats.spans_suppressed_instrumented, 1);
         let cfg = TraceConfig { suppress_instrumented: false, ..TraceConfig::default() };
         let mut p = TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new()));
-        p.handle_events(&broker, vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))], &mut spans);
+        p.handle_events(
+            &broker,
+            vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))],
+            &mut spans,
+        );
         assert_eq!(hex(&spans[0].trace_id), "4bf92f3577b34da6a3ce929d0e0e4736", "the message's own context");
         assert_eq!(hex(&spans[0].parent_span_id), "00f067aa0ba902b7");
     }
@@ -379,7 +412,10 @@ mod tests {
         one.system = "nats";
         p.handle_events(&broker, vec![L7Event::Messaging(one)], &mut spans);
         let c = &spans[0];
-        assert_eq!((c.kind, hex(&c.trace_id), hex(&c.parent_span_id)), (SpanKind::Consumer, "4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into()));
+        assert_eq!(
+            (c.kind, hex(&c.trace_id), hex(&c.parent_span_id)),
+            (SpanKind::Consumer, "4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into())
+        );
         assert_eq!(c.name, "HMSG orders.{id}.created", "destinations are templated like routes");
         assert_eq!(attr(c, "messaging.operation.type"), Some(&AnyValue::Str("process".into())));
         assert_eq!(attr(c, "messaging.message.body.size"), Some(&AnyValue::Int(12)));
@@ -388,12 +424,20 @@ mod tests {
         let tp2 = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let mut with_state = msg("q", Some(tp2));
         with_state.tracestate = vec![b"mq=1".to_vec()];
-        let batch = op(MqKind::Receive, "get", 30, vec![msg("q", Some(TP)), with_state, msg("q", None), msg("q", Some(b"00-garbage"))]);
+        let batch = op(
+            MqKind::Receive,
+            "get",
+            30,
+            vec![msg("q", Some(TP)), with_state, msg("q", None), msg("q", Some(b"00-garbage"))],
+        );
         p.handle_events(&broker, vec![L7Event::Messaging(batch)], &mut spans);
         let b = &spans[1];
         assert!(b.is_root(), "a batch starts its own trace");
         assert_eq!(b.links.len(), 2);
-        assert_eq!((hex(&b.links[1].trace_id), b.links[1].trace_state.as_str()), ("0af7651916cd43dd8448eb211c80319c".into(), "mq=1"));
+        assert_eq!(
+            (hex(&b.links[1].trace_id), b.links[1].trace_state.as_str()),
+            ("0af7651916cd43dd8448eb211c80319c".into(), "mq=1")
+        );
         assert_eq!(attr(b, "messaging.batch.message_count"), Some(&AnyValue::Int(4)));
         assert_eq!(attr(b, "messaging.operation.type"), Some(&AnyValue::Str("receive".into())));
         assert!(attr(b, "messaging.message.body.size").is_none());
@@ -426,7 +470,11 @@ mod tests {
         let mut p = pipeline();
         let mut spans: Vec<SpanRecord> = Vec::new();
         let broker_end = conn(3, Role::Server, "127.0.0.1:5672", "127.0.0.1:50001");
-        p.handle_events(&broker_end, vec![L7Event::Messaging(op(MqKind::Receive, "deliver", 20, vec![msg("", None)]))], &mut spans);
+        p.handle_events(
+            &broker_end,
+            vec![L7Event::Messaging(op(MqKind::Receive, "deliver", 20, vec![msg("", None)]))],
+            &mut spans,
+        );
         assert!(spans.is_empty());
         assert_eq!(p.stats.propagation_gaps, 0);
         assert_eq!(p.stats.parse_errors.get("rabbitmq/operation_on_broker_side"), Some(&1));

@@ -20,10 +20,12 @@
 //! the inbound one passed through) already emit their own SERVER/CLIENT spans; by default
 //! the agent does not duplicate them, and counts what it suppressed.
 
+pub mod consumer;
+pub mod context;
 pub mod http;
 pub(crate) mod ids;
 pub mod messaging;
-pub mod resource;
+pub mod red;
 
 use std::{
     collections::HashMap,
@@ -36,20 +38,21 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    clock::Clock,
-    conntrack::Connection,
-    context::{self, TraceParent},
-    process::{ProcessCache, ProcessInfo},
-    protocols::{self, http1::header_values, HttpExchange, L7Event, MqOperation, Protocol},
+    capture::conntrack::Connection,
+    capture::stream::Segment,
     gaps::{Gap, GapKey, GapKind, GapTable},
-    logging::{self, RateLimiter},
-    redact::Redactor,
-    sampling::{Decision, Sampler, SamplingConfig},
-    spans::{hex, KeyValue, SpanId, SpanRecord, TraceId, TraceOrigin},
-    stream::Segment,
+    model::span::{hex, KeyValue, SpanId, SpanRecord, TraceId, TraceOrigin},
+    policy::redact::Redactor,
+    policy::sampling::{Decision, Sampler, SamplingConfig},
+    protocols::{self, http1::header_values, HttpExchange, L7Event, MqOperation, Protocol},
+    resource::process::{ProcessCache, ProcessInfo},
+    traces::context::TraceParent,
+    util::clock::Clock,
+    util::logging::{self, RateLimiter},
 };
 
-use self::{ids::IdGenerator, resource::ResourceResolver};
+use self::ids::IdGenerator;
+use crate::resource::resolver::ResourceResolver;
 
 /// Where finished spans go (the exporter's queue, or a test's Vec).
 pub trait SpanSink {
@@ -290,8 +293,8 @@ pub struct TracePipeline {
     /// Broken hops, shared with the HTTP endpoint and `hoptrace check`.
     pub gaps: Arc<std::sync::Mutex<GapTable>>,
     pub stats: TraceStats,
-    /// RED metrics of every finished span, sampled or not (see `crate::metrics`).
-    pub red: crate::metrics::RedRecorder,
+    /// RED metrics of every finished span, sampled or not (see `crate::traces::red`).
+    pub red: crate::traces::red::RedRecorder,
 }
 
 /// The trace context a span continues.
@@ -326,7 +329,7 @@ impl TracePipeline {
     pub fn new(cfg: TraceConfig, resources: ResourceResolver) -> Self {
         let sampler = Sampler::new(cfg.sampling.clone());
         let mut redactor = Redactor::default();
-        for d in crate::redact::Detector::ALL {
+        for d in crate::policy::redact::Detector::ALL {
             if cfg.disabled_detectors.iter().any(|n| n == d.name()) {
                 redactor = redactor.without(d);
             }
@@ -354,7 +357,7 @@ impl TracePipeline {
             server_peers: HashMap::new(),
             gaps: Arc::new(std::sync::Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
-            red: crate::metrics::RedRecorder::default(),
+            red: crate::traces::red::RedRecorder::default(),
         }
     }
 
@@ -413,7 +416,9 @@ impl TracePipeline {
     /// The connection left the table (`close_ns`: kernel time of the close, when known):
     /// report what its parser still holds. An exchange cut short by the close ends then.
     pub fn on_close(&mut self, conn: &Connection, close_ns: Option<u64>, sink: &mut dyn SpanSink) {
-        let Some(mut state) = self.conns.remove(&conn.id) else { return };
+        let Some(mut state) = self.conns.remove(&conn.id) else {
+            return;
+        };
         let mut events = Vec::new();
         if let Some(proto) = state.proto.as_mut() {
             proto.close(&mut events);
@@ -493,7 +498,7 @@ impl TracePipeline {
                 .iter()
                 .find(|a| a.key == k)
                 .and_then(|a| match &a.value {
-                    crate::spans::AnyValue::Str(v) => Some(v.clone()),
+                    crate::model::span::AnyValue::Str(v) => Some(v.clone()),
                     _ => None,
                 })
                 .unwrap_or_default()
@@ -511,8 +516,20 @@ impl TracePipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record_gap(&mut self, kind: GapKind, service: &str, zone: &str, peer: &str, route: &str, trace_id: &str, span_id: &str, detail: &str) {
-        if self.cfg.gaps.ignore_routes.iter().any(|r| r == route) || self.cfg.gaps.ignore_services.iter().any(|s| s == service || s == peer) {
+    fn record_gap(
+        &mut self,
+        kind: GapKind,
+        service: &str,
+        zone: &str,
+        peer: &str,
+        route: &str,
+        trace_id: &str,
+        span_id: &str,
+        detail: &str,
+    ) {
+        if self.cfg.gaps.ignore_routes.iter().any(|r| r == route)
+            || self.cfg.gaps.ignore_services.iter().any(|s| s == service || s == peer)
+        {
             return;
         }
         let gap = Gap {
@@ -565,22 +582,22 @@ impl TracePipeline {
                 || cfg.request_header_attributes.iter().any(|(_, a)| a == key)
                 || cfg.response_header_attributes.iter().any(|(_, a)| a == key)
         };
-        let mut hits: Vec<(crate::redact::Detector, usize)> = Vec::new();
+        let mut hits: Vec<(crate::policy::redact::Detector, usize)> = Vec::new();
         for attr in span.attributes.iter_mut() {
             if !from_traffic(&attr.key, &self.cfg) {
                 continue;
             }
-            if let crate::spans::AnyValue::Str(v) = &attr.value {
+            if let crate::model::span::AnyValue::Str(v) = &attr.value {
                 let r = self.redactor.redact_value(v);
                 if !r.hits.is_empty() {
-                    attr.value = crate::spans::AnyValue::Str(r.text);
+                    attr.value = crate::model::span::AnyValue::Str(r.text);
                     hits.extend(r.hits);
                 }
             }
         }
         for (det, n) in hits {
             *self.stats.redactions.entry(det.name()).or_default() += n as u64;
-            span.events.push(crate::spans::SpanEvent {
+            span.events.push(crate::model::span::SpanEvent {
                 name: "dlp_redacted".into(),
                 time_unix_ns: span.start_unix_ns,
                 attributes: vec![
@@ -599,7 +616,7 @@ impl TracePipeline {
             .iter()
             .find(|a| a.key == "service.name")
             .and_then(|a| match &a.value {
-                crate::spans::AnyValue::Str(v) => Some(v.clone()),
+                crate::model::span::AnyValue::Str(v) => Some(v.clone()),
                 _ => None,
             })
             .unwrap_or_default();
@@ -617,7 +634,13 @@ impl TracePipeline {
 
     /// A trace the agent starts: sampled flag set; the sampler decides by trace id.
     fn new_trace(&mut self) -> Ctx {
-        Ctx { trace_id: self.ids.trace_id(), parent: [0; 8], flags: 1, trace_state: String::new(), origin: TraceOrigin::Agent }
+        Ctx {
+            trace_id: self.ids.trace_id(),
+            parent: [0; 8],
+            flags: 1,
+            trace_state: String::new(),
+            origin: TraceOrigin::Agent,
+        }
     }
 
     /// Shutdown: every held call goes out on its own.
@@ -794,17 +817,22 @@ impl TracePipeline {
         // A process that sends trace context it did not receive creates spans itself.
         for child in &children {
             if let Call::Mq(op) = &child.call {
-                let own = op.messages.iter().filter_map(|m| m.traceparent.as_deref()).find_map(|v| context::parse_traceparent(v).ok());
-                if own.is_some_and(|o| inbound.as_ref().is_none_or(|i| i.trace_id != o.trace_id || i.parent_id != o.parent_id)) {
+                let own = op
+                    .messages
+                    .iter()
+                    .filter_map(|m| m.traceparent.as_deref())
+                    .find_map(|v| context::parse_traceparent(v).ok());
+                if own.is_some_and(|o| {
+                    inbound.as_ref().is_none_or(|i| i.trace_id != o.trace_id || i.parent_id != o.parent_id)
+                }) {
                     self.mark_instrumented(conn.pid, Instrumented::CreatesContext);
                 }
             }
             let Call::Http(x) = &child.call else { continue };
             if let Some(v) = header_values(&x.request.headers, "traceparent").next() {
                 if let Ok(out) = context::parse_traceparent(v) {
-                    let passed_through = inbound
-                        .as_ref()
-                        .is_some_and(|i| i.trace_id == out.trace_id && i.parent_id == out.parent_id);
+                    let passed_through =
+                        inbound.as_ref().is_some_and(|i| i.trace_id == out.trace_id && i.parent_id == out.parent_id);
                     if !passed_through {
                         self.mark_instrumented(conn.pid, Instrumented::CreatesContext);
                     }
@@ -835,7 +863,8 @@ impl TracePipeline {
                     };
                     if restarted {
                         let (service, zone) = self.service_zone(conn.pid, &conn.comm);
-                        let callee = self.peer_name(&self.server_peers.get(&(h.conn.remote, h.conn.local)).cloned(), h.conn.remote);
+                        let callee = self
+                            .peer_name(&self.server_peers.get(&(h.conn.remote, h.conn.local)).cloned(), h.conn.remote);
                         let route = self.route(&service, &x.request.target);
                         let trace = inbound.as_ref().map(|i| hex(&i.trace_id)).unwrap_or_default();
                         self.record_gap(GapKind::RestartedContext, &service, &zone, &callee, &route, &trace, "", "");
@@ -874,7 +903,16 @@ impl TracePipeline {
             && !self.cfg.gaps.ignore_services.contains(&caller)
         {
             inbound_gap = Some(GapKind::MissingInboundContext);
-            self.record_gap(GapKind::MissingInboundContext, &service, &zone, &caller, &route, &trace_hex, &span_hex, "");
+            self.record_gap(
+                GapKind::MissingInboundContext,
+                &service,
+                &zone,
+                &caller,
+                &route,
+                &trace_hex,
+                &span_hex,
+                "",
+            );
         }
         let mut child_gaps = Vec::with_capacity(children.len());
         for child in &children {
@@ -883,7 +921,10 @@ impl TracePipeline {
             // its hop is not judged against this one's context either.
             if let (Call::Mq(op), false) = (&child.call, overlapped) {
                 if let Some(kind) = self.publish_gap(op, inbound.is_some()) {
-                    let broker = self.peer_name(&self.server_peers.get(&(child.conn.remote, child.conn.local)).cloned(), child.conn.remote);
+                    let broker = self.peer_name(
+                        &self.server_peers.get(&(child.conn.remote, child.conn.local)).cloned(),
+                        child.conn.remote,
+                    );
                     let (name, _) = self.mq_span_name(op);
                     self.record_gap(kind, &service, &zone, &broker, &name, &trace_hex, &span_hex, "");
                     gap = Some(kind);
@@ -896,7 +937,10 @@ impl TracePipeline {
                     Some(_) => None,
                 };
                 if let Some(kind) = kind {
-                    let callee = self.peer_name(&self.server_peers.get(&(child.conn.remote, child.conn.local)).cloned(), child.conn.remote);
+                    let callee = self.peer_name(
+                        &self.server_peers.get(&(child.conn.remote, child.conn.local)).cloned(),
+                        child.conn.remote,
+                    );
                     let child_route = self.route(&service, &cx.request.target);
                     self.record_gap(kind, &service, &zone, &callee, &child_route, &trace_hex, &span_hex, "");
                     gap = Some(kind);
@@ -926,7 +970,8 @@ impl TracePipeline {
             }
         }
         let resource = self.resource_for(view.pid, &view.comm);
-        let mut span = http::server_span(&self.cfg, &self.clock, &x, &route, &view_addrs(&view), resource, ctx.ids(span_id));
+        let mut span =
+            http::server_span(&self.cfg, &self.clock, &x, &route, &view_addrs(&view), resource, ctx.ids(span_id));
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         if let Some(kind) = inbound_gap {
             mark_gap(&mut span, kind);
@@ -1003,13 +1048,14 @@ impl TracePipeline {
         let resource = self.resource_for(view.pid, &view.comm);
         let service = resource_service(&resource);
         let route = self.route(&service, &x.request.target);
-        let mut span = http::client_span(&self.cfg, &self.clock, &x, &route, &view_addrs(view), resource, ctx.ids(span_id));
+        let mut span =
+            http::client_span(&self.cfg, &self.clock, &x, &route, &view_addrs(view), resource, ctx.ids(span_id));
         mark_parent_link(&mut span, unresolved, gap);
         self.stats.spans_client += 1;
         self.submit(span, sink);
     }
 
-    fn resource_for(&mut self, pid: u32, comm: &str) -> Arc<crate::spans::Resource> {
+    fn resource_for(&mut self, pid: u32, comm: &str) -> Arc<crate::model::span::Resource> {
         // Per span: borrow the cached process info; copy it only in the rare case where
         // the executable is unknown (gone or a zombie already: short-lived clients) and the
         // kernel's name has to stand in for it.
@@ -1028,12 +1074,12 @@ impl TracePipeline {
 pub const ROUTE_OVERFLOW: &str = "/{overflow}";
 
 /// `service.name` of a Resource.
-fn resource_service(r: &crate::spans::Resource) -> String {
+fn resource_service(r: &crate::model::span::Resource) -> String {
     r.attributes
         .iter()
         .find(|a| a.key == "service.name")
         .and_then(|a| match &a.value {
-            crate::spans::AnyValue::Str(v) => Some(v.clone()),
+            crate::model::span::AnyValue::Str(v) => Some(v.clone()),
             _ => None,
         })
         .unwrap_or_default()
@@ -1054,7 +1100,7 @@ fn mark_parent_link(span: &mut SpanRecord, unresolved: Option<&'static str>, gap
 /// Names the gap on the span itself: an attribute and an event.
 fn mark_gap(span: &mut SpanRecord, kind: GapKind) {
     span.attributes.push(KeyValue::str("hoptrace.gap.kind", kind.as_str()));
-    span.events.push(crate::spans::SpanEvent {
+    span.events.push(crate::model::span::SpanEvent {
         name: "propagation_gap".into(),
         time_unix_ns: span.start_unix_ns,
         attributes: vec![KeyValue::str("hoptrace.gap.kind", kind.as_str())],
@@ -1081,7 +1127,7 @@ mod tests {
     use hoptrace_common::{Direction, Role, Syscall};
 
     use super::*;
-    use crate::{conntrack::RoleSource, stream::Stream};
+    use crate::{capture::conntrack::RoleSource, capture::stream::Stream};
 
     const PID: u32 = 4242;
     const TID: u32 = 4243;
@@ -1095,7 +1141,7 @@ mod tests {
     pub(super) fn conn_of(pid: u32, id: u64, role: Role, local: &str, remote: &str) -> Connection {
         Connection {
             id,
-            tuple: crate::conntrack::Tuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
+            tuple: crate::capture::conntrack::Tuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
             role,
             role_source: RoleSource::Syscall,
             via: if role == Role::Server { Syscall::Accept } else { Syscall::Connect },
@@ -1118,7 +1164,8 @@ mod tests {
         TracePipeline::new(TraceConfig::default(), ResourceResolver::new(Vec::new(), Vec::new()))
     }
 
-    const REQ: &[u8] = b"GET /in HTTP/1.1\r\nHost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    const REQ: &[u8] =
+        b"GET /in HTTP/1.1\r\nHost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
     const CALL: &[u8] = b"GET /out HTTP/1.1\r\nHost: b\r\n\r\n";
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
@@ -1134,8 +1181,8 @@ mod tests {
         p.on_segments(&client, Direction::Ingress, &seg(30, OK), &mut spans);
         assert!(spans.is_empty(), "the call waits for its inbound request");
         p.on_segments(&server, Direction::Egress, &seg(40, OK), &mut spans);
-        let srv = spans.iter().find(|s| s.kind == crate::spans::SpanKind::Server).expect("server span");
-        let cli = spans.iter().find(|s| s.kind == crate::spans::SpanKind::Client).expect("client span");
+        let srv = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Server).expect("server span");
+        let cli = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Client).expect("client span");
         assert_eq!((cli.trace_id, cli.parent_span_id), (srv.trace_id, srv.span_id));
         assert_eq!(p.stats.parents_linked_same_thread, 1);
         // The inbound request had context, the call none: a dropped-context hop.
@@ -1173,10 +1220,13 @@ mod tests {
         p.on_segments(&a, Direction::Egress, &seg(40, OK), &mut spans);
         p.on_segments(&b, Direction::Egress, &seg(41, OK), &mut spans);
         p.flush(&mut spans);
-        let cli = spans.iter().find(|s| s.kind == crate::spans::SpanKind::Client).expect("client span");
+        let cli = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Client).expect("client span");
         assert!(cli.is_root(), "{cli:?}");
         let unresolved = cli.attributes.iter().find(|a| a.key == "hoptrace.parent.unresolved");
-        assert_eq!(unresolved.map(|a| &a.value), Some(&crate::spans::AnyValue::Str("concurrent_requests_on_thread".into())));
+        assert_eq!(
+            unresolved.map(|a| &a.value),
+            Some(&crate::model::span::AnyValue::Str("concurrent_requests_on_thread".into()))
+        );
         assert_eq!((p.stats.parents_linked_same_thread, p.stats.parents_unresolved_concurrent), (0, 1));
         assert_eq!(p.stats.propagation_gaps, 0, "an unattributable call is not judged");
     }

@@ -12,8 +12,8 @@ use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
         generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
@@ -77,7 +77,9 @@ struct InflightSlot {
 #[inline(always)]
 fn inflight_put(tid: u32, mut call: Inflight) {
     call.tid = tid;
-    let Some(slot) = INFLIGHT.get_ptr_mut(tid & (INFLIGHT_SLOTS - 1)) else { return };
+    let Some(slot) = INFLIGHT.get_ptr_mut(tid & (INFLIGHT_SLOTS - 1)) else {
+        return;
+    };
     // SAFETY: `slot` points into the array map's value memory, valid while the map is.
     unsafe {
         let owner = core::ptr::read_volatile(&(*slot).owner);
@@ -255,9 +257,8 @@ pub(crate) fn count_drop(reason: DropReason, n: u64) {
 #[inline(always)]
 fn kread<T: Copy>(addr: u64) -> Option<T> {
     let mut v = core::mem::MaybeUninit::<T>::uninit();
-    let r = unsafe {
-        bpf_probe_read_kernel(v.as_mut_ptr() as *mut c_void, size_of::<T>() as u32, addr as *const c_void)
-    };
+    let r =
+        unsafe { bpf_probe_read_kernel(v.as_mut_ptr() as *mut c_void, size_of::<T>() as u32, addr as *const c_void) };
     if r == 0 {
         Some(unsafe { v.assume_init() })
     } else {
@@ -268,9 +269,7 @@ fn kread<T: Copy>(addr: u64) -> Option<T> {
 #[inline(always)]
 pub(crate) fn uread<T: Copy>(addr: u64) -> Option<T> {
     let mut v = core::mem::MaybeUninit::<T>::uninit();
-    let r = unsafe {
-        bpf_probe_read_user(v.as_mut_ptr() as *mut c_void, size_of::<T>() as u32, addr as *const c_void)
-    };
+    let r = unsafe { bpf_probe_read_user(v.as_mut_ptr() as *mut c_void, size_of::<T>() as u32, addr as *const c_void) };
     if r == 0 {
         Some(unsafe { v.assume_init() })
     } else {
@@ -344,32 +343,54 @@ pub(crate) fn resolve_fd(fd: i32) -> Resolved {
     }
     let o = &config().offsets;
     let task = unsafe { bpf_get_current_task() };
-    let Some(files) = kread::<u64>(task + o.task_files as u64) else { return Resolved::Fault };
-    let Some(fdt) = kread::<u64>(files + o.files_fdt as u64) else { return Resolved::Fault };
-    let Some(max_fds) = kread::<u32>(fdt + o.fdt_max_fds as u64) else { return Resolved::Fault };
+    let Some(files) = kread::<u64>(task + o.task_files as u64) else {
+        return Resolved::Fault;
+    };
+    let Some(fdt) = kread::<u64>(files + o.files_fdt as u64) else {
+        return Resolved::Fault;
+    };
+    let Some(max_fds) = kread::<u32>(fdt + o.fdt_max_fds as u64) else {
+        return Resolved::Fault;
+    };
     if fd as u32 >= max_fds {
         return Resolved::Other;
     }
-    let Some(fd_array) = kread::<u64>(fdt + o.fdt_fd as u64) else { return Resolved::Fault };
-    let Some(file) = kread::<u64>(fd_array + 8 * fd as u64) else { return Resolved::Fault };
+    let Some(fd_array) = kread::<u64>(fdt + o.fdt_fd as u64) else {
+        return Resolved::Fault;
+    };
+    let Some(file) = kread::<u64>(fd_array + 8 * fd as u64) else {
+        return Resolved::Fault;
+    };
     if file == 0 {
         return Resolved::Other;
     }
-    let Some(inode) = kread::<u64>(file + o.file_inode as u64) else { return Resolved::Fault };
-    let Some(mode) = kread::<u16>(inode + o.inode_mode as u64) else { return Resolved::Fault };
+    let Some(inode) = kread::<u64>(file + o.file_inode as u64) else {
+        return Resolved::Fault;
+    };
+    let Some(mode) = kread::<u16>(inode + o.inode_mode as u64) else {
+        return Resolved::Fault;
+    };
     if mode & S_IFMT != S_IFSOCK {
         return Resolved::Other;
     }
-    let Some(socket) = kread::<u64>(file + o.file_private_data as u64) else { return Resolved::Fault };
-    let Some(sk) = kread::<u64>(socket + o.socket_sk as u64) else { return Resolved::Fault };
+    let Some(socket) = kread::<u64>(file + o.file_private_data as u64) else {
+        return Resolved::Fault;
+    };
+    let Some(sk) = kread::<u64>(socket + o.socket_sk as u64) else {
+        return Resolved::Fault;
+    };
     if sk == 0 {
         return Resolved::Other;
     }
-    let Some(family) = kread::<u16>(sk + o.sk_family as u64) else { return Resolved::Fault };
+    let Some(family) = kread::<u16>(sk + o.sk_family as u64) else {
+        return Resolved::Fault;
+    };
     if family != AF_INET && family != AF_INET6 {
         return Resolved::Other;
     }
-    let Some(proto) = kread::<u16>(sk + o.sk_protocol as u64) else { return Resolved::Fault };
+    let Some(proto) = kread::<u16>(sk + o.sk_protocol as u64) else {
+        return Resolved::Fault;
+    };
     if proto != IPPROTO_TCP {
         return Resolved::Other;
     }
@@ -393,20 +414,34 @@ fn next_conn_id() -> u64 {
 #[inline(always)]
 fn read_tuple(sk: u64, entry: &mut ConnEntry) -> bool {
     let o = &config().offsets;
-    let Some(family) = kread::<u16>(sk + o.sk_family as u64) else { return false };
-    let Some(lport) = kread::<u16>(sk + o.sk_num as u64) else { return false };
-    let Some(rport) = kread::<u16>(sk + o.sk_dport as u64) else { return false };
+    let Some(family) = kread::<u16>(sk + o.sk_family as u64) else {
+        return false;
+    };
+    let Some(lport) = kread::<u16>(sk + o.sk_num as u64) else {
+        return false;
+    };
+    let Some(rport) = kread::<u16>(sk + o.sk_dport as u64) else {
+        return false;
+    };
     entry.family = family;
     entry.local_port = lport; // host byte order in the kernel (skc_num)
     entry.remote_port = u16::from_be(rport); // network byte order (skc_dport)
     if family == AF_INET {
-        let Some(l) = kread::<[u8; 4]>(sk + o.sk_rcv_saddr as u64) else { return false };
-        let Some(r) = kread::<[u8; 4]>(sk + o.sk_daddr as u64) else { return false };
+        let Some(l) = kread::<[u8; 4]>(sk + o.sk_rcv_saddr as u64) else {
+            return false;
+        };
+        let Some(r) = kread::<[u8; 4]>(sk + o.sk_daddr as u64) else {
+            return false;
+        };
         entry.local_addr[..4].copy_from_slice(&l);
         entry.remote_addr[..4].copy_from_slice(&r);
     } else {
-        let Some(l) = kread::<[u8; 16]>(sk + o.sk_v6_rcv_saddr as u64) else { return false };
-        let Some(r) = kread::<[u8; 16]>(sk + o.sk_v6_daddr as u64) else { return false };
+        let Some(l) = kread::<[u8; 16]>(sk + o.sk_v6_rcv_saddr as u64) else {
+            return false;
+        };
+        let Some(r) = kread::<[u8; 16]>(sk + o.sk_v6_daddr as u64) else {
+            return false;
+        };
         entry.local_addr = l;
         entry.remote_addr = r;
     }
@@ -609,7 +644,9 @@ pub fn emit_contiguous(_ctx: TracePointContext) -> u32 {
 pub(crate) fn emit_contiguous_job() -> u32 {
     let Some(job) = JOB.get_ptr(0) else { return 0 };
     let job = unsafe { *job };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let captured = job.captured;
     for i in 0..MAX_CHUNKS_PER_CALL {
         let off = i * CHUNK_SIZE as u32;
@@ -629,8 +666,12 @@ pub(crate) fn emit_contiguous_job() -> u32 {
 /// for the next one, so the verifier only ever sees the simple chunk loop.
 #[tracepoint]
 pub fn emit_vectored(ctx: TracePointContext) -> u32 {
-    let Some(job) = JOB.get_ptr_mut(0) else { return 0 };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(job) = JOB.get_ptr_mut(0) else {
+        return 0;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let (buf, count, captured, index, done) =
         unsafe { ((*job).buf, (*job).count, (*job).captured, (*job).iov_index, (*job).done) };
     if done >= captured {
@@ -672,7 +713,9 @@ pub fn emit_vectored(ctx: TracePointContext) -> u32 {
 fn data_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(inf) = inflight_take(tid) else { return };
+    let Some(inf) = inflight_take(tid) else {
+        return;
+    };
     if inf.syscall == Syscall::Connect as u8 {
         return;
     }
@@ -765,7 +808,9 @@ pub(crate) fn prepare_emit(conn: *mut ConnEntry, call: &CallInfo, no_copy: bool)
         count_drop(DropReason::CapTruncatedBytes, captured - cap);
         captured = cap;
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return false };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
     unsafe {
         let h = &mut (*scratch).header;
         h.kind = EventKind::Data as u8;
@@ -794,7 +839,9 @@ pub(crate) fn prepare_emit(conn: *mut ConnEntry, call: &CallInfo, no_copy: bool)
         }
         return false;
     }
-    let Some(job) = JOB.get_ptr_mut(0) else { return false };
+    let Some(job) = JOB.get_ptr_mut(0) else {
+        return false;
+    };
     unsafe {
         (*job).buf = call.buf;
         (*job).count = call.count;
@@ -850,7 +897,9 @@ pub fn enter_sendto(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn msg_enter(ctx: &TracePointContext, syscall: Syscall) {
     let msg = arg(ctx, 1);
-    let Some(iov) = uread::<[u64; 2]>(msg + 16) else { return };
+    let Some(iov) = uread::<[u64; 2]>(msg + 16) else {
+        return;
+    };
     data_enter(arg(ctx, 0) as i32, syscall, iov[0], iov[1], true);
 }
 
@@ -908,7 +957,9 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn exit_connect(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(inf) = inflight_take(tid) else { return 0 };
+    let Some(inf) = inflight_take(tid) else {
+        return 0;
+    };
     if inf.syscall != Syscall::Connect as u8 {
         return 0;
     }
@@ -965,12 +1016,16 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let fd = arg(&ctx, 0) as i32;
     let key = ((tgid as u64) << 32) | fd as u32 as u64;
-    let Some(entry) = (unsafe { FDS.get(key) }).copied() else { return 0 };
+    let Some(entry) = (unsafe { FDS.get(key) }).copied() else {
+        return 0;
+    };
     let _ = FDS.remove(key);
     if entry.sk == 0 || entry.gen != current_gen(tgid) {
         return 0;
     }
-    let Some(conn) = (unsafe { CONNS.get(entry.sk) }) else { return 0 };
+    let Some(conn) = (unsafe { CONNS.get(entry.sk) }) else {
+        return 0;
+    };
     let ev = CloseEvent {
         kind: EventKind::Close as u8,
         _pad0: [0; 3],
@@ -1083,11 +1138,15 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
     ev.conn_id = conn_id;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     if family == AF_INET {
-        let (Some(l), Some(r)) = (field(o.tp_saddr), field(o.tp_daddr)) else { return 0 };
+        let (Some(l), Some(r)) = (field(o.tp_saddr), field(o.tp_daddr)) else {
+            return 0;
+        };
         ev.local_addr[..4].copy_from_slice(&l[..4]);
         ev.remote_addr[..4].copy_from_slice(&r[..4]);
     } else {
-        let (Some(l), Some(r)) = (field(o.tp_saddr_v6), field(o.tp_daddr_v6)) else { return 0 };
+        let (Some(l), Some(r)) = (field(o.tp_saddr_v6), field(o.tp_daddr_v6)) else {
+            return 0;
+        };
         ev.local_addr = l;
         ev.remote_addr = r;
     }

@@ -4,7 +4,7 @@
 use hoptrace_common::Direction::{Egress, Ingress};
 
 use super::*;
-use crate::stream::GapReason;
+use crate::capture::stream::GapReason;
 
 /// Server view: requests arrive, responses leave.
 const REQ: Direction = Ingress;
@@ -13,13 +13,7 @@ const RESP: Direction = Egress;
 /// One byte per segment, same syscall timestamps.
 fn split_bytes(segment: &Segment) -> Vec<Segment> {
     match segment {
-        Segment::Data {
-            offset,
-            ts_enter_ns,
-            ts_ns,
-            tid,
-            bytes,
-        } => bytes
+        Segment::Data { offset, ts_enter_ns, ts_ns, tid, bytes } => bytes
             .iter()
             .enumerate()
             .map(|(i, &b)| Segment::Data {
@@ -48,13 +42,7 @@ impl Conn {
     }
 
     fn with(parser: Http1, split: bool) -> Self {
-        Self {
-            parser,
-            offsets: [0; 2],
-            clock: 0,
-            split,
-            out: Vec::new(),
-        }
+        Self { parser, offsets: [0; 2], clock: 0, split, out: Vec::new() }
     }
 
     /// One syscall's worth of bytes; returns its (enter, exit) timestamps.
@@ -71,30 +59,16 @@ impl Conn {
         self.clock += 10;
         let (enter, exit) = (self.clock, self.clock + 5);
         let offset = &mut self.offsets[dir as usize];
-        let segment = Segment::Data {
-            offset: *offset,
-            ts_enter_ns: enter,
-            ts_ns: exit,
-            tid: 7,
-            bytes: bytes.to_vec(),
-        };
+        let segment = Segment::Data { offset: *offset, ts_enter_ns: enter, ts_ns: exit, tid: 7, bytes: bytes.to_vec() };
         *offset += bytes.len() as u64;
-        let segments = if split {
-            split_bytes(&segment)
-        } else {
-            vec![segment]
-        };
+        let segments = if split { split_bytes(&segment) } else { vec![segment] };
         self.parser.feed(dir, &segments, &mut self.out);
         (enter, exit)
     }
 
     fn gap(&mut self, dir: Direction, len: u64) {
         let offset = &mut self.offsets[dir as usize];
-        let segment = Segment::Gap {
-            offset: *offset,
-            len,
-            reason: GapReason::Lost,
-        };
+        let segment = Segment::Gap { offset: *offset, len, reason: GapReason::Lost };
         *offset += len;
         self.parser.feed(dir, &[segment], &mut self.out);
     }
@@ -137,11 +111,7 @@ fn summary(events: Vec<L7Event>) -> Vec<Ev> {
         .map(|e| match e {
             L7Event::Http(x) => {
                 let target = String::from_utf8_lossy(&x.request.target).into_owned();
-                Ev::X(
-                    Box::leak(target.into_boxed_str()),
-                    x.response.map(|r| r.status),
-                    x.outcome,
-                )
+                Ev::X(Box::leak(target.into_boxed_str()), x.response.map(|r| r.status), x.outcome)
             }
             L7Event::ParseError { protocol, reason } => {
                 assert_eq!(protocol, "http1");
@@ -159,54 +129,23 @@ use Outcome::*;
 fn keep_alive_exchanges_pair_in_order_with_timing() {
     both(|split| {
         let mut c = Conn::server(split);
-        let (e1, x1) = c.send(
-            REQ,
-            b"GET /a?q=1 HTTP/1.1\r\nHost: svc\r\nX-Multi: 1\r\nx-multi: 2\r\n\r\n",
-        );
+        let (e1, x1) = c.send(REQ, b"GET /a?q=1 HTTP/1.1\r\nHost: svc\r\nX-Multi: 1\r\nx-multi: 2\r\n\r\n");
         let (e2, x2) = c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
         c.send(REQ, b"DELETE /b HTTP/1.1\r\nHost: svc\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
         let ex = c.exchanges();
         assert_eq!(ex.len(), 2);
         let (req, resp) = (&ex[0].request, ex[0].response.as_ref().expect("response"));
-        assert_eq!(
-            (req.method.as_str(), req.target.as_slice(), req.version),
-            ("GET", &b"/a?q=1"[..], 1)
-        );
+        assert_eq!((req.method.as_str(), req.target.as_slice(), req.version), ("GET", &b"/a?q=1"[..], 1));
         assert_eq!(req.header("host"), Some(&b"svc"[..]));
-        assert_eq!(
-            header_values(&req.headers, "x-multi").collect::<Vec<_>>(),
-            [&b"1"[..], b"2"]
-        );
-        assert_eq!(
-            req.timing,
-            Timing {
-                first_tid: 7,
-                first_enter_ns: e1,
-                first_exit_ns: x1,
-                last_exit_ns: x1
-            }
-        );
+        assert_eq!(header_values(&req.headers, "x-multi").collect::<Vec<_>>(), [&b"1"[..], b"2"]);
+        assert_eq!(req.timing, Timing { first_tid: 7, first_enter_ns: e1, first_exit_ns: x1, last_exit_ns: x1 });
         assert_eq!(req.body_len, 0);
         assert_eq!((resp.status, resp.version, resp.body_len), (200, 1, 5));
-        assert_eq!(
-            resp.timing,
-            Timing {
-                first_tid: 7,
-                first_enter_ns: e2,
-                first_exit_ns: x2,
-                last_exit_ns: x2
-            }
-        );
+        assert_eq!(resp.timing, Timing { first_tid: 7, first_enter_ns: e2, first_exit_ns: x2, last_exit_ns: x2 });
         assert_eq!(ex[0].outcome, Complete);
         assert!(ex[0].informational.is_empty());
-        assert_eq!(
-            (
-                ex[1].request.method.as_str(),
-                ex[1].response.as_ref().map(|r| r.status)
-            ),
-            ("DELETE", Some(404))
-        );
+        assert_eq!((ex[1].request.method.as_str(), ex[1].response.as_ref().map(|r| r.status)), ("DELETE", Some(404)));
         c.close();
         assert!(c.take().is_empty(), "nothing pending at close");
     });
@@ -224,24 +163,11 @@ fn message_timing_spans_the_syscalls_that_carry_it() {
         let ex = c.exchanges();
         assert_eq!(
             ex[0].request.timing,
-            Timing {
-                first_tid: 7,
-                first_enter_ns: e1,
-                first_exit_ns: x1,
-                last_exit_ns: x3
-            }
+            Timing { first_tid: 7, first_enter_ns: e1, first_exit_ns: x1, last_exit_ns: x3 }
         );
         assert_eq!(ex[0].request.body_len, 10);
         let resp = ex[0].response.as_ref().expect("response");
-        assert_eq!(
-            resp.timing,
-            Timing {
-                first_tid: 7,
-                first_enter_ns: e4,
-                first_exit_ns: x4,
-                last_exit_ns: x5
-            }
-        );
+        assert_eq!(resp.timing, Timing { first_tid: 7, first_enter_ns: e4, first_exit_ns: x4, last_exit_ns: x5 });
     });
 }
 
@@ -251,14 +177,13 @@ fn pipelined_requests_pair_fifo() {
         let mut c = Conn::server(split);
         c.send(REQ, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nPOST /3 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
-        c.send(RESP, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nbbHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+        c.send(
+            RESP,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nbbHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+        );
         assert_eq!(
             summary(c.take()),
-            [
-                X("/1", Some(200), Complete),
-                X("/2", Some(201), Complete),
-                X("/3", Some(202), Complete)
-            ]
+            [X("/1", Some(200), Complete), X("/2", Some(201), Complete), X("/3", Some(202), Complete)]
         );
     });
 }
@@ -272,17 +197,13 @@ fn chunked_bodies_with_extensions_and_trailers() {
             b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
               5;name=val\r\nhello\r\n6 ; ext=\"q\"\r\n world\r\n0\r\nX-Checksum: 1\r\nY: 2\r\n\r\n",
         );
-        let mut resp =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n1A\r\n".to_vec();
+        let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n1A\r\n".to_vec();
         resp.extend_from_slice(&[b'z'; 26]);
         resp.extend_from_slice(b"\r\n0\r\n\r\n");
         c.send(RESP, &resp);
         c.send(REQ, b"GET /next HTTP/1.1\r\n\r\n");
         // Bare LF line ends, as lenient peers send them.
-        c.send(
-            RESP,
-            b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n",
-        );
+        c.send(RESP, b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n");
         let ex = c.exchanges();
         assert_eq!(ex.len(), 2);
         assert_eq!(ex[0].request.body_len, 11);
@@ -296,22 +217,13 @@ fn chunked_bodies_with_extensions_and_trailers() {
 fn head_responses_have_no_body() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"HEAD /big HTTP/1.1\r\n\r\nGET /small HTTP/1.1\r\n\r\n",
-        );
+        c.send(REQ, b"HEAD /big HTTP/1.1\r\n\r\nGET /small HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         let ex = c.exchanges();
         assert_eq!(ex.len(), 2);
         assert_eq!(ex[0].response.as_ref().map(|r| r.body_len), Some(0));
-        assert_eq!(
-            ex[0]
-                .response
-                .as_ref()
-                .and_then(|r| r.header("content-length")),
-            Some(&b"1234"[..])
-        );
+        assert_eq!(ex[0].response.as_ref().and_then(|r| r.header("content-length")), Some(&b"1234"[..]));
         assert_eq!(ex[1].response.as_ref().map(|r| r.body_len), Some(2));
     });
 }
@@ -320,21 +232,18 @@ fn head_responses_have_no_body() {
 fn continue_then_final_response() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"POST /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
-        );
+        c.send(REQ, b"POST /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 100 Continue\r\n\r\n");
         let (_, body_exit) = c.send(REQ, b"data");
-        c.send(RESP, b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        c.send(
+            RESP,
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
         let ex = c.exchanges();
         assert_eq!(ex.len(), 1);
         assert_eq!(ex[0].informational, [100, 103]);
         assert_eq!(ex[0].response.as_ref().map(|r| r.status), Some(201));
-        assert_eq!(
-            (ex[0].request.body_len, ex[0].request.timing.last_exit_ns),
-            (4, body_exit)
-        );
+        assert_eq!((ex[0].request.body_len, ex[0].request.timing.last_exit_ns), (4, body_exit));
         assert_eq!(ex[0].outcome, Complete);
     });
 }
@@ -343,22 +252,10 @@ fn continue_then_final_response() {
 fn early_final_response_reports_the_request_body_seen_so_far() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"PUT /f HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789",
-        );
-        c.send(
-            RESP,
-            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
+        c.send(REQ, b"PUT /f HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789");
+        c.send(RESP, b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         let ex = c.exchanges();
-        assert_eq!(
-            (
-                ex[0].request.body_len,
-                ex[0].response.as_ref().map(|r| r.status)
-            ),
-            (10, Some(413))
-        );
+        assert_eq!((ex[0].request.body_len, ex[0].response.as_ref().map(|r| r.status)), (10, Some(413)));
         c.send(REQ, &[b'x'; 90]);
         c.close();
         assert!(c.take().is_empty());
@@ -369,23 +266,13 @@ fn early_final_response_reports_the_request_body_seen_so_far() {
 fn no_content_and_not_modified_have_no_body() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
-        );
+        c.send(REQ, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
-        c.send(
-            RESP,
-            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 500\r\nETag: \"x\"\r\n\r\n",
-        );
+        c.send(RESP, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 500\r\nETag: \"x\"\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!");
         assert_eq!(
             summary(c.take()),
-            [
-                X("/1", Some(204), Complete),
-                X("/2", Some(304), Complete),
-                X("/3", Some(200), Complete)
-            ]
+            [X("/1", Some(204), Complete), X("/2", Some(304), Complete), X("/3", Some(200), Complete)]
         );
     });
 }
@@ -395,19 +282,13 @@ fn response_without_length_reads_until_close() {
     both(|split| {
         let mut c = Conn::server(split);
         c.send(REQ, b"GET / HTTP/1.0\r\n\r\n");
-        c.send(
-            RESP,
-            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part ",
-        );
+        c.send(RESP, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part ");
         let (_, last) = c.send(RESP, b"second part");
         assert!(c.take().is_empty(), "not complete before the close");
         c.close();
         let ex = c.exchanges();
         let resp = ex[0].response.as_ref().expect("response");
-        assert_eq!(
-            (resp.version, resp.body_len, resp.timing.last_exit_ns),
-            (0, 22, last)
-        );
+        assert_eq!((resp.version, resp.body_len, resp.timing.last_exit_ns), (0, 22, last));
         assert_eq!(ex[0].request.version, 0);
         assert_eq!(ex[0].outcome, Complete);
 
@@ -416,10 +297,7 @@ fn response_without_length_reads_until_close() {
         c.send(RESP, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody");
         c.gap(RESP, 1000);
         c.close();
-        assert_eq!(
-            c.exchanges()[0].response.as_ref().map(|r| r.body_len),
-            Some(1004)
-        );
+        assert_eq!(c.exchanges()[0].response.as_ref().map(|r| r.body_len), Some(1004));
     });
 }
 
@@ -427,10 +305,7 @@ fn response_without_length_reads_until_close() {
 fn close_reports_pending_and_partial_responses() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"GET /done HTTP/1.1\r\n\r\nGET /half HTTP/1.1\r\n\r\nGET /none HTTP/1.1\r\n\r\n",
-        );
+        c.send(REQ, b"GET /done HTTP/1.1\r\n\r\nGET /half HTTP/1.1\r\n\r\nGET /none HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123");
         c.close();
@@ -443,9 +318,7 @@ fn close_reports_pending_and_partial_responses() {
                 X("/none", None, ClosedBeforeResponse)
             ]
         );
-        let L7Event::Http(half) = &events[1] else {
-            panic!()
-        };
+        let L7Event::Http(half) = &events[1] else { panic!() };
         assert_eq!(half.response.as_ref().map(|r| r.body_len), Some(4));
         // Closing again, or feeding after the close, reports nothing.
         c.close();
@@ -472,10 +345,7 @@ fn close_reports_pending_and_partial_responses() {
         c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
         c.send(REQ, b"POST /cut HTTP/1.1\r\nContent-Le");
         c.close();
-        assert_eq!(
-            summary(c.take()),
-            [X("/ok", Some(204), Complete), E(reason::CLOSED_MID_HEADER)]
-        );
+        assert_eq!(summary(c.take()), [X("/ok", Some(204), Complete), E(reason::CLOSED_MID_HEADER)]);
         let mut c = Conn::server(split);
         c.send(REQ, b"GET /ok HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
@@ -488,10 +358,7 @@ fn close_reports_pending_and_partial_responses() {
 fn gaps_inside_a_sized_body_are_skipped() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"POST /big HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789",
-        );
+        c.send(REQ, b"POST /big HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789");
         c.gap(REQ, 80);
         let (_, req_last) = c.send(REQ, b"0123456789");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
@@ -502,10 +369,7 @@ fn gaps_inside_a_sized_body_are_skipped() {
         c.send(RESP, b"HTTP/1.1 204 No Content\r\n\r\n");
         let ex = c.exchanges();
         assert_eq!(ex.len(), 2);
-        assert_eq!(
-            (ex[0].request.body_len, ex[0].request.timing.last_exit_ns),
-            (100, req_last)
-        );
+        assert_eq!((ex[0].request.body_len, ex[0].request.timing.last_exit_ns), (100, req_last));
         let resp = ex[0].response.as_ref().expect("response");
         assert_eq!((resp.body_len, resp.timing.last_exit_ns), (1000, resp_last));
         assert_eq!(ex[1].response.as_ref().map(|r| r.status), Some(204));
@@ -523,10 +387,7 @@ fn gap_in_request_header_desyncs_then_resyncs() {
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         c.send_whole(REQ, b"GET /next HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            summary(c.take()),
-            [E("gap_in_header"), X("/next", Some(201), Complete)]
-        );
+        assert_eq!(summary(c.take()), [E("gap_in_header"), X("/next", Some(201), Complete)]);
     });
 }
 
@@ -539,14 +400,7 @@ fn gap_in_response_header_desyncs_then_resyncs() {
         c.gap(RESP, 50);
         c.send(RESP, b"ngth: 0\r\n\r\n");
         c.send_whole(RESP, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            summary(c.take()),
-            [
-                E("gap_in_header"),
-                X("/a", None, Desync),
-                X("/b", Some(202), Complete)
-            ]
-        );
+        assert_eq!(summary(c.take()), [E("gap_in_header"), X("/a", None, Desync), X("/b", Some(202), Complete)]);
     });
 }
 
@@ -578,54 +432,33 @@ fn gaps_in_chunked_bodies() {
         // Inside one chunk's data: its end is known, nothing is lost.
         let mut c = Conn::server(split);
         c.send(REQ, b"GET / HTTP/1.1\r\n\r\n");
-        c.send(
-            RESP,
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nab",
-        );
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nab");
         c.gap(RESP, 6);
         c.send(RESP, b"\r\n0\r\n\r\n");
         let ex = c.exchanges();
-        assert_eq!(
-            (ex[0].outcome, ex[0].response.as_ref().map(|r| r.body_len)),
-            (Complete, Some(8))
-        );
+        assert_eq!((ex[0].outcome, ex[0].response.as_ref().map(|r| r.body_len)), (Complete, Some(8)));
 
         // Across a chunk-size line: the framing is lost.
         let mut c = Conn::server(split);
         c.send(REQ, b"GET /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n");
-        c.send(
-            RESP,
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab",
-        );
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab");
         c.gap(RESP, 20);
         c.send(RESP, b"\r\n0\r\n\r\n");
         c.send_whole(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         let events = c.take();
         assert_eq!(
             summary(events.clone()),
-            [
-                E("gap_in_chunked_body"),
-                X("/x", Some(200), Desync),
-                X("/y", Some(200), Complete)
-            ]
+            [E("gap_in_chunked_body"), X("/x", Some(200), Desync), X("/y", Some(200), Complete)]
         );
-        let L7Event::Http(x) = &events[1] else {
-            panic!()
-        };
+        let L7Event::Http(x) = &events[1] else { panic!() };
         assert_eq!(x.response.as_ref().map(|r| r.body_len), Some(2));
 
         // In a chunked request body: the request stays paired.
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"POST /z HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n",
-        );
+        c.send(REQ, b"POST /z HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n");
         c.gap(REQ, 10);
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            summary(c.take()),
-            [E("gap_in_chunked_body"), X("/z", Some(200), Complete)]
-        );
+        assert_eq!(summary(c.take()), [E("gap_in_chunked_body"), X("/z", Some(200), Complete)]);
     });
 }
 
@@ -638,16 +471,10 @@ fn oversized_header_block_desyncs() {
         big.extend_from_slice(b"\r\n\r\n");
         c.send(REQ, &big);
         assert!(c.parser.requests.buf.len() <= MAX_HEAD_LEN);
-        c.send(
-            RESP,
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
-        );
+        c.send(RESP, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n");
         c.send_whole(REQ, b"GET /ok HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            summary(c.take()),
-            [E("header_too_large"), X("/ok", Some(200), Complete)]
-        );
+        assert_eq!(summary(c.take()), [E("header_too_large"), X("/ok", Some(200), Complete)]);
         assert!(c.parser.requests.buf.capacity() <= KEEP_BUFFER);
     });
 }
@@ -671,29 +498,17 @@ fn garbage_is_a_parse_error_not_a_panic() {
         c.send(REQ, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03");
         c.send(RESP, b"\x15\x03\x03\x00\x02\x02\x28");
         c.close();
-        assert_eq!(
-            summary(c.take()),
-            [E("invalid_token"), E("invalid_version")]
-        );
+        assert_eq!(summary(c.take()), [E("invalid_token"), E("invalid_version")]);
 
         let mut c = Conn::server(split);
         c.send(REQ, b"GET / HTTP/9.9\r\n\r\n");
         c.send(REQ, b"GET /\x01 HTTP/1.1\r\n\r\n");
         c.send(REQ, b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n");
         c.send(REQ, b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n");
-        c.send(
-            REQ,
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-        );
+        c.send(REQ, b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
         c.send(REQ, b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
-        c.send(
-            REQ,
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        );
-        c.send(
-            REQ,
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY",
-        );
+        c.send(REQ, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+        c.send(REQ, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY");
         let reasons: Vec<Ev> = summary(c.take());
         // Each bad message desyncs; only the first is parsed (no resync in split mode).
         assert_eq!(reasons.first(), Some(&E("invalid_version")));
@@ -718,10 +533,7 @@ fn garbage_is_a_parse_error_not_a_panic() {
 #[test]
 fn agreeing_content_lengths_are_accepted() {
     let mut c = Conn::server(false);
-    c.send(
-        REQ,
-        b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\ncontent-length: 3\r\n\r\nabc",
-    );
+    c.send(REQ, b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\ncontent-length: 3\r\n\r\nabc");
     c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(c.exchanges()[0].request.body_len, 3);
 }
@@ -730,16 +542,10 @@ fn agreeing_content_lengths_are_accepted() {
 fn blank_lines_between_messages_are_ignored() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"\r\nPOST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\r\n",
-        );
+        c.send(REQ, b"\r\nPOST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\r\n");
         c.send(REQ, b"GET /b HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            summary(c.take()),
-            [X("/a", Some(200), Complete), X("/b", Some(200), Complete)]
-        );
+        assert_eq!(summary(c.take()), [X("/a", Some(200), Complete), X("/b", Some(200), Complete)]);
     });
 }
 
@@ -813,10 +619,7 @@ fn response_without_request_is_reported_and_skipped() {
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
         c.send(REQ, b"GET /a HTTP/1.1\r\n\r\n");
         c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            summary(c.take()),
-            [E("unmatched_response"), X("/a", Some(200), Complete)]
-        );
+        assert_eq!(summary(c.take()), [E("unmatched_response"), X("/a", Some(200), Complete)]);
     });
 }
 
@@ -824,31 +627,19 @@ fn response_without_request_is_reported_and_skipped() {
 fn protocol_switches_stop_parsing() {
     both(|split| {
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        );
-        c.send(
-            RESP,
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
-        );
+        c.send(REQ, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello");
         c.send(REQ, b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58");
         c.close();
         assert_eq!(summary(c.take()), [X("/ws", Some(101), Complete)]);
 
         let mut c = Conn::server(split);
-        c.send(
-            REQ,
-            b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n\x00\x01",
-        );
+        c.send(REQ, b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n\x00\x01");
         c.send(RESP, b"HTTP/1.1 200 Connection Established\r\n\r\n");
         c.send(REQ, b"\x16\x03\x01 binary");
         c.send(RESP, b"\x16\x03\x03 binary");
         c.close();
-        assert_eq!(
-            summary(c.take()),
-            [X("db.internal:5432", Some(200), Complete)]
-        );
+        assert_eq!(summary(c.take()), [X("db.internal:5432", Some(200), Complete)]);
     });
 }
 
@@ -856,19 +647,10 @@ fn protocol_switches_stop_parsing() {
 fn refused_connect_goes_back_to_http() {
     let mut c = Conn::server(false);
     c.send(REQ, b"CONNECT db.internal:5432 HTTP/1.1\r\n\r\n");
-    c.send(
-        RESP,
-        b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
-    );
+    c.send(RESP, b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n");
     c.send(REQ, b"GET /a HTTP/1.1\r\n\r\n");
     c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    assert_eq!(
-        summary(c.take()),
-        [
-            X("db.internal:5432", Some(407), Complete),
-            X("/a", Some(200), Complete)
-        ]
-    );
+    assert_eq!(summary(c.take()), [X("db.internal:5432", Some(407), Complete), X("/a", Some(200), Complete)]);
 }
 
 #[test]
@@ -880,10 +662,7 @@ fn connections_do_not_share_state() {
         good.send(REQ, b"GET /a HTTP/1.1\r\n\r\n");
         bad.send(RESP, b"garbage\r\n\r\n");
         good.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            summary(bad.take()),
-            [E("invalid_version"), X("/a", None, Desync)]
-        );
+        assert_eq!(summary(bad.take()), [E("invalid_version"), X("/a", None, Desync)]);
         assert_eq!(summary(good.take()), [X("/a", Some(200), Complete)]);
     });
 }
@@ -907,24 +686,10 @@ fn detection_follows_roles_and_directions() {
         (Role::Unknown, Egress, resp, true),
     ];
     for (role, dir, bytes, want) in cases {
-        assert_eq!(
-            detect(role, dir, bytes).is_some(),
-            want,
-            "{role:?} {dir:?} {bytes:?}"
-        );
+        assert_eq!(detect(role, dir, bytes).is_some(), want, "{role:?} {dir:?} {bytes:?}");
     }
-    for not_http in [
-        &b"GETX / HTTP/1.1"[..],
-        b"get / HTTP/1.1",
-        b"GE",
-        b"HTTP/2 200",
-        b"PRI * HTTP/2.0",
-        b"",
-    ] {
-        assert!(
-            detect(Role::Unknown, Ingress, not_http).is_none(),
-            "{not_http:?}"
-        );
+    for not_http in [&b"GETX / HTTP/1.1"[..], b"get / HTTP/1.1", b"GE", b"HTTP/2 200", b"PRI * HTTP/2.0", b""] {
+        assert!(detect(Role::Unknown, Ingress, not_http).is_none(), "{not_http:?}");
     }
     for method in METHODS {
         assert!(detect(Role::Server, Ingress, method).is_some());
@@ -936,21 +701,9 @@ fn unknown_role_infers_the_request_direction() {
     // A client whose connect() the agent missed: requests leave, responses arrive.
     let mut p = detect(Role::Unknown, Egress, b"GET / HTTP/1.1\r\n").expect("http");
     let mut out = Vec::new();
-    let data = |b: &[u8]| {
-        vec![Segment::Data {
-            offset: 0,
-            ts_enter_ns: 1,
-            ts_ns: 2,
-            tid: 7,
-            bytes: b.to_vec(),
-        }]
-    };
+    let data = |b: &[u8]| vec![Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 7, bytes: b.to_vec() }];
     p.feed(Egress, &data(b"GET /c HTTP/1.1\r\n\r\n"), &mut out);
-    p.feed(
-        Ingress,
-        &data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
-        &mut out,
-    );
+    p.feed(Ingress, &data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), &mut out);
     assert_eq!(summary(out), [X("/c", Some(200), Complete)]);
 }
 
@@ -963,20 +716,14 @@ fn joining_mid_connection_skips_partial_messages_quietly() {
     c.send(Ingress, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     c.send(Egress, b"GET /next HTTP/1.1\r\n\r\n");
     c.send(Ingress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    assert_eq!(
-        summary(c.take()),
-        [E("unmatched_response"), X("/next", Some(200), Complete)]
-    );
+    assert_eq!(summary(c.take()), [E("unmatched_response"), X("/next", Some(200), Complete)]);
 }
 
 #[test]
 fn reasons_are_unique_snake_case_labels() {
     let mut seen = std::collections::HashSet::new();
     for r in reason::ALL {
-        assert!(
-            r.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'),
-            "{r}"
-        );
+        assert!(r.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'), "{r}");
         assert!(seen.insert(r), "duplicate {r}");
     }
 }
@@ -1012,11 +759,7 @@ fn fuzz(seed: u64, rounds: usize, mut chunk: impl FnMut(&mut XorShift, bool) -> 
             let mut segments = Vec::new();
             if rng.below(8) == 0 {
                 let len = rng.below(300) as u64 + 1;
-                segments.push(Segment::Gap {
-                    offset: *offset,
-                    len,
-                    reason: GapReason::NotCaptured,
-                });
+                segments.push(Segment::Gap { offset: *offset, len, reason: GapReason::NotCaptured });
                 *offset += len;
             } else {
                 let bytes = chunk(&mut rng, dir == REQ);
@@ -1081,21 +824,8 @@ fn resync_happens_only_at_segment_starts() {
     // Segments start at syscall boundaries, where messages start; a request line right
     // after a framing error inside a segment is more likely body bytes than a message.
     let mut c = Conn::server(false);
-    c.send(
-        REQ,
-        b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXGET /x HTTP/1.1\r\n\r\n",
-    );
+    c.send(REQ, b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXGET /x HTTP/1.1\r\n\r\n");
     c.send(REQ, b"GET /y HTTP/1.1\r\n\r\n");
-    c.send(
-        RESP,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
-    assert_eq!(
-        summary(c.take()),
-        [
-            E("invalid_chunk_end"),
-            X("/a", Some(200), Complete),
-            X("/y", Some(200), Complete)
-        ]
-    );
+    c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(summary(c.take()), [E("invalid_chunk_end"), X("/a", Some(200), Complete), X("/y", Some(200), Complete)]);
 }

@@ -149,7 +149,9 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(call) = (unsafe { SSL_CALLS.get(tid) }).copied() else { return 0 };
+    let Some(call) = (unsafe { SSL_CALLS.get(tid) }).copied() else {
+        return 0;
+    };
     let _ = SSL_CALLS.remove(tid);
     // Both variants return `int`: only the low 32 bits of the register are defined.
     let ret = ctx.ret::<u64>() as i32;

@@ -1,0 +1,492 @@
+//! The connection table: every captured TCP connection with its full 4-tuple, role,
+//! owning process and one ordered byte stream per direction.
+//!
+//! Connections come from the kernel's open records (accept, connect, or first traffic on a
+//! connection that predates the agent). When an open record was lost, or a forked child
+//! keeps using a socket its parent already closed, the tuple is rebuilt from /proc so data
+//! is still attributed. Memory is bounded: a maximum number of connections (new ones are
+//! refused and counted past it) and idle eviction.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use hoptrace_common::{CloseEvent, DataHeader, Direction, OpenEvent, Role, Syscall};
+use serde::Serialize;
+
+use crate::{
+    capture::stream::{Chunk, GapReason, Segment, Stream},
+    resource::procnet::{self, Listeners},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// How the role was established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleSource {
+    /// From the syscall itself (accept → server, connect → client).
+    Syscall,
+    /// Predates the agent: local port is (server) or is not (client) a listening port.
+    Listener,
+    /// Could not be decided (process gone).
+    Unknown,
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Client => "client",
+        Role::Server => "server",
+        Role::Unknown => "unknown",
+    }
+}
+
+/// Set in the id of a connection's TLS plaintext view (kernel ids never use bit 63: they
+/// are `(cpu + 1) << 48 | sequence`).
+pub const TLS_VIEW_BIT: u64 = 1 << 63;
+
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub tuple: Tuple,
+    pub role: Role,
+    pub role_source: RoleSource,
+    pub via: Syscall,
+    /// Process that most recently attached to the connection, and its parent.
+    pub pid: u32,
+    pub ppid: u32,
+    pub fd: i32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub opened_ns: u64,
+    pub last_seen: Instant,
+    /// Indexed by `Direction as usize` (egress, ingress).
+    pub streams: [Stream; 2],
+}
+
+impl Connection {
+    /// This entry carries TLS plaintext (from the OpenSSL probes), not the socket's bytes.
+    pub fn is_tls_view(&self) -> bool {
+        self.id & TLS_VIEW_BIT != 0
+    }
+
+    pub fn stream(&self, d: Direction) -> &Stream {
+        &self.streams[d as usize]
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: 65536, idle_timeout: Duration::from_secs(300) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TableStats {
+    pub conns_opened: u64,
+    pub conns_closed: u64,
+    pub conns_evicted_idle: u64,
+    pub conns_rejected_table_full: u64,
+    /// Data for a connection whose open record never arrived; rebuilt from /proc.
+    pub conns_rebuilt_from_proc: u64,
+    /// Data that could not be attributed at all (process gone before /proc was read).
+    pub data_unattributed_records: u64,
+    /// Connections whose TLS plaintext was seen (a TLS view was opened).
+    pub tls_views_opened: u64,
+}
+
+pub struct ConnTable {
+    conns: HashMap<u64, Connection>,
+    listeners: Listeners,
+    limits: Limits,
+    pub stats: TableStats,
+}
+
+fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == 10 {
+        let v6 = Ipv6Addr::from(bytes);
+        // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Local and remote address of a failed connection attempt.
+pub fn failed_tuple(ev: &hoptrace_common::ConnectFailedEvent) -> (SocketAddr, SocketAddr) {
+    (addr(ev.family, ev.local_addr, ev.local_port), addr(ev.family, ev.remote_addr, ev.remote_port))
+}
+
+/// `error.type` values for the socket errors a connection attempt ends with.
+pub fn errno_name(err: i32) -> &'static str {
+    match err {
+        libc::ECONNREFUSED => "connection_refused",
+        libc::ETIMEDOUT => "timed_out",
+        libc::EHOSTUNREACH => "host_unreachable",
+        libc::ENETUNREACH => "network_unreachable",
+        libc::ECONNRESET => "connection_reset",
+        0 => "connection_closed",
+        _ => "connect_error",
+    }
+}
+
+fn comm_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+impl ConnTable {
+    pub fn new(limits: Limits) -> Self {
+        Self { conns: HashMap::new(), listeners: Listeners::default(), limits, stats: TableStats::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Connection> {
+        self.conns.get(&id)
+    }
+
+    fn resolve_role(&mut self, role: Role, pid: u32, local: SocketAddr) -> (Role, RoleSource) {
+        if role != Role::Unknown {
+            return (role, RoleSource::Syscall);
+        }
+        match self.listeners.is_listening(pid, local) {
+            Some(true) => (Role::Server, RoleSource::Listener),
+            Some(false) => (Role::Client, RoleSource::Listener),
+            None => (Role::Unknown, RoleSource::Unknown),
+        }
+    }
+
+    fn has_room(&mut self) -> bool {
+        if self.conns.len() < self.limits.max_connections {
+            return true;
+        }
+        self.stats.conns_rejected_table_full += 1;
+        false
+    }
+
+    /// A process attached to a connection. Returns the connection, or None when the table
+    /// is full.
+    pub fn on_open(&mut self, ev: &OpenEvent) -> Option<&Connection> {
+        let tuple = Tuple {
+            local: addr(ev.family, ev.local_addr, ev.local_port),
+            remote: addr(ev.family, ev.remote_addr, ev.remote_port),
+        };
+        let kernel_role = match ev.role {
+            1 => Role::Client,
+            2 => Role::Server,
+            _ => Role::Unknown,
+        };
+        let via = Syscall::from_u8(ev.via).unwrap_or(Syscall::FirstData);
+        let fresh = matches!(via, Syscall::Accept | Syscall::Accept4 | Syscall::Connect);
+        if !fresh {
+            if let Some(c) = self.conns.get_mut(&ev.conn_id) {
+                // Another process (fork, descriptor passing) now holds the connection.
+                c.pid = ev.pid;
+                c.ppid = ev.ppid;
+                c.fd = ev.fd;
+                c.comm = comm_string(&ev.comm);
+                c.last_seen = Instant::now();
+                return self.conns.get(&ev.conn_id);
+            }
+        }
+        if !self.conns.contains_key(&ev.conn_id) && !self.has_room() {
+            return None;
+        }
+        let (role, role_source) = self.resolve_role(kernel_role, ev.pid, tuple.local);
+        self.stats.conns_opened += 1;
+        let conn = Connection {
+            id: ev.conn_id,
+            tuple,
+            role,
+            role_source,
+            via,
+            pid: ev.pid,
+            ppid: ev.ppid,
+            fd: ev.fd,
+            comm: comm_string(&ev.comm),
+            cgroup_id: ev.cgroup_id,
+            opened_ns: ev.ts_ns,
+            last_seen: Instant::now(),
+            streams: Default::default(),
+        };
+        self.conns.insert(ev.conn_id, conn);
+        self.conns.get(&ev.conn_id)
+    }
+
+    /// Rebuilds a connection from /proc when data arrives for an id we never saw opened.
+    fn rebuild(&mut self, h: &DataHeader) -> bool {
+        let Some(inode) = procnet::socket_inode(h.pid, h.fd) else {
+            return false;
+        };
+        let Some(entry) = procnet::tcp_table(h.pid).into_iter().find(|e| e.inode == inode) else {
+            return false;
+        };
+        if !self.has_room() {
+            return false;
+        }
+        let comm =
+            std::fs::read_to_string(format!("/proc/{}/comm", h.pid)).map(|s| s.trim().to_string()).unwrap_or_default();
+        let ppid = std::fs::read_to_string(format!("/proc/{}/stat", h.pid))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()))
+            .unwrap_or(0);
+        let (role, role_source) = self.resolve_role(Role::Unknown, h.pid, entry.local);
+        self.stats.conns_rebuilt_from_proc += 1;
+        self.stats.conns_opened += 1;
+        let mut streams: [Stream; 2] = Default::default();
+        streams[h.direction as usize & 1].start_at(h.call_offset);
+        self.conns.insert(
+            h.conn_id,
+            Connection {
+                id: h.conn_id,
+                tuple: Tuple { local: entry.local, remote: entry.remote },
+                role,
+                role_source,
+                via: Syscall::FirstData,
+                pid: h.pid,
+                ppid,
+                fd: h.fd,
+                comm,
+                cgroup_id: 0,
+                opened_ns: h.ts_enter_ns,
+                last_seen: Instant::now(),
+                streams,
+            },
+        );
+        true
+    }
+
+    /// Adds a data chunk to its connection's stream; returns the connection and the
+    /// segments that became available in order.
+    ///
+    /// TLS plaintext records (SSL_read/SSL_write) go to the connection's *TLS view*: a
+    /// second entry with the same tuple, role and process, id `conn_id | TLS_VIEW_BIT`, and
+    /// its own streams (the kernel numbers plaintext bytes separately). Parsers thus see
+    /// the plaintext from its first byte, never mixed with the handshake ciphertext that
+    /// the socket's own stream may have carried before the first SSL call.
+    pub fn on_data(&mut self, h: &DataHeader, payload: &[u8], out: &mut Vec<Segment>) -> Option<&Connection> {
+        if !self.conns.contains_key(&h.conn_id) && !self.rebuild(h) {
+            self.stats.data_unattributed_records += 1;
+            return None;
+        }
+        let tls = Syscall::from_u8(h.syscall).is_some_and(Syscall::is_tls_plaintext);
+        let id = if tls { self.tls_view(h.conn_id)? } else { h.conn_id };
+        let c = self.conns.get_mut(&id)?;
+        c.last_seen = Instant::now();
+        let dir = (h.direction as usize) & 1;
+        c.streams[dir].push(
+            Chunk {
+                call_offset: h.call_offset,
+                call_len: h.call_len,
+                call_captured: h.call_captured,
+                chunk_offset: h.chunk_offset,
+                ts_enter_ns: h.ts_enter_ns,
+                ts_ns: h.ts_exit_ns,
+                tid: h.tid,
+                bytes: payload,
+            },
+            out,
+        );
+        Some(c)
+    }
+
+    /// Id of the TLS view of `conn_id`, created from the connection when it is new.
+    fn tls_view(&mut self, conn_id: u64) -> Option<u64> {
+        let id = conn_id | TLS_VIEW_BIT;
+        let exists = self.conns.contains_key(&id);
+        let parent = self.conns.get_mut(&conn_id)?;
+        // Plaintext traffic keeps the socket's entry alive too (its close ends both).
+        parent.last_seen = Instant::now();
+        if exists {
+            return Some(id);
+        }
+        let view = Connection {
+            id,
+            tuple: parent.tuple,
+            role: parent.role,
+            role_source: parent.role_source,
+            via: parent.via,
+            pid: parent.pid,
+            ppid: parent.ppid,
+            fd: parent.fd,
+            comm: parent.comm.clone(),
+            cgroup_id: parent.cgroup_id,
+            opened_ns: parent.opened_ns,
+            last_seen: Instant::now(),
+            streams: Default::default(),
+        };
+        if !self.has_room() {
+            return None;
+        }
+        self.stats.tls_views_opened += 1;
+        self.conns.insert(id, view);
+        Some(id)
+    }
+
+    /// The socket behind `conn_id` was closed: its TLS view, if any, leaves the table too.
+    pub fn close_tls_view(&mut self, conn_id: u64, out: &mut [Vec<Segment>; 2]) -> Option<Connection> {
+        let mut c = self.conns.remove(&(conn_id | TLS_VIEW_BIT))?;
+        c.streams[0].flush(&mut out[0]);
+        c.streams[1].flush(&mut out[1]);
+        Some(c)
+    }
+
+    /// A process closed its descriptor: the connection leaves the table with its streams
+    /// flushed. (If another process still holds the socket, its next traffic re-attaches.)
+    ///
+    /// The close record carries the kernel's byte totals: what never arrived before it is
+    /// lost (records refused by a full ring), except on a TLS socket, whose ciphertext is
+    /// not copied by design once its plaintext view exists.
+    pub fn on_close(&mut self, ev: &CloseEvent, out: &mut [Vec<Segment>; 2]) -> Option<Connection> {
+        let tls = self.conns.contains_key(&(ev.conn_id | TLS_VIEW_BIT));
+        let mut c = self.conns.remove(&ev.conn_id)?;
+        self.stats.conns_closed += 1;
+        let tail = if tls { GapReason::NotCaptured } else { GapReason::Lost };
+        c.streams[Direction::Egress as usize].finish(ev.bytes_egress, tail, &mut out[0]);
+        c.streams[Direction::Ingress as usize].finish(ev.bytes_ingress, tail, &mut out[1]);
+        Some(c)
+    }
+
+    /// Removes connections idle for longer than the limit.
+    pub fn evict_idle(&mut self) -> Vec<Connection> {
+        let timeout = self.limits.idle_timeout;
+        let idle: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| c.last_seen.elapsed() > timeout).map(|(id, _)| *id).collect();
+        self.stats.conns_evicted_idle += idle.len() as u64;
+        idle.into_iter().filter_map(|id| self.conns.remove(&id)).collect()
+    }
+
+    /// Empties the table (agent shutdown).
+    pub fn drain(&mut self) -> Vec<Connection> {
+        self.conns.drain().map(|(_, c)| c).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(conn_id: u64, role: u8, via: Syscall, pid: u32) -> OpenEvent {
+        let mut local = [0u8; 16];
+        local[..4].copy_from_slice(&[127, 0, 0, 1]);
+        OpenEvent {
+            kind: 1,
+            role,
+            via: via as u8,
+            _pad0: 0,
+            family: 2,
+            local_port: 8080,
+            remote_port: 40000,
+            _pad1: 0,
+            pid,
+            tid: pid,
+            ppid: 1,
+            fd: 5,
+            _pad2: 0,
+            conn_id,
+            ts_ns: 1,
+            cgroup_id: 0,
+            local_addr: local,
+            remote_addr: local,
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn table_is_bounded_and_counts_refusals() {
+        let mut t = ConnTable::new(Limits { max_connections: 2, idle_timeout: Duration::from_secs(60) });
+        assert!(t.on_open(&open(1, 2, Syscall::Accept, 10)).is_some());
+        assert!(t.on_open(&open(2, 2, Syscall::Accept, 10)).is_some());
+        assert!(t.on_open(&open(3, 2, Syscall::Accept, 10)).is_none());
+        assert_eq!(t.stats.conns_rejected_table_full, 1);
+        let c = t.get(1).unwrap();
+        assert_eq!(c.tuple.local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((c.role, c.role_source, c.comm.as_str()), (Role::Server, RoleSource::Syscall, "nginx"));
+    }
+
+    fn data(conn_id: u64, syscall: Syscall, offset: u64, bytes: &[u8]) -> DataHeader {
+        DataHeader {
+            kind: 2,
+            direction: syscall.direction() as u8,
+            syscall: syscall as u8,
+            _pad0: 0,
+            pid: 10,
+            tid: 10,
+            fd: 5,
+            conn_id,
+            ts_enter_ns: 1,
+            ts_exit_ns: 2,
+            call_offset: offset,
+            call_len: bytes.len() as u32,
+            call_captured: bytes.len() as u32,
+            chunk_offset: 0,
+            chunk_len: bytes.len() as u32,
+        }
+    }
+
+    #[test]
+    fn tls_plaintext_gets_its_own_view_and_closes_with_the_socket() {
+        let mut t = ConnTable::new(Limits::default());
+        t.on_open(&open(1, 2, Syscall::Accept, 10));
+        let mut out = Vec::new();
+        // Handshake ciphertext on the socket's own stream…
+        let hello = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
+        let c = t.on_data(&data(1, Syscall::Read, 0, &hello), &hello, &mut out).unwrap();
+        assert_eq!((c.id, c.is_tls_view()), (1, false));
+        // …then plaintext, numbered from 0 in its own offset space.
+        out.clear();
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        let c = t.on_data(&data(1, Syscall::SslRead, 0, req), req, &mut out).unwrap();
+        assert_eq!((c.id, c.is_tls_view(), c.role, c.tuple.local.port()), (1 | TLS_VIEW_BIT, true, Role::Server, 8080));
+        assert!(matches!(&out[..], [Segment::Data { offset: 0, bytes, .. }] if bytes == req));
+        assert_eq!(t.stats.tls_views_opened, 1);
+        let close = CloseEvent {
+            kind: 3,
+            _pad0: [0; 3],
+            pid: 10,
+            tid: 10,
+            fd: 5,
+            conn_id: 1,
+            ts_ns: 3,
+            bytes_egress: 0,
+            bytes_ingress: 10,
+        };
+        let mut flushed: [Vec<Segment>; 2] = Default::default();
+        assert!(t.on_close(&close, &mut flushed).is_some());
+        assert!(t.close_tls_view(1, &mut flushed).is_some());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn reattach_by_another_process_keeps_the_stream() {
+        let mut t = ConnTable::new(Limits::default());
+        t.on_open(&open(1, 2, Syscall::Accept, 10));
+        t.on_open(&open(1, 2, Syscall::FirstData, 11));
+        let c = t.get(1).unwrap();
+        assert_eq!((c.pid, c.role), (11, Role::Server));
+        assert_eq!(t.stats.conns_opened, 1);
+    }
+}

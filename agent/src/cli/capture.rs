@@ -1,0 +1,239 @@
+//! `hoptrace capture`: the capture path end to end, printed as JSON lines.
+//!
+//! kernel records → `events::decode` → `conntrack::ConnTable` (streams) → one JSON line per
+//! open / syscall / close. Payload bytes never appear unless `--show-payload` (a short
+//! printable prefix) or `--dump-dir` (raw streams in local files) is asked for explicitly.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, Direction, OpenEvent, Syscall, DROP_REASONS};
+use serde_json::{json, Value};
+
+use crate::{
+    capture::conntrack::{role_name, Connection},
+    capture::counters::Counters,
+    capture::driver::{install_signal_handlers, Consumer, Driver},
+    capture::loader::{self},
+    capture::stream::Segment,
+    cli::probe::{capture_options, conn_table, ProbeArgs},
+    util::clock::Clock,
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Print a stats line every N seconds (one is always printed at exit).
+    #[arg(long)]
+    pub stats_interval: Option<f64>,
+    /// Add a short printable payload prefix to data lines (local debugging only).
+    #[arg(long)]
+    pub show_payload: bool,
+    /// Write each connection's reassembled streams to DIR/<conn_id>-<direction>.bin.
+    #[arg(long)]
+    pub dump_dir: Option<PathBuf>,
+}
+
+const PREFIX_LEN: usize = 80;
+
+fn printable_prefix(b: &[u8]) -> String {
+    b.iter().take(PREFIX_LEN).map(|&c| if (0x20..0x7f).contains(&c) { c as char } else { '.' }).collect()
+}
+
+fn direction_name(d: u8) -> &'static str {
+    if d == Direction::Ingress as u8 {
+        "ingress"
+    } else {
+        "egress"
+    }
+}
+
+struct Printer<W: Write> {
+    out: W,
+    clock: Clock,
+    show_payload: bool,
+    dump_dir: Option<PathBuf>,
+    dumps: HashMap<(u64, usize), File>,
+    stats_every: Option<Duration>,
+    last_stats: Instant,
+    loaded_drops: Box<dyn Fn() -> Result<[u64; DROP_REASONS]>>,
+}
+
+impl<W: Write> Printer<W> {
+    fn line(&mut self, v: Value) -> Result<()> {
+        serde_json::to_writer(&mut self.out, &v)?;
+        self.out.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn conn_fields(c: &Connection, v: &mut Value) {
+        v["role"] = json!(role_name(c.role));
+        v["local_addr"] = json!(c.tuple.local.ip().to_string());
+        v["local_port"] = json!(c.tuple.local.port());
+        v["remote_addr"] = json!(c.tuple.remote.ip().to_string());
+        v["remote_port"] = json!(c.tuple.remote.port());
+    }
+
+    /// `--dump-dir`: append captured bytes to the connection's per-direction file.
+    fn dump(&mut self, conn_id: u64, dir: usize, segs: &[Segment]) -> Result<()> {
+        let Some(dir_path) = &self.dump_dir else {
+            return Ok(());
+        };
+        for s in segs {
+            if let Segment::Data { bytes, .. } = s {
+                let file = match self.dumps.entry((conn_id, dir)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let path = dir_path.join(format!("{conn_id}-{}.bin", direction_name(dir as u8)));
+                        e.insert(File::create(&path).with_context(|| format!("creating {}", path.display()))?)
+                    }
+                };
+                file.write_all(bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Consumer for Printer<W> {
+    fn open(&mut self, ev: &OpenEvent, conn: Option<&Connection>) -> Result<()> {
+        let Some(c) = conn else { return Ok(()) };
+        let mut v = json!({
+            "event": "open",
+            "ts": self.clock.to_unix_ns(ev.ts_ns),
+            "conn_id": ev.conn_id,
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "ppid": ev.ppid,
+            "comm": c.comm,
+            "fd": ev.fd,
+            "via": Syscall::from_u8(ev.via).map(Syscall::name).unwrap_or("unknown"),
+            "role_source": c.role_source,
+            "family": if ev.family == 10 { "ipv6" } else { "ipv4" },
+            "cgroup_id": ev.cgroup_id,
+        });
+        Self::conn_fields(c, &mut v);
+        self.line(v)
+    }
+
+    fn data(&mut self, h: &DataHeader, payload: &[u8], c: &Connection, segs: &[Segment]) -> Result<()> {
+        if h.chunk_offset == 0 {
+            let mut v = json!({
+                "event": "data",
+                "ts": self.clock.to_unix_ns(h.ts_exit_ns),
+                // The TLS view's id for plaintext (see conntrack::TLS_VIEW_BIT).
+                "conn_id": c.id,
+                "pid": h.pid,
+                "tid": h.tid,
+                "fd": h.fd,
+                "comm": c.comm,
+                "direction": direction_name(h.direction),
+                "syscall": Syscall::from_u8(h.syscall).map(Syscall::name).unwrap_or("unknown"),
+                "len": h.call_len,
+                "captured": h.call_captured,
+                "stream_offset": h.call_offset,
+                "duration_ns": h.ts_exit_ns.saturating_sub(h.ts_enter_ns),
+            });
+            Self::conn_fields(c, &mut v);
+            if self.show_payload {
+                v["payload_prefix"] = json!(printable_prefix(payload));
+            }
+            self.line(v)?;
+        }
+        self.dump(c.id, (h.direction & 1) as usize, segs)
+    }
+
+    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+        for (dir, segs) in flushed.iter().enumerate() {
+            self.dump(conn.id, dir, segs)?;
+            self.dumps.remove(&(conn.id, dir));
+        }
+        let Some(ev) = ev else { return Ok(()) };
+        self.line(json!({
+            "event": "close",
+            "ts": self.clock.to_unix_ns(ev.ts_ns),
+            // A connection's TLS view closes with it, under its own id.
+            "conn_id": conn.id,
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "fd": ev.fd,
+            "bytes_egress": ev.bytes_egress,
+            "bytes_ingress": ev.bytes_ingress,
+        }))
+    }
+
+    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
+        let (local, remote) = crate::capture::conntrack::failed_tuple(ev);
+        self.line(json!({
+            "event": "connect_failed",
+            "ts": self.clock.to_unix_ns(ev.ts_ns),
+            "conn_id": ev.conn_id,
+            "pid": conn.map_or(ev.pid, |c| c.pid),
+            "tid": ev.tid,
+            "error": crate::capture::conntrack::errno_name(ev.error),
+            "local_addr": local.ip().to_string(),
+            "local_port": local.port(),
+            "remote_addr": remote.ip().to_string(),
+            "remote_port": remote.port(),
+        }))
+    }
+
+    fn tick(
+        &mut self,
+        counters: &Counters,
+        table: &crate::capture::conntrack::TableStats,
+        tracked: usize,
+    ) -> Result<()> {
+        self.out.flush()?;
+        if self.stats_every.is_some_and(|every| self.last_stats.elapsed() >= every) {
+            self.last_stats = Instant::now();
+            let drops = (self.loaded_drops)()?;
+            let v = counters.to_json(table, tracked, &drops);
+            self.line(v)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: CaptureArgs) -> Result<()> {
+    install_signal_handlers();
+    if let Some(dir) = &args.dump_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating dump dir {}", dir.display()))?;
+    }
+    let mut loaded = loader::load(&capture_options(&args.probe))?;
+    let drops = loaded.drops_reader()?;
+    let stdout = std::io::stdout();
+    let mut p = Printer {
+        out: BufWriter::new(stdout.lock()),
+        clock: Clock::now(),
+        show_payload: args.show_payload,
+        dump_dir: args.dump_dir.clone(),
+        dumps: HashMap::new(),
+        stats_every: args.stats_interval.map(Duration::from_secs_f64),
+        last_stats: Instant::now(),
+        loaded_drops: Box::new(move || drops.read()),
+    };
+    p.line(json!({
+        "event": "ready",
+        "pid": std::process::id(),
+        "programs": loaded.attachments,
+        "skipped_tracepoints": loaded.skipped,
+        "capture_cap": args.probe.capture_cap,
+    }))?;
+    p.out.flush()?;
+    let mut driver = Driver::new(conn_table(&args.probe));
+    driver.run(&mut loaded, args.probe.duration.map(Duration::from_secs_f64), &mut p)?;
+    let kernel = loaded.kernel_drops()?;
+    let v = driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel);
+    p.line(v)?;
+    p.out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! `hoptrace run`: the agent's main job. Capture → HTTP exchanges → spans → OTLP.
+//!
+//! With no collector configured (no `OTEL_EXPORTER_OTLP_*ENDPOINT`), spans are printed as
+//! OTLP/JSON lines on stdout (or `--output FILE`), so the agent shows traces with nothing
+//! else installed. The agent's own log lines are JSON on stderr.
+//!
+//! Settings come from the command line, the environment, and `--config FILE` (see
+//! [`crate::config`] for which wins).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, OpenEvent, DROP_REASONS};
+use serde_json::json;
+
+use crate::{
+    capture::conntrack::{Connection, TableStats},
+    capture::counters::Counters,
+    capture::driver::{install_signal_handlers, Consumer, Driver},
+    capture::loader::{self, DropsReader},
+    capture::stream::Segment,
+    cli::probe::{capture_options, conn_table, ProbeArgs},
+    config,
+    export::{Exporter, ExporterConfig, JsonOutput},
+    model::sample::Sample,
+    model::span::SpanRecord,
+    ops::server::{self, EndpointState},
+    resource::resolver::ResourceResolver,
+    traces::consumer::TraceConsumer,
+    traces::{SpanSink, TracePipeline},
+    util::logging::log,
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// YAML configuration file (see deploy/hoptrace.yaml); flags and the environment win
+    /// over it.
+    #[arg(long, value_name = "FILE", env = "HOPTRACE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Without a collector endpoint: write OTLP/JSON lines here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Also emit SERVER/CLIENT spans for services that instrument themselves.
+    #[arg(long)]
+    pub no_suppress_instrumented: bool,
+    /// Spans held for export while the collector is slow or down (oldest dropped beyond).
+    #[arg(long)]
+    pub export_queue_capacity: Option<usize>,
+    /// Spans per export request at most.
+    #[arg(long)]
+    pub export_batch_size: Option<usize>,
+    /// Fraction of agent-started traces exported (overrides `sampling.ratio`).
+    #[arg(long)]
+    pub sample_ratio: Option<f64>,
+    /// Push propagation-gap alerts to this Alertmanager (e.g. http://alertmanager:9093).
+    #[arg(long)]
+    pub alertmanager: Option<String>,
+    /// Gaps on one hop within --alert-window that fire its alert.
+    #[arg(long, default_value_t = 1)]
+    pub alert_threshold: u64,
+    /// Seconds over which gaps are counted; a hop without new gaps for this long resolves.
+    #[arg(long, default_value_t = 600.0)]
+    pub alert_window: f64,
+    /// Seconds between re-sends of a firing alert.
+    #[arg(long, default_value_t = 60.0)]
+    pub alert_resend: f64,
+    /// HTTP endpoint for /gaps, /metrics, /healthz, /readyz ("off" to disable).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+}
+
+impl SpanSink for Exporter {
+    fn submit(&mut self, span: SpanRecord) {
+        Exporter::submit(self, span);
+    }
+}
+
+/// The `run` consumer: capture → pipeline → exporter, plus the HTTP endpoint's metrics.
+struct Traces {
+    inner: TraceConsumer<Exporter>,
+    endpoint: Arc<EndpointState>,
+    drops: DropsReader,
+    /// Pod metadata (its counters go on /metrics).
+    k8s: Option<Arc<crate::resource::k8s::Kubernetes>>,
+    /// The OTLP metrics exporter's counters, when one runs.
+    metrics_export: Option<Arc<crate::export::metrics::exporter::MetricsExportStats>>,
+    ringbuf_bytes: u64,
+}
+
+impl Traces {
+    /// Metric samples: capture, connection table, kernel drops, spans, export.
+    fn samples(&self, counters: &Counters, table: &TableStats, tracked: usize) -> Vec<Sample> {
+        let kernel = self.drops.read().unwrap_or([0; DROP_REASONS]);
+        let mut out = counters.samples(table, tracked, &kernel);
+        let t = &self.inner.pipeline.stats;
+        let e = self.inner.sink.stats();
+        let s = |name, labels: Vec<(&'static str, &'static str)>, value| Sample { name, labels, value };
+        out.extend([
+            s("hoptrace_http_exchanges_total", vec![], t.exchanges),
+            s("hoptrace_spans_total", vec![("kind", "server")], t.spans_server),
+            s("hoptrace_spans_total", vec![("kind", "client")], t.spans_client),
+            s("hoptrace_spans_suppressed_instrumented_total", vec![], t.spans_suppressed_instrumented),
+            s("hoptrace_spans_not_sampled_total", vec![], t.spans_not_sampled),
+            s("hoptrace_export_spans_exported_total", vec![], e.spans_exported),
+            s("hoptrace_export_spans_dropped_total", vec![("reason", "queue_full")], e.spans_dropped_queue_full),
+            s("hoptrace_export_spans_dropped_total", vec![("reason", "non_retryable")], e.spans_dropped_non_retryable),
+            s(
+                "hoptrace_export_spans_dropped_total",
+                vec![("reason", "retries_exhausted")],
+                e.spans_dropped_retries_exhausted,
+            ),
+            s("hoptrace_export_spans_rejected_total", vec![], e.spans_rejected_by_collector),
+            s("hoptrace_export_queue_depth", vec![], e.queue_depth),
+            s("hoptrace_routes_overflowed_total", vec![], t.routes_overflowed),
+        ]);
+        if let Some(k) = &self.k8s {
+            out.extend(k.samples());
+        }
+        // Parse errors and invalid context are on /metrics through metrics::selfstats.
+        out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
+        for (det, n) in &t.redactions {
+            out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
+        }
+        for d in crate::policy::sampling::Decision::ALL {
+            let n = t.sampling.get(&d).copied().unwrap_or(0);
+            out.push(s("hoptrace_spans_sampled_total", vec![("decision", d.label())], n));
+        }
+        out
+    }
+}
+
+impl Consumer for Traces {
+    fn open(&mut self, ev: &OpenEvent, conn: Option<&Connection>) -> Result<()> {
+        self.inner.open(ev, conn)
+    }
+
+    fn data(&mut self, h: &DataHeader, payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()> {
+        self.inner.data(h, payload, conn, segs)
+    }
+
+    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+        self.inner.closed(conn, ev, flushed)
+    }
+
+    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
+        self.inner.connect_failed(ev, conn)
+    }
+
+    fn tick(&mut self, counters: &Counters, table: &TableStats, tracked: usize) -> Result<()> {
+        self.inner.tick(counters, table, tracked)?;
+        let samples = self.samples(counters, table, tracked);
+        if let Ok(mut s) = self.endpoint.samples.lock() {
+            *s = samples;
+        }
+        let extra = crate::ops::metrics::selfstats::extra_samples(
+            &self.inner.pipeline.stats,
+            &self.inner.sink.stats(),
+            self.metrics_export.as_deref(),
+            self.ringbuf_bytes,
+        );
+        if let Ok(mut s) = self.endpoint.metrics.extra.lock() {
+            *s = extra;
+        }
+        Ok(())
+    }
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+/// Starts the HTTP endpoint. The default address may be taken (another agent, a test):
+/// then the agent runs without it and says so; an address asked for explicitly must work.
+fn start_endpoint(listen: &str, state: Arc<EndpointState>) -> Result<Option<std::net::SocketAddr>> {
+    if listen == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = listen.parse().with_context(|| format!("--listen {listen}: not an address"))?;
+    match server::spawn(addr, state) {
+        Ok(bound) => Ok(Some(bound)),
+        Err(e) if listen == DEFAULT_LISTEN => {
+            log("warn", "HTTP endpoint not started", json!({ "listen": listen, "error": format!("{e:#}") }));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    install_signal_handlers();
+    // Before anything is loaded: a configuration mistake is reported whole, up front.
+    let config = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::from_env()?,
+    };
+    let mut probe = args.probe.clone();
+    probe.apply_config(&config);
+    let mut base = config.exporter_base();
+    if let Some(path) = &args.output {
+        base.json_output = JsonOutput::File(path.clone());
+    }
+    if let Some(n) = args.export_queue_capacity {
+        base.queue_capacity = n;
+    }
+    if let Some(n) = args.export_batch_size {
+        base.batch_max_spans = n;
+    }
+    let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
+    let collector = exporter_cfg.endpoint.clone();
+    let metrics_cfg =
+        crate::export::metrics::exporter::metrics_exporter_config(&exporter_cfg, |k| std::env::var(k).ok())
+            .context("metrics exporter configuration")?
+            .filter(|_| !config.metrics.export_interval.is_zero());
+    let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
+    // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
+    // already have their pods, and a Kubernetes misconfiguration fails fast.
+    let k8s = crate::resource::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
+    let mut loaded = loader::load(&capture_options(&probe))?;
+    let mut cfg = config.trace_config();
+    if args.no_suppress_instrumented {
+        cfg.suppress_instrumented = false;
+    }
+    if let Some(r) = args.sample_ratio {
+        anyhow::ensure!((0.0..=1.0).contains(&r), "--sample-ratio must be between 0 and 1, got {r}");
+        cfg.sampling.ratio = r;
+    }
+    let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s.clone());
+    let mut pipeline = TracePipeline::new(cfg, resources);
+    pipeline.red = crate::traces::red::RedRecorder::new(&config.metrics);
+    let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
+    let _ = endpoint.metrics.red.set(pipeline.red.clone());
+    let metrics_exporter = match &metrics_cfg {
+        Some(c) => Some(
+            crate::export::metrics::exporter::MetricsExporter::start(
+                c.clone(),
+                config.metrics.export_interval,
+                pipeline.red.clone(),
+            )
+            .context("starting the metrics exporter")?,
+        ),
+        None => None,
+    };
+    let listening = start_endpoint(&args.listen, endpoint.clone())?;
+    let drops = loaded.drops_reader()?;
+    if let Some(url) = &args.alertmanager {
+        crate::gaps::alerting::spawn(
+            crate::gaps::alerting::AlertConfig {
+                url: url.clone(),
+                threshold: args.alert_threshold,
+                window: Duration::from_secs_f64(args.alert_window),
+                resend_every: Duration::from_secs_f64(args.alert_resend),
+            },
+            pipeline.gaps.clone(),
+        )?;
+    }
+    let mut traces = Traces {
+        inner: TraceConsumer::new(pipeline, exporter),
+        endpoint: endpoint.clone(),
+        drops,
+        k8s,
+        metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
+        ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
+    };
+    let mut driver = Driver::new(conn_table(&probe));
+    driver.publish(&loaded, &mut traces)?;
+    endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    log(
+        "info",
+        "ready",
+        json!({ "pid": std::process::id(), "programs": loaded.attachments,
+                "exporter": collector.as_deref().unwrap_or("otlp-json"),
+                "metrics_exporter": metrics_cfg.as_ref().and_then(|c| c.endpoint.as_deref()),
+                "config": args.config.as_ref().map(|p| p.display().to_string()),
+                "service_rules": config.services.len(),
+                "listen": listening.map(|a| a.to_string()) }),
+    );
+    // Loading parsed the kernel's BTF (tens of MiB, freed by now): hand it back so the
+    // steady-state RSS is the agent's, not start-up's.
+    crate::ops::allocator::after_startup();
+    driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
+    traces.inner.flush();
+    let TraceConsumer { pipeline, sink: exporter } = traces.inner;
+    let export = exporter.shutdown(Duration::from_secs(5));
+    let metrics_export = metrics_exporter.map(|m| {
+        let stats = m.stats.clone();
+        m.shutdown(Duration::from_secs(2));
+        stats
+    });
+    let kernel = loaded.kernel_drops()?;
+    log(
+        "info",
+        "stopped",
+        json!({
+            "capture": driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel),
+            "traces": pipeline.stats,
+            "gaps": pipeline.gaps.lock().map(|g| server::gaps_json(&g)).unwrap_or_default(),
+            "export": export,
+            "metrics_export": metrics_export.map(|s| json!({
+                "requests_ok": s.requests_ok.load(std::sync::atomic::Ordering::Relaxed),
+                "requests_failed": s.requests_failed.load(std::sync::atomic::Ordering::Relaxed),
+            })),
+        }),
+    );
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Periodic OTLP export of the RED metrics (cumulative temporality), on its own thread and
+//! current-thread runtime so the capture loop never waits on the network.
+//!
+//! The endpoint follows the trace exporter's: the same collector, TLS, headers and
+//! protocol, with `/v1/traces` replaced by `/v1/metrics` for http/protobuf;
+//! `OTEL_EXPORTER_OTLP_METRICS_*` variables override any of it.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{client::MetricsClient, otlp};
+use crate::traces::red::RedRecorder;
+use crate::{
+    export::{ExporterConfig, Protocol, Signal},
+    util::logging::log,
+};
+
+/// The metrics exporter's settings derived from the trace exporter's (after its
+/// environment), then `OTEL_EXPORTER_OTLP_METRICS_*` from `lookup`. `None` without an
+/// endpoint: metrics then stay on `/metrics` only.
+pub fn metrics_exporter_config(
+    traces: &ExporterConfig,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<ExporterConfig>, crate::export::ConfigError> {
+    let mut base = traces.clone();
+    if let (Some(e), Protocol::HttpProtobuf) = (&base.endpoint, base.protocol) {
+        let root = e.strip_suffix("/v1/traces").unwrap_or(e.trim_end_matches('/'));
+        base.endpoint = Some(format!("{root}/v1/metrics"));
+    }
+    // Only the metrics-specific variables: the generic ones are already in `traces`.
+    let specific = |k: &str| {
+        if k.starts_with("OTEL_EXPORTER_OTLP_METRICS_") {
+            lookup(k)
+        } else {
+            None
+        }
+    };
+    let cfg = ExporterConfig::from_env_for_signal(base, Signal::Metrics, specific)?;
+    Ok(cfg.endpoint.is_some().then_some(cfg))
+}
+
+/// Counters of the metrics exporter, for `/metrics`.
+#[derive(Default, Debug)]
+pub struct MetricsExportStats {
+    pub requests_ok: AtomicU64,
+    pub requests_failed: AtomicU64,
+    pub data_points_rejected: AtomicU64,
+    pub last_latency_us: AtomicU64,
+}
+
+pub struct MetricsExporter {
+    pub stats: Arc<MetricsExportStats>,
+    stop: Mutex<mpsc::Sender<Instant>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsExporter {
+    pub fn start(cfg: ExporterConfig, interval: Duration, red: RedRecorder) -> Result<Self> {
+        let stats = Arc::new(MetricsExportStats::default());
+        let (stop_tx, stop_rx) = mpsc::channel::<Instant>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("hoptrace-metrics".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let client = {
+                    let _guard = rt.enter();
+                    MetricsClient::new(&cfg)
+                };
+                let mut client = match client {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let endpoint = cfg.endpoint.clone().unwrap_or_default();
+                let mut last_failure: Option<String> = None;
+                let mut next = Instant::now() + interval;
+                loop {
+                    // Shutdown: one last export so the final counts are not lost.
+                    let final_deadline = match stop_rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                        Ok(deadline) => Some(deadline),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => Some(Instant::now() + Duration::from_secs(2)),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    };
+                    next += interval;
+                    let budget = match final_deadline {
+                        Some(d) => d.saturating_duration_since(Instant::now()),
+                        None => interval,
+                    };
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+                    if let Some(req) = otlp::to_request(&red.snapshot(), now) {
+                        let started = Instant::now();
+                        let result = rt.block_on(async {
+                            tokio::time::timeout(budget.max(Duration::from_millis(100)), client.export(&req, budget))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(crate::export::metrics::client::MetricsExportError {
+                                        reason: "deadline".into(),
+                                        detail: format!("not delivered within {budget:?}"),
+                                    })
+                                })
+                        });
+                        st.last_latency_us.store(started.elapsed().as_micros() as u64, Relaxed);
+                        match result {
+                            Ok(rejected) => {
+                                st.requests_ok.fetch_add(1, Relaxed);
+                                st.data_points_rejected.fetch_add(rejected, Relaxed);
+                                if last_failure.take().is_some() {
+                                    log("info", "metrics export recovered", json!({ "endpoint": endpoint }));
+                                }
+                            }
+                            Err(e) => {
+                                st.requests_failed.fetch_add(1, Relaxed);
+                                // Logged when the failure changes, not every interval.
+                                if last_failure.as_deref() != Some(&e.reason) {
+                                    log(
+                                        "warn",
+                                        "metrics export failed",
+                                        json!({ "endpoint": endpoint, "reason": e.reason, "detail": e.detail }),
+                                    );
+                                    last_failure = Some(e.reason);
+                                }
+                            }
+                        }
+                    }
+                    if final_deadline.is_some() {
+                        return;
+                    }
+                }
+            })
+            .context("starting the metrics export thread")?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { stats, stop: Mutex::new(stop_tx), thread: Some(thread) }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                anyhow::bail!("metrics exporter: {e}")
+            }
+            Err(_) => {
+                let _ = thread.join();
+                anyhow::bail!("the metrics export thread exited during startup")
+            }
+        }
+    }
+
+    /// A final export within `deadline`, then the thread ends.
+    pub fn shutdown(mut self, deadline: Duration) {
+        if let Ok(tx) = self.stop.lock() {
+            let _ = tx.send(Instant::now() + deadline);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MetricsExporter {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            if let Ok(tx) = self.stop.lock() {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    }
+}

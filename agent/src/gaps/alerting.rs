@@ -1,0 +1,231 @@
+//! Pushing propagation-gap alerts straight to Alertmanager (v2 API), for nodes where no
+//! Prometheus scrapes the agent (plain VMs, CI runners).
+//!
+//! Once a second a background thread looks at the gap table: a broken hop whose count grew
+//! by at least `threshold` within `window` FIRES; once it stops growing for a whole window
+//! it is RESOLVED (sent once, `endsAt` = now). Firing alerts are re-sent every
+//! `resend_every` with an `endsAt` a few re-sends ahead, so Alertmanager resolves them by
+//! itself if the agent dies. One alert per hop: Alertmanager deduplicates on labels.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use crate::{
+    gaps::{GapEntry, GapKey, GapTable},
+    util::logging::log,
+};
+
+#[derive(Clone, Debug)]
+pub struct AlertConfig {
+    /// Alertmanager base URL, e.g. `http://alertmanager:9093`.
+    pub url: String,
+    /// Gaps within `window` that make a hop fire.
+    pub threshold: u64,
+    pub window: Duration,
+    pub resend_every: Duration,
+}
+
+/// What to tell Alertmanager about one hop.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlertChange {
+    Firing { key: GapKey, starts_at: SystemTime, example_trace_id: String },
+    Resolved { key: GapKey, starts_at: SystemTime, ends_at: SystemTime },
+}
+
+struct Tracked {
+    /// (when, cumulative count), oldest first, spanning at least `window`.
+    history: VecDeque<(Instant, u64)>,
+    firing_since: Option<SystemTime>,
+    last_sent: Option<Instant>,
+}
+
+const MAX_TRACKED: usize = 4096;
+
+pub struct Alerter {
+    cfg: AlertConfig,
+    tracked: HashMap<GapKey, Tracked>,
+}
+
+impl Alerter {
+    pub fn new(cfg: AlertConfig) -> Self {
+        Self { cfg, tracked: HashMap::new() }
+    }
+
+    /// Pure decision step (no I/O): what changed since the last call.
+    pub fn evaluate(&mut self, rows: &[(GapKey, GapEntry)], now: Instant, wall: SystemTime) -> Vec<AlertChange> {
+        let mut out = Vec::new();
+        for (key, entry) in rows {
+            if !self.tracked.contains_key(key) && self.tracked.len() >= MAX_TRACKED {
+                continue;
+            }
+            let t = self.tracked.entry(key.clone()).or_insert_with(|| Tracked {
+                // First sight: everything counted so far happened within this window.
+                history: VecDeque::from([(now, 0)]),
+                firing_since: None,
+                last_sent: None,
+            });
+            t.history.push_back((now, entry.count));
+            // Keep one sample at or before the window's start as the baseline.
+            while t.history.len() > 2 && now.duration_since(t.history[1].0) >= self.cfg.window {
+                t.history.pop_front();
+            }
+            let baseline = t.history.front().map_or(0, |(_, c)| *c);
+            let increase = entry.count.saturating_sub(baseline);
+            if increase >= self.cfg.threshold && self.cfg.threshold > 0 {
+                let due = t.last_sent.is_none_or(|at| now.duration_since(at) >= self.cfg.resend_every);
+                if t.firing_since.is_none() || due {
+                    let starts_at = *t.firing_since.get_or_insert(wall);
+                    t.last_sent = Some(now);
+                    out.push(AlertChange::Firing {
+                        key: key.clone(),
+                        starts_at,
+                        example_trace_id: entry.example_trace_id.clone(),
+                    });
+                }
+            } else if let Some(starts_at) = t.firing_since.take() {
+                t.last_sent = None;
+                out.push(AlertChange::Resolved { key: key.clone(), starts_at, ends_at: wall });
+            }
+        }
+        out
+    }
+
+    /// The Alertmanager v2 JSON for `changes`.
+    pub fn payload(&self, changes: &[AlertChange]) -> Value {
+        let alerts: Vec<Value> = changes
+            .iter()
+            .map(|c| {
+                let (key, starts_at, ends_at, example) = match c {
+                    AlertChange::Firing { key, starts_at, example_trace_id } => {
+                        (key, *starts_at, SystemTime::now() + self.cfg.resend_every * 4, example_trace_id.as_str())
+                    }
+                    AlertChange::Resolved { key, starts_at, ends_at } => (key, *starts_at, *ends_at, ""),
+                };
+                json!({
+                    "labels": {
+                        "alertname": "HoptracePropagationGap",
+                        "severity": "warning",
+                        "kind": key.kind.as_str(),
+                        "service": key.service,
+                        "zone": key.zone,
+                        "peer_service": key.peer_service,
+                        "route": key.route,
+                    },
+                    "annotations": {
+                        "summary": format!("{} -> {} on {}: trace context lost ({})", key.service, key.peer_service, key.route, key.kind.as_str()),
+                        "example_trace_id": example,
+                    },
+                    "startsAt": humantime::format_rfc3339_millis(starts_at).to_string(),
+                    "endsAt": humantime::format_rfc3339_millis(ends_at).to_string(),
+                })
+            })
+            .collect();
+        Value::Array(alerts)
+    }
+}
+
+/// POSTs `body` to `<url>/api/v2/alerts` within `timeout`.
+async fn post(url: &str, body: String, timeout: Duration) -> Result<()> {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri: hyper::Uri = format!("{}/api/v2/alerts", url.trim_end_matches('/')).parse().context("alertmanager URL")?;
+    let req =
+        hyper::Request::post(uri).header("content-type", "application/json").body(Full::new(Bytes::from(body)))?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .map_err(|_| anyhow!("alertmanager did not answer within {timeout:?}"))??;
+    if !resp.status().is_success() {
+        return Err(anyhow!("alertmanager answered {}", resp.status()));
+    }
+    Ok(())
+}
+
+/// Evaluates the shared gap table every second and pushes changes, on its own thread.
+pub fn spawn(cfg: AlertConfig, gaps: Arc<Mutex<GapTable>>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("hoptrace-alerts".into()).spawn(move || {
+        let url = cfg.url.clone();
+        let mut alerter = Alerter::new(cfg);
+        let mut pending: Vec<AlertChange> = Vec::new();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let rows = match gaps.lock() {
+                Ok(t) => t.rows(),
+                Err(_) => return,
+            };
+            pending.extend(alerter.evaluate(&rows, Instant::now(), SystemTime::now()));
+            if pending.is_empty() {
+                continue;
+            }
+            let body = alerter.payload(&pending).to_string();
+            match runtime.block_on(post(&url, body, Duration::from_secs(3))) {
+                Ok(()) => pending.clear(),
+                Err(e) => {
+                    // Keep the latest state per hop for the next try; bounded.
+                    pending.truncate(MAX_TRACKED);
+                    log("warn", "alert push to alertmanager failed", json!({ "error": format!("{e:#}") }));
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gaps::GapKind;
+
+    fn row(count: u64) -> Vec<(GapKey, GapEntry)> {
+        vec![(
+            GapKey {
+                kind: GapKind::DroppedOutboundContext,
+                service: "checkout".into(),
+                zone: "Z1".into(),
+                peer_service: "inventory".into(),
+                route: "/items/{id}".into(),
+            },
+            GapEntry {
+                count,
+                first_seen_unix_ns: 1,
+                last_seen_unix_ns: 1,
+                example_trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                detail: String::new(),
+            },
+        )]
+    }
+
+    #[test]
+    fn fires_at_threshold_dedups_resends_and_resolves_once() {
+        let cfg = AlertConfig {
+            url: "http://x".into(),
+            threshold: 2,
+            window: Duration::from_secs(60),
+            resend_every: Duration::from_secs(10),
+        };
+        let mut a = Alerter::new(cfg);
+        let t0 = Instant::now();
+        let w = SystemTime::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(a.evaluate(&row(1), at(0), w).is_empty(), "below threshold");
+        let fired = a.evaluate(&row(2), at(1), w);
+        assert!(matches!(fired.as_slice(), [AlertChange::Firing { .. }]), "{fired:?}");
+        assert!(a.evaluate(&row(3), at(5), w).is_empty(), "no duplicate before resend_every");
+        assert_eq!(a.evaluate(&row(3), at(12), w).len(), 1, "re-sent after resend_every");
+        // No new gaps for a whole window: resolved, once.
+        let resolved = a.evaluate(&row(3), at(80), w);
+        assert!(matches!(resolved.as_slice(), [AlertChange::Resolved { .. }]), "{resolved:?}");
+        assert!(a.evaluate(&row(3), at(81), w).is_empty());
+        let body = a.payload(&fired);
+        assert_eq!(body[0]["labels"]["kind"], "dropped_outbound_context");
+        assert_eq!(body[0]["annotations"]["example_trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}

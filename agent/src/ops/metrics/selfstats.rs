@@ -1,0 +1,175 @@
+//! The `/metrics` side of this module: RED metrics plus the self-metrics whose labels are
+//! not static (parse errors by protocol/reason, …), the process's memory, and the OTLP
+//! metrics exporter's own counters.
+//!
+//! The capture loop refreshes [`EndpointMetrics::extra`] once a second; the endpoint
+//! renders the RED table from a snapshot taken under its lock.
+
+use std::{
+    fmt::Write as _,
+    sync::{Mutex, OnceLock},
+};
+
+use super::render;
+use crate::traces::red::RedRecorder;
+
+/// A self-metric sample with owned label values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedSample {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+impl OwnedSample {
+    pub fn new(name: &'static str, help: &'static str, value: f64) -> Self {
+        Self { name, help, labels: Vec::new(), value }
+    }
+
+    pub fn label(mut self, k: &'static str, v: impl Into<String>) -> Self {
+        self.labels.push((k, v.into()));
+        self
+    }
+}
+
+/// What `/metrics` renders besides the capture counters and gaps.
+#[derive(Default)]
+pub struct EndpointMetrics {
+    pub red: OnceLock<RedRecorder>,
+    pub extra: Mutex<Vec<OwnedSample>>,
+}
+
+impl EndpointMetrics {
+    pub fn render(&self, om: bool, out: &mut String) {
+        let extra = self.extra.lock().map(|e| e.clone()).unwrap_or_default();
+        render_samples(&extra, om, out);
+        if let Some(red) = self.red.get() {
+            render::render(&red.snapshot(), om, out);
+        }
+    }
+}
+
+/// Samples of one name must be adjacent (they are, as built).
+pub fn render_samples(samples: &[OwnedSample], om: bool, out: &mut String) {
+    let mut last = "";
+    for s in samples {
+        if s.name != last {
+            let kind = if s.name.ends_with("_total") { "counter" } else { "gauge" };
+            render::header(out, s.name, kind, s.help, om);
+            last = s.name;
+        }
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", render::escape(v))).collect();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{} {}", s.name, s.value);
+        } else {
+            let _ = writeln!(out, "{}{{{}}} {}", s.name, labels.join(","), s.value);
+        }
+    }
+}
+
+/// Resident memory of this process, bytes (`/proc/self/statm`).
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Self-metrics the capture counters do not carry: parse errors and invalid trace context
+/// by reason, export request outcomes and latency, the metrics exporter's counters, the
+/// ring buffer's size and the process's memory.
+pub fn extra_samples(
+    traces: &crate::traces::TraceStats,
+    export: &crate::export::ExportStats,
+    metrics_export: Option<&crate::export::metrics::exporter::MetricsExportStats>,
+    ringbuf_bytes: u64,
+) -> Vec<OwnedSample> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = Vec::new();
+    let mut sorted: Vec<(&String, &u64)> = traces.parse_errors.iter().collect();
+    sorted.sort();
+    for (key, n) in sorted {
+        let (protocol, reason) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        out.push(
+            OwnedSample::new(
+                "hoptrace_parse_errors_total",
+                "Protocol parse errors, by protocol and reason.",
+                *n as f64,
+            )
+            .label("protocol", protocol)
+            .label("reason", reason),
+        );
+    }
+    let mut sorted: Vec<(&&str, &u64)> = traces.invalid_context.iter().collect();
+    sorted.sort();
+    for (reason, n) in sorted {
+        out.push(
+            OwnedSample::new(
+                "hoptrace_invalid_trace_context_total",
+                "Inbound requests whose trace context headers were invalid, by reason.",
+                *n as f64,
+            )
+            .label("reason", *reason),
+        );
+    }
+    let help = "OTLP span export requests, by outcome (failed attempts include retried ones).";
+    out.push(
+        OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_ok as f64)
+            .label("outcome", "ok"),
+    );
+    out.push(
+        OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_failed as f64)
+            .label("outcome", "failed"),
+    );
+    out.push(OwnedSample::new(
+        "hoptrace_export_last_request_duration_seconds",
+        "Round trip of the last span export request, whatever its outcome.",
+        export.last_export_latency_us as f64 / 1e6,
+    ));
+    out.push(OwnedSample::new(
+        "hoptrace_export_spans_submitted_total",
+        "Spans handed to the exporter (after sampling).",
+        export.spans_submitted as f64,
+    ));
+    if let Some(m) = metrics_export {
+        let help = "OTLP metrics export requests, by outcome.";
+        out.push(
+            OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_ok.load(Relaxed) as f64)
+                .label("outcome", "ok"),
+        );
+        out.push(
+            OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_failed.load(Relaxed) as f64)
+                .label("outcome", "failed"),
+        );
+        out.push(OwnedSample::new(
+            "hoptrace_metrics_export_data_points_rejected_total",
+            "Metric data points the collector reported rejected.",
+            m.data_points_rejected.load(Relaxed) as f64,
+        ));
+        out.push(OwnedSample::new(
+            "hoptrace_metrics_export_last_request_duration_seconds",
+            "Round trip of the last metrics export, retries included.",
+            m.last_latency_us.load(Relaxed) as f64 / 1e6,
+        ));
+    }
+    out.push(OwnedSample::new(
+        "hoptrace_ringbuf_size_bytes",
+        "Size of the kernel→agent ring buffer.",
+        ringbuf_bytes as f64,
+    ));
+    out.push(OwnedSample::new(
+        "hoptrace_ringbuf_used_bytes_max",
+        "Highest ring buffer fill (bytes produced, not yet read) since the previous refresh (1 s).",
+        crate::capture::ringfill::take_high_water() as f64,
+    ));
+    if let Some(rss) = rss_bytes() {
+        out.push(OwnedSample::new(
+            "hoptrace_process_resident_memory_bytes",
+            "Resident memory of the agent.",
+            rss as f64,
+        ));
+    }
+    out
+}

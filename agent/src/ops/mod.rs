@@ -1,0 +1,7 @@
+//! Running the agent: the HTTP endpoint ([`server`]: `/metrics`, `/gaps`, `/healthz`,
+//! `/readyz`), the Prometheus rendering of metrics and self-metrics ([`metrics`]), and
+//! the allocator's tuning ([`allocator`]).
+
+pub mod allocator;
+pub mod metrics;
+pub mod server;

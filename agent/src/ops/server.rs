@@ -1,0 +1,213 @@
+//! The agent's HTTP endpoint: `GET /gaps` (the table of broken hops, JSON), `GET /metrics`
+//! (Prometheus text), `GET /healthz`, `GET /readyz`.
+//!
+//! It runs on its own thread and current-thread runtime and only reads shared state
+//! (the gap table, and a metrics snapshot the capture loop refreshes every second), so a
+//! slow scraper can never stall capture.
+
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::{gaps::GapTable, model::sample::Sample};
+
+/// What the endpoint serves.
+#[derive(Default)]
+pub struct EndpointState {
+    pub gaps: Arc<Mutex<GapTable>>,
+    /// Counter samples, refreshed by the capture loop.
+    pub samples: Mutex<Vec<Sample>>,
+    /// Probes attached and exporter configured.
+    pub ready: AtomicBool,
+    /// RED metrics and the self-metrics with dynamic labels (`crate::traces::red`).
+    pub metrics: crate::ops::metrics::selfstats::EndpointMetrics,
+}
+
+/// Prometheus label values: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Prometheus text exposition of the samples and the gap counter; `om`: OpenMetrics
+/// (a counter's `# TYPE` names the family without `_total`).
+pub fn render_metrics(samples: &[Sample], gaps: &GapTable, om: bool) -> String {
+    let mut out = String::new();
+    let mut last = "";
+    let family = |name: &'static str, kind: &str| {
+        if om && kind == "counter" {
+            name.strip_suffix("_total").unwrap_or(name)
+        } else {
+            name
+        }
+    };
+    for s in samples {
+        if s.name != last {
+            let kind = if s.name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(out, "# TYPE {} {kind}", family(s.name, kind));
+            last = s.name;
+        }
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{} {}", s.name, s.value);
+        } else {
+            let _ = writeln!(out, "{}{{{}}} {}", s.name, labels.join(","), s.value);
+        }
+    }
+    let gaps_family = family("hoptrace_propagation_gaps_total", "counter");
+    let _ = writeln!(out, "# HELP {gaps_family} Hops where trace context was lost.");
+    let _ = writeln!(out, "# TYPE {gaps_family} counter");
+    for (k, e) in gaps.rows() {
+        let _ = writeln!(
+            out,
+            "hoptrace_propagation_gaps_total{{kind=\"{}\",service=\"{}\",zone=\"{}\",peer_service=\"{}\",route=\"{}\"}} {}",
+            k.kind.as_str(),
+            escape(&k.service),
+            escape(&k.zone),
+            escape(&k.peer_service),
+            escape(&k.route),
+            e.count
+        );
+    }
+    let _ = writeln!(out, "# TYPE {} counter", family("hoptrace_propagation_gaps_untabled_total", "counter"));
+    let _ = writeln!(out, "hoptrace_propagation_gaps_untabled_total {}", gaps.overflow);
+    out
+}
+
+/// The `/gaps` document.
+pub fn gaps_json(gaps: &GapTable) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = gaps
+        .rows()
+        .into_iter()
+        .map(|(k, e)| {
+            json!({
+                "kind": k.kind, "service": k.service, "zone": k.zone, "peer_service": k.peer_service,
+                "route": k.route, "count": e.count, "first_seen_unix_ns": e.first_seen_unix_ns,
+                "last_seen_unix_ns": e.last_seen_unix_ns, "example_trace_id": e.example_trace_id,
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    json!({ "gaps": rows, "total": gaps.total, "untabled": gaps.overflow })
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn handle(req: &Request<Incoming>, state: &EndpointState) -> Response<Full<Bytes>> {
+    let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok());
+    respond(req.method(), req.uri().path(), accept, state)
+}
+
+/// The endpoint's answer to `GET path` with an `Accept` header.
+pub fn respond(
+    method: &hyper::Method,
+    path: &str,
+    accept: Option<&str>,
+    state: &EndpointState,
+) -> Response<Full<Bytes>> {
+    if method != hyper::Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+    }
+    match path {
+        "/gaps" => {
+            let body = state.gaps.lock().map(|g| gaps_json(&g).to_string()).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body)
+        }
+        "/metrics" => {
+            use crate::ops::metrics::render;
+            // OpenMetrics when asked (Prometheus asks first): the format with exemplars.
+            let om = render::wants_openmetrics(accept);
+            let samples = state.samples.lock().map(|s| s.clone()).unwrap_or_default();
+            let mut body = state.gaps.lock().map(|g| render_metrics(&samples, &g, om)).unwrap_or_default();
+            state.metrics.render(om, &mut body);
+            if om {
+                body.push_str("# EOF\n");
+            }
+            let ct = if om { render::OPENMETRICS_CONTENT_TYPE } else { render::TEXT_CONTENT_TYPE };
+            reply(StatusCode::OK, ct, body)
+        }
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if state.ready.load(Ordering::SeqCst) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /gaps, /metrics, /healthz, /readyz\n".into()),
+    }
+}
+
+/// Binds `addr` and serves on a background thread; returns the bound address.
+pub fn spawn(addr: SocketAddr, state: Arc<EndpointState>) -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("hoptrace-http".into()).spawn(move || {
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let resp = handle(&req, &state);
+                        async move { Ok::<_, Infallible>(resp) }
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+    })?;
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gaps::{Gap, GapKey, GapKind};
+
+    #[test]
+    fn metrics_text_escapes_and_lists_gaps() {
+        let mut t = GapTable::default();
+        t.record(&Gap {
+            key: GapKey {
+                kind: GapKind::DroppedOutboundContext,
+                service: "front".into(),
+                zone: "Z1".into(),
+                peer_service: "a\"b".into(),
+                route: "/items/{id}".into(),
+            },
+            time_unix_ns: 1,
+            trace_id: "t".into(),
+            span_id: "s".into(),
+            detail: String::new(),
+        });
+        let samples = vec![Sample { name: "hoptrace_x_total", labels: vec![("reason", "r")], value: 3 }];
+        let text = render_metrics(&samples, &t, false);
+        assert!(text.contains("hoptrace_x_total{reason=\"r\"} 3"), "{text}");
+        assert!(text.contains(
+            "hoptrace_propagation_gaps_total{kind=\"dropped_outbound_context\",service=\"front\",zone=\"Z1\",peer_service=\"a\\\"b\",route=\"/items/{id}\"} 1"
+        ), "{text}");
+        assert_eq!(gaps_json(&t)["gaps"][0]["count"], 1);
+    }
+}

@@ -1,0 +1,5 @@
+//! Leaf helpers every layer may use: the agent's own JSON log lines and the clock that
+//! maps kernel timestamps to Unix time.
+
+pub mod clock;
+pub mod logging;
