@@ -100,12 +100,10 @@ impl Harness {
             Event::Open(ev) => {
                 self.table.on_open(&ev);
             }
-            Event::Data { header, payload } => {
+            Event::Data(d) => {
                 self.segs.clear();
-                let dir =
-                    if header.direction == Direction::Ingress as u8 { Direction::Ingress } else { Direction::Egress };
-                if let Some(conn) = self.table.on_data(&header, payload, &mut self.segs) {
-                    self.pipeline.on_segments(conn, dir, &self.segs, spans);
+                if let Some(conn) = self.table.on_data(&d, &mut self.segs) {
+                    self.pipeline.on_segments(conn, d.direction, &self.segs, spans);
                 }
             }
             _ => {}

@@ -9,14 +9,15 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use hoptrace_common::{CloseEvent, DataHeader, Direction, OpenEvent, Role, Syscall};
+use hoptrace_common::{Direction, Role, Syscall};
 use serde::Serialize;
 
 use crate::{
+    capture::events::{Close, Data, Open},
     capture::stream::{Chunk, GapReason, Segment, Stream},
     resource::procnet::{self, Listeners},
 };
@@ -114,25 +115,6 @@ pub struct ConnTable {
     pub stats: TableStats,
 }
 
-fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
-    let ip = if family == 10 {
-        let v6 = Ipv6Addr::from(bytes);
-        // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
-        match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        }
-    } else {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    };
-    SocketAddr::new(ip, port)
-}
-
-/// Local and remote address of a failed connection attempt.
-pub fn failed_tuple(ev: &hoptrace_common::ConnectFailedEvent) -> (SocketAddr, SocketAddr) {
-    (addr(ev.family, ev.local_addr, ev.local_port), addr(ev.family, ev.remote_addr, ev.remote_port))
-}
-
 /// `error.type` values for the socket errors a connection attempt ends with.
 pub fn errno_name(err: i32) -> &'static str {
     match err {
@@ -144,11 +126,6 @@ pub fn errno_name(err: i32) -> &'static str {
         0 => "connection_closed",
         _ => "connect_error",
     }
-}
-
-fn comm_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 impl ConnTable {
@@ -189,17 +166,9 @@ impl ConnTable {
 
     /// A process attached to a connection. Returns the connection, or None when the table
     /// is full.
-    pub fn on_open(&mut self, ev: &OpenEvent) -> Option<&Connection> {
-        let tuple = Tuple {
-            local: addr(ev.family, ev.local_addr, ev.local_port),
-            remote: addr(ev.family, ev.remote_addr, ev.remote_port),
-        };
-        let kernel_role = match ev.role {
-            1 => Role::Client,
-            2 => Role::Server,
-            _ => Role::Unknown,
-        };
-        let via = Syscall::from_u8(ev.via).unwrap_or(Syscall::FirstData);
+    pub fn on_open(&mut self, ev: &Open) -> Option<&Connection> {
+        let tuple = Tuple { local: ev.local, remote: ev.remote };
+        let (kernel_role, via) = (ev.role, ev.via);
         let fresh = matches!(via, Syscall::Accept | Syscall::Accept4 | Syscall::Connect);
         if !fresh {
             if let Some(c) = self.conns.get_mut(&ev.conn_id) {
@@ -207,7 +176,7 @@ impl ConnTable {
                 c.pid = ev.pid;
                 c.ppid = ev.ppid;
                 c.fd = ev.fd;
-                c.comm = comm_string(&ev.comm);
+                c.comm = ev.comm();
                 c.last_seen = Instant::now();
                 return self.conns.get(&ev.conn_id);
             }
@@ -226,7 +195,7 @@ impl ConnTable {
             pid: ev.pid,
             ppid: ev.ppid,
             fd: ev.fd,
-            comm: comm_string(&ev.comm),
+            comm: ev.comm(),
             cgroup_id: ev.cgroup_id,
             opened_ns: ev.ts_ns,
             last_seen: Instant::now(),
@@ -237,7 +206,7 @@ impl ConnTable {
     }
 
     /// Rebuilds a connection from /proc when data arrives for an id we never saw opened.
-    fn rebuild(&mut self, h: &DataHeader) -> bool {
+    fn rebuild(&mut self, h: &Data) -> bool {
         let Some(inode) = procnet::socket_inode(h.pid, h.fd) else {
             return false;
         };
@@ -257,7 +226,7 @@ impl ConnTable {
         self.stats.conns_rebuilt_from_proc += 1;
         self.stats.conns_opened += 1;
         let mut streams: [Stream; 2] = Default::default();
-        streams[h.direction as usize & 1].start_at(h.call_offset);
+        streams[h.direction as usize].start_at(h.call_offset);
         self.conns.insert(
             h.conn_id,
             Connection {
@@ -287,16 +256,16 @@ impl ConnTable {
     /// its own streams (the kernel numbers plaintext bytes separately). Parsers thus see
     /// the plaintext from its first byte, never mixed with the handshake ciphertext that
     /// the socket's own stream may have carried before the first SSL call.
-    pub fn on_data(&mut self, h: &DataHeader, payload: &[u8], out: &mut Vec<Segment>) -> Option<&Connection> {
+    pub fn on_data(&mut self, h: &Data, out: &mut Vec<Segment>) -> Option<&Connection> {
         if !self.conns.contains_key(&h.conn_id) && !self.rebuild(h) {
             self.stats.data_unattributed_records += 1;
             return None;
         }
-        let tls = Syscall::from_u8(h.syscall).is_some_and(Syscall::is_tls_plaintext);
+        let tls = h.is_tls_plaintext();
         let id = if tls { self.tls_view(h.conn_id)? } else { h.conn_id };
         let c = self.conns.get_mut(&id)?;
         c.last_seen = Instant::now();
-        let dir = (h.direction as usize) & 1;
+        let dir = h.direction as usize;
         c.streams[dir].push(
             Chunk {
                 call_offset: h.call_offset,
@@ -306,7 +275,7 @@ impl ConnTable {
                 ts_enter_ns: h.ts_enter_ns,
                 ts_ns: h.ts_exit_ns,
                 tid: h.tid,
-                bytes: payload,
+                bytes: h.payload,
             },
             out,
         );
@@ -360,7 +329,7 @@ impl ConnTable {
     /// The close record carries the kernel's byte totals: what never arrived before it is
     /// lost (records refused by a full ring), except on a TLS socket, whose ciphertext is
     /// not copied by design once its plaintext view exists.
-    pub fn on_close(&mut self, ev: &CloseEvent, out: &mut [Vec<Segment>; 2]) -> Option<Connection> {
+    pub fn on_close(&mut self, ev: &Close, out: &mut [Vec<Segment>; 2]) -> Option<Connection> {
         let tls = self.conns.contains_key(&(ev.conn_id | TLS_VIEW_BIT));
         let mut c = self.conns.remove(&ev.conn_id)?;
         self.stats.conns_closed += 1;
@@ -388,92 +357,37 @@ impl ConnTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn open(conn_id: u64, role: u8, via: Syscall, pid: u32) -> OpenEvent {
-        let mut local = [0u8; 16];
-        local[..4].copy_from_slice(&[127, 0, 0, 1]);
-        OpenEvent {
-            kind: 1,
-            role,
-            via: via as u8,
-            _pad0: 0,
-            family: 2,
-            local_port: 8080,
-            remote_port: 40000,
-            _pad1: 0,
-            pid,
-            tid: pid,
-            ppid: 1,
-            fd: 5,
-            _pad2: 0,
-            conn_id,
-            ts_ns: 1,
-            cgroup_id: 0,
-            local_addr: local,
-            remote_addr: local,
-            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
-        }
-    }
+    use crate::capture::events::testing::{data, open};
 
     #[test]
     fn table_is_bounded_and_counts_refusals() {
         let mut t = ConnTable::new(Limits { max_connections: 2, idle_timeout: Duration::from_secs(60) });
-        assert!(t.on_open(&open(1, 2, Syscall::Accept, 10)).is_some());
-        assert!(t.on_open(&open(2, 2, Syscall::Accept, 10)).is_some());
-        assert!(t.on_open(&open(3, 2, Syscall::Accept, 10)).is_none());
+        assert!(t.on_open(&open(1, Role::Server, Syscall::Accept, 10)).is_some());
+        assert!(t.on_open(&open(2, Role::Server, Syscall::Accept, 10)).is_some());
+        assert!(t.on_open(&open(3, Role::Server, Syscall::Accept, 10)).is_none());
         assert_eq!(t.stats.conns_rejected_table_full, 1);
         let c = t.get(1).unwrap();
         assert_eq!(c.tuple.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!((c.role, c.role_source, c.comm.as_str()), (Role::Server, RoleSource::Syscall, "nginx"));
     }
 
-    fn data(conn_id: u64, syscall: Syscall, offset: u64, bytes: &[u8]) -> DataHeader {
-        DataHeader {
-            kind: 2,
-            direction: syscall.direction() as u8,
-            syscall: syscall as u8,
-            _pad0: 0,
-            pid: 10,
-            tid: 10,
-            fd: 5,
-            conn_id,
-            ts_enter_ns: 1,
-            ts_exit_ns: 2,
-            call_offset: offset,
-            call_len: bytes.len() as u32,
-            call_captured: bytes.len() as u32,
-            chunk_offset: 0,
-            chunk_len: bytes.len() as u32,
-        }
-    }
-
     #[test]
     fn tls_plaintext_gets_its_own_view_and_closes_with_the_socket() {
         let mut t = ConnTable::new(Limits::default());
-        t.on_open(&open(1, 2, Syscall::Accept, 10));
+        t.on_open(&open(1, Role::Server, Syscall::Accept, 10));
         let mut out = Vec::new();
         // Handshake ciphertext on the socket's own stream…
         let hello = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
-        let c = t.on_data(&data(1, Syscall::Read, 0, &hello), &hello, &mut out).unwrap();
+        let c = t.on_data(&data(1, Syscall::Read, 0, &hello), &mut out).unwrap();
         assert_eq!((c.id, c.is_tls_view()), (1, false));
         // …then plaintext, numbered from 0 in its own offset space.
         out.clear();
         let req = b"GET / HTTP/1.1\r\n\r\n";
-        let c = t.on_data(&data(1, Syscall::SslRead, 0, req), req, &mut out).unwrap();
+        let c = t.on_data(&data(1, Syscall::SslRead, 0, req), &mut out).unwrap();
         assert_eq!((c.id, c.is_tls_view(), c.role, c.tuple.local.port()), (1 | TLS_VIEW_BIT, true, Role::Server, 8080));
         assert!(matches!(&out[..], [Segment::Data { offset: 0, bytes, .. }] if bytes == req));
         assert_eq!(t.stats.tls_views_opened, 1);
-        let close = CloseEvent {
-            kind: 3,
-            _pad0: [0; 3],
-            pid: 10,
-            tid: 10,
-            fd: 5,
-            conn_id: 1,
-            ts_ns: 3,
-            bytes_egress: 0,
-            bytes_ingress: 10,
-        };
+        let close = Close { pid: 10, tid: 10, fd: 5, conn_id: 1, ts_ns: 3, bytes_egress: 0, bytes_ingress: 10 };
         let mut flushed: [Vec<Segment>; 2] = Default::default();
         assert!(t.on_close(&close, &mut flushed).is_some());
         assert!(t.close_tls_view(1, &mut flushed).is_some());
@@ -483,8 +397,8 @@ mod tests {
     #[test]
     fn reattach_by_another_process_keeps_the_stream() {
         let mut t = ConnTable::new(Limits::default());
-        t.on_open(&open(1, 2, Syscall::Accept, 10));
-        t.on_open(&open(1, 2, Syscall::FirstData, 11));
+        t.on_open(&open(1, Role::Server, Syscall::Accept, 10));
+        t.on_open(&open(1, Role::Server, Syscall::FirstData, 11));
         let c = t.get(1).unwrap();
         assert_eq!((c.pid, c.role), (11, Role::Server));
         assert_eq!(t.stats.conns_opened, 1);

@@ -12,25 +12,24 @@ use std::{
 };
 
 use anyhow::Result;
-use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, OpenEvent, Syscall};
 
 use crate::{
     capture::conntrack::{ConnTable, Connection, TableStats},
     capture::counters::Counters,
-    capture::events::{decode, Event},
+    capture::events::{decode, Close, ConnectFailed, Data, Event, Open},
     capture::loader::Loaded,
     capture::stream::{GapReason, Segment},
 };
 
 pub trait Consumer {
     /// A process attached to a connection (`conn` is None when the table refused it).
-    fn open(&mut self, ev: &OpenEvent, conn: Option<&Connection>) -> Result<()>;
+    fn open(&mut self, ev: &Open, conn: Option<&Connection>) -> Result<()>;
     /// A data record; `segs` are the stream segments it made available, in order.
-    fn data(&mut self, h: &DataHeader, payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()>;
+    fn data(&mut self, d: &Data, conn: &Connection, segs: &[Segment]) -> Result<()>;
     /// A connection left the table (closed, idle, shutdown) with its last segments.
-    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()>;
+    fn closed(&mut self, conn: &Connection, ev: Option<&Close>, flushed: &[Vec<Segment>; 2]) -> Result<()>;
     /// An outgoing connection attempt failed (`conn` when connect() had returned already).
-    fn connect_failed(&mut self, _ev: &ConnectFailedEvent, _conn: Option<&Connection>) -> Result<()> {
+    fn connect_failed(&mut self, _ev: &ConnectFailed, _conn: Option<&Connection>) -> Result<()> {
         Ok(())
     }
     /// Once a second, with the capture counters and the connection table's.
@@ -117,29 +116,29 @@ impl Driver {
                     self.execs.push(ev.pid);
                 }
             }
-            Event::Data { header, payload } => {
+            Event::Data(d) => {
                 self.counters.data_records += 1;
                 // The first bytes of a socket's stream are a TLS handshake: ciphertext. If
                 // no OpenSSL probe covers the process, that must be said, not missed.
-                if header.call_offset == 0
-                    && header.chunk_offset == 0
-                    && !Syscall::from_u8(header.syscall).is_some_and(Syscall::is_tls_plaintext)
-                    && crate::capture::tls::looks_like_tls_handshake(payload)
+                if d.call_offset == 0
+                    && d.chunk_offset == 0
+                    && !d.is_tls_plaintext()
+                    && crate::capture::tls::looks_like_tls_handshake(d.payload)
                     && self.handshakes.len() < 4096
                 {
-                    self.handshakes.push(header.pid);
+                    self.handshakes.push(d.pid);
                 }
                 let mut segs = std::mem::take(&mut self.segs);
                 segs.clear();
-                if let Some(conn) = self.table.on_data(&header, payload, &mut segs) {
-                    c.data(&header, payload, conn, &segs)?;
+                if let Some(conn) = self.table.on_data(&d, &mut segs) {
+                    c.data(&d, conn, &segs)?;
                 }
                 self.count(&segs);
                 self.segs = segs;
             }
             Event::ConnectFailed(ev) => {
                 self.counters.connect_failed_records += 1;
-                let conn = (ev.conn_id != 0).then(|| self.table.get(ev.conn_id)).flatten();
+                let conn = ev.conn_id.and_then(|id| self.table.get(id));
                 c.connect_failed(&ev, conn)?;
             }
             Event::Close(ev) => {

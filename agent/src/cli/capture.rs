@@ -14,13 +14,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, Direction, OpenEvent, Syscall, DROP_REASONS};
+use hoptrace_common::{Direction, DROP_REASONS};
 use serde_json::{json, Value};
 
 use crate::{
     capture::conntrack::{role_name, Connection},
     capture::counters::Counters,
     capture::driver::{install_signal_handlers, Consumer, Driver},
+    capture::events::{Close, ConnectFailed, Data, Open},
     capture::loader::{self},
     capture::stream::Segment,
     cli::probe::{capture_options, conn_table, ProbeArgs},
@@ -48,11 +49,10 @@ fn printable_prefix(b: &[u8]) -> String {
     b.iter().take(PREFIX_LEN).map(|&c| if (0x20..0x7f).contains(&c) { c as char } else { '.' }).collect()
 }
 
-fn direction_name(d: u8) -> &'static str {
-    if d == Direction::Ingress as u8 {
-        "ingress"
-    } else {
-        "egress"
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
     }
 }
 
@@ -92,7 +92,10 @@ impl<W: Write> Printer<W> {
                 let file = match self.dumps.entry((conn_id, dir)) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        let path = dir_path.join(format!("{conn_id}-{}.bin", direction_name(dir as u8)));
+                        let path = dir_path.join(format!(
+                            "{conn_id}-{}.bin",
+                            direction_name(if dir == 1 { Direction::Ingress } else { Direction::Egress })
+                        ));
                         e.insert(File::create(&path).with_context(|| format!("creating {}", path.display()))?)
                     }
                 };
@@ -104,7 +107,7 @@ impl<W: Write> Printer<W> {
 }
 
 impl<W: Write> Consumer for Printer<W> {
-    fn open(&mut self, ev: &OpenEvent, conn: Option<&Connection>) -> Result<()> {
+    fn open(&mut self, ev: &Open, conn: Option<&Connection>) -> Result<()> {
         let Some(c) = conn else { return Ok(()) };
         let mut v = json!({
             "event": "open",
@@ -115,16 +118,16 @@ impl<W: Write> Consumer for Printer<W> {
             "ppid": ev.ppid,
             "comm": c.comm,
             "fd": ev.fd,
-            "via": Syscall::from_u8(ev.via).map(Syscall::name).unwrap_or("unknown"),
+            "via": ev.via.name(),
             "role_source": c.role_source,
-            "family": if ev.family == 10 { "ipv6" } else { "ipv4" },
+            "family": if ev.ipv6 { "ipv6" } else { "ipv4" },
             "cgroup_id": ev.cgroup_id,
         });
         Self::conn_fields(c, &mut v);
         self.line(v)
     }
 
-    fn data(&mut self, h: &DataHeader, payload: &[u8], c: &Connection, segs: &[Segment]) -> Result<()> {
+    fn data(&mut self, h: &Data, c: &Connection, segs: &[Segment]) -> Result<()> {
         if h.chunk_offset == 0 {
             let mut v = json!({
                 "event": "data",
@@ -136,7 +139,7 @@ impl<W: Write> Consumer for Printer<W> {
                 "fd": h.fd,
                 "comm": c.comm,
                 "direction": direction_name(h.direction),
-                "syscall": Syscall::from_u8(h.syscall).map(Syscall::name).unwrap_or("unknown"),
+                "syscall": h.syscall.name(),
                 "len": h.call_len,
                 "captured": h.call_captured,
                 "stream_offset": h.call_offset,
@@ -144,14 +147,14 @@ impl<W: Write> Consumer for Printer<W> {
             });
             Self::conn_fields(c, &mut v);
             if self.show_payload {
-                v["payload_prefix"] = json!(printable_prefix(payload));
+                v["payload_prefix"] = json!(printable_prefix(h.payload));
             }
             self.line(v)?;
         }
-        self.dump(c.id, (h.direction & 1) as usize, segs)
+        self.dump(c.id, h.direction as usize, segs)
     }
 
-    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+    fn closed(&mut self, conn: &Connection, ev: Option<&Close>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
         for (dir, segs) in flushed.iter().enumerate() {
             self.dump(conn.id, dir, segs)?;
             self.dumps.remove(&(conn.id, dir));
@@ -170,12 +173,12 @@ impl<W: Write> Consumer for Printer<W> {
         }))
     }
 
-    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
-        let (local, remote) = crate::capture::conntrack::failed_tuple(ev);
+    fn connect_failed(&mut self, ev: &ConnectFailed, conn: Option<&Connection>) -> Result<()> {
+        let (local, remote) = (ev.local, ev.remote);
         self.line(json!({
             "event": "connect_failed",
             "ts": self.clock.to_unix_ns(ev.ts_ns),
-            "conn_id": ev.conn_id,
+            "conn_id": ev.conn_id.unwrap_or(0),
             "pid": conn.map_or(ev.pid, |c| c.pid),
             "tid": ev.tid,
             "error": crate::capture::conntrack::errno_name(ev.error),

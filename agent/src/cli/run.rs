@@ -11,13 +11,14 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, OpenEvent, DROP_REASONS};
+use hoptrace_common::DROP_REASONS;
 use serde_json::json;
 
 use crate::{
     capture::conntrack::{Connection, TableStats},
     capture::counters::Counters,
     capture::driver::{install_signal_handlers, Consumer, Driver},
+    capture::events::{Close, ConnectFailed, Data, Open},
     capture::loader::{self, DropsReader},
     capture::stream::Segment,
     cli::probe::{capture_options, conn_table, ProbeArgs},
@@ -133,19 +134,19 @@ impl Traces {
 }
 
 impl Consumer for Traces {
-    fn open(&mut self, ev: &OpenEvent, conn: Option<&Connection>) -> Result<()> {
+    fn open(&mut self, ev: &Open, conn: Option<&Connection>) -> Result<()> {
         self.inner.open(ev, conn)
     }
 
-    fn data(&mut self, h: &DataHeader, payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()> {
-        self.inner.data(h, payload, conn, segs)
+    fn data(&mut self, d: &Data, conn: &Connection, segs: &[Segment]) -> Result<()> {
+        self.inner.data(d, conn, segs)
     }
 
-    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+    fn closed(&mut self, conn: &Connection, ev: Option<&Close>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
         self.inner.closed(conn, ev, flushed)
     }
 
-    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
+    fn connect_failed(&mut self, ev: &ConnectFailed, conn: Option<&Connection>) -> Result<()> {
         self.inner.connect_failed(ev, conn)
     }
 

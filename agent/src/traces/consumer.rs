@@ -2,23 +2,16 @@
 //! [`SpanSink`]. Shared by `hoptrace run` and `hoptrace check`.
 
 use anyhow::Result;
-use hoptrace_common::{CloseEvent, ConnectFailedEvent, DataHeader, Direction, OpenEvent};
+use hoptrace_common::Direction;
 
 use super::{SpanSink, TracePipeline};
 use crate::capture::{
     conntrack::{Connection, TableStats},
     counters::Counters,
     driver::Consumer,
+    events::{Close, ConnectFailed, Data, Open},
     stream::Segment,
 };
-
-fn direction(d: u8) -> Direction {
-    if d == Direction::Ingress as u8 {
-        Direction::Ingress
-    } else {
-        Direction::Egress
-    }
-}
 
 /// Capture events into the trace pipeline, spans into `sink`. Shared by `run` and `check`.
 pub struct TraceConsumer<S: SpanSink> {
@@ -42,24 +35,24 @@ impl<S: SpanSink> TraceConsumer<S> {
 }
 
 impl<S: SpanSink> Consumer for TraceConsumer<S> {
-    fn open(&mut self, _ev: &OpenEvent, _conn: Option<&Connection>) -> Result<()> {
+    fn open(&mut self, _ev: &Open, _conn: Option<&Connection>) -> Result<()> {
         Ok(())
     }
 
-    fn data(&mut self, h: &DataHeader, _payload: &[u8], conn: &Connection, segs: &[Segment]) -> Result<()> {
-        self.pipeline.on_segments(conn, direction(h.direction), segs, &mut self.sink);
+    fn data(&mut self, d: &Data, conn: &Connection, segs: &[Segment]) -> Result<()> {
+        self.pipeline.on_segments(conn, d.direction, segs, &mut self.sink);
         Ok(())
     }
 
-    fn closed(&mut self, conn: &Connection, ev: Option<&CloseEvent>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
+    fn closed(&mut self, conn: &Connection, ev: Option<&Close>, flushed: &[Vec<Segment>; 2]) -> Result<()> {
         self.pipeline.on_segments(conn, Direction::Egress, &flushed[0], &mut self.sink);
         self.pipeline.on_segments(conn, Direction::Ingress, &flushed[1], &mut self.sink);
         self.pipeline.on_close(conn, ev.map(|e| e.ts_ns), &mut self.sink);
         Ok(())
     }
 
-    fn connect_failed(&mut self, ev: &ConnectFailedEvent, conn: Option<&Connection>) -> Result<()> {
-        let (local, remote) = crate::capture::conntrack::failed_tuple(ev);
+    fn connect_failed(&mut self, ev: &ConnectFailed, conn: Option<&Connection>) -> Result<()> {
+        let (local, remote) = (ev.local, ev.remote);
         let error = crate::capture::conntrack::errno_name(ev.error);
         match conn {
             // connect() had returned: the owner is known, the running thread is not.
