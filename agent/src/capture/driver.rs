@@ -17,8 +17,8 @@ use crate::{
     capture::conntrack::{ConnTable, Connection, TableStats},
     capture::counters::Counters,
     capture::events::{decode, Close, ConnectFailed, Data, Event, Open},
-    capture::loader::Loaded,
     capture::stream::{GapReason, Segment},
+    capture::Capture,
 };
 
 pub trait Consumer {
@@ -73,8 +73,8 @@ impl Driver {
     }
 
     /// Runs the TLS work collected while draining the ring.
-    fn tls_work(&mut self, loaded: &mut Loaded) {
-        let Some(tls) = loaded.tls.as_mut() else {
+    fn tls_work(&mut self, capture: &mut Capture) {
+        let Some(tls) = capture.tls.as_mut() else {
             self.execs.clear();
             self.handshakes.clear();
             return;
@@ -83,9 +83,9 @@ impl Driver {
             tls.on_exec(pid);
         }
         for pid in self.handshakes.drain(..) {
-            tls.on_handshake(&mut loaded.ebpf, pid);
+            tls.on_handshake(&mut capture.loaded.ebpf, pid);
         }
-        tls.tick(&mut loaded.ebpf);
+        tls.tick(&mut capture.loaded.ebpf);
     }
 
     fn count(&mut self, segs: &[Segment]) {
@@ -176,18 +176,18 @@ impl Driver {
     /// Hands the counters to the consumer (the `/metrics` samples): once a second while
     /// running, and once before the agent says it is ready, so every series exists from
     /// the first scrape on.
-    pub fn publish(&mut self, loaded: &Loaded, c: &mut dyn Consumer) -> Result<()> {
-        if let Some(tls) = &loaded.tls {
+    pub fn publish(&mut self, capture: &Capture, c: &mut dyn Consumer) -> Result<()> {
+        if let Some(tls) = &capture.tls {
             self.counters.tls = tls.stats.clone();
         }
         c.tick(&self.counters, &self.table.stats, self.table.len())
     }
 
     /// Runs until SIGINT/SIGTERM or `duration`, then drains everything.
-    pub fn run(&mut self, loaded: &mut Loaded, duration: Option<Duration>, c: &mut dyn Consumer) -> Result<()> {
+    pub fn run(&mut self, capture: &mut Capture, duration: Option<Duration>, c: &mut dyn Consumer) -> Result<()> {
         let deadline = duration.map(|d| Instant::now() + d);
         let mut last_tick = Instant::now();
-        let fd = loaded.ring.as_raw_fd();
+        let fd = capture.loaded.ring.as_raw_fd();
         // Ring fill high-water mark for /metrics; without it only overflows are visible.
         let fill = crate::capture::ringfill::RingFill::open(fd).ok();
         loop {
@@ -200,21 +200,21 @@ impl Driver {
             if let Some(f) = &fill {
                 f.observe();
             }
-            while let Some(item) = loaded.ring.next() {
+            while let Some(item) = capture.loaded.ring.next() {
                 self.record(&item, c)?;
             }
-            self.tls_work(loaded);
+            self.tls_work(capture);
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
                 let idle = self.table.evict_idle();
                 self.retire(idle, c)?;
-                self.publish(loaded, c)?;
+                self.publish(capture, c)?;
             }
         }
-        while let Some(item) = loaded.ring.next() {
+        while let Some(item) = capture.loaded.ring.next() {
             self.record(&item, c)?;
         }
-        if let Some(tls) = &loaded.tls {
+        if let Some(tls) = &capture.tls {
             self.counters.tls = tls.stats.clone();
         }
         let rest = self.table.drain();

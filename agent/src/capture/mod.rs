@@ -15,3 +15,36 @@ pub mod loader;
 pub mod ringfill;
 pub mod stream;
 pub mod tls;
+
+use anyhow::Result;
+
+use self::{
+    loader::{CaptureOptions, Loaded},
+    tls::TlsWatcher,
+};
+
+/// Everything attached to the kernel: the syscall programs and their ring buffer, and the
+/// OpenSSL uprobes when asked for. Dropping it detaches everything.
+pub struct Capture {
+    pub loaded: Loaded,
+    /// OpenSSL uprobes: libraries attached so far; the driver keeps it up to date.
+    pub tls: Option<TlsWatcher>,
+}
+
+impl Capture {
+    /// Loads and attaches the syscall programs, then the OpenSSL probes — before the agent
+    /// reports ready, so TLS traffic that starts afterwards is seen from its first byte
+    /// (for libraries on the host or mapped by running processes).
+    pub fn load(opts: &CaptureOptions) -> Result<Self> {
+        let mut loaded = loader::load(opts)?;
+        let tls = if opts.tls {
+            tls::load_programs(&mut loaded.ebpf)?;
+            let mut watcher = TlsWatcher::new();
+            watcher.scan_initial(&mut loaded.ebpf);
+            Some(watcher)
+        } else {
+            None
+        };
+        Ok(Self { loaded, tls })
+    }
+}

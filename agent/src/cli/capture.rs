@@ -22,8 +22,8 @@ use crate::{
     capture::counters::Counters,
     capture::driver::{install_signal_handlers, Consumer, Driver},
     capture::events::{Close, ConnectFailed, Data, Open},
-    capture::loader::{self},
     capture::stream::Segment,
+    capture::Capture,
     cli::probe::{capture_options, conn_table, ProbeArgs},
     util::clock::Clock,
 };
@@ -211,8 +211,8 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     if let Some(dir) = &args.dump_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating dump dir {}", dir.display()))?;
     }
-    let mut loaded = loader::load(&capture_options(&args.probe))?;
-    let drops = loaded.drops_reader()?;
+    let mut capture = Capture::load(&capture_options(&args.probe))?;
+    let drops = capture.loaded.drops_reader()?;
     let stdout = std::io::stdout();
     let mut p = Printer {
         out: BufWriter::new(stdout.lock()),
@@ -227,14 +227,14 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     p.line(json!({
         "event": "ready",
         "pid": std::process::id(),
-        "programs": loaded.attachments,
-        "skipped_tracepoints": loaded.skipped,
+        "programs": capture.loaded.attachments,
+        "skipped_tracepoints": capture.loaded.skipped,
         "capture_cap": args.probe.capture_cap,
     }))?;
     p.out.flush()?;
     let mut driver = Driver::new(conn_table(&args.probe));
-    driver.run(&mut loaded, args.probe.duration.map(Duration::from_secs_f64), &mut p)?;
-    let kernel = loaded.kernel_drops()?;
+    driver.run(&mut capture, args.probe.duration.map(Duration::from_secs_f64), &mut p)?;
+    let kernel = capture.loaded.kernel_drops()?;
     let v = driver.counters.to_json(&driver.table.stats, driver.table.len(), &kernel);
     p.line(v)?;
     p.out.flush()?;

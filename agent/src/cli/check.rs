@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::{
     capture::driver::{install_signal_handlers, request_stop, Driver},
-    capture::loader,
+    capture::Capture,
     cli::probe::{capture_options, conn_table, ProbeArgs},
     config,
     gaps::GapTable,
@@ -101,7 +101,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     probe.apply_config(&cfg_file);
     let mut cfg = cfg_file.trace_config();
     cfg.gaps.entry_services.extend(args.entry_services.iter().cloned());
-    let mut loaded = loader::load(&capture_options(&probe))?;
+    let mut capture = Capture::load(&capture_options(&probe))?;
     let pipeline = TracePipeline::new(cfg, ResourceResolver::new(cfg_file.rules(), cfg_file.node_attributes()));
     let gaps = pipeline.gaps.clone();
     let mut consumer = TraceConsumer::new(pipeline, Discard(0));
@@ -121,7 +121,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
         None
     };
     let mut driver = Driver::new(conn_table(&probe));
-    driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut consumer)?;
+    driver.run(&mut capture, probe.duration.map(Duration::from_secs_f64), &mut consumer)?;
     consumer.flush();
     if let Some(w) = waiter {
         status = w.join().ok().and_then(|r| r.ok());

@@ -19,8 +19,9 @@ use crate::{
     capture::counters::Counters,
     capture::driver::{install_signal_handlers, Consumer, Driver},
     capture::events::{Close, ConnectFailed, Data, Open},
-    capture::loader::{self, DropsReader},
+    capture::loader::DropsReader,
     capture::stream::Segment,
+    capture::Capture,
     cli::probe::{capture_options, conn_table, ProbeArgs},
     config,
     export::{Exporter, ExporterConfig, JsonOutput},
@@ -217,7 +218,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
     // already have their pods, and a Kubernetes misconfiguration fails fast.
     let k8s = crate::resource::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
-    let mut loaded = loader::load(&capture_options(&probe))?;
+    let mut capture = Capture::load(&capture_options(&probe))?;
     let mut cfg = config.trace_config();
     if args.no_suppress_instrumented {
         cfg.suppress_instrumented = false;
@@ -243,7 +244,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let listening = start_endpoint(&args.listen, endpoint.clone())?;
-    let drops = loaded.drops_reader()?;
+    let drops = capture.loaded.drops_reader()?;
     if let Some(url) = &args.alertmanager {
         crate::gaps::alerting::spawn(
             crate::gaps::alerting::AlertConfig {
@@ -264,12 +265,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
     };
     let mut driver = Driver::new(conn_table(&probe));
-    driver.publish(&loaded, &mut traces)?;
+    driver.publish(&capture, &mut traces)?;
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(
         "info",
         "ready",
-        json!({ "pid": std::process::id(), "programs": loaded.attachments,
+        json!({ "pid": std::process::id(), "programs": capture.loaded.attachments,
                 "exporter": collector.as_deref().unwrap_or("otlp-json"),
                 "metrics_exporter": metrics_cfg.as_ref().and_then(|c| c.endpoint.as_deref()),
                 "config": args.config.as_ref().map(|p| p.display().to_string()),
@@ -279,7 +280,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Loading parsed the kernel's BTF (tens of MiB, freed by now): hand it back so the
     // steady-state RSS is the agent's, not start-up's.
     crate::ops::allocator::after_startup();
-    driver.run(&mut loaded, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
+    driver.run(&mut capture, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
     traces.inner.flush();
     let TraceConsumer { pipeline, sink: exporter } = traces.inner;
     let export = exporter.shutdown(Duration::from_secs(5));
@@ -288,7 +289,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         m.shutdown(Duration::from_secs(2));
         stats
     });
-    let kernel = loaded.kernel_drops()?;
+    let kernel = capture.loaded.kernel_drops()?;
     log(
         "info",
         "stopped",

@@ -75,7 +75,7 @@ pub struct CaptureOptions {
     pub ringbuf_bytes: u32,
     pub allow_mount_tracefs: bool,
     pub filters: Filters,
-    /// Load the OpenSSL uprobe programs (attached per library by `crate::capture::tls`).
+    /// Load the OpenSSL uprobe programs (see [`crate::capture::Capture::load`]).
     pub tls: bool,
 }
 
@@ -114,8 +114,6 @@ pub struct Loaded {
     pub attachments: usize,
     /// Tracepoints that do not exist on this kernel (optional ones only).
     pub skipped: Vec<String>,
-    /// OpenSSL uprobes: libraries attached so far; the driver keeps it up to date.
-    pub tls: Option<crate::capture::tls::TlsWatcher>,
 }
 
 impl Loaded {
@@ -285,19 +283,8 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
         table.set(index as u32, fd, 0)?;
     }
 
-    // Attached before the agent reports ready, so TLS traffic that starts afterwards is
-    // seen from its first byte (for libraries on the host or mapped by running processes).
-    let tls = if opts.tls {
-        crate::capture::tls::load_programs(&mut ebpf)?;
-        let mut watcher = crate::capture::tls::TlsWatcher::new();
-        watcher.scan_initial(&mut ebpf);
-        Some(watcher)
-    } else {
-        None
-    };
-
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-    Ok(Loaded { ebpf, ring, attachments, skipped, tls })
+    Ok(Loaded { ebpf, ring, attachments, skipped })
 }
 
 pub(crate) fn verifier_error(name: &str, err: ProgramError) -> anyhow::Error {
