@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use hoptrace_common::{Direction, Role};
 
 use super::{opposite, L7Event, Protocol};
-use crate::{capture::stream::Segment, traces::context::trim_ows};
+use crate::capture::stream::Segment;
 
 const PROTOCOL: &str = "http1";
 /// Largest header block (or trailer section) buffered before giving up on a message.
@@ -999,6 +999,13 @@ impl Reader {
         }
         Step::More
     }
+}
+
+/// Strips HTTP optional whitespace (spaces and tabs) from both ends (RFC 9110 OWS).
+pub fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]

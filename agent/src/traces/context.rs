@@ -12,6 +12,8 @@
 
 use thiserror::Error;
 
+use crate::protocols::http1::trim_ows;
+
 /// Longest tracestate the agent passes on; longer lists are cut by whole members, as the
 /// spec allows ("vendors MUST propagate at least 512 characters").
 pub const MAX_TRACESTATE_LEN: usize = 512;
@@ -371,14 +373,6 @@ fn percent_decode(value: &[u8], out: &mut Vec<u8>) -> Result<(), ContextError> {
 
 fn hex_digit(d: u8) -> Option<u8> {
     (d as char).to_digit(16).map(|n| n as u8)
-}
-
-/// Strips RFC 9110 optional whitespace (spaces and tabs) from both ends.
-/// Strips HTTP optional whitespace (spaces and tabs) from both ends.
-pub(crate) fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
-    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
-    s.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]
