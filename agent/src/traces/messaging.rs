@@ -24,7 +24,11 @@ use crate::{
     traces::context,
 };
 
-use super::{http, mark_gap, mark_parent_link, Call, ConnView, Ctx, SpanSink, TracePipeline};
+use super::{
+    http,
+    judge::{mark_gap, mark_parent_link},
+    Call, ConnView, Ctx, SpanSink, TracePipeline,
+};
 
 /// Most links put on one batch span (the rest are counted in `hoptrace.links.dropped`).
 const MAX_LINKS: usize = 128;
@@ -119,7 +123,7 @@ impl TracePipeline {
                 // trace context itself (an SDK), like an HTTP call with a fresh traceparent.
                 let own = op.messages.iter().any(|m| matches!(message_context(m), Ok(Some(_))));
                 let tid = op.timing.first_tid;
-                let busy_thread = self.busy.get(&(view.pid, tid)).is_some_and(|b| !b.conns.is_empty());
+                let busy_thread = self.is_serving((view.pid, tid));
                 if own && !busy_thread && !self.busy.keys().any(|(pid, _)| *pid == view.pid) {
                     if !self.instrumented.contains_key(&view.pid) {
                         self.mark_instrumented(view.pid, super::Instrumented::CreatesContext);
@@ -141,7 +145,7 @@ impl TracePipeline {
     /// Records an `mq_message_without_context` gap for `view`'s service.
     fn mq_gap(&mut self, view: &ConnView, name: &str, trace: &str, span: &str, detail: &str) {
         let (service, zone) = self.service_zone(view.pid, &view.comm);
-        let broker = self.peer_name(&self.server_peers.get(&(view.remote, view.local)).cloned(), view.remote);
+        let broker = self.callee_name(view);
         self.record_gap(GapKind::MqMessageWithoutContext, &service, &zone, &broker, name, trace, span, detail);
     }
 

@@ -1,0 +1,214 @@
+//! Propagation gaps: which hop lost the trace context, judged for every service
+//! (instrumented or not) and recorded in the gap table (`/gaps`, alerts, `hoptrace check`).
+//!
+//! * an internal caller's request arrives without context: `missing_inbound_context`
+//!   (not at entry zones/services, which start traces by design);
+//! * an inbound request carries an invalid `traceparent`/`tracestate`: `invalid_context`;
+//! * a call made while serving a traced request carries no context
+//!   (`dropped_outbound_context`) or another trace's (`restarted_context`);
+//! * a publish or a consumed message without context: `mq_message_without_context`.
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+
+use super::{context, pipeline::Inbound, Call, ConnView, Held, TracePipeline};
+use crate::{
+    capture::conntrack::Connection,
+    gaps::{Gap, GapKey, GapKind},
+    model::span::{KeyValue, SpanEvent, SpanRecord},
+    protocols::{http1::header_values, HttpExchange},
+    traces::context::TraceParent,
+    util::logging,
+};
+
+/// Peer tables hold at most this many sockets; full, they start over.
+const MAX_PEERS: usize = 65536;
+
+/// The served side of one hop: who, where, which route, and the span it belongs to.
+pub(super) struct Hop {
+    pub service: String,
+    pub zone: String,
+    pub route: String,
+    /// The caller as a service name (a process on this node) or an address.
+    pub caller: String,
+    /// The caller is on this node or in an internal network.
+    pub internal: bool,
+    pub trace_hex: String,
+    pub span_hex: String,
+}
+
+/// The valid `traceparent` an outbound request carries, if any.
+pub(super) fn outbound_context(x: &HttpExchange) -> Option<TraceParent> {
+    header_values(&x.request.headers, "traceparent").next().and_then(|v| context::parse_traceparent(v).ok())
+}
+
+/// What is known about an outgoing span's (HTTP call, publish) link to the span that
+/// encloses it, each when there is one: why it has none (`hoptrace.parent.unresolved`),
+/// and the propagation gap it is part of.
+pub(super) fn mark_parent_link(span: &mut SpanRecord, unresolved: Option<&'static str>, gap: Option<GapKind>) {
+    if let Some(why) = unresolved {
+        span.attributes.push(KeyValue::str("hoptrace.parent.unresolved", why));
+    }
+    if let Some(kind) = gap {
+        mark_gap(span, kind);
+    }
+}
+
+/// Names the gap on the span itself: an attribute and an event.
+pub(super) fn mark_gap(span: &mut SpanRecord, kind: GapKind) {
+    span.attributes.push(KeyValue::str("hoptrace.gap.kind", kind.as_str()));
+    span.events.push(SpanEvent {
+        name: "propagation_gap".into(),
+        time_unix_ns: span.start_unix_ns,
+        attributes: vec![KeyValue::str("hoptrace.gap.kind", kind.as_str())],
+    });
+}
+
+impl TracePipeline {
+    /// A connection's first traffic: remember which process owns which end of it, so the
+    /// other end's hop can name its peer.
+    pub(super) fn remember_peer(&mut self, conn: &Connection) {
+        let peers =
+            if conn.role == hoptrace_common::Role::Client { &mut self.client_peers } else { &mut self.server_peers };
+        if peers.len() >= MAX_PEERS {
+            peers.clear();
+        }
+        peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.clone()));
+    }
+
+    /// The service at the other end of a hop: a process on this node when it was seen,
+    /// else the address (bounded by the gap table's size).
+    fn peer_name(&mut self, seen: Option<(u32, String)>, addr: SocketAddr) -> String {
+        match seen {
+            Some((pid, comm)) => self.service_zone(pid, &comm).0,
+            None => addr.to_string(),
+        }
+    }
+
+    /// Who answered a call made on the connection `view`.
+    pub(super) fn callee_name(&mut self, view: &ConnView) -> String {
+        let seen = self.server_peers.get(&(view.remote, view.local)).cloned();
+        self.peer_name(seen, view.remote)
+    }
+
+    /// The served side of the hop of an inbound request on `view`.
+    pub(super) fn hop(&mut self, view: &ConnView, target: &[u8], (trace_hex, span_hex): (String, String)) -> Hop {
+        let (service, zone) = self.service_zone(view.pid, &view.comm);
+        let route = self.route(&service, target);
+        let seen = self.client_peers.get(&(view.remote, view.local)).cloned();
+        let internal = seen.is_some() || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&view.remote.ip()));
+        let caller = self.peer_name(seen, view.remote);
+        Hop { service, zone, route, caller, internal, trace_hex, span_hex }
+    }
+
+    /// The inbound side of a hop: invalid context, or none from an internal caller.
+    pub(super) fn judge_inbound(&mut self, hop: &Hop, inbound: &Inbound) -> Option<GapKind> {
+        let g = &self.cfg.gaps;
+        let kind = match inbound.invalid {
+            Some(_) => GapKind::InvalidContext,
+            None if inbound.parent.is_none()
+                && hop.internal
+                && !g.entry_services.contains(&hop.service)
+                && !g.entry_zones.contains(&hop.zone)
+                && !g.ignore_services.contains(&hop.caller) =>
+            {
+                GapKind::MissingInboundContext
+            }
+            None => return None,
+        };
+        let detail = inbound.invalid.unwrap_or("");
+        self.record_hop_gap(kind, hop, &hop.caller.clone(), &hop.route.clone(), detail);
+        Some(kind)
+    }
+
+    /// The outbound side of a hop: a call made while serving a request. Overlapping
+    /// requests on the thread: which one the call served is unknown, so its hop is not
+    /// judged against this one's context either.
+    pub(super) fn judge_child(
+        &mut self,
+        hop: &Hop,
+        child: &Held,
+        inbound: Option<&TraceParent>,
+        overlapped: bool,
+    ) -> Option<GapKind> {
+        if overlapped {
+            return None;
+        }
+        let (kind, name) = match &child.call {
+            Call::Mq(op) => (self.publish_gap(op, inbound.is_some())?, self.mq_span_name(op).0),
+            Call::Http(cx) => {
+                let i = inbound?;
+                let kind = match outbound_context(cx) {
+                    None => GapKind::DroppedOutboundContext,
+                    Some(o) if o.trace_id != i.trace_id => GapKind::RestartedContext,
+                    Some(_) => return None,
+                };
+                (kind, self.route(&hop.service, &cx.request.target))
+            }
+            Call::Failed { .. } => return None,
+        };
+        let callee = self.callee_name(&child.conn);
+        self.record_hop_gap(kind, hop, &callee, &name, "");
+        Some(kind)
+    }
+
+    fn record_hop_gap(&mut self, kind: GapKind, hop: &Hop, peer: &str, route: &str, detail: &str) {
+        self.record_gap(kind, &hop.service, &hop.zone, peer, route, &hop.trace_hex, &hop.span_hex, detail);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_gap(
+        &mut self,
+        kind: GapKind,
+        service: &str,
+        zone: &str,
+        peer: &str,
+        route: &str,
+        trace_id: &str,
+        span_id: &str,
+        detail: &str,
+    ) {
+        if self.cfg.gaps.ignore_routes.iter().any(|r| r == route)
+            || self.cfg.gaps.ignore_services.iter().any(|s| s == service || s == peer)
+        {
+            return;
+        }
+        let gap = Gap {
+            key: GapKey {
+                kind,
+                service: service.to_string(),
+                zone: zone.to_string(),
+                peer_service: peer.to_string(),
+                route: route.to_string(),
+            },
+            time_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            trace_id: trace_id.to_string(),
+            span_id: span_id.to_string(),
+            detail: detail.to_string(),
+        };
+        self.stats.propagation_gaps += 1;
+        let first = self.gaps.lock().map(|mut t| t.record(&gap)).unwrap_or(false);
+        let key = format!("gap/{}/{service}/{peer}/{route}", kind.as_str());
+        if let Some(suppressed) = self.log_limit.allow(&key) {
+            logging::log(
+                "warn",
+                "trace context lost on a hop",
+                json!({
+                    "kind": kind.as_str(),
+                    "service": service,
+                    "zone": zone,
+                    "peer_service": peer,
+                    "route": route,
+                    "detail": detail,
+                    "trace_id": trace_id,
+                    "span_id": span_id,
+                    "first_of_its_kind": first,
+                    "suppressed_since_last": suppressed,
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Thread-per-request parent linking.
+//!
+//! A client call made on a thread that is, at that moment, serving an inbound request is
+//! that request's child. Inbound request bytes mark the reading thread busy serving that
+//! connection; a call that completes on a busy thread is held until the server exchange
+//! completes, then becomes its child. When more than one inbound request was in flight on
+//! the same thread (an async runtime multiplexing requests), the agent does not guess:
+//! the call stays a root span with `hoptrace.parent.unresolved` saying why.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{instrumented::Instrumented, judge::outbound_context, Call, ConnView, Ctx, Held, SpanSink, TracePipeline};
+use crate::{
+    capture::{conntrack::Connection, stream::Segment},
+    gaps::GapKind,
+    model::span::{hex, SpanId},
+    traces::context::TraceParent,
+    util::logging,
+};
+
+/// A thread serving inbound requests.
+#[derive(Default)]
+pub(super) struct Busy {
+    conns: Vec<u64>,
+    /// Another inbound request overlapped on this thread since it was last idle.
+    overlapped: bool,
+}
+
+/// Why a call that was held is exported without a parent.
+const NOT_COMPLETED: &str = "inbound_request_not_completed";
+
+impl TracePipeline {
+    /// Inbound request bytes make the reading thread busy serving this connection.
+    pub(super) fn mark_serving(&mut self, conn: &Connection, segs: &[Segment]) {
+        for s in segs {
+            if let Segment::Data { tid, .. } = s {
+                let busy = self.busy.entry((conn.pid, *tid)).or_default();
+                if !busy.conns.contains(&conn.id) {
+                    if !busy.conns.is_empty() {
+                        busy.overlapped = true;
+                    }
+                    busy.conns.push(conn.id);
+                }
+            }
+        }
+    }
+
+    /// Whether thread `key` is serving an inbound request now.
+    pub(super) fn is_serving(&self, key: (u32, u32)) -> bool {
+        self.busy.get(&key).is_some_and(|b| !b.conns.is_empty())
+    }
+
+    /// The connection is gone: no thread serves it any more.
+    pub(super) fn forget_serving(&mut self, conn_id: u64) {
+        for busy in self.busy.values_mut() {
+            busy.conns.retain(|&c| c != conn_id);
+        }
+        self.busy.retain(|_, b| !b.conns.is_empty());
+    }
+
+    /// The thread `key` finished serving `conn_id`; whether another request overlapped.
+    pub(super) fn end_serving(&mut self, key: (u32, u32), conn_id: u64) -> bool {
+        let Some(busy) = self.busy.get_mut(&key) else { return false };
+        let overlapped = busy.overlapped;
+        busy.conns.retain(|&c| c != conn_id);
+        if busy.conns.is_empty() {
+            self.busy.remove(&key);
+        }
+        overlapped
+    }
+
+    /// Calls made from thread `key` while it served the request of `start..=end`.
+    pub(super) fn take_children(&mut self, key: (u32, u32), start: u64, end: u64) -> Vec<Held> {
+        let mut children = Vec::new();
+        if let Some(list) = self.held.get_mut(&key) {
+            let (inside, rest): (Vec<Held>, Vec<Held>) =
+                list.drain(..).partition(|h| (start..=end).contains(&h.call.start_ns()));
+            *list = rest;
+            children = inside;
+        }
+        self.held.retain(|_, l| !l.is_empty());
+        children
+    }
+
+    /// An outbound call: held while its thread serves a request, else emitted now.
+    pub(super) fn client_call(&mut self, view: ConnView, tid: u32, call: Call, sink: &mut dyn SpanSink) {
+        let key = (view.pid, tid);
+        if self.is_serving(key) {
+            self.held.entry(key).or_default().push(Held { call, conn: view, since: Instant::now() });
+            return;
+        }
+        if let Call::Http(x) = &call {
+            if outbound_context(x).is_some() {
+                if self.busy.keys().any(|(pid, _)| *pid == view.pid) {
+                    let held = Held { call, conn: view.clone(), since: Instant::now() };
+                    self.held_by_pid.entry(view.pid).or_default().push(held);
+                    return;
+                }
+                // Sent trace context while serving nothing: the process made it up itself.
+                self.mark_instrumented(view.pid, Instrumented::CreatesContext);
+            }
+        }
+        self.emit_call(call, &view, None, None, None, sink);
+    }
+
+    /// Calls with their own context that other threads of the process made while this
+    /// request (`start..=end`) was served: a passed-through inbound context is a plain
+    /// call; any other context means the process creates context itself (an SDK), and one
+    /// from another trace is a restarted-context gap.
+    pub(super) fn settle_other_threads(
+        &mut self,
+        conn: &Connection,
+        start: u64,
+        end: u64,
+        inbound: Option<&TraceParent>,
+        sink: &mut dyn SpanSink,
+    ) {
+        let Some(list) = self.held_by_pid.get_mut(&conn.pid) else { return };
+        let (inside, rest): (Vec<Held>, Vec<Held>) =
+            list.drain(..).partition(|h| (start..=end).contains(&h.call.start_ns()));
+        *list = rest;
+        self.held_by_pid.retain(|_, l| !l.is_empty());
+        let mut passed_through = Vec::new();
+        for h in inside {
+            let Call::Http(x) = &h.call else { continue };
+            let out = outbound_context(x);
+            match (out, inbound) {
+                (Some(o), Some(i)) if o.trace_id == i.trace_id && o.parent_id == i.parent_id => passed_through.push(h),
+                (out, _) => {
+                    self.mark_instrumented(conn.pid, Instrumented::CreatesContext);
+                    if let (Some(o), Some(i)) = (out, inbound) {
+                        if o.trace_id != i.trace_id {
+                            let (service, zone) = self.service_zone(conn.pid, &conn.comm);
+                            let callee = self.callee_name(&h.conn);
+                            let route = self.route(&service, &x.request.target);
+                            let trace = hex(&i.trace_id);
+                            self.record_gap(
+                                GapKind::RestartedContext,
+                                &service,
+                                &zone,
+                                &callee,
+                                &route,
+                                &trace,
+                                "",
+                                "",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for h in passed_through {
+            self.emit_call(h.call, &h.conn, None, None, None, sink);
+        }
+    }
+
+    /// The calls a request's thread made while serving it, as children of its span
+    /// `span_id` — unless another request overlapped on the thread, then unresolved.
+    pub(super) fn emit_children(
+        &mut self,
+        children: Vec<Held>,
+        gaps: Vec<Option<GapKind>>,
+        overlapped: bool,
+        ctx: &Ctx,
+        span_id: SpanId,
+        sink: &mut dyn SpanSink,
+    ) {
+        for (child, gap) in children.into_iter().zip(gaps) {
+            if overlapped {
+                self.stats.parents_unresolved_concurrent += 1;
+                self.emit_call(child.call, &child.conn, None, Some("concurrent_requests_on_thread"), gap, sink);
+            } else {
+                self.stats.parents_linked_same_thread += 1;
+                self.emit_call(child.call, &child.conn, Some(ctx.child_of(span_id)), None, gap, sink);
+            }
+        }
+    }
+
+    /// Periodic housekeeping: held calls whose inbound request never completed are
+    /// emitted on their own.
+    pub fn tick(&mut self, sink: &mut dyn SpanSink) {
+        let timeout = self.cfg.hold_timeout;
+        let mut expired = Vec::new();
+        for list in self.held.values_mut().chain(self.held_by_pid.values_mut()) {
+            let (old, keep): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| h.since.elapsed() > timeout);
+            *list = keep;
+            expired.extend(old);
+        }
+        self.held.retain(|_, l| !l.is_empty());
+        self.held_by_pid.retain(|_, l| !l.is_empty());
+        for h in expired {
+            self.stats.held_calls_expired += 1;
+            if let Some(suppressed) = self.log_limit.allow(&format!("held_expired/{}", h.conn.pid)) {
+                logging::log(
+                    "info",
+                    "an outbound call waited too long for the inbound request it was made from; exported as a root span",
+                    json!({ "pid": h.conn.pid, "suppressed_since_last": suppressed }),
+                );
+            }
+            self.emit_call(h.call, &h.conn, None, Some(NOT_COMPLETED), None, sink);
+        }
+    }
+
+    /// Shutdown: every held call goes out on its own.
+    pub fn flush(&mut self, sink: &mut dyn SpanSink) {
+        let mut held: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
+        held.extend(self.held_by_pid.drain().flat_map(|(_, l)| l));
+        for h in held {
+            self.emit_call(h.call, &h.conn, None, Some(NOT_COMPLETED), None, sink);
+        }
+    }
+}

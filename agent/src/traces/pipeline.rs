@@ -1,0 +1,304 @@
+//! The orchestrator: in-order stream bytes in, parser events out, and one short function
+//! per kind of event that hands the work to [`super::linking`], [`super::judge`],
+//! [`super::instrumented`] and [`super::finish`].
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hoptrace_common::{Direction, Role};
+
+use super::{
+    context::{self, TraceParent},
+    http, ConnL7, ConnView, Ctx, IdGenerator, SpanSink, TraceConfig, TracePipeline, TraceStats,
+};
+use crate::{
+    capture::{conntrack::Connection, stream::Segment},
+    gaps::GapTable,
+    model::span::{hex, Resource, SpanId},
+    policy::{
+        redact::{Detector, Redactor},
+        sampling::Sampler,
+    },
+    protocols::{self, http1::header_values, HttpExchange, L7Event},
+    resource::{
+        process::{ProcessCache, ProcessInfo},
+        resolver::ResourceResolver,
+    },
+    util::{
+        clock::Clock,
+        logging::{self, RateLimiter},
+    },
+};
+
+/// A request's trace context as received: the valid parent, its tracestate, and the
+/// reason the headers were invalid (never their value).
+pub(super) struct Inbound {
+    pub parent: Option<TraceParent>,
+    pub trace_state: String,
+    pub invalid: Option<&'static str>,
+}
+
+impl TracePipeline {
+    pub fn new(cfg: TraceConfig, resources: ResourceResolver) -> Self {
+        let sampler = Sampler::new(cfg.sampling.clone());
+        let mut redactor = Redactor::default();
+        for d in Detector::ALL {
+            if cfg.disabled_detectors.iter().any(|n| n == d.name()) {
+                redactor = redactor.without(d);
+            }
+        }
+        // Patterns were validated with the configuration; a bad one here is skipped whole.
+        let redactor = redactor.clone().with_patterns(&cfg.redact_patterns).unwrap_or(redactor);
+        Self {
+            cfg,
+            clock: Clock::now(),
+            ids: IdGenerator::new(),
+            conns: HashMap::new(),
+            busy: HashMap::new(),
+            held: HashMap::new(),
+            held_by_pid: HashMap::new(),
+            instrumented: HashMap::new(),
+            processes: ProcessCache::default(),
+            resources,
+            close_ns: None,
+            log_limit: RateLimiter::new(Duration::from_secs(10)),
+            sampler,
+            redactor,
+            routes: HashMap::new(),
+            route_cache: HashMap::new(),
+            client_peers: HashMap::new(),
+            server_peers: HashMap::new(),
+            gaps: Arc::new(Mutex::new(GapTable::default())),
+            stats: TraceStats::default(),
+            red: super::red::RedRecorder::default(),
+        }
+    }
+
+    /// New in-order bytes of one direction of `conn`.
+    pub fn on_segments(&mut self, conn: &Connection, dir: Direction, segs: &[Segment], sink: &mut dyn SpanSink) {
+        if segs.is_empty() {
+            return;
+        }
+        if !self.conns.contains_key(&conn.id) {
+            self.remember_peer(conn);
+        }
+        if !self.detect(conn, dir, segs) {
+            return;
+        }
+        if conn.role == Role::Server && dir == Direction::Ingress {
+            self.mark_serving(conn, segs);
+        }
+        let mut events = Vec::new();
+        if let Some(proto) = self.conns.get_mut(&conn.id).and_then(|s| s.proto.as_mut()) {
+            proto.feed(dir, segs, &mut events);
+        }
+        self.handle_events(conn, events, sink);
+    }
+
+    /// Finds the connection's parser from its first bytes; false while there is none.
+    fn detect(&mut self, conn: &Connection, dir: Direction, segs: &[Segment]) -> bool {
+        let state = self.conns.entry(conn.id).or_insert(ConnL7 { proto: None, tried: [false; 2] });
+        if state.proto.is_some() {
+            return true;
+        }
+        if state.tried[0] && state.tried[1] {
+            return false;
+        }
+        let first = segs.iter().find_map(|s| match s {
+            Segment::Data { bytes, .. } if !bytes.is_empty() => Some(bytes.as_slice()),
+            _ => None,
+        });
+        let Some(first) = first else { return false };
+        state.proto = protocols::detect(conn.role, dir, first);
+        if state.proto.is_none() {
+            state.tried[dir as usize] = true;
+            if state.tried[0] && state.tried[1] {
+                self.stats.connections_unknown_protocol += 1;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The connection left the table (`close_ns`: kernel time of the close, when known):
+    /// report what its parser still holds. An exchange cut short by the close ends then.
+    pub fn on_close(&mut self, conn: &Connection, close_ns: Option<u64>, sink: &mut dyn SpanSink) {
+        let Some(mut state) = self.conns.remove(&conn.id) else {
+            return;
+        };
+        let mut events = Vec::new();
+        if let Some(proto) = state.proto.as_mut() {
+            proto.close(&mut events);
+        }
+        self.close_ns = close_ns;
+        self.handle_events(conn, events, sink);
+        self.close_ns = None;
+        self.forget_serving(conn.id);
+    }
+
+    pub(super) fn handle_events(&mut self, conn: &Connection, events: Vec<L7Event>, sink: &mut dyn SpanSink) {
+        for ev in events {
+            match ev {
+                L7Event::Http(x) => {
+                    self.stats.exchanges += 1;
+                    match conn.role {
+                        Role::Server => self.server_exchange(conn, x, sink),
+                        Role::Client => self.client_exchange(conn, x, sink),
+                        Role::Unknown => {}
+                    }
+                }
+                // The broker's side of a connection never gets here (its parser is silent).
+                L7Event::Messaging(op) => self.messaging(conn, op, sink),
+                L7Event::ParseError { protocol, reason } => {
+                    *self.stats.parse_errors.entry(format!("{protocol}/{reason}")).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    fn client_exchange(&mut self, conn: &Connection, x: HttpExchange, sink: &mut dyn SpanSink) {
+        let tid = x.request.timing.first_tid;
+        self.client_call(ConnView::of(conn), tid, super::Call::Http(x), sink);
+    }
+
+    /// An outgoing connection attempt failed: an error CLIENT span, linked like any call.
+    /// `tid` is the connecting thread when the failure happened inside connect().
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_connect_failed(
+        &mut self,
+        pid: u32,
+        tid: Option<u32>,
+        comm: &str,
+        local: SocketAddr,
+        remote: SocketAddr,
+        error: &'static str,
+        ts_ns: u64,
+        sink: &mut dyn SpanSink,
+    ) {
+        let view = ConnView { pid, comm: comm.to_string(), local, remote };
+        let call = super::Call::Failed { error, start_ns: ts_ns };
+        match tid {
+            Some(tid) => self.client_call(view, tid, call, sink),
+            None => self.emit_call(call, &view, None, None, None, sink),
+        }
+    }
+
+    /// An inbound request and its response: the SERVER span, with the calls made while
+    /// it was served as its children, and the hops judged for lost context.
+    fn server_exchange(&mut self, conn: &Connection, x: HttpExchange, sink: &mut dyn SpanSink) {
+        let key = (conn.pid, x.request.timing.first_tid);
+        let overlapped = self.end_serving(key, conn.id);
+        let start = x.request.timing.first_exit_ns;
+        let end = match &x.response {
+            Some(r) => r.timing.last_exit_ns,
+            None => self.close_ns.unwrap_or(x.request.timing.last_exit_ns),
+        };
+        let children = self.take_children(key, start, end);
+        let inbound = self.inbound_context(&x);
+        self.learn_from_children(conn.pid, &children, inbound.parent.as_ref());
+        self.settle_other_threads(conn, start, end, inbound.parent.as_ref(), sink);
+        let suppressed = self.cfg.suppress_instrumented && self.is_instrumented(conn.pid);
+
+        let view = ConnView::of(conn);
+        let span_id = self.ids.span_id();
+        let ctx = match &inbound.parent {
+            Some(tp) => Ctx::remote(tp, inbound.trace_state.clone()),
+            None => self.new_trace(),
+        };
+        // Propagation gaps: judged for every service, instrumented or not.
+        let hop = self.hop(&view, &x.request.target, (hex(&ctx.trace_id), hex(&span_id)));
+        let inbound_gap = self.judge_inbound(&hop, &inbound);
+        let child_gaps: Vec<_> =
+            children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
+        if suppressed {
+            self.stats.spans_suppressed_instrumented += 1 + children.len() as u64;
+            return;
+        }
+        self.emit_children(children, child_gaps, overlapped, &ctx, span_id, sink);
+        let resource = self.resource_for(view.pid, &view.comm);
+        let mut span =
+            http::server_span(&self.cfg, &self.clock, &x, &hop.route, &view.addrs(), resource, ctx.ids(span_id));
+        span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
+        if let Some(kind) = inbound_gap {
+            super::judge::mark_gap(&mut span, kind);
+        }
+        if let Some(reason) = inbound.invalid {
+            self.log_invalid_context(reason, &span.trace_id, &span_id, view.pid, &span.name);
+        }
+        self.stats.spans_server += 1;
+        self.submit(span, sink);
+    }
+
+    /// The request's trace context; invalid headers are counted, and their reason kept so
+    /// the span can be logged (never the header value).
+    fn inbound_context(&mut self, x: &HttpExchange) -> Inbound {
+        let mut values = header_values(&x.request.headers, "traceparent");
+        let (first, second) = (values.next(), values.next());
+        let mut invalid = None;
+        let parent = match (first, second) {
+            (Some(v), None) => context::parse_traceparent(v).map_err(|e| invalid = Some(e.reason())).ok(),
+            // Several traceparent headers: invalid per the spec.
+            (Some(_), Some(_)) => {
+                invalid = Some("traceparent_multiple");
+                None
+            }
+            _ => None,
+        };
+        if let Some(reason) = invalid {
+            *self.stats.invalid_context.entry(reason).or_default() += 1;
+        }
+        let mut trace_state = String::new();
+        if parent.is_some() {
+            let lines: Vec<&[u8]> = header_values(&x.request.headers, "tracestate").collect();
+            match context::parse_tracestate(&lines) {
+                Ok(s) => trace_state = s,
+                Err(e) => {
+                    *self.stats.invalid_context.entry(e.reason()).or_default() += 1;
+                    invalid = Some(e.reason());
+                }
+            }
+        }
+        Inbound { parent, trace_state, invalid }
+    }
+
+    fn log_invalid_context(&mut self, reason: &str, trace_id: &[u8], span_id: &SpanId, pid: u32, route: &str) {
+        if let Some(suppressed) = self.log_limit.allow(&format!("invalid_context/{reason}/{pid}")) {
+            logging::log(
+                "warn",
+                "invalid trace context on an inbound request; started a new trace",
+                serde_json::json!({
+                    "reason": reason,
+                    "trace_id": hex(trace_id),
+                    "span_id": hex(span_id),
+                    "pid": pid,
+                    "route": route,
+                    "suppressed_since_last": suppressed,
+                }),
+            );
+        }
+    }
+
+    pub(super) fn resource_for(&mut self, pid: u32, comm: &str) -> Arc<Resource> {
+        // Per span: borrow the cached process info; copy it only in the rare case where
+        // the executable is unknown (gone or a zombie already: short-lived clients) and the
+        // kernel's name has to stand in for it.
+        match self.processes.get(pid) {
+            Some(p) if !p.exe_name.is_empty() => self.resources.resolve(pid, Some(&p)),
+            other => {
+                let mut info = other.map(|p| (*p).clone()).unwrap_or_else(|| ProcessInfo { pid, ..Default::default() });
+                info.exe_name = comm.to_string();
+                self.resources.resolve(pid, Some(&info))
+            }
+        }
+    }
+
+    /// service.name and zone of a process, from its Resource.
+    pub(super) fn service_zone(&mut self, pid: u32, comm: &str) -> (String, String) {
+        let r = self.resource_for(pid, comm);
+        (super::finish::resource_attr(&r, "service.name"), super::finish::resource_attr(&r, "zone"))
+    }
+}

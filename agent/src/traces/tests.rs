@@ -1,0 +1,132 @@
+//! The pipeline on synthetic connections: what the kernel would have delivered.
+use std::time::Instant;
+
+use hoptrace_common::{Direction, Role, Syscall};
+
+use super::*;
+use crate::{
+    capture::{
+        conntrack::RoleSource,
+        stream::{Segment, Stream},
+    },
+    gaps::GapKind,
+};
+
+const PID: u32 = 4242;
+const TID: u32 = 4243;
+
+fn conn(id: u64, role: Role, local: &str, remote: &str) -> Connection {
+    conn_of(PID, id, role, local, remote)
+}
+
+/// A connection of process `pid` as the connection table hands it to the pipeline
+/// (shared with the messaging tests).
+pub(super) fn conn_of(pid: u32, id: u64, role: Role, local: &str, remote: &str) -> Connection {
+    Connection {
+        id,
+        tuple: crate::capture::conntrack::Tuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
+        role,
+        role_source: RoleSource::Syscall,
+        via: if role == Role::Server { Syscall::Accept } else { Syscall::Connect },
+        pid,
+        ppid: 1,
+        fd: 3,
+        comm: "svc".into(),
+        cgroup_id: 0,
+        opened_ns: 0,
+        last_seen: Instant::now(),
+        streams: [Stream::default(), Stream::default()],
+    }
+}
+
+fn seg(ts: u64, bytes: &[u8]) -> Vec<Segment> {
+    vec![Segment::Data { offset: 0, ts_enter_ns: ts, ts_ns: ts + 1, tid: TID, bytes: bytes.to_vec() }]
+}
+
+fn pipeline() -> TracePipeline {
+    TracePipeline::new(TraceConfig::default(), ResourceResolver::new(Vec::new(), Vec::new()))
+}
+
+const REQ: &[u8] =
+    b"GET /in HTTP/1.1\r\nHost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+const CALL: &[u8] = b"GET /out HTTP/1.1\r\nHost: b\r\n\r\n";
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+/// One inbound request on the thread: the call made meanwhile is its child.
+#[test]
+fn call_on_the_serving_thread_is_a_child() {
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let server = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+    let client = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+    p.on_segments(&server, Direction::Ingress, &seg(10, REQ), &mut spans);
+    p.on_segments(&client, Direction::Egress, &seg(20, CALL), &mut spans);
+    p.on_segments(&client, Direction::Ingress, &seg(30, OK), &mut spans);
+    assert!(spans.is_empty(), "the call waits for its inbound request");
+    p.on_segments(&server, Direction::Egress, &seg(40, OK), &mut spans);
+    let srv = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Server).expect("server span");
+    let cli = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Client).expect("client span");
+    assert_eq!((cli.trace_id, cli.parent_span_id), (srv.trace_id, srv.span_id));
+    assert_eq!(p.stats.parents_linked_same_thread, 1);
+    // The inbound request had context, the call none: a dropped-context hop.
+    assert_eq!(p.stats.propagation_gaps, 1);
+    let gaps = p.gaps.lock().unwrap().rows();
+    assert_eq!(gaps[0].0.kind, GapKind::DroppedOutboundContext);
+}
+
+/// A scan of many distinct paths cannot grow routes (spans, metric labels) unbounded.
+#[test]
+fn routes_are_capped_per_service() {
+    let cfg = TraceConfig { max_routes_per_service: 2, ..TraceConfig::default() };
+    let mut p = TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new()));
+    assert_eq!(p.route("svc", b"/a/1"), "/a/{id}");
+    assert_eq!(p.route("svc", b"/b"), "/b");
+    assert_eq!(p.route("svc", b"/a/2"), "/a/{id}", "a known route stays");
+    assert_eq!(p.route("svc", b"/c"), ROUTE_OVERFLOW);
+    assert_eq!(p.route("other", b"/c"), "/c", "the cap is per service");
+    assert_eq!(p.stats.routes_overflowed, 1);
+}
+
+/// Two inbound requests overlapping on one thread (an event loop): the agent cannot
+/// know which one the call belongs to and says so instead of guessing.
+#[test]
+fn overlapping_requests_on_one_thread_are_not_guessed() {
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let a = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+    let b = conn(3, Role::Server, "127.0.0.1:8000", "127.0.0.1:50002");
+    let client = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+    p.on_segments(&a, Direction::Ingress, &seg(10, REQ), &mut spans);
+    p.on_segments(&b, Direction::Ingress, &seg(11, REQ), &mut spans);
+    p.on_segments(&client, Direction::Egress, &seg(20, CALL), &mut spans);
+    p.on_segments(&client, Direction::Ingress, &seg(30, OK), &mut spans);
+    p.on_segments(&a, Direction::Egress, &seg(40, OK), &mut spans);
+    p.on_segments(&b, Direction::Egress, &seg(41, OK), &mut spans);
+    p.flush(&mut spans);
+    let cli = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Client).expect("client span");
+    assert!(cli.is_root(), "{cli:?}");
+    let unresolved = cli.attributes.iter().find(|a| a.key == "hoptrace.parent.unresolved");
+    assert_eq!(
+        unresolved.map(|a| &a.value),
+        Some(&crate::model::span::AnyValue::Str("concurrent_requests_on_thread".into()))
+    );
+    assert_eq!((p.stats.parents_linked_same_thread, p.stats.parents_unresolved_concurrent), (0, 1));
+    assert_eq!(p.stats.propagation_gaps, 0, "an unattributable call is not judged");
+}
+
+#[test]
+fn an_instrumented_verdict_does_not_pass_to_a_reused_pid() {
+    // This test process is real: /proc gives its start time.
+    let me = std::process::id();
+    let mut p = pipeline();
+    let sdk_env = p.processes.get(me).expect("own /proc entry").otel_sdk_env;
+    p.mark_instrumented(me, Instrumented::CreatesContext);
+    assert!(p.is_instrumented(me));
+    // A verdict about an earlier process that had this pid (another start time).
+    let (why, start) = p.instrumented[&me];
+    p.instrumented.insert(me, (why, start.wrapping_add(1)));
+    assert_eq!(p.is_instrumented(me), sdk_env, "a reused pid inherited the verdict");
+    // A pid whose process is gone keeps its verdict (its last spans may still come).
+    p.mark_instrumented(PID, Instrumented::CreatesContext);
+    assert!(p.is_instrumented(PID));
+}
