@@ -7,7 +7,11 @@
 //! Settings come from the command line, the environment, and `--config FILE` (see
 //! [`crate::config`] for which wins).
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -23,13 +27,20 @@ use crate::{
     capture::stream::Segment,
     capture::Capture,
     cli::probe::{capture_options, conn_table, ProbeArgs},
-    config,
-    export::{Exporter, ExporterConfig, JsonOutput},
+    config::{self, Config},
+    export::{
+        metrics::exporter::{metrics_exporter_config, MetricsExporter},
+        ExporterConfig, JsonOutput, SpanExporter,
+    },
+    gaps::{alerting::AlertConfig, GapTable},
     model::sample::Sample,
     model::span::SpanRecord,
+    ops::components::Components,
     ops::server::{self, EndpointState},
+    resource::k8s::Kubernetes,
     resource::resolver::ResourceResolver,
     traces::consumer::TraceConsumer,
+    traces::red::RedRecorder,
     traces::{SpanSink, TracePipeline},
     util::logging::log,
 };
@@ -74,15 +85,15 @@ pub struct RunArgs {
     pub listen: String,
 }
 
-impl SpanSink for Exporter {
+impl SpanSink for SpanExporter {
     fn submit(&mut self, span: SpanRecord) {
-        Exporter::submit(self, span);
+        SpanExporter::submit(self, span);
     }
 }
 
 /// The `run` consumer: capture → pipeline → exporter, plus the HTTP endpoint's metrics.
 struct Traces {
-    inner: TraceConsumer<Exporter>,
+    inner: TraceConsumer<SpanExporter>,
     endpoint: Arc<EndpointState>,
     drops: DropsReader,
     /// Pod metadata (its counters go on /metrics).
@@ -174,13 +185,20 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 /// Starts the HTTP endpoint. The default address may be taken (another agent, a test):
 /// then the agent runs without it and says so; an address asked for explicitly must work.
-fn start_endpoint(listen: &str, state: Arc<EndpointState>) -> Result<Option<std::net::SocketAddr>> {
+fn start_endpoint(
+    listen: &str,
+    state: Arc<EndpointState>,
+    services: &mut Components,
+) -> Result<Option<std::net::SocketAddr>> {
     if listen == "off" {
         return Ok(None);
     }
     let addr: std::net::SocketAddr = listen.parse().with_context(|| format!("--listen {listen}: not an address"))?;
     match server::spawn(addr, state) {
-        Ok(bound) => Ok(Some(bound)),
+        Ok((bound, thread)) => {
+            services.push(thread);
+            Ok(Some(bound))
+        }
         Err(e) if listen == DEFAULT_LISTEN => {
             log("warn", "HTTP endpoint not started", json!({ "listen": listen, "error": format!("{e:#}") }));
             Ok(None)
@@ -189,15 +207,8 @@ fn start_endpoint(listen: &str, state: Arc<EndpointState>) -> Result<Option<std:
     }
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
-    install_signal_handlers();
-    // Before anything is loaded: a configuration mistake is reported whole, up front.
-    let config = match &args.config {
-        Some(path) => config::load(path)?,
-        None => config::from_env()?,
-    };
-    let mut probe = args.probe.clone();
-    probe.apply_config(&config);
+/// The span exporter's settings: the file, the environment, then the flags.
+fn exporter_config(args: &RunArgs, config: &Config) -> Result<ExporterConfig> {
     let mut base = config.exporter_base();
     if let Some(path) = &args.output {
         base.json_output = JsonOutput::File(path.clone());
@@ -208,17 +219,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(n) = args.export_batch_size {
         base.batch_max_spans = n;
     }
-    let exporter_cfg = ExporterConfig::from_env(base).context("exporter configuration")?;
-    let collector = exporter_cfg.endpoint.clone();
-    let metrics_cfg =
-        crate::export::metrics::exporter::metrics_exporter_config(&exporter_cfg, |k| std::env::var(k).ok())
-            .context("metrics exporter configuration")?
-            .filter(|_| !config.metrics.export_interval.is_zero());
-    let exporter = Exporter::start(exporter_cfg).context("starting the exporter")?;
-    // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
-    // already have their pods, and a Kubernetes misconfiguration fails fast.
-    let k8s = crate::resource::k8s::start(&config.kubernetes).context("kubernetes metadata")?;
-    let mut capture = Capture::load(&capture_options(&probe))?;
+    ExporterConfig::from_env(base).context("exporter configuration")
+}
+
+/// The trace pipeline as configured, with its resources (and pods, when watched).
+fn pipeline(args: &RunArgs, config: &Config, k8s: Option<Arc<Kubernetes>>) -> Result<TracePipeline> {
     let mut cfg = config.trace_config();
     if args.no_suppress_instrumented {
         cfg.suppress_instrumented = false;
@@ -227,39 +232,69 @@ pub fn run(args: RunArgs) -> Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&r), "--sample-ratio must be between 0 and 1, got {r}");
         cfg.sampling.ratio = r;
     }
-    let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s.clone());
+    let resources = ResourceResolver::new(config.rules(), config.node_attributes()).with_kubernetes(k8s);
     let mut pipeline = TracePipeline::new(cfg, resources);
-    pipeline.red = crate::traces::red::RedRecorder::new(&config.metrics);
+    pipeline.red = RedRecorder::new(&config.metrics);
+    Ok(pipeline)
+}
+
+fn start_alerts(args: &RunArgs, gaps: Arc<Mutex<GapTable>>, services: &mut Components) -> Result<()> {
+    if let Some(url) = &args.alertmanager {
+        let cfg = AlertConfig {
+            url: url.clone(),
+            threshold: args.alert_threshold,
+            window: Duration::from_secs_f64(args.alert_window),
+            resend_every: Duration::from_secs_f64(args.alert_resend),
+        };
+        services.push(crate::gaps::alerting::spawn(cfg, gaps)?);
+    }
+    Ok(())
+}
+
+/// `hoptrace run`. Start order: configuration (all of it checked before anything
+/// starts), exporters, Kubernetes watch, kernel programs, pipeline, endpoint, alerts;
+/// then the capture loop. Stop order: the capture loop (the producer) ends and drains,
+/// held calls flush, the span exporter delivers what is queued, the metrics exporter
+/// sends a last snapshot, then the services stop, last started first.
+pub fn run(args: RunArgs) -> Result<()> {
+    install_signal_handlers();
+    // Before anything is loaded: a configuration mistake is reported whole, up front.
+    let config = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::from_env()?,
+    };
+    let mut probe = args.probe.clone();
+    probe.apply_config(&config);
+    let exporter_cfg = exporter_config(&args, &config)?;
+    let collector = exporter_cfg.endpoint.clone();
+    let metrics_cfg = metrics_exporter_config(&exporter_cfg, |k| std::env::var(k).ok())
+        .context("metrics exporter configuration")?
+        .filter(|_| !config.metrics.export_interval.is_zero());
+    let mut services = Components::default();
+    let exporter = SpanExporter::start(exporter_cfg).context("starting the exporter")?;
+    // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
+    // already have their pods, and a Kubernetes misconfiguration fails fast.
+    let k8s = crate::resource::k8s::start(&config.kubernetes).context("kubernetes metadata")?.map(|(k, thread)| {
+        services.push(thread);
+        k
+    });
+    let mut capture = Capture::load(&capture_options(&probe))?;
+    let pipeline = pipeline(&args, &config, k8s.clone())?;
     let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
     let _ = endpoint.metrics.red.set(pipeline.red.clone());
     let metrics_exporter = match &metrics_cfg {
         Some(c) => Some(
-            crate::export::metrics::exporter::MetricsExporter::start(
-                c.clone(),
-                config.metrics.export_interval,
-                pipeline.red.clone(),
-            )
-            .context("starting the metrics exporter")?,
+            MetricsExporter::start(c.clone(), config.metrics.export_interval, pipeline.red.clone())
+                .context("starting the metrics exporter")?,
         ),
         None => None,
     };
-    let listening = start_endpoint(&args.listen, endpoint.clone())?;
-    let drops = capture.loaded.drops_reader()?;
-    if let Some(url) = &args.alertmanager {
-        crate::gaps::alerting::spawn(
-            crate::gaps::alerting::AlertConfig {
-                url: url.clone(),
-                threshold: args.alert_threshold,
-                window: Duration::from_secs_f64(args.alert_window),
-                resend_every: Duration::from_secs_f64(args.alert_resend),
-            },
-            pipeline.gaps.clone(),
-        )?;
-    }
+    let listening = start_endpoint(&args.listen, endpoint.clone(), &mut services)?;
+    start_alerts(&args, pipeline.gaps.clone(), &mut services)?;
     let mut traces = Traces {
         inner: TraceConsumer::new(pipeline, exporter),
         endpoint: endpoint.clone(),
-        drops,
+        drops: capture.loaded.drops_reader()?,
         k8s,
         metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
         ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
@@ -281,6 +316,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     // steady-state RSS is the agent's, not start-up's.
     crate::ops::allocator::after_startup();
     driver.run(&mut capture, probe.duration.map(Duration::from_secs_f64), &mut traces)?;
+    shutdown(driver, capture, traces, metrics_exporter, services)
+}
+
+/// Producers before consumers: the capture loop has drained; held calls go out, the
+/// exporters deliver, the services stop; then the stop statistics.
+fn shutdown(
+    driver: Driver,
+    capture: Capture,
+    mut traces: Traces,
+    metrics_exporter: Option<MetricsExporter>,
+    mut services: Components,
+) -> Result<()> {
     traces.inner.flush();
     let TraceConsumer { pipeline, sink: exporter } = traces.inner;
     let export = exporter.shutdown(Duration::from_secs(5));
@@ -289,7 +336,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         m.shutdown(Duration::from_secs(2));
         stats
     });
+    services.stop_all(Duration::from_secs(2));
     let kernel = capture.loaded.kernel_drops()?;
+    drop(capture);
     log(
         "info",
         "stopped",

@@ -1,4 +1,4 @@
-//! Exporter configuration, and the standard OpenTelemetry environment variables over it.
+//! SpanExporter configuration, and the standard OpenTelemetry environment variables over it.
 //!
 //! The environment is read through an injected lookup function so that tests (and callers
 //! that layer their own sources) never have to mutate the process environment, which is
@@ -269,7 +269,7 @@ impl ExporterConfig {
         Ok(cfg)
     }
 
-    /// Checks what can be checked without I/O; [`super::Exporter::start`] calls it.
+    /// Checks what can be checked without I/O; [`super::SpanExporter::start`] calls it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("batch_max_spans", self.batch_max_spans as u128),

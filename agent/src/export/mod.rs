@@ -1,8 +1,8 @@
 //! OTLP export of the agent's spans.
 //!
 //! The capture loop is a plain thread that must never wait on the network, so the
-//! [`Exporter`] runs its own thread with a single-threaded tokio runtime and is fed through
-//! a bounded, drop-oldest queue ([`Exporter::submit`] never blocks). The worker batches by
+//! [`SpanExporter`] runs its own thread with a single-threaded tokio runtime and is fed through
+//! a bounded, drop-oldest queue ([`SpanExporter::submit`] never blocks). The worker batches by
 //! size and time, converts to OTLP ([`otlp`]) and sends over gRPC or HTTP/protobuf, retrying
 //! transient failures with jittered exponential backoff. Every span ends up either
 //! delivered or counted under a drop reason ([`ExportStats`]).
@@ -66,17 +66,17 @@ pub(crate) struct Shared {
     counters: Counters,
 }
 
-/// Handle to the export thread. Dropping it without [`Exporter::shutdown`] stops the thread
+/// Handle to the export thread. Dropping it without [`SpanExporter::shutdown`] stops the thread
 /// at once; spans still held are counted as dropped at shutdown.
-pub struct Exporter {
+pub struct SpanExporter {
     shared: Arc<Shared>,
     shutdown: watch::Sender<Option<Instant>>,
-    /// In a mutex only so that `Exporter` is `Sync` (shareable by several capture threads).
+    /// In a mutex only so that `SpanExporter` is `Sync` (shareable by several capture threads).
     done: Mutex<mpsc::Receiver<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Exporter {
+impl SpanExporter {
     /// Validates `config`, starts the export thread and sets up the transport (TLS files
     /// and headers are checked here; the collector itself is only contacted on export, so
     /// one that is down at startup does not fail this).
@@ -182,7 +182,7 @@ impl Exporter {
     }
 }
 
-impl Drop for Exporter {
+impl Drop for SpanExporter {
     fn drop(&mut self) {
         if self.thread.is_some() {
             self.shutdown.send_replace(Some(Instant::now()));

@@ -1,4 +1,4 @@
-//! Exporter counters: every span submitted ends up exported or counted under one drop
+//! SpanExporter counters: every span submitted ends up exported or counted under one drop
 //! reason, so losses are always visible.
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ pub struct ExportStats {
     /// Oldest spans dropped to make room in the full queue.
     pub spans_dropped_queue_full: u64,
     /// Batches the collector refused with a non-retryable error (see
-    /// [`super::Exporter::drop_reasons`]).
+    /// [`super::SpanExporter::drop_reasons`]).
     pub spans_dropped_non_retryable: u64,
     /// Batches still undelivered when their retry budget ran out.
     pub spans_dropped_retries_exhausted: u64,

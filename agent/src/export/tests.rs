@@ -1,4 +1,4 @@
-//! Exporter tests against real collectors: a tonic `TraceService` server and a hyper
+//! SpanExporter tests against real collectors: a tonic `TraceService` server and a hyper
 //! OTLP/HTTP server, each on its own thread and runtime (the exporter's API is blocking, as
 //! the capture thread uses it), answering from a script of replies.
 
@@ -251,7 +251,7 @@ fn config(protocol: Protocol, addr: SocketAddr) -> ExporterConfig {
 }
 
 /// Polls the exporter's counters until `done` holds (5 s at most).
-fn wait_for(exporter: &Exporter, what: &str, done: impl Fn(&ExportStats) -> bool) -> ExportStats {
+fn wait_for(exporter: &SpanExporter, what: &str, done: impl Fn(&ExportStats) -> bool) -> ExportStats {
     let start = Instant::now();
     loop {
         let stats = exporter.stats();
@@ -277,7 +277,7 @@ fn s(v: &str) -> Value {
 
 /// Three spans of two services, interleaved, must arrive as two ResourceSpans with the
 /// resources' and spans' attributes exactly as built.
-fn submit_two_services(exporter: &Exporter) {
+fn submit_two_services(exporter: &SpanExporter) {
     let checkout = resource("checkout");
     let payments = resource("payments");
     exporter.submit(span(&checkout, 1));
@@ -319,7 +319,7 @@ fn assert_two_services(request: &ExportTraceServiceRequest) {
 #[test]
 fn exporter_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<Exporter>();
+    assert_send_sync::<SpanExporter>();
 }
 
 #[test]
@@ -329,7 +329,7 @@ fn grpc_delivers_spans_grouped_by_resource() {
     cfg.compression = Compression::Gzip;
     cfg.headers = vec![("X-Tenant".into(), "team a".into())];
     cfg.batch_max_spans = 3;
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     submit_two_services(&exporter);
     let stats = wait_for(&exporter, "3 spans exported", |s| s.spans_exported == 3);
     assert_eq!(stats.export_requests_ok, 1);
@@ -351,7 +351,7 @@ fn http_delivers_spans_grouped_by_resource() {
     cfg.compression = Compression::Gzip;
     cfg.headers = vec![("Authorization".into(), "Bearer abc".into())];
     cfg.batch_max_spans = 3;
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     submit_two_services(&exporter);
     wait_for(&exporter, "3 spans exported", |s| s.spans_exported == 3);
     {
@@ -371,7 +371,7 @@ fn http_delivers_spans_grouped_by_resource() {
 fn grpc_unavailable_is_retried_until_delivered_once() {
     let unavailable = Reply::Grpc { code: Code::Unavailable, retry_info: None };
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![unavailable.clone(), unavailable]);
-    let exporter = Exporter::start(config(Protocol::Grpc, collector.addr)).unwrap();
+    let exporter = SpanExporter::start(config(Protocol::Grpc, collector.addr)).unwrap();
     let r = resource("checkout");
     exporter.submit(span(&r, 1));
     exporter.submit(span(&r, 2));
@@ -393,7 +393,7 @@ fn grpc_retry_info_delay_is_honoured() {
     cfg.retry.initial_backoff = Duration::from_secs(10);
     cfg.retry.max_backoff = Duration::from_secs(10);
     cfg.retry.max_elapsed = Duration::from_secs(30);
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     let submitted = Instant::now();
     exporter.submit(span(&resource("checkout"), 1));
     wait_for(&exporter, "span exported", |s| s.spans_exported == 1);
@@ -406,7 +406,7 @@ fn grpc_retry_info_delay_is_honoured() {
 fn grpc_invalid_argument_is_dropped_and_counted() {
     let reply = Reply::Grpc { code: Code::InvalidArgument, retry_info: None };
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![reply]);
-    let exporter = Exporter::start(config(Protocol::Grpc, collector.addr)).unwrap();
+    let exporter = SpanExporter::start(config(Protocol::Grpc, collector.addr)).unwrap();
     let r = resource("checkout");
     exporter.submit(span(&r, 1));
     exporter.submit(span(&r, 2));
@@ -425,7 +425,7 @@ fn grpc_invalid_argument_is_dropped_and_counted() {
 fn http_400_is_dropped_and_counted() {
     let reply = Reply::Http { status: 400, retry_after: None };
     let collector = start_http_collector(bind("127.0.0.1:0"), vec![reply]);
-    let exporter = Exporter::start(config(Protocol::HttpProtobuf, collector.addr)).unwrap();
+    let exporter = SpanExporter::start(config(Protocol::HttpProtobuf, collector.addr)).unwrap();
     exporter.submit(span(&resource("checkout"), 1));
     let stats = wait_for(&exporter, "batch dropped", |s| s.spans_dropped_non_retryable == 1);
     assert_eq!((stats.export_requests_failed, stats.spans_exported), (1, 0));
@@ -442,7 +442,7 @@ fn http_503_retry_after_is_honoured() {
     cfg.retry.initial_backoff = Duration::from_secs(10);
     cfg.retry.max_backoff = Duration::from_secs(10);
     cfg.retry.max_elapsed = Duration::from_secs(30);
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     let submitted = Instant::now();
     exporter.submit(span(&resource("checkout"), 1));
     let stats = wait_for(&exporter, "span exported", |s| s.spans_exported == 1);
@@ -458,7 +458,7 @@ fn partial_success_rejections_are_counted() {
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![reply]);
     let mut cfg = config(Protocol::Grpc, collector.addr);
     cfg.batch_max_spans = 3;
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     let r = resource("checkout");
     for n in 1..=3 {
         exporter.submit(span(&r, n));
@@ -475,7 +475,7 @@ fn retries_exhausted_are_counted() {
     let collector = start_grpc_collector(bind("127.0.0.1:0"), vec![unavailable; 1000]);
     let mut cfg = config(Protocol::Grpc, collector.addr);
     cfg.retry.max_elapsed = Duration::from_millis(150);
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     exporter.submit(span(&resource("checkout"), 1));
     exporter.submit(span(&resource("checkout"), 2));
     let stats = wait_for(&exporter, "retries exhausted", |s| s.spans_dropped_retries_exhausted == 2);
@@ -495,7 +495,7 @@ fn collector_down_at_start(protocol: Protocol) {
     let mut cfg = config(protocol, addr);
     cfg.queue_capacity = 10;
     cfg.batch_max_spans = 4;
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     let r = resource("checkout");
     for n in 1..=25 {
         exporter.submit(span(&r, n));
@@ -542,7 +542,7 @@ fn shutdown_flushes_without_waiting_for_the_batch_timer() {
     let collector = start_http_collector(bind("127.0.0.1:0"), vec![]);
     let mut cfg = config(Protocol::HttpProtobuf, collector.addr);
     cfg.batch_timeout = Duration::from_secs(60);
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     for n in 1..=3 {
         exporter.submit(span(&resource("checkout"), n));
     }
@@ -558,7 +558,7 @@ fn shutdown_deadline_bounds_retries_and_counts_the_rest() {
     let reserved = bind("127.0.0.1:0");
     let addr = reserved.local_addr().unwrap();
     drop(reserved);
-    let exporter = Exporter::start(config(Protocol::Grpc, addr)).unwrap();
+    let exporter = SpanExporter::start(config(Protocol::Grpc, addr)).unwrap();
     for n in 1..=5 {
         exporter.submit(span(&resource("checkout"), n));
     }
@@ -583,7 +583,7 @@ fn json_sink_writes_one_otlp_json_line_per_batch() {
         batch_timeout: Duration::from_millis(20),
         ..Default::default()
     };
-    let exporter = Exporter::start(cfg).unwrap();
+    let exporter = SpanExporter::start(cfg).unwrap();
     let r = resource("checkout");
     for n in 1..=3 {
         exporter.submit(span(&r, n));
@@ -605,14 +605,14 @@ fn start_rejects_bad_tls_and_header_settings() {
     let mut cfg = config(Protocol::Grpc, "127.0.0.1:4317".parse().unwrap());
     cfg.endpoint = Some("https://127.0.0.1:4317".into());
     cfg.tls.ca_file = Some("/nonexistent/ca.pem".into());
-    assert!(matches!(Exporter::start(cfg), Err(StartError::Config(ConfigError::CaFile { .. }))));
+    assert!(matches!(SpanExporter::start(cfg), Err(StartError::Config(ConfigError::CaFile { .. }))));
 
     let mut cfg = config(Protocol::HttpProtobuf, "127.0.0.1:4318".parse().unwrap());
     cfg.headers = vec![("bad header".into(), "v".into())];
-    assert!(matches!(Exporter::start(cfg), Err(StartError::Config(ConfigError::InvalidHeader { .. }))));
+    assert!(matches!(SpanExporter::start(cfg), Err(StartError::Config(ConfigError::InvalidHeader { .. }))));
 
     // An https endpoint with only the built-in roots needs no file and starts fine.
     let mut cfg = config(Protocol::HttpProtobuf, "127.0.0.1:4318".parse().unwrap());
     cfg.endpoint = Some("https://collector.invalid/v1/traces".into());
-    Exporter::start(cfg).unwrap().shutdown(Duration::from_millis(10));
+    SpanExporter::start(cfg).unwrap().shutdown(Duration::from_millis(10));
 }

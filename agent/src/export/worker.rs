@@ -166,7 +166,7 @@ impl Worker {
         if self.deadline.is_none() {
             self.deadline = *self.shutdown.borrow();
             if self.deadline.is_none() && self.shutdown.has_changed().is_err() {
-                // The Exporter is gone without a shutdown request: stop now.
+                // The SpanExporter is gone without a shutdown request: stop now.
                 self.deadline = Some(Instant::now());
             }
         }

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::{
     gaps::{GapEntry, GapKey, GapTable},
+    util::component::Component,
     util::logging::log,
 };
 
@@ -149,14 +150,13 @@ async fn post(url: &str, body: String, timeout: Duration) -> Result<()> {
 }
 
 /// Evaluates the shared gap table every second and pushes changes, on its own thread.
-pub fn spawn(cfg: AlertConfig, gaps: Arc<Mutex<GapTable>>) -> Result<()> {
+pub fn spawn(cfg: AlertConfig, gaps: Arc<Mutex<GapTable>>) -> Result<Component> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("hoptrace-alerts".into()).spawn(move || {
+    let component = Component::spawn("alerts", move |stop| {
         let url = cfg.url.clone();
         let mut alerter = Alerter::new(cfg);
         let mut pending: Vec<AlertChange> = Vec::new();
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
+        while !stop.wait(Duration::from_secs(1)) {
             let rows = match gaps.lock() {
                 Ok(t) => t.rows(),
                 Err(_) => return,
@@ -176,7 +176,7 @@ pub fn spawn(cfg: AlertConfig, gaps: Arc<Mutex<GapTable>>) -> Result<()> {
             }
         }
     })?;
-    Ok(())
+    Ok(component)
 }
 
 #[cfg(test)]

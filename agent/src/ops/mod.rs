@@ -3,5 +3,6 @@
 //! the allocator's tuning ([`allocator`]).
 
 pub mod allocator;
+pub mod components;
 pub mod metrics;
 pub mod server;

@@ -22,7 +22,7 @@ use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::{gaps::GapTable, model::sample::Sample};
+use crate::{gaps::GapTable, model::sample::Sample, util::component::Component};
 
 /// What the endpoint serves.
 #[derive(Default)]
@@ -151,34 +151,41 @@ pub fn respond(
     }
 }
 
-/// Binds `addr` and serves on a background thread; returns the bound address.
-pub fn spawn(addr: SocketAddr, state: Arc<EndpointState>) -> Result<SocketAddr> {
+/// Binds `addr` and serves on a background thread until stopped; returns the bound
+/// address and the thread.
+pub fn spawn(addr: SocketAddr, state: Arc<EndpointState>) -> Result<(SocketAddr, Component)> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("hoptrace-http".into()).spawn(move || {
+    let component = Component::spawn("http", move |mut stop| {
         runtime.block_on(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let resp = handle(&req, &state);
-                        async move { Ok::<_, Infallible>(resp) }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
+            tokio::select! {
+                _ = serve(listener, state) => {}
+                _ = stop.stopped() => {}
             }
         });
     })?;
-    Ok(local)
+    Ok((local, component))
+}
+
+async fn serve(listener: tokio::net::TcpListener, state: Arc<EndpointState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = handle(&req, &state);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 #[cfg(test)]

@@ -2,4 +2,5 @@
 //! maps kernel timestamps to Unix time.
 
 pub mod clock;
+pub mod component;
 pub mod logging;

@@ -33,7 +33,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{model::sample::Sample, resource::process::ProcessInfo};
+use crate::{model::sample::Sample, resource::process::ProcessInfo, util::component::Component};
 
 /// The in-cluster service account files (mounted by the kubelet into every pod).
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -502,14 +502,15 @@ impl Kubernetes {
     }
 }
 
-/// Starts watching when the configuration (and environment) enable it.
-pub fn start(cfg: &KubernetesConfig) -> anyhow::Result<Option<Arc<Kubernetes>>> {
+/// Starts watching when the configuration (and environment) enable it: the pod table
+/// and the watch thread that fills it.
+pub fn start(cfg: &KubernetesConfig) -> anyhow::Result<Option<(Arc<Kubernetes>, Component)>> {
     let Some(target) = cfg.target(|k| std::env::var(k).ok())? else {
         return Ok(None);
     };
     let k = Arc::new(Kubernetes::new(&target.node, cfg));
-    watch::spawn(target, k.clone())?;
-    Ok(Some(k))
+    let thread = watch::spawn(target, k.clone())?;
+    Ok(Some((k, thread)))
 }
 
 #[cfg(test)]

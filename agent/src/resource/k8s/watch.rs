@@ -39,7 +39,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiTarget, Kubernetes, Pod};
-use crate::util::logging::log;
+use crate::util::{component::Component, logging::log};
 
 /// A LIST page's body at most (500 pods of a few kilobytes each, with room).
 const MAX_LIST_BYTES: usize = 64 << 20;
@@ -384,7 +384,7 @@ async fn run(api: Api, k: Arc<Kubernetes>) {
 }
 
 /// Starts the watcher thread. Configuration problems (URL, CA file) fail here, at start.
-pub fn spawn(target: ApiTarget, k: Arc<Kubernetes>) -> Result<()> {
+pub fn spawn(target: ApiTarget, k: Arc<Kubernetes>) -> Result<Component> {
     log(
         "info",
         "kubernetes metadata enabled",
@@ -392,9 +392,13 @@ pub fn spawn(target: ApiTarget, k: Arc<Kubernetes>) -> Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let api = runtime.block_on(async { Api::new(target) })?;
-    std::thread::Builder::new()
-        .name("hoptrace-k8s".into())
-        .spawn(move || runtime.block_on(run(api, k)))
-        .context("starting the Kubernetes watcher thread")?;
-    Ok(())
+    Component::spawn("k8s", move |mut stop| {
+        runtime.block_on(async move {
+            tokio::select! {
+                _ = run(api, k) => {}
+                _ = stop.stopped() => {}
+            }
+        })
+    })
+    .context("starting the Kubernetes watcher thread")
 }
