@@ -36,6 +36,7 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
 }
 
 fn open_record(conn_id: u64, pid: u32, role: Role, local: u16, remote: u16) -> Vec<u8> {
+    // SAFETY: OpenEvent is repr(C) integers and byte arrays: all zeroes is a valid value.
     let mut ev: OpenEvent = unsafe { std::mem::zeroed() };
     ev.kind = EventKind::Open as u8;
     ev.role = role as u8;

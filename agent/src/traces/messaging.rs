@@ -124,10 +124,12 @@ impl TracePipeline {
                 let own = op.messages.iter().any(|m| matches!(message_context(m), Ok(Some(_))));
                 let tid = op.timing.first_tid;
                 let busy_thread = self.is_serving((view.pid, tid));
-                if own && !busy_thread && !self.busy.keys().any(|(pid, _)| *pid == view.pid) {
-                    if !self.instrumented.contains_key(&view.pid) {
-                        self.mark_instrumented(view.pid, super::Instrumented::CreatesContext);
-                    }
+                if own
+                    && !busy_thread
+                    && !self.busy.keys().any(|(pid, _)| *pid == view.pid)
+                    && !self.instrumented.contains_key(&view.pid)
+                {
+                    self.mark_instrumented(view.pid, super::Instrumented::CreatesContext);
                 }
                 self.client_call(view, tid, Call::Mq(op), sink);
             }

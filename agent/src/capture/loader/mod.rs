@@ -177,6 +177,7 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     }
     // memlock limits still apply to map memory on kernels before 5.11.
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit struct by reference; failure is harmless (checked by the load).
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
     if EBPF_OBJECT.is_empty() {

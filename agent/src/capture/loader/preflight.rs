@@ -106,6 +106,7 @@ pub fn ensure_tracefs(allow_mount: bool) -> Result<PathBuf, PreflightError> {
         return Err(PreflightError::TracefsMissing { reason: " (and --no-mount-tracefs forbids mounting it)".into() });
     }
     let target = c"/sys/kernel/tracing";
+    // SAFETY: all three strings are NUL-terminated C literals; a null data pointer is allowed.
     let rc = unsafe { libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
