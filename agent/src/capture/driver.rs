@@ -116,47 +116,53 @@ impl Driver {
                     self.execs.push(ev.pid);
                 }
             }
-            Event::Data(d) => {
-                self.counters.data_records += 1;
-                // The first bytes of a socket's stream are a TLS handshake: ciphertext. If
-                // no OpenSSL probe covers the process, that must be said, not missed.
-                if d.call_offset == 0
-                    && d.chunk_offset == 0
-                    && !d.is_tls_plaintext()
-                    && crate::capture::tls::looks_like_tls_handshake(d.payload)
-                    && self.handshakes.len() < 4096
-                {
-                    self.handshakes.push(d.pid);
-                }
-                let mut segs = std::mem::take(&mut self.segs);
-                segs.clear();
-                if let Some(conn) = self.table.on_data(&d, &mut segs) {
-                    c.data(&d, conn, &segs)?;
-                }
-                self.count(&segs);
-                self.segs = segs;
-            }
+            Event::Data(d) => self.data(&d, c)?,
             Event::ConnectFailed(ev) => {
                 self.counters.connect_failed_records += 1;
                 let conn = ev.conn_id.and_then(|id| self.table.get(id));
                 c.connect_failed(&ev, conn)?;
             }
-            Event::Close(ev) => {
-                self.counters.close_records += 1;
-                let mut flushed: [Vec<Segment>; 2] = Default::default();
-                if let Some(conn) = self.table.on_close(&ev, &mut flushed) {
-                    self.count(&flushed[0]);
-                    self.count(&flushed[1]);
-                    c.closed(&conn, Some(&ev), &flushed)?;
-                }
-                // The connection's TLS plaintext view closes with it.
-                let mut flushed: [Vec<Segment>; 2] = Default::default();
-                if let Some(conn) = self.table.close_tls_view(ev.conn_id, &mut flushed) {
-                    self.count(&flushed[0]);
-                    self.count(&flushed[1]);
-                    c.closed(&conn, Some(&ev), &flushed)?;
-                }
-            }
+            Event::Close(ev) => self.close(&ev, c)?,
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, d: &Data, c: &mut dyn Consumer) -> Result<()> {
+        self.counters.data_records += 1;
+        // The first bytes of a socket's stream are a TLS handshake: ciphertext. If no
+        // OpenSSL probe covers the process, that must be said, not missed.
+        if d.call_offset == 0
+            && d.chunk_offset == 0
+            && !d.is_tls_plaintext()
+            && crate::capture::tls::looks_like_tls_handshake(d.payload)
+            && self.handshakes.len() < 4096
+        {
+            self.handshakes.push(d.pid);
+        }
+        let mut segs = std::mem::take(&mut self.segs);
+        segs.clear();
+        if let Some(conn) = self.table.on_data(d, &mut segs) {
+            c.data(d, conn, &segs)?;
+        }
+        self.count(&segs);
+        self.segs = segs;
+        Ok(())
+    }
+
+    fn close(&mut self, ev: &Close, c: &mut dyn Consumer) -> Result<()> {
+        self.counters.close_records += 1;
+        let mut flushed: [Vec<Segment>; 2] = Default::default();
+        if let Some(conn) = self.table.on_close(ev, &mut flushed) {
+            self.count(&flushed[0]);
+            self.count(&flushed[1]);
+            c.closed(&conn, Some(ev), &flushed)?;
+        }
+        // The connection's TLS plaintext view closes with it.
+        let mut flushed: [Vec<Segment>; 2] = Default::default();
+        if let Some(conn) = self.table.close_tls_view(ev.conn_id, &mut flushed) {
+            self.count(&flushed[0]);
+            self.count(&flushed[1]);
+            c.closed(&conn, Some(ev), &flushed)?;
         }
         Ok(())
     }

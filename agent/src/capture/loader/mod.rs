@@ -7,7 +7,10 @@ pub mod btf;
 pub mod preflight;
 pub mod tracefs;
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -165,6 +168,23 @@ fn cgroup_id(path: &PathBuf) -> Result<u64> {
 
 /// Runs the preflight checks, loads, configures and attaches everything.
 pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
+    let tracefs = preflight(opts)?;
+    let (config, sock_state) = kernel_config(opts, &tracefs)?;
+    let ring_bytes = ring_bytes(opts);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object into the kernel failed")?;
+    fill_filters(&mut ebpf, &opts.filters)?;
+    let (attachments, skipped) = attach_tracepoints(&mut ebpf, &tracefs, sock_state)?;
+    load_emitters(&mut ebpf)?;
+    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    Ok(Loaded { ebpf, ring, attachments, skipped })
+}
+
+/// What must hold before anything is loaded; returns where tracefs is.
+fn preflight(opts: &CaptureOptions) -> Result<PathBuf> {
     preflight::check_privileges()?;
     preflight::check_kernel_release(&preflight::kernel_release())?;
     preflight::check_btf()?;
@@ -179,17 +199,28 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: a valid rlimit struct by reference; failure is harmless (checked by the load).
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-
     if EBPF_OBJECT.is_empty() {
         return Err(anyhow!(
             "this hoptrace binary was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild without it"
         ));
     }
+    Ok(tracefs)
+}
+
+/// The ring buffer's size: a power of two, at least a page.
+fn ring_bytes(opts: &CaptureOptions) -> u32 {
+    opts.ringbuf_bytes.max(4096).next_power_of_two()
+}
+
+/// The programs' load-time configuration: struct offsets from this kernel's BTF and
+/// tracepoint formats, the capture cap, filter switches, ring thresholds. Also whether
+/// the optional `sock/inet_sock_set_state` tracepoint exists.
+fn kernel_config(opts: &CaptureOptions, tracefs: &Path) -> Result<(Config, bool)> {
     let mut offsets = btf::KernelBtf::from_file(preflight::BTF_PATH)?.kernel_offsets()?;
     // Optional: without this tracepoint, failed connects are simply not reported.
     let sock_state = tracefs.join("events/sock/inet_sock_set_state").is_dir();
     if sock_state {
-        let f = tracefs::field_offsets(&tracefs, "sock/inet_sock_set_state", &SOCK_STATE_FIELDS)?;
+        let f = tracefs::field_offsets(tracefs, "sock/inet_sock_set_state", &SOCK_STATE_FIELDS)?;
         (
             offsets.tp_skaddr,
             offsets.tp_oldstate,
@@ -205,21 +236,18 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
         ) = (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10]);
     }
     let f = &opts.filters;
-    let mut flags = 0;
-    for (list, bit) in [
+    let flags = [
         (!f.pids.is_empty(), FILTER_PID_INCLUDE),
         (!f.exclude_pids.is_empty(), FILTER_PID_EXCLUDE),
         (!f.cgroups.is_empty(), FILTER_CGROUP_INCLUDE),
         (!f.exclude_cgroups.is_empty(), FILTER_CGROUP_EXCLUDE),
         (!f.ports.is_empty(), FILTER_PORT_INCLUDE),
         (!f.exclude_ports.is_empty(), FILTER_PORT_EXCLUDE),
-    ] {
-        if list {
-            flags |= bit;
-        }
-    }
-    let page = 4096u32;
-    let ring_bytes = opts.ringbuf_bytes.max(page).next_power_of_two();
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |flags, (_, bit)| flags | bit);
+    let ring_bytes = ring_bytes(opts);
     let config = Config {
         self_tgid: std::process::id(),
         capture_cap: opts.capture_cap,
@@ -228,15 +256,12 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
         data_limit_bytes: ring_bytes - ring_bytes / 8,
         offsets,
     };
+    Ok((config, sock_state))
+}
 
-    let mut ebpf = EbpfLoader::new()
-        .override_global("CONFIG", &config, true)
-        .map_max_entries("EVENTS", ring_bytes)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object into the kernel failed")?;
-
-    fill_filters(&mut ebpf, f)?;
-
+/// Loads and attaches every tracepoint program; returns the attachment count and the
+/// optional tracepoints this kernel lacks.
+fn attach_tracepoints(ebpf: &mut Ebpf, tracefs: &Path, sock_state: bool) -> Result<(usize, Vec<String>)> {
     let mut attachments = 0;
     let mut skipped = Vec::new();
     let mut loaded_programs: Vec<&str> = Vec::new();
@@ -246,18 +271,16 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
             continue;
         }
         if category == "syscalls" {
-            let dir = tracefs.join("events/syscalls").join(tp);
-            if !dir.is_dir() {
+            if !tracefs.join("events/syscalls").join(tp).is_dir() {
                 if optional {
                     skipped.push(format!("{category}/{tp}"));
                     continue;
                 }
                 return Err(anyhow!(
-                    "tracepoint {category}/{tp} does not exist on this kernel \
-                     (needs CONFIG_FTRACE_SYSCALLS)"
+                    "tracepoint {category}/{tp} does not exist on this kernel (needs CONFIG_FTRACE_SYSCALLS)"
                 ));
             }
-            tracefs::check_syscall_layout(&tracefs, tp)?;
+            tracefs::check_syscall_layout(tracefs, tp)?;
         }
         let program: &mut TracePoint = ebpf
             .program_mut(prog_name)
@@ -270,8 +293,11 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
         program.attach(category, tp).with_context(|| format!("attaching {prog_name} to tracepoint {category}/{tp}"))?;
         attachments += 1;
     }
+    Ok((attachments, skipped))
+}
 
-    // The chunk emitters are reached by tail call from exit_data, not attached.
+/// The chunk emitters are reached by tail call from exit_data, not attached.
+fn load_emitters(ebpf: &mut Ebpf) -> Result<()> {
     let mut emitter_fds = Vec::new();
     for name in EMITTERS {
         let program: &mut TracePoint =
@@ -283,9 +309,7 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     for (index, fd) in emitter_fds.iter().enumerate() {
         table.set(index as u32, fd, 0)?;
     }
-
-    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-    Ok(Loaded { ebpf, ring, attachments, skipped })
+    Ok(())
 }
 
 pub(crate) fn verifier_error(name: &str, err: ProgramError) -> anyhow::Error {

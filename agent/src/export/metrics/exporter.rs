@@ -17,7 +17,10 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{client::MetricsClient, otlp};
+use super::{
+    client::{MetricsClient, MetricsExportError},
+    otlp,
+};
 use crate::traces::red::RedRecorder;
 use crate::{
     export::{ExporterConfig, Protocol, Signal},
@@ -63,7 +66,90 @@ pub struct MetricsExporter {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The export thread's state: one request per interval, and a last one at shutdown.
+struct ExportLoop {
+    rt: tokio::runtime::Runtime,
+    client: MetricsClient,
+    red: RedRecorder,
+    stats: Arc<MetricsExportStats>,
+    endpoint: String,
+    /// The reason of the last failure, logged once until it changes or recovers.
+    last_failure: Option<String>,
+}
+
+impl ExportLoop {
+    fn new(cfg: &ExporterConfig, red: RedRecorder, stats: Arc<MetricsExportStats>) -> Result<Self, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let client = {
+            let _guard = rt.enter();
+            MetricsClient::new(cfg).map_err(|e| e.to_string())?
+        };
+        let endpoint = cfg.endpoint.clone().unwrap_or_default();
+        Ok(Self { rt, client, red, stats, endpoint, last_failure: None })
+    }
+
+    /// Every `interval` until a stop arrives (with the deadline of the last export).
+    fn run(mut self, interval: Duration, stop: mpsc::Receiver<Instant>) {
+        let mut next = Instant::now() + interval;
+        loop {
+            // Shutdown: one last export so the final counts are not lost.
+            let final_deadline = match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(deadline) => Some(deadline),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Instant::now() + Duration::from_secs(2)),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+            };
+            next += interval;
+            let budget = final_deadline.map_or(interval, |d| d.saturating_duration_since(Instant::now()));
+            self.export_once(budget);
+            if final_deadline.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn export_once(&mut self, budget: Duration) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let Some(req) = otlp::to_request(&self.red.snapshot(), now) else { return };
+        let started = Instant::now();
+        let client = &mut self.client;
+        let result = self.rt.block_on(async {
+            tokio::time::timeout(budget.max(Duration::from_millis(100)), client.export(&req, budget))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(MetricsExportError {
+                        reason: "deadline".into(),
+                        detail: format!("not delivered within {budget:?}"),
+                    })
+                })
+        });
+        self.stats.last_latency_us.store(started.elapsed().as_micros() as u64, Relaxed);
+        match result {
+            Ok(rejected) => {
+                self.stats.requests_ok.fetch_add(1, Relaxed);
+                self.stats.data_points_rejected.fetch_add(rejected, Relaxed);
+                if self.last_failure.take().is_some() {
+                    log("info", "metrics export recovered", json!({ "endpoint": self.endpoint }));
+                }
+            }
+            Err(e) => {
+                self.stats.requests_failed.fetch_add(1, Relaxed);
+                // Logged when the failure changes, not every interval.
+                if self.last_failure.as_deref() != Some(&e.reason) {
+                    log(
+                        "warn",
+                        "metrics export failed",
+                        json!({ "endpoint": self.endpoint, "reason": e.reason, "detail": e.detail }),
+                    );
+                    self.last_failure = Some(e.reason);
+                }
+            }
+        }
+    }
+}
+
 impl MetricsExporter {
+    /// Starts the export thread; a configuration the client refuses (CA file, headers)
+    /// fails here.
     pub fn start(cfg: ExporterConfig, interval: Duration, red: RedRecorder) -> Result<Self> {
         let stats = Arc::new(MetricsExportStats::default());
         let (stop_tx, stop_rx) = mpsc::channel::<Instant>();
@@ -71,80 +157,13 @@ impl MetricsExporter {
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("hoptrace-metrics".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let client = {
-                    let _guard = rt.enter();
-                    MetricsClient::new(&cfg)
-                };
-                let mut client = match client {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let endpoint = cfg.endpoint.clone().unwrap_or_default();
-                let mut last_failure: Option<String> = None;
-                let mut next = Instant::now() + interval;
-                loop {
-                    // Shutdown: one last export so the final counts are not lost.
-                    let final_deadline = match stop_rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                        Ok(deadline) => Some(deadline),
-                        Err(mpsc::RecvTimeoutError::Disconnected) => Some(Instant::now() + Duration::from_secs(2)),
-                        Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    };
-                    next += interval;
-                    let budget = match final_deadline {
-                        Some(d) => d.saturating_duration_since(Instant::now()),
-                        None => interval,
-                    };
-                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-                    if let Some(req) = otlp::to_request(&red.snapshot(), now) {
-                        let started = Instant::now();
-                        let result = rt.block_on(async {
-                            tokio::time::timeout(budget.max(Duration::from_millis(100)), client.export(&req, budget))
-                                .await
-                                .unwrap_or_else(|_| {
-                                    Err(crate::export::metrics::client::MetricsExportError {
-                                        reason: "deadline".into(),
-                                        detail: format!("not delivered within {budget:?}"),
-                                    })
-                                })
-                        });
-                        st.last_latency_us.store(started.elapsed().as_micros() as u64, Relaxed);
-                        match result {
-                            Ok(rejected) => {
-                                st.requests_ok.fetch_add(1, Relaxed);
-                                st.data_points_rejected.fetch_add(rejected, Relaxed);
-                                if last_failure.take().is_some() {
-                                    log("info", "metrics export recovered", json!({ "endpoint": endpoint }));
-                                }
-                            }
-                            Err(e) => {
-                                st.requests_failed.fetch_add(1, Relaxed);
-                                // Logged when the failure changes, not every interval.
-                                if last_failure.as_deref() != Some(&e.reason) {
-                                    log(
-                                        "warn",
-                                        "metrics export failed",
-                                        json!({ "endpoint": endpoint, "reason": e.reason, "detail": e.detail }),
-                                    );
-                                    last_failure = Some(e.reason);
-                                }
-                            }
-                        }
-                    }
-                    if final_deadline.is_some() {
-                        return;
-                    }
+            .spawn(move || match ExportLoop::new(&cfg, red, st) {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l.run(interval, stop_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
                 }
             })
             .context("starting the metrics export thread")?;

@@ -92,10 +92,18 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[&Series], value: 
 
 /// Appends every RED metric of `snap`, and the cardinality self-metrics.
 pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
-    let of = |fams: &[Family]| -> Vec<&Series> { snap.series.iter().filter(|s| fams.contains(&s.family)).collect() };
-    let server = of(&[Family::HttpServer]);
-    let client = of(&[Family::HttpClient]);
-    let messaging = of(&[Family::MessagingProducer, Family::MessagingConsumer]);
+    render_http(snap, om, out);
+    render_messaging(snap, om, out);
+    render_cardinality(snap, om, out);
+}
+
+fn of<'a>(snap: &'a Snapshot, fams: &[Family]) -> Vec<&'a Series> {
+    snap.series.iter().filter(|s| fams.contains(&s.family)).collect()
+}
+
+fn render_http(snap: &Snapshot, om: bool, out: &mut String) {
+    let server = of(snap, &[Family::HttpServer]);
+    let client = of(snap, &[Family::HttpClient]);
     histogram(
         out,
         "http_server_request_duration_seconds",
@@ -126,6 +134,10 @@ pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
         |s| s.errors,
         om,
     );
+}
+
+fn render_messaging(snap: &Snapshot, om: bool, out: &mut String) {
+    let messaging = of(snap, &[Family::MessagingProducer, Family::MessagingConsumer]);
     histogram(
         out,
         "messaging_client_operation_duration_seconds",
@@ -137,7 +149,7 @@ pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
         out,
         "messaging_client_sent_messages_total",
         "Messages published.",
-        &of(&[Family::MessagingProducer]),
+        &of(snap, &[Family::MessagingProducer]),
         |s| s.messages,
         om,
     );
@@ -145,7 +157,7 @@ pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
         out,
         "messaging_client_consumed_messages_total",
         "Messages consumed.",
-        &of(&[Family::MessagingConsumer]),
+        &of(snap, &[Family::MessagingConsumer]),
         |s| s.messages,
         om,
     );
@@ -157,6 +169,10 @@ pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
         |s| s.errors,
         om,
     );
+}
+
+/// The cardinality self-metrics: active series and overflowed spans per metric.
+fn render_cardinality(snap: &Snapshot, om: bool, out: &mut String) {
     header(out, "hoptrace_metrics_series", "gauge", "Active RED metric series (bounded by metrics.max_series).", om);
     for f in Family::ALL {
         let _ = writeln!(out, "hoptrace_metrics_series{{metric=\"{}\"}} {}", f.label(), snap.counts[f as usize]);

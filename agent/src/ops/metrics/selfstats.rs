@@ -86,73 +86,11 @@ pub fn extra_samples(
     metrics_export: Option<&crate::export::metrics::exporter::MetricsExportStats>,
     ringbuf_bytes: u64,
 ) -> Vec<OwnedSample> {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut out = Vec::new();
-    let mut sorted: Vec<(&String, &u64)> = traces.parse_errors.iter().collect();
-    sorted.sort();
-    for (key, n) in sorted {
-        let (protocol, reason) = key.split_once('/').unwrap_or((key.as_str(), ""));
-        out.push(
-            OwnedSample::new(
-                "hoptrace_parse_errors_total",
-                "Protocol parse errors, by protocol and reason.",
-                *n as f64,
-            )
-            .label("protocol", protocol)
-            .label("reason", reason),
-        );
-    }
-    let mut sorted: Vec<(&&str, &u64)> = traces.invalid_context.iter().collect();
-    sorted.sort();
-    for (reason, n) in sorted {
-        out.push(
-            OwnedSample::new(
-                "hoptrace_invalid_trace_context_total",
-                "Inbound requests whose trace context headers were invalid, by reason.",
-                *n as f64,
-            )
-            .label("reason", *reason),
-        );
-    }
-    let help = "OTLP span export requests, by outcome (failed attempts include retried ones).";
-    out.push(
-        OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_ok as f64)
-            .label("outcome", "ok"),
-    );
-    out.push(
-        OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_failed as f64)
-            .label("outcome", "failed"),
-    );
-    out.push(OwnedSample::new(
-        "hoptrace_export_last_request_duration_seconds",
-        "Round trip of the last span export request, whatever its outcome.",
-        export.last_export_latency_us as f64 / 1e6,
-    ));
-    out.push(OwnedSample::new(
-        "hoptrace_export_spans_submitted_total",
-        "Spans handed to the exporter (after sampling).",
-        export.spans_submitted as f64,
-    ));
+    trace_samples(traces, &mut out);
+    export_samples(export, &mut out);
     if let Some(m) = metrics_export {
-        let help = "OTLP metrics export requests, by outcome.";
-        out.push(
-            OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_ok.load(Relaxed) as f64)
-                .label("outcome", "ok"),
-        );
-        out.push(
-            OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_failed.load(Relaxed) as f64)
-                .label("outcome", "failed"),
-        );
-        out.push(OwnedSample::new(
-            "hoptrace_metrics_export_data_points_rejected_total",
-            "Metric data points the collector reported rejected.",
-            m.data_points_rejected.load(Relaxed) as f64,
-        ));
-        out.push(OwnedSample::new(
-            "hoptrace_metrics_export_last_request_duration_seconds",
-            "Round trip of the last metrics export, retries included.",
-            m.last_latency_us.load(Relaxed) as f64 / 1e6,
-        ));
+        metrics_export_samples(m, &mut out);
     }
     out.push(OwnedSample::new(
         "hoptrace_ringbuf_size_bytes",
@@ -172,4 +110,72 @@ pub fn extra_samples(
         ));
     }
     out
+}
+
+/// Parse errors by protocol and reason, invalid trace context by reason.
+fn trace_samples(traces: &crate::traces::TraceStats, out: &mut Vec<OwnedSample>) {
+    let mut sorted: Vec<(&String, &u64)> = traces.parse_errors.iter().collect();
+    sorted.sort();
+    for (key, n) in sorted {
+        let (protocol, reason) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        let help = "Protocol parse errors, by protocol and reason.";
+        out.push(
+            OwnedSample::new("hoptrace_parse_errors_total", help, *n as f64)
+                .label("protocol", protocol)
+                .label("reason", reason),
+        );
+    }
+    let mut sorted: Vec<(&&str, &u64)> = traces.invalid_context.iter().collect();
+    sorted.sort();
+    for (reason, n) in sorted {
+        let help = "Inbound requests whose trace context headers were invalid, by reason.";
+        out.push(OwnedSample::new("hoptrace_invalid_trace_context_total", help, *n as f64).label("reason", *reason));
+    }
+}
+
+/// The span exporter's requests by outcome, last latency, spans submitted.
+fn export_samples(export: &crate::export::ExportStats, out: &mut Vec<OwnedSample>) {
+    let help = "OTLP span export requests, by outcome (failed attempts include retried ones).";
+    out.push(
+        OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_ok as f64)
+            .label("outcome", "ok"),
+    );
+    out.push(
+        OwnedSample::new("hoptrace_export_requests_total", help, export.export_requests_failed as f64)
+            .label("outcome", "failed"),
+    );
+    out.push(OwnedSample::new(
+        "hoptrace_export_last_request_duration_seconds",
+        "Round trip of the last span export request, whatever its outcome.",
+        export.last_export_latency_us as f64 / 1e6,
+    ));
+    out.push(OwnedSample::new(
+        "hoptrace_export_spans_submitted_total",
+        "Spans handed to the exporter (after sampling).",
+        export.spans_submitted as f64,
+    ));
+}
+
+/// The OTLP metrics exporter's requests by outcome, rejected points, last latency.
+fn metrics_export_samples(m: &crate::export::metrics::exporter::MetricsExportStats, out: &mut Vec<OwnedSample>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let help = "OTLP metrics export requests, by outcome.";
+    out.push(
+        OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_ok.load(Relaxed) as f64)
+            .label("outcome", "ok"),
+    );
+    out.push(
+        OwnedSample::new("hoptrace_metrics_export_requests_total", help, m.requests_failed.load(Relaxed) as f64)
+            .label("outcome", "failed"),
+    );
+    out.push(OwnedSample::new(
+        "hoptrace_metrics_export_data_points_rejected_total",
+        "Metric data points the collector reported rejected.",
+        m.data_points_rejected.load(Relaxed) as f64,
+    ));
+    out.push(OwnedSample::new(
+        "hoptrace_metrics_export_last_request_duration_seconds",
+        "Round trip of the last metrics export, retries included.",
+        m.last_latency_us.load(Relaxed) as f64 / 1e6,
+    ));
 }
