@@ -169,37 +169,11 @@ impl SegmentReader for Reader {
                 continue;
             }
             if self.buf.len() == 7 {
-                let (ty, size) = (self.buf[0], frame_size(&self.buf));
-                match ty {
-                    1 | 2 if size < MAX_FRAME => {}
-                    1 | 2 => {
-                        out.push(err("frame_too_large"));
-                        let channel = u16::from_be_bytes([self.buf[1], self.buf[2]]);
-                        self.pending.remove(&channel);
-                        self.skip = size as u64 + 1;
-                        self.buf.clear();
-                    }
-                    3 | 8 => {
-                        self.skip = size as u64 + 1;
-                        self.buf.clear();
-                    }
-                    _ => self.give_up(out, "bad_frame_type"),
-                }
+                self.frame_header(out);
                 continue;
             }
-            // A complete method or content-header frame.
-            let frame = std::mem::take(&mut self.buf);
-            if frame[frame.len() - 1] != FRAME_END {
-                self.give_up(out, "bad_frame_end");
+            if !self.complete_frame(now, out) {
                 break;
-            }
-            let channel = u16::from_be_bytes([frame[1], frame[2]]);
-            let payload = &frame[7..frame.len() - 1];
-            let start = self.buf_start;
-            if frame[0] == 1 {
-                self.method(channel, payload, start, out);
-            } else {
-                self.content_header(channel, payload, now, out);
             }
         }
         self.batch.flush(SYSTEM, now, out);
@@ -207,6 +181,46 @@ impl SegmentReader for Reader {
 }
 
 impl Reader {
+    /// A frame's 7-byte header is buffered: keep method and content-header frames, skip
+    /// bodies and heartbeats (and oversized frames, counted) without buffering them.
+    fn frame_header(&mut self, out: &mut Vec<L7Event>) {
+        let (ty, size) = (self.buf[0], frame_size(&self.buf));
+        match ty {
+            1 | 2 if size < MAX_FRAME => {}
+            1 | 2 => {
+                out.push(err("frame_too_large"));
+                let channel = u16::from_be_bytes([self.buf[1], self.buf[2]]);
+                self.pending.remove(&channel);
+                self.skip = size as u64 + 1;
+                self.buf.clear();
+            }
+            3 | 8 => {
+                self.skip = size as u64 + 1;
+                self.buf.clear();
+            }
+            _ => self.give_up(out, "bad_frame_type"),
+        }
+    }
+
+    /// A complete method or content-header frame is buffered; false when it is broken
+    /// (the parser gave up).
+    fn complete_frame(&mut self, now: Syscall, out: &mut Vec<L7Event>) -> bool {
+        let frame = std::mem::take(&mut self.buf);
+        if frame[frame.len() - 1] != FRAME_END {
+            self.give_up(out, "bad_frame_end");
+            return false;
+        }
+        let channel = u16::from_be_bytes([frame[1], frame[2]]);
+        let payload = &frame[7..frame.len() - 1];
+        let start = self.buf_start;
+        if frame[0] == 1 {
+            self.method(channel, payload, start, out);
+        } else {
+            self.content_header(channel, payload, now, out);
+        }
+        true
+    }
+
     fn give_up(&mut self, out: &mut Vec<L7Event>, reason: &'static str) {
         out.push(err(reason));
         self.dead = true;

@@ -122,19 +122,9 @@ impl SegmentReader for Reader {
             if self.buf.is_empty() {
                 self.buf_start = now;
             }
-            if let Some(h) = &self.headers {
-                let take = (h.header_len - self.buf.len()).min(data.len());
-                self.buf.extend_from_slice(&data[..take]);
-                data = &data[take..];
-                if self.buf.len() == h.header_len {
-                    let h = self.headers.take().expect("headers");
-                    let block = std::mem::take(&mut self.buf);
-                    let mut msg = MqMessage { destination: h.subject, ..MqMessage::default() };
-                    msg.body_size = h.total_len - h.header_len as u64;
-                    trace_headers(&block, &mut msg);
-                    self.skip = msg.body_size + 2;
-                    self.message(h.kind, h.name, h.start, now, msg, out);
-                }
+            if self.headers.is_some() {
+                let taken = self.header_block(data, now, out);
+                data = &data[taken..];
                 continue;
             }
             // A control line.
@@ -160,6 +150,24 @@ impl SegmentReader for Reader {
 }
 
 impl Reader {
+    /// Bytes of an HPUB/HMSG header block; when it is complete, the message is reported
+    /// and its body skipped. Returns how many bytes of `data` were taken.
+    fn header_block(&mut self, data: &[u8], now: Syscall, out: &mut Vec<L7Event>) -> usize {
+        let Some(h) = &self.headers else { return 0 };
+        let take = (h.header_len - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        if self.buf.len() == h.header_len {
+            let h = self.headers.take().expect("headers");
+            let block = std::mem::take(&mut self.buf);
+            let mut msg = MqMessage { destination: h.subject, ..MqMessage::default() };
+            msg.body_size = h.total_len - h.header_len as u64;
+            trace_headers(&block, &mut msg);
+            self.skip = msg.body_size + 2;
+            self.message(h.kind, h.name, h.start, now, msg, out);
+        }
+        take
+    }
+
     fn message(
         &mut self,
         kind: MqKind,
