@@ -2,13 +2,12 @@
 //! service, peer and route; zero gaps on a clean path; `hoptrace check` exit codes; the
 //! `/gaps` and `/metrics` endpoints.
 
-mod support;
 
 use std::{fs, process::Command, time::Duration};
 
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 

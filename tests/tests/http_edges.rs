@@ -2,7 +2,6 @@
 //! keep-alive connection, a chunked response, a 500, a malformed `traceparent`, and a
 //! `traceparent` sitting behind 6 KiB of other headers.
 
-mod support;
 
 use std::{
     fs,
@@ -12,7 +11,7 @@ use std::{
 };
 
 use hoptrace_e2e::*;
-use support::*;
+use crate::support::*;
 
 /// Writes `raw` in one go and reads until `last` has arrived (the end of the last
 /// response).

@@ -3,13 +3,12 @@
 //! consumer (kafka-python), and `hoptrace run` turning their Produce and Fetch traffic
 //! into PRODUCER and CONSUMER spans.
 
-mod support;
 
 use std::{collections::BTreeSet, fs, net::TcpStream, process::Command, time::Duration};
 
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 const PRODUCER: u64 = 4;
 const CONSUMER: u64 = 5;

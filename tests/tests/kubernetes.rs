@@ -6,7 +6,6 @@
 //! out (systemd driver + containerd on cgroup v2; cgroupfs driver on a v1 hierarchy when the
 //! machine has one). Their SERVER spans must carry the pod's metadata.
 
-mod support;
 
 use std::{
     fs,
@@ -17,7 +16,7 @@ use std::{
 
 use hoptrace_e2e::*;
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 const NODE: &str = "node-a";
 

@@ -2,7 +2,6 @@
 //! a real Prometheus scraping `/metrics` (OpenMetrics, exemplars stored), PromQL over it;
 //! and the same metrics pushed over OTLP to the real receiver (HTTP and gRPC).
 
-mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,7 +12,7 @@ use std::{
 
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 /// Requests per (route, tenant) after the warm-up request each; see `send`.
 const FAST: usize = 20;

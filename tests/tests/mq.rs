@@ -4,7 +4,6 @@
 //! message of a batch, parent a publish to the request its thread was serving, report
 //! messages without context as gaps, and never let a body or private header out.
 
-mod support;
 
 use std::{
     fs,
@@ -17,7 +16,7 @@ use std::{
 
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const BROKER_START: Duration = Duration::from_secs(180);

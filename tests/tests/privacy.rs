@@ -2,12 +2,11 @@
 //! kernel into the agent, and not one planted value appears in anything the agent
 //! exports (OTLP/JSON spans, its logs, /metrics, /gaps) — while routes stay useful.
 
-mod support;
 
 use std::{fs, process::Command, time::Duration};
 
 use hoptrace_e2e::*;
-use support::*;
+use crate::support::*;
 
 /// CPF with valid check digits from its first 9 digits.
 fn cpf(base: &str) -> String {

@@ -7,13 +7,12 @@
 //! No assertion here is about speed: the only time checks are lower bounds that prove a
 //! delay was honoured (Retry-After) or an outage really lasted.
 
-mod resilience_support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hoptrace_e2e::*;
-use resilience_support::*;
+use crate::support::*;
 use serde_json::Value;
 
 const DELIVERY: Duration = Duration::from_secs(60);

@@ -4,15 +4,12 @@
 //! inventing an exchange for it (counted as a parse error instead), and attributes every
 //! later span to the right process, kind and parent.
 
-mod resilience_support;
-mod support;
 
 use std::time::Duration;
 
 use hoptrace_e2e::*;
-use resilience_support::*;
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 fn port_of(s: &Span, key: &str) -> Option<i64> {
     int(s.attrs.get(key))

@@ -1,12 +1,11 @@
 //! Sampling through the real agent: at ratio 0 only what the tail rules and sampled
 //! parents keep leaves the node, and every decision is counted.
 
-mod support;
 
 use std::{fs, process::Command, time::Duration};
 
 use hoptrace_e2e::*;
-use support::*;
+use crate::support::*;
 
 #[test]
 fn ratio_zero_keeps_errors_and_sampled_parents_only() {

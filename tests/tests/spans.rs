@@ -1,7 +1,6 @@
 //! `hoptrace run` on the real kernel: HTTP traffic between real processes becomes spans,
 //! printed as OTLP/JSON (the default sink when no collector is configured).
 
-mod support;
 
 use std::{
     fs,
@@ -12,7 +11,7 @@ use std::{
 
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 /// The exchange on one keep-alive connection: request with `traceparent`, then without.
 fn keepalive_pair(port: u16, traceparent: &str) {

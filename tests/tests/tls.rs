@@ -5,13 +5,12 @@
 //! Every client here starts after the agent (so libraries attached at start, and after
 //! exec, cover processes that did not exist yet).
 
-mod support;
 
 use std::{collections::BTreeSet, fs, path::Path, process::Command, time::Duration};
 
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 /// `hoptrace run` with OTLP/JSON into `out`, /metrics on `listen`, and `extra` flags.
 fn start_agent(ports: &[u16], out: &Path, listen: u16, extra: &[&str]) -> Running {

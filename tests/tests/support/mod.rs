@@ -1,6 +1,9 @@
-#![allow(dead_code)] // each test file uses a subset
-//! Shared by the `hoptrace run` test files: start/stop the agent with the OTLP/JSON sink
-//! and read the spans it exported.
+//! Shared by the test modules: `hoptrace run` with the OTLP/JSON file sink and the spans
+//! it exported (here), the agent's HTTP endpoint and a keep-alive client (`endpoint`).
+
+mod endpoint;
+
+pub use endpoint::*;
 
 use std::{collections::HashMap, path::Path};
 
