@@ -228,10 +228,16 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     assert!(logged.iter().any(|v| v["kind"] == "dropped_outbound_context" && v["trace_id"] == TRACE), "{}", done.stderr);
 }
 
-/// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default).
+/// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default). Panics
+/// unless Alertmanager answers with a list: an unreachable or failing Alertmanager must
+/// not read as "no alerts", which is what the resolve check waits for.
 fn am_alerts(port: u16) -> Vec<Value> {
-    let out = Command::new("curl").args(["-s", "-m", "3", &format!("http://127.0.0.1:{port}/api/v2/alerts?active=true")]).output().unwrap();
-    serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+    let url = format!("http://127.0.0.1:{port}/api/v2/alerts?active=true");
+    let done = run(Command::new("curl").args(["-sS", "--fail", "-m", "3", &url]), TIMEOUT);
+    assert!(done.status.success(), "Alertmanager did not answer GET {url}: {}", done.stderr);
+    let alerts: Value = serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("Alertmanager answered GET {url} with non-JSON ({e}): {}", done.stdout));
+    alerts.as_array().cloned().unwrap_or_else(|| panic!("Alertmanager answered GET {url} with {alerts}, not a list"))
 }
 
 #[test]

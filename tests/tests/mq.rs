@@ -131,10 +131,11 @@ fn start_agent(dir: &TempDir, ports: &[u16]) -> (Running, std::path::PathBuf, u1
     (agent, out, listen)
 }
 
+/// The rows of the agent's `/gaps`; panics unless the agent answers with a gap table.
 fn gaps(listen: u16) -> Vec<Value> {
-    let out = Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{listen}/gaps")]).output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["gaps"].as_array().cloned().unwrap_or_default()
+    let body = http_get_body(listen, "/gaps");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/gaps is not JSON ({e}): {body}"));
+    v["gaps"].as_array().cloned().unwrap_or_else(|| panic!("/gaps has no gaps list: {v}"))
 }
 
 /// Nothing private left the agent: not in spans, not in logs.
