@@ -208,7 +208,9 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     );
     assert_eq!(http_get(listen, "/readyz"), "ready\n");
 
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_spans_in(&out, "front's CLIENT span and inventory's SERVER span", |s| {
+        s.iter().any(|s| s.kind == CLIENT && s.service == "front") && s.iter().any(|s| s.kind == SERVER && s.service == "inventory")
+    });
     let done = stop(agent);
     // The gap is named on the spans themselves: front's CLIENT call and inventory's SERVER span.
     let spans = parse_spans(&fs::read_to_string(&out).unwrap());

@@ -354,7 +354,11 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
         "the deleted pod's process was unresolved"
     );
     assert_eq!(metric(mport, "hoptrace_k8s_api_errors_total{reason=\"decode\"}"), 0);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_spans_in(&out, "the four SERVER spans", |s| {
+        ["/listed", "/watched", "/deleted", "/relisted"]
+            .iter()
+            .all(|p| s.iter().any(|s| s.kind == SERVER && s.attrs.get("url.path") == Some(&Value::from(*p))))
+    });
     let stopped = agent.stop();
 
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));

@@ -109,10 +109,6 @@ fn sent(done: &Finished) -> Vec<(String, String)> {
         .collect()
 }
 
-fn spans_in(out: &Path) -> Vec<Span> {
-    parse_spans(&fs::read_to_string(out).unwrap_or_default())
-}
-
 fn str_attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
     s.attrs.get(k).and_then(Value::as_str)
 }
@@ -120,15 +116,7 @@ fn str_attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
 fn start_agent(dir: &TempDir, ports: &[u16]) -> (Running, std::path::PathBuf, u16) {
     let out = dir.join("otlp.jsonl");
     let listen = free_port();
-    let mut cmd = Command::new(hoptrace_bin());
-    cmd.arg("run").arg("--output").arg(&out).args(["--listen", &format!("127.0.0.1:{listen}")]);
-    for p in ports {
-        cmd.args(["--port", &p.to_string()]);
-    }
-    without_otel_env(&mut cmd);
-    let mut agent = Running::spawn(&mut cmd);
-    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
-    (agent, out, listen)
+    (start_run_listening(ports, &out, listen, &[]), out, listen)
 }
 
 /// The rows of the agent's `/gaps`; panics unless the agent answers with a gap table.
@@ -199,7 +187,7 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     let expect = |spans: &[Span]| {
         spans.iter().filter(|s| s.kind == CONSUMER).count() >= 4 && spans.iter().any(|s| s.kind == PRODUCER && s.name == "publish")
     };
-    wait_until(TIMEOUT, || expect(&spans_in(&out)));
+    wait_for_spans_in(&out, "four CONSUMER spans and the publish", expect);
     let gap_rows = gaps(listen);
     drop(publisher);
     let done = stop(agent);
@@ -295,7 +283,7 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     let plain_sub_pid = plain_sub.pid();
     plain_sub.finish(TIMEOUT).expect_success();
 
-    wait_until(TIMEOUT, || spans_in(&out).iter().filter(|s| s.kind == CONSUMER || s.kind == PRODUCER).count() >= 3);
+    wait_for_spans_in(&out, "three messaging spans", |s| s.iter().filter(|s| s.kind == CONSUMER || s.kind == PRODUCER).count() >= 3);
     let gap_rows = gaps(listen);
     let done = stop(agent);
     let spans = spans_in(&out);
