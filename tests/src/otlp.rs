@@ -2,12 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{venv, wait_until, Running, TempDir, POLL, TIMEOUT};
+use crate::{venv, wait_until, Running, TempDir, TIMEOUT};
 
 /// OTLP span kinds (`Span.SpanKind`).
 pub const SPAN_KIND_SERVER: u64 = 2;
@@ -263,26 +262,6 @@ impl OtlpReceiver {
             show_spans(&spans),
             self.process.stderr()
         );
-    }
-
-    /// Waits until nothing new has arrived for `quiet` (at most `timeout`), returning the
-    /// number of spans received.
-    pub fn wait_until_quiet(&self, quiet: Duration, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut last = (self.requests().len(), Instant::now());
-        loop {
-            thread::sleep(POLL);
-            let n = self.requests().len();
-            if n != last.0 {
-                last = (n, Instant::now());
-            } else if last.1.elapsed() >= quiet {
-                return self.spans().len();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the receiver kept receiving for {timeout:?} ({n} requests)"
-            );
-        }
     }
 
     /// Every metrics export received so far (gRPC `MetricsService` or `POST /v1/metrics`):
