@@ -51,49 +51,25 @@ impl Agent {
                 let mut out = sink.lock().unwrap();
                 match serde_json::from_slice::<Value>(&line) {
                     Ok(event @ Value::Object(_)) => out.events.push(event),
-                    _ => out
-                        .garbage
-                        .push(String::from_utf8_lossy(&line).into_owned()),
+                    _ => out.garbage.push(String::from_utf8_lossy(&line).into_owned()),
                 }
             }
         });
         let (stderr, stderr_reader) = collect(child.stderr.take().unwrap());
-        let mut agent = Agent {
-            child,
-            output,
-            stderr,
-            readers: vec![stdout_reader, stderr_reader],
-        };
+        let mut agent = Agent { child, output, stderr, readers: vec![stdout_reader, stderr_reader] };
 
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let ready = agent
-                .output
-                .lock()
-                .unwrap()
-                .events
-                .iter()
-                .find(|e| e.kind() == "ready")
-                .cloned();
+            let ready = agent.output.lock().unwrap().events.iter().find(|e| e.kind() == "ready").cloned();
             if let Some(ready) = ready {
-                assert_eq!(
-                    ready.get_u64("pid"),
-                    u64::from(agent.child.id()),
-                    "ready line: {ready}"
-                );
+                assert_eq!(ready.get_u64("pid"), u64::from(agent.child.id()), "ready line: {ready}");
                 return agent;
             }
             if let Some(status) = agent.child.try_wait().expect("try_wait") {
-                panic!(
-                    "hoptrace exited ({status}) before it was ready; stderr:\n{}",
-                    agent.stderr()
-                );
+                panic!("hoptrace exited ({status}) before it was ready; stderr:\n{}", agent.stderr());
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "hoptrace not ready after {READY_TIMEOUT:?}; stderr:\n{}",
-                    agent.stderr()
-                );
+                panic!("hoptrace not ready after {READY_TIMEOUT:?}; stderr:\n{}", agent.stderr());
             }
             thread::sleep(POLL);
         }
@@ -125,25 +101,14 @@ impl Agent {
         });
         let Some(status) = status else {
             let _ = self.child.kill();
-            panic!(
-                "hoptrace did not exit within 10 s of SIGINT; stderr:\n{}",
-                self.stderr()
-            );
+            panic!("hoptrace did not exit within 10 s of SIGINT; stderr:\n{}", self.stderr());
         };
         for reader in self.readers.drain(..) {
             reader.join().unwrap();
         }
         let output = std::mem::take(&mut *self.output.lock().unwrap());
-        assert!(
-            status.success(),
-            "hoptrace exited with {status} after SIGINT; stderr:\n{}",
-            self.stderr()
-        );
-        assert!(
-            output.garbage.is_empty(),
-            "hoptrace printed non-JSON lines: {:#?}",
-            output.garbage
-        );
+        assert!(status.success(), "hoptrace exited with {status} after SIGINT; stderr:\n{}", self.stderr());
+        assert!(output.garbage.is_empty(), "hoptrace printed non-JSON lines: {:#?}", output.garbage);
         assert!(
             output.events.iter().any(|e| e.kind() == "stats"),
             "no stats line after SIGINT; stderr:\n{}",
@@ -179,15 +144,11 @@ impl EventExt for Value {
     }
 
     fn get_str(&self, key: &str) -> &str {
-        self.get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no string {key:?} in {self}"))
+        self.get(key).and_then(Value::as_str).unwrap_or_else(|| panic!("no string {key:?} in {self}"))
     }
 
     fn get_u64(&self, key: &str) -> u64 {
-        self.get(key)
-            .and_then(Value::as_u64)
-            .unwrap_or_else(|| panic!("no unsigned {key:?} in {self}"))
+        self.get(key).and_then(Value::as_u64).unwrap_or_else(|| panic!("no unsigned {key:?} in {self}"))
     }
 }
 
@@ -250,11 +211,7 @@ impl<'a> Events<'a> {
     pub fn only(&self, what: &str) -> &'a Value {
         match self.0.as_slice() {
             [one] => one,
-            many => panic!(
-                "expected exactly one {what}, found {}:\n{}",
-                many.len(),
-                self.show()
-            ),
+            many => panic!("expected exactly one {what}, found {}:\n{}", many.len(), self.show()),
         }
     }
 
@@ -280,14 +237,8 @@ pub fn stream_bytes(dump_dir: &Path, conn_id: u64, direction: &str) -> Vec<u8> {
     let path = dump_dir.join(format!("{conn_id}-{direction}.bin"));
     fs::read(&path).unwrap_or_else(|e| {
         let present: Vec<_> = fs::read_dir(dump_dir)
-            .map(|d| {
-                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-                    .collect()
-            })
+            .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
             .unwrap_or_default();
-        panic!(
-            "read {}: {e}; the dump dir holds {present:?}",
-            path.display()
-        )
+        panic!("read {}: {e}; the dump dir holds {present:?}", path.display())
     })
 }

@@ -35,10 +35,7 @@ pub(crate) const POLL: Duration = Duration::from_millis(50);
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the hoptrace e2e tests must run as root (euid is {euid})"
-    );
+    assert_eq!(euid, 0, "the hoptrace e2e tests must run as root (euid is {euid})");
 }
 
 /// A port that was free a moment ago. Racy by nature, but each test uses its own, and the
@@ -63,32 +60,21 @@ pub fn hoptrace_bin() -> PathBuf {
 
 /// Absolute path of a file in `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
 /// A string no other test (or earlier run) puts on the wire; short so that it fits in the
 /// agent's `payload_prefix` right after `GET /`.
 pub fn unique_marker(label: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "mk{label}{:08x}",
-        nanos ^ std::process::id().rotate_left(16) ^ n
-    )
+    format!("mk{label}{:08x}", nanos ^ std::process::id().rotate_left(16) ^ n)
 }
 
 /// Number of (possibly overlapping) occurrences of `needle` in `haystack`.
 pub fn count_occurrences(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count()
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 /// Polls `check` until it returns true or `timeout` passes; returns the last result.

@@ -184,17 +184,9 @@ impl OtlpReceiver {
         };
         let (grpc, http) = (port("grpc"), port("http"));
         for (asked, got) in [(grpc_port, grpc), (http_port, http)] {
-            assert!(
-                asked == 0 || asked == got,
-                "receiver asked for port {asked}, got {got}"
-            );
+            assert!(asked == 0 || asked == got, "receiver asked for port {asked}, got {got}");
         }
-        OtlpReceiver {
-            process,
-            dir,
-            grpc_port: grpc,
-            http_port: http,
-        }
+        OtlpReceiver { process, dir, grpc_port: grpc, http_port: http }
     }
 
     /// `http://127.0.0.1:<grpc port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc`.
@@ -227,29 +219,18 @@ impl OtlpReceiver {
     pub fn requests(&self) -> Vec<Value> {
         self.raw()
             .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}")))
             .collect()
     }
 
     /// Every span received so far, in arrival order.
     pub fn spans(&self) -> Vec<OtlpSpan> {
-        self.requests()
-            .iter()
-            .flat_map(|r| otlp_spans(&r["request"]))
-            .collect()
+        self.requests().iter().flat_map(|r| otlp_spans(&r["request"])).collect()
     }
 
     /// Waits until `check` holds for the spans received so far and returns them; panics
     /// with what was received (and the receiver's stderr) after `timeout`.
-    pub fn wait_for_spans(
-        &self,
-        timeout: Duration,
-        what: &str,
-        check: impl Fn(&[OtlpSpan]) -> bool,
-    ) -> Vec<OtlpSpan> {
+    pub fn wait_for_spans(&self, timeout: Duration, what: &str, check: impl Fn(&[OtlpSpan]) -> bool) -> Vec<OtlpSpan> {
         let mut spans = Vec::new();
         if wait_until(timeout, || {
             spans = self.spans();
@@ -297,15 +278,11 @@ impl OtlpReceiver {
     /// Export requests the receiver refused (`--fail-count`), in arrival order:
     /// `{"transport", "status", "spans", "span_ids", "time"}`.
     pub fn refused(&self) -> Vec<Value> {
-        let text =
-            fs::read_to_string(self.dir.join("requests.jsonl.refused")).unwrap_or_default();
+        let text = fs::read_to_string(self.dir.join("requests.jsonl.refused")).unwrap_or_default();
         let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
         complete
             .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}")))
             .collect()
     }
 }

@@ -45,15 +45,9 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "hoptrace-e2e-{label}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let name =
+            format!("hoptrace-e2e-{label}-{}-{}-{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let path = std::env::temp_dir().join(name);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }
@@ -86,9 +80,7 @@ impl Drop for TempDir {
 /// `python3 tests/fixtures/<script>`, unbuffered so readiness lines arrive immediately.
 pub fn python(script: &str) -> Command {
     let mut cmd = Command::new("python3");
-    cmd.arg(fixture(script))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg(fixture(script)).env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 
@@ -96,20 +88,14 @@ pub fn python(script: &str) -> Command {
 /// from `tests/requirements.txt`), for fixtures that need packages beyond the stdlib.
 fn venv_python() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
-    assert!(
-        python.exists(),
-        "no Python venv at {}: run `cargo xtask setup`",
-        python.display()
-    );
+    assert!(python.exists(), "no Python venv at {}: run `cargo xtask setup`", python.display());
     python
 }
 
 /// Like [`python`], with the interpreter of the tests' Python venv.
 pub fn venv(script: &str) -> Command {
     let mut cmd = Command::new(venv_python());
-    cmd.arg(fixture(script))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg(fixture(script)).env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 
@@ -137,11 +123,7 @@ pub struct Finished {
 impl Finished {
     /// Panics with the process's output unless it exited 0.
     pub fn expect_success(self) -> Finished {
-        assert!(
-            self.status.success(),
-            "process {} failed: {self:#?}",
-            self.pid
-        );
+        assert!(self.status.success(), "process {} failed: {self:#?}", self.pid);
         self
     }
 }
@@ -186,12 +168,7 @@ impl Running {
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (stdout, out_reader) = collect(child.stdout.take().unwrap());
         let (stderr, err_reader) = collect(child.stderr.take().unwrap());
-        Running {
-            child,
-            stdout,
-            stderr,
-            readers: vec![out_reader, err_reader],
-        }
+        Running { child, stdout, stderr, readers: vec![out_reader, err_reader] }
     }
 
     pub fn pid(&self) -> u32 {
@@ -204,10 +181,7 @@ impl Running {
         let deadline = Instant::now() + timeout;
         loop {
             let out = text(&self.stdout);
-            if let Some(line) = out
-                .split_inclusive('\n')
-                .find(|l| l.starts_with(prefix) && l.ends_with('\n'))
-            {
+            if let Some(line) = out.split_inclusive('\n').find(|l| l.starts_with(prefix) && l.ends_with('\n')) {
                 return line.trim_end().to_string();
             }
             let exited = self.child.try_wait().expect("try_wait");
@@ -232,10 +206,7 @@ impl Running {
             }
             let exited = self.child.try_wait().expect("try_wait");
             if exited.is_some() || Instant::now() >= deadline {
-                panic!(
-                    "pid {} never logged {needle:?} (exit status: {exited:?})\nstderr:\n{err}",
-                    self.pid()
-                );
+                panic!("pid {} never logged {needle:?} (exit status: {exited:?})\nstderr:\n{err}", self.pid());
             }
             thread::sleep(POLL);
         }
@@ -285,12 +256,7 @@ impl Running {
         for reader in self.readers.drain(..) {
             reader.join().unwrap();
         }
-        Finished {
-            pid: self.pid(),
-            status,
-            stdout: text(&self.stdout),
-            stderr: text(&self.stderr),
-        }
+        Finished { pid: self.pid(), status, stdout: text(&self.stdout), stderr: text(&self.stderr) }
     }
 }
 
@@ -311,8 +277,8 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Finished {
 
 /// Resident set size of a process in KiB (`VmRSS` in /proc/<pid>/status).
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -22,12 +22,9 @@ pub struct Stopped {
 impl Stopped {
     /// `log.<section>.<key>` as an unsigned integer; panics if absent.
     pub fn counter(&self, section: &str, key: &str) -> u64 {
-        self.log[section][key].as_u64().unwrap_or_else(|| {
-            panic!(
-                "no unsigned {section}.{key} in the stopped log: {}",
-                self.log
-            )
-        })
+        self.log[section][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no unsigned {section}.{key} in the stopped log: {}", self.log))
     }
 
     /// `export.<key>`.
@@ -45,11 +42,7 @@ impl RunAgent {
     /// Starts `hoptrace run --port <p>... <args>` with the inherited `OTEL_*` variables
     /// removed and `env` set (the exporter's configuration), and waits for its ready log,
     /// so traffic generated afterwards is observed.
-    pub fn start<K, V>(
-        ports: &[u16],
-        args: &[&str],
-        env: impl IntoIterator<Item = (K, V)>,
-    ) -> RunAgent
+    pub fn start<K, V>(ports: &[u16], args: &[&str], env: impl IntoIterator<Item = (K, V)>) -> RunAgent
     where
         K: AsRef<std::ffi::OsStr>,
         V: AsRef<std::ffi::OsStr>,
@@ -98,9 +91,6 @@ impl RunAgent {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["msg"] == "stopped")
             .unwrap_or_else(|| panic!("no stopped log line; stderr:\n{}", done.stderr));
-        Stopped {
-            log,
-            stderr: done.stderr,
-        }
+        Stopped { log, stderr: done.stderr }
     }
 }

@@ -20,40 +20,24 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// Case-insensitive header lookup.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// One GET with curl on its own connection.
 pub fn curl_get(url: &str) -> HttpResponse {
-    let done = run(
-        Command::new("curl").args(["-sS", "-i", "--max-time", "10", url]),
-        TIMEOUT,
-    )
-    .expect_success();
-    let (head, body) = done
-        .stdout
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header block in curl output: {done:#?}"));
+    let done = run(Command::new("curl").args(["-sS", "-i", "--max-time", "10", url]), TIMEOUT).expect_success();
+    let (head, body) =
+        done.stdout.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header block in curl output: {done:#?}"));
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line in curl output: {done:#?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    HttpResponse {
-        pid: done.pid,
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
+    HttpResponse { pid: done.pid, status, headers, body: body.to_string() }
 }
 
 /// Default server config for tests that only need a fixed answer.
@@ -91,8 +75,7 @@ impl Nginx {
 
     fn start_with(port: u16, server_config: &str, tls: bool) -> Nginx {
         let dir = TempDir::new("nginx");
-        let template =
-            fs::read_to_string(fixture("nginx.conf.template")).expect("read nginx template");
+        let template = fs::read_to_string(fixture("nginx.conf.template")).expect("read nginx template");
         let mut server_config = server_config.to_string();
         let mut template = template;
         if tls {
@@ -125,8 +108,7 @@ impl Nginx {
         );
         let mut nginx = Nginx { master, dir, port };
         let ready = wait_until(TIMEOUT, || {
-            nginx.worker_pids().len() == Self::WORKERS
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            nginx.worker_pids().len() == Self::WORKERS && TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         if !ready {
             let exited = nginx.master.exited();
@@ -158,9 +140,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // Fast shutdown; `Running`'s drop then SIGKILLs whatever is left of the group.
         signal(self.master_pid() as i32, libc::SIGTERM);
-        wait_until(Duration::from_secs(5), || {
-            matches!(self.master.try_exited(), Ok(Some(_)))
-        });
+        wait_until(Duration::from_secs(5), || matches!(self.master.try_exited(), Ok(Some(_))));
     }
 }
 
@@ -198,11 +178,7 @@ fn children_of(ppid: u32) -> Vec<u32> {
                 return false;
             };
             let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            after_comm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse().ok())
-                == Some(ppid)
+            after_comm.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(ppid)
         })
         .collect();
     pids.sort_unstable();
@@ -231,9 +207,7 @@ impl PyServer {
     pub fn start_cmd(cmd: &mut Command) -> PyServer {
         let mut process = Running::spawn(cmd);
         let line = process.wait_for_line("READY ", TIMEOUT);
-        let port = line["READY ".len()..]
-            .parse()
-            .unwrap_or_else(|_| panic!("bad READY line from {cmd:?}: {line:?}"));
+        let port = line["READY ".len()..].parse().unwrap_or_else(|_| panic!("bad READY line from {cmd:?}: {line:?}"));
         PyServer { process, port }
     }
 

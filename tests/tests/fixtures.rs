@@ -19,10 +19,7 @@ fn forking_server_answers_from_children_and_takes_big_headers() {
     let server = PyServer::start("forking_http_server.py", &[]);
     let first = curl_get(&format!("http://127.0.0.1:{}/", server.port()));
     let second = curl_get(&format!("http://127.0.0.1:{}/", server.port()));
-    let served: Vec<_> = [&first, &second]
-        .iter()
-        .map(|r| r.header("X-Served-By-Pid").unwrap().to_string())
-        .collect();
+    let served: Vec<_> = [&first, &second].iter().map(|r| r.header("X-Served-By-Pid").unwrap().to_string()).collect();
     assert_ne!(served[0], server.pid().to_string());
     assert_ne!(served[0], served[1], "each connection gets its own child");
 
@@ -31,14 +28,7 @@ fn forking_server_answers_from_children_and_takes_big_headers() {
     let size = 64 * 1024;
     let done = run(
         python("client.py")
-            .args([
-                "bigheader",
-                "--port",
-                &server.port().to_string(),
-                "--size",
-                &size.to_string(),
-                "--out",
-            ])
+            .args(["bigheader", "--port", &server.port().to_string(), "--size", &size.to_string(), "--out"])
             .arg(&out),
         TIMEOUT,
     )
@@ -50,11 +40,7 @@ fn forking_server_answers_from_children_and_takes_big_headers() {
 #[test]
 fn client_negative_modes_run() {
     for mode in ["pipe", "unix", "udp"] {
-        let done = run(
-            python("client.py").args([mode, "--marker", &unique_marker(mode)]),
-            TIMEOUT,
-        )
-        .expect_success();
+        let done = run(python("client.py").args([mode, "--marker", &unique_marker(mode)]), TIMEOUT).expect_success();
         assert_eq!(done.stdout.trim(), "OK", "{mode}");
     }
 }

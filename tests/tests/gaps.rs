@@ -2,12 +2,11 @@
 //! service, peer and route; zero gaps on a clean path; `hoptrace check` exit codes; the
 //! `/gaps` and `/metrics` endpoints.
 
-
 use std::{fs, process::Command, time::Duration};
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use crate::support::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -39,7 +38,8 @@ fn table_rows(stdout: &str) -> Vec<(String, String, String, String, String, u64)
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 7).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into(), f[4].into(), f[5].parse().unwrap()))
+            (f.len() >= 7)
+                .then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into(), f[4].into(), f[5].parse().unwrap()))
         })
         .collect()
 }
@@ -62,11 +62,18 @@ fn check_finds_every_broken_hop_and_fails_the_gate() {
     cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string()]);
     cmd.args(["--", "sh", "-c", &script]);
     let done = run(&mut cmd, Duration::from_secs(60));
-    assert_eq!(done.status.code(), Some(2), "gaps must fail the gate\nstdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
+    assert_eq!(
+        done.status.code(),
+        Some(2),
+        "gaps must fail the gate\nstdout:\n{}\nstderr:\n{}",
+        done.stdout,
+        done.stderr
+    );
 
     let mut rows = table_rows(&done.stdout);
     rows.sort();
-    let row = |k: &str, s: &str, z: &str, p: &str, r: &str, n: u64| (k.into(), s.into(), z.into(), p.into(), r.into(), n);
+    let row =
+        |k: &str, s: &str, z: &str, p: &str, r: &str, n: u64| (k.into(), s.into(), z.into(), p.into(), r.into(), n);
     let expected = vec![
         // front got context from curl and called inventory without it.
         row("dropped_outbound_context", "front", "Z1", "inventory", "/items/{id}", 1),
@@ -83,7 +90,8 @@ fn check_finds_every_broken_hop_and_fails_the_gate() {
 fn a_service_starting_a_new_trace_is_a_restarted_context() {
     require_root();
     let inventory = PyServer::start("chain_service.py", &["0"]);
-    let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port()), "restart"]);
+    let front =
+        PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port()), "restart"]);
     let dir = TempDir::new("gaps-restart");
     let config = mesh_config(&dir, front.port(), inventory.port());
     let mut cmd = Command::new(hoptrace_bin());
@@ -108,7 +116,8 @@ fn clean_path_through_a_forwarding_proxy_passes_the_gate() {
     require_root();
     let inventory = PyServer::start("chain_service.py", &["0"]);
     // nginx as a transparent proxy: it forwards traceparent as it received it.
-    let nginx = Nginx::start(free_port(), &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", inventory.port()));
+    let nginx =
+        Nginx::start(free_port(), &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", inventory.port()));
     let dir = TempDir::new("gaps-clean");
     let config = mesh_config(&dir, nginx.port(), inventory.port());
     let mut cmd = Command::new(hoptrace_bin());
@@ -136,7 +145,10 @@ fn sdk_to_nginx_to_sdk_has_no_gaps() {
     let receiver = OtlpReceiver::start();
     let leaf = PyServer::start_venv("sdk_app.py", &["0", "http://127.0.0.1:9", &receiver.http_traces_url()]);
     let nginx = Nginx::start(free_port(), &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", leaf.port()));
-    let front = PyServer::start_venv("sdk_app.py", &["0", &format!("http://127.0.0.1:{}", nginx.port()), &receiver.http_traces_url()]);
+    let front = PyServer::start_venv(
+        "sdk_app.py",
+        &["0", &format!("http://127.0.0.1:{}", nginx.port()), &receiver.http_traces_url()],
+    );
     let dir = TempDir::new("gaps-sdk");
     let config = dir.join("hoptrace.yaml");
     fs::write(
@@ -160,12 +172,19 @@ fn sdk_to_nginx_to_sdk_has_no_gaps() {
     let done = run(&mut cmd, Duration::from_secs(90));
     assert_eq!(done.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
     assert!(done.stdout.contains("no broken hops"), "{}", done.stdout);
-    let seen: u64 = done.stdout.split('(').nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let seen: u64 = done
+        .stdout
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(seen >= 4, "curl→checkout, checkout→nginx, nginx→items (both sides): {}", done.stdout);
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    let out = Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+    let out =
+        Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
     assert!(out.status.success(), "GET {path} failed");
     String::from_utf8(out.stdout).unwrap()
 }
@@ -186,7 +205,14 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
 
-    run(&mut curl(&["-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"), &format!("http://127.0.0.1:{}/orders/1", front.port())]), TIMEOUT);
+    run(
+        &mut curl(&[
+            "-H",
+            &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"),
+            &format!("http://127.0.0.1:{}/orders/1", front.port()),
+        ]),
+        TIMEOUT,
+    );
     let mut gaps = Value::Null;
     assert!(
         wait_until(TIMEOUT, || {
@@ -209,16 +235,21 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     assert_eq!(http_get(listen, "/readyz"), "ready\n");
 
     wait_for_spans_in(&out, "front's CLIENT span and inventory's SERVER span", |s| {
-        s.iter().any(|s| s.kind == CLIENT && s.service == "front") && s.iter().any(|s| s.kind == SERVER && s.service == "inventory")
+        s.iter().any(|s| s.kind == CLIENT && s.service == "front")
+            && s.iter().any(|s| s.kind == SERVER && s.service == "inventory")
     });
     let done = stop(agent);
     // The gap is named on the spans themselves: front's CLIENT call and inventory's SERVER span.
     let spans = parse_spans(&fs::read_to_string(&out).unwrap());
     let kind_of = |s: &Span| s.attrs.get("hoptrace.gap.kind").and_then(Value::as_str).map(String::from);
-    let client = spans.iter().find(|s| s.kind == CLIENT && s.service == "front").unwrap_or_else(|| panic!("{}", show(&spans)));
+    let client =
+        spans.iter().find(|s| s.kind == CLIENT && s.service == "front").unwrap_or_else(|| panic!("{}", show(&spans)));
     assert_eq!(kind_of(client).as_deref(), Some("dropped_outbound_context"));
     assert!(client.events.iter().any(|(n, _)| n == "propagation_gap"));
-    let inv = spans.iter().find(|s| s.kind == SERVER && s.service == "inventory").unwrap_or_else(|| panic!("{}", show(&spans)));
+    let inv = spans
+        .iter()
+        .find(|s| s.kind == SERVER && s.service == "inventory")
+        .unwrap_or_else(|| panic!("{}", show(&spans)));
     assert_eq!(kind_of(inv).as_deref(), Some("missing_inbound_context"));
     // One JSON log line per broken hop, joined to its trace.
     let logged: Vec<Value> = done
@@ -227,7 +258,11 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["msg"] == "trace context lost on a hop")
         .collect();
-    assert!(logged.iter().any(|v| v["kind"] == "dropped_outbound_context" && v["trace_id"] == TRACE), "{}", done.stderr);
+    assert!(
+        logged.iter().any(|v| v["kind"] == "dropped_outbound_context" && v["trace_id"] == TRACE),
+        "{}",
+        done.stderr
+    );
 }
 
 /// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default). Panics
@@ -247,7 +282,8 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
     require_root();
     let dir = TempDir::new("alertmanager");
     let am_config = dir.join("alertmanager.yml");
-    fs::write(&am_config, "route:\n  receiver: blackhole\n  group_wait: 0s\nreceivers:\n  - name: blackhole\n").unwrap();
+    fs::write(&am_config, "route:\n  receiver: blackhole\n  group_wait: 0s\nreceivers:\n  - name: blackhole\n")
+        .unwrap();
     let am_port = free_port();
     let _am = Running::spawn(
         Command::new("prometheus-alertmanager")
@@ -257,7 +293,10 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
             .arg("--cluster.listen-address="),
     );
     assert!(
-        wait_until(TIMEOUT, || Command::new("curl").args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")]).status().is_ok_and(|s| s.success())),
+        wait_until(TIMEOUT, || Command::new("curl")
+            .args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")])
+            .status()
+            .is_ok_and(|s| s.success())),
         "alertmanager never became ready"
     );
 
@@ -270,7 +309,14 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
     cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string()]);
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
-    run(&mut curl(&["-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"), &format!("http://127.0.0.1:{}/orders/1", front.port())]), TIMEOUT);
+    run(
+        &mut curl(&[
+            "-H",
+            &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01"),
+            &format!("http://127.0.0.1:{}/orders/1", front.port()),
+        ]),
+        TIMEOUT,
+    );
 
     let is_ours = |a: &Value| {
         a["labels"]["alertname"] == "HoptracePropagationGap"

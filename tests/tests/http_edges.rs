@@ -2,7 +2,6 @@
 //! keep-alive connection, a chunked response, a 500, a malformed `traceparent`, and a
 //! `traceparent` sitting behind 6 KiB of other headers.
 
-
 use std::{
     fs,
     io::{Read, Write},
@@ -10,8 +9,8 @@ use std::{
     time::Duration,
 };
 
-use hoptrace_e2e::*;
 use crate::support::*;
+use hoptrace_e2e::*;
 
 /// Writes `raw` in one go and reads until `last` has arrived (the end of the last
 /// response).
@@ -101,7 +100,8 @@ fn pipelined_chunked_error_and_malformed_context() {
     assert!(fail[0].parent.is_empty(), "malformed traceparent must be treated as absent");
 
     // traceparent after 6 KiB of headers is still found.
-    let late_span = ok.iter().find(|s| s.trace_id == far).unwrap_or_else(|| panic!("late traceparent lost:\n{}", show(&spans)));
+    let late_span =
+        ok.iter().find(|s| s.trace_id == far).unwrap_or_else(|| panic!("late traceparent lost:\n{}", show(&spans)));
     assert_eq!(late_span.parent, "b7ad6b7169203331");
 
     let predict = find("GET /predict");
@@ -127,7 +127,10 @@ fn pipelined_chunked_error_and_malformed_context() {
         .filter(|v| v["reason"] == "traceparent_uppercase")
         .collect();
     assert_eq!(warn.len(), 1, "{}", done.stderr);
-    assert_eq!((warn[0]["trace_id"].as_str(), warn[0]["span_id"].as_str()), (Some(fail[0].trace_id.as_str()), Some(fail[0].span_id.as_str())));
+    assert_eq!(
+        (warn[0]["trace_id"].as_str(), warn[0]["span_id"].as_str()),
+        (Some(fail[0].trace_id.as_str()), Some(fail[0].span_id.as_str()))
+    );
     assert!(!done.stderr.to_lowercase().contains(&good.to_lowercase()), "header value in the logs");
     let text = fs::read_to_string(&out).unwrap();
     assert!(!text.to_lowercase().contains("00f067aa0ba902b7-01"), "raw header text exported");

@@ -3,12 +3,11 @@
 //! consumer (kafka-python), and `hoptrace run` turning their Produce and Fetch traffic
 //! into PRODUCER and CONSUMER spans.
 
-
 use std::{collections::BTreeSet, fs, net::TcpStream, process::Command, time::Duration};
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use crate::support::*;
 
 const PRODUCER: u64 = 4;
 const CONSUMER: u64 = 5;
@@ -21,31 +20,15 @@ const TOPIC: &str = "hoptrace-orders";
 fn start_broker(port: u16, dir: &TempDir) -> Running {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut cmd = Command::new("tansu");
-    cmd.args([
-        "broker",
-        "--listener-url",
-        &url,
-        "--advertised-listener-url",
-        &url,
-    ])
-    .args([
-        "--storage-engine",
-        "memory://tansu/",
-        "--cluster-id",
-        "hoptrace-e2e",
-    ])
-    .current_dir(dir.path());
+    cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/", "--cluster-id", "hoptrace-e2e"])
+        .current_dir(dir.path());
     without_otel_env(&mut cmd);
     let mut broker = Running::spawn(&mut cmd);
-    let up = wait_until(Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let up = wait_until(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok());
     if !up {
         let status = broker.exited();
-        panic!(
-            "tansu did not listen on {port} ({status:?}): {}",
-            broker.stderr()
-        );
+        panic!("tansu did not listen on {port} ({status:?}): {}", broker.stderr());
     }
     broker
 }
@@ -60,27 +43,9 @@ struct Record {
 
 fn client(mode: &str, port: u16, lib: &str, seed: u32, count: usize, context: &str) -> Vec<Record> {
     let mut cmd = venv("kafka_client.py");
-    cmd.args([
-        mode,
-        "--bootstrap",
-        &format!("127.0.0.1:{port}"),
-        "--topic",
-        TOPIC,
-    ])
-    .args([
-        "--partitions",
-        &PARTITIONS.to_string(),
-        "--count",
-        &count.to_string(),
-    ])
-    .args([
-        "--lib",
-        lib,
-        "--seed",
-        &seed.to_string(),
-        "--context",
-        context,
-    ]);
+    cmd.args([mode, "--bootstrap", &format!("127.0.0.1:{port}"), "--topic", TOPIC])
+        .args(["--partitions", &PARTITIONS.to_string(), "--count", &count.to_string()])
+        .args(["--lib", lib, "--seed", &seed.to_string(), "--context", context]);
     without_otel_env(&mut cmd);
     let done = run(&mut cmd, TIMEOUT).expect_success();
     let mut records: Vec<Record> = done
@@ -133,7 +98,11 @@ fn kafka_produce_and_fetch_become_producer_and_consumer_spans() {
     assert_eq!(traced.len(), RECORDS.div_ceil(2));
     assert!(b.iter().all(|r| r.traceparent.is_none()));
     let covered = |spans: &[Span], kind: u64| -> i64 {
-        spans.iter().filter(|s| s.kind == kind && s.attrs.get("messaging.destination.name") == Some(&Value::from(TOPIC))).map(message_count).sum()
+        spans
+            .iter()
+            .filter(|s| s.kind == kind && s.attrs.get("messaging.destination.name") == Some(&Value::from(TOPIC)))
+            .map(message_count)
+            .sum()
     };
     wait_for_spans_in(&out, "spans covering B's produced and every consumed record", |s| {
         covered(s, PRODUCER) >= RECORDS as i64 && covered(s, CONSUMER) >= 2 * RECORDS as i64
@@ -143,60 +112,32 @@ fn kafka_produce_and_fetch_become_producer_and_consumer_spans() {
     let text = fs::read_to_string(&out).expect("OTLP/JSON output");
     // Record keys, values and non-context headers never leave the agent.
     for leak in ["SECRET-KEY", "SECRET-VALUE", "SECRET-HDR", "secret-header"] {
-        assert!(
-            !text.contains(leak) && !done.stdout.contains(leak) && !done.stderr.contains(leak),
-            "{leak} leaked"
-        );
+        assert!(!text.contains(leak) && !done.stdout.contains(leak) && !done.stderr.contains(leak), "{leak} leaked");
     }
     let spans = parse_spans(&text);
     let ours = |s: &&Span| s.attrs.get("messaging.destination.name") == Some(&Value::from(TOPIC));
     let common = |s: &Span, op_type: &str, op_name: &str| {
         assert_eq!(s.name, format!("{op_name} {TOPIC}"), "{s:?}");
         assert_eq!(s.attrs["messaging.system"], Value::from("kafka"), "{s:?}");
-        assert_eq!(
-            s.attrs["messaging.operation.type"],
-            Value::from(op_type),
-            "{s:?}"
-        );
-        assert_eq!(
-            s.attrs["messaging.operation.name"],
-            Value::from(op_name),
-            "{s:?}"
-        );
+        assert_eq!(s.attrs["messaging.operation.type"], Value::from(op_type), "{s:?}");
+        assert_eq!(s.attrs["messaging.operation.name"], Value::from(op_name), "{s:?}");
         assert_eq!(int(s.attrs.get("server.port")), Some(port as i64), "{s:?}");
         assert_eq!(s.attrs["server.address"], Value::from("127.0.0.1"), "{s:?}");
         if message_count(s) == 1 {
-            assert!(
-                int(s.attrs.get("messaging.kafka.offset")).is_some(),
-                "{s:?}"
-            );
-            assert!(
-                s.attrs.contains_key("messaging.destination.partition.id"),
-                "{s:?}"
-            );
-            assert!(
-                int(s.attrs.get("messaging.message.body.size")).is_some_and(|n| n > 0),
-                "{s:?}"
-            );
+            assert!(int(s.attrs.get("messaging.kafka.offset")).is_some(), "{s:?}");
+            assert!(s.attrs.contains_key("messaging.destination.partition.id"), "{s:?}");
+            assert!(int(s.attrs.get("messaging.message.body.size")).is_some_and(|n| n > 0), "{s:?}");
         }
     };
 
     // PRODUCER: B's produces, in new traces. A makes its own context (like an SDK), so
     // the agent adds no duplicate spans for it.
-    let producers: Vec<&Span> = spans
-        .iter()
-        .filter(ours)
-        .filter(|s| s.kind == PRODUCER)
-        .collect();
+    let producers: Vec<&Span> = spans.iter().filter(ours).filter(|s| s.kind == PRODUCER).collect();
     for s in &producers {
         common(s, "send", "produce");
         assert_eq!(s.parent, "", "{s:?}");
         for r in &traced {
-            assert_ne!(
-                s.trace_id,
-                context(r.traceparent.as_deref().unwrap()).0,
-                "duplicate of A's span: {s:?}"
-            );
+            assert_ne!(s.trace_id, context(r.traceparent.as_deref().unwrap()).0, "duplicate of A's span: {s:?}");
         }
     }
     assert_eq!(
@@ -208,11 +149,7 @@ fn kafka_produce_and_fetch_become_producer_and_consumer_spans() {
 
     // CONSUMER: every fetched record covered once; a batch span links every traced
     // record's context; a single-message span is the child of its context.
-    let consumers: Vec<&Span> = spans
-        .iter()
-        .filter(ours)
-        .filter(|s| s.kind == CONSUMER)
-        .collect();
+    let consumers: Vec<&Span> = spans.iter().filter(ours).filter(|s| s.kind == CONSUMER).collect();
     let mut contexts = BTreeSet::new();
     for s in &consumers {
         common(s, "receive", "fetch");
@@ -228,22 +165,12 @@ fn kafka_produce_and_fetch_become_producer_and_consumer_spans() {
         "consumer spans:\n{}",
         show(&spans)
     );
-    assert!(
-        consumers.iter().any(|s| message_count(s) >= 2),
-        "no batch span"
-    );
-    let want: BTreeSet<(String, String)> = traced
-        .iter()
-        .map(|r| context(r.traceparent.as_deref().unwrap()))
-        .collect();
-    assert_eq!(
-        contexts, want,
-        "consumer links/parents vs the records' contexts"
-    );
+    assert!(consumers.iter().any(|s| message_count(s) >= 2), "no batch span");
+    let want: BTreeSet<(String, String)> = traced.iter().map(|r| context(r.traceparent.as_deref().unwrap())).collect();
+    assert_eq!(contexts, want, "consumer links/parents vs the records' contexts");
     // Records without context: the consumer's gap.
     assert!(
-        consumers.iter().any(|s| s.attrs.get("hoptrace.gap.kind")
-            == Some(&Value::from("mq_message_without_context"))),
+        consumers.iter().any(|s| s.attrs.get("hoptrace.gap.kind") == Some(&Value::from("mq_message_without_context"))),
         "no mq_message_without_context gap:\n{}",
         show(&spans)
     );

@@ -6,7 +6,6 @@
 //! out (systemd driver + containerd on cgroup v2; cgroupfs driver on a v1 hierarchy when the
 //! machine has one). Their SERVER spans must carry the pod's metadata.
 
-
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -14,9 +13,9 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::{json, Value};
-use crate::support::*;
 
 const NODE: &str = "node-a";
 
@@ -39,11 +38,7 @@ impl Cgroup {
                 created.push(dir.clone());
             }
         }
-        Cgroup {
-            root: root.to_path_buf(),
-            created,
-            leaf: dir,
-        }
+        Cgroup { root: root.to_path_buf(), created, leaf: dir }
     }
 
     fn add(&self, pid: u32) {
@@ -54,10 +49,7 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        for pid in fs::read_to_string(self.leaf.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-        {
+        for pid in fs::read_to_string(self.leaf.join("cgroup.procs")).unwrap_or_default().lines() {
             let _ = fs::write(self.root.join("cgroup.procs"), pid);
         }
         for dir in self.created.iter().rev() {
@@ -113,12 +105,9 @@ impl Api {
     fn curl(&self, method: &str, path: &str, body: &str) -> String {
         let url = format!("https://127.0.0.1:{}{path}", self.server.port());
         let ca = self.ca.to_str().unwrap();
-        run(
-            Command::new("curl").args(["-sSf", "--cacert", ca, "-X", method, "--data-binary", body, &url]),
-            TIMEOUT,
-        )
-        .expect_success()
-        .stdout
+        run(Command::new("curl").args(["-sSf", "--cacert", ca, "-X", method, "--data-binary", body, &url]), TIMEOUT)
+            .expect_success()
+            .stdout
     }
 
     fn control(&self, method: &str, path: &str, body: &str) {
@@ -134,38 +123,16 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
     let days = ["-days", "1"];
     openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &days,
-            &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=fake-kube-ca"],
-        ]
-        .concat(),
+        &[&["req", "-x509"][..], &ec, &days, &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=fake-kube-ca"]]
+            .concat(),
     );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &["-keyout", "api.key", "-out", "api.csr", "-subj", "/CN=kube-apiserver"],
-        ]
-        .concat(),
-    );
+    openssl(&[&["req"][..], &ec, &["-keyout", "api.key", "-out", "api.csr", "-subj", "/CN=kube-apiserver"]].concat());
     fs::write(
         dir.join("ext.cnf"),
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
     )
     .unwrap();
-    let sign = [
-        "x509",
-        "-req",
-        "-in",
-        "api.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-    ];
+    let sign = ["x509", "-req", "-in", "api.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"];
     openssl(&[&sign[..], &days, &["-out", "api.crt", "-extfile", "ext.cnf"]].concat());
     (dir.join("ca.crt"), dir.join("api.crt"), dir.join("api.key"))
 }
@@ -209,10 +176,7 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     fs::write(&token_file, "token-1\n").unwrap();
     let (ca, cert, key) = certificates(dir.path());
     let args = ["token-1", NODE, cert.to_str().unwrap(), key.to_str().unwrap()];
-    let api = Api {
-        server: PyServer::start("fake_kube_api.py", &args),
-        ca: ca.clone(),
-    };
+    let api = Api { server: PyServer::start("fake_kube_api.py", &args), ca: ca.clone() };
 
     // Pod A: a Deployment's pod, listed before the agent starts. systemd cgroup driver,
     // containerd, cgroup v2.
@@ -229,26 +193,15 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     // driver, on the v1 `pids` hierarchy when the machine has v1 (else on v2).
     let uid_b = "7e6d5c4b-3a29-4817-a6b5-c4d3e2f1a0b9";
     let cid_b = "b2".repeat(32);
-    let cg_b = Cgroup::create(
-        v1_pids.as_deref().unwrap_or(&v2),
-        &format!("kubepods/burstable/pod{uid_b}/{cid_b}"),
-    );
+    let cg_b = Cgroup::create(v1_pids.as_deref().unwrap_or(&v2), &format!("kubepods/burstable/pod{uid_b}/{cid_b}"));
 
     let srv_a = PyServer::start("chain_service.py", &["0"]);
     cg_a.add(srv_a.pid());
     let srv_b = PyServer::start("chain_service.py", &["0"]);
     cg_b.add(srv_b.pid());
     let cgroup_of = |pid: u32| fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(
-        cgroup_of(srv_a.pid()).contains(&format!("cri-containerd-{cid_a}.scope")),
-        "{}",
-        cgroup_of(srv_a.pid())
-    );
-    assert!(
-        cgroup_of(srv_b.pid()).contains(&format!("pod{uid_b}/{cid_b}")),
-        "{}",
-        cgroup_of(srv_b.pid())
-    );
+    assert!(cgroup_of(srv_a.pid()).contains(&format!("cri-containerd-{cid_a}.scope")), "{}", cgroup_of(srv_a.pid()));
+    assert!(cgroup_of(srv_b.pid()).contains(&format!("pod{uid_b}/{cid_b}")), "{}", cgroup_of(srv_b.pid()));
 
     let pod_a = pod(
         uid_a,
@@ -268,15 +221,7 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
         ("00000000-0000-4000-8000-00000000000b", "idle-2", NODE),
         ("00000000-0000-4000-8000-00000000000c", "elsewhere", "node-b"),
     ] {
-        let p = pod(
-            uid,
-            name,
-            node,
-            &"cc".repeat(32),
-            json!({}),
-            json!({}),
-            ("ReplicaSet", "idle-x"),
-        );
+        let p = pod(uid, name, node, &"cc".repeat(32), json!({}), json!({}), ("ReplicaSet", "idle-x"));
         api.control("POST", "/control/pods", &p.to_string());
     }
 
@@ -295,14 +240,7 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     let api_port = api.server.port().to_string();
     let agent = RunAgent::start(
         &[srv_a.port(), srv_b.port()],
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ],
+        &["--config", config.to_str().unwrap(), "--output", out.to_str().unwrap(), "--listen", &listen],
         [
             ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
             ("KUBERNETES_SERVICE_PORT", api_port.as_str()),
@@ -339,20 +277,12 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     pod_b2["metadata"]["labels"]["app.kubernetes.io/name"] = json!("ledger-relisted");
     api.control("POST", "/control/pods?silent=1", &pod_b2.to_string());
     api.control("POST", "/control/compact", "");
-    wait_metric(
-        mport,
-        "hoptrace_k8s_watch_restarts_total{reason=\"expired\"}",
-        |n| n >= 1,
-        &agent,
-    );
+    wait_metric(mport, "hoptrace_k8s_watch_restarts_total{reason=\"expired\"}", |n| n >= 1, &agent);
     wait_metric(mport, "hoptrace_k8s_pods_cached", |n| n == 4, &agent);
     get(srv_b.port(), "/relisted");
 
     assert!(metric(mport, "hoptrace_k8s_lists_total") >= 2);
-    assert!(
-        metric(mport, "hoptrace_k8s_unresolved_containers_total") >= 1,
-        "the deleted pod's process was unresolved"
-    );
+    assert!(metric(mport, "hoptrace_k8s_unresolved_containers_total") >= 1, "the deleted pod's process was unresolved");
     assert_eq!(metric(mport, "hoptrace_k8s_api_errors_total{reason=\"decode\"}"), 0);
     wait_for_spans_in(&out, "the four SERVER spans", |s| {
         ["/listed", "/watched", "/deleted", "/relisted"]
@@ -397,32 +327,16 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     for k in ["k8s.pod.name", "k8s.pod.uid", "k8s.statefulset.name", "zone", "team"] {
         assert_eq!(res(gone, k), None, "{k} of the deleted pod still on {gone:?}");
     }
-    assert_eq!(
-        res(gone, "service.name"),
-        Some("chain_service"),
-        "named after its program again"
-    );
+    assert_eq!(res(gone, "service.name"), Some("chain_service"), "named after its program again");
     let r = server_span(&spans, "/relisted");
-    assert_eq!(
-        (res(r, "service.name"), res(r, "k8s.pod.name")),
-        (Some("ledger-relisted"), Some("ledger-0")),
-        "{r:?}"
-    );
+    assert_eq!((res(r, "service.name"), res(r, "k8s.pod.name")), (Some("ledger-relisted"), Some("ledger-0")), "{r:?}");
 
     // What the agent asked: its node only (the fixture answers 400 otherwise), pages,
     // watches with bookmarks from a version, and the rotated token once it changed.
     let asked: Value = serde_json::from_str(&api.curl("GET", "/control/requests", "")).unwrap();
     let asked = asked.as_array().unwrap();
-    assert!(
-        asked
-            .iter()
-            .all(|r| r["query"]["fieldSelector"] == format!("spec.nodeName={NODE}")),
-        "{asked:?}"
-    );
-    assert!(
-        asked.iter().any(|r| r["query"].get("continue").is_some()),
-        "no paged LIST: {asked:?}"
-    );
+    assert!(asked.iter().all(|r| r["query"]["fieldSelector"] == format!("spec.nodeName={NODE}")), "{asked:?}");
+    assert!(asked.iter().any(|r| r["query"].get("continue").is_some()), "no paged LIST: {asked:?}");
     let watches: Vec<&Value> = asked.iter().filter(|r| r["query"]["watch"] == "1").collect();
     assert!(
         !watches.is_empty()
@@ -430,20 +344,10 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
                 && w["query"]["resourceVersion"].as_str().is_some_and(|v| !v.is_empty())),
         "{watches:?}"
     );
-    let first_new = asked
-        .iter()
-        .position(|r| r["token"] == "token-2")
-        .expect("the rotated token was never used");
+    let first_new = asked.iter().position(|r| r["token"] == "token-2").expect("the rotated token was never used");
     assert!(asked[..first_new].iter().all(|r| r["token_ok"] == true), "{asked:?}");
-    assert!(
-        asked[first_new..].iter().all(|r| r["token"] == "token-2"),
-        "old token after rotation: {asked:?}"
-    );
-    assert!(
-        stopped.stderr.contains("kubernetes watch expired (410 Gone)"),
-        "{}",
-        stopped.stderr
-    );
+    assert!(asked[first_new..].iter().all(|r| r["token"] == "token-2"), "old token after rotation: {asked:?}");
+    assert!(stopped.stderr.contains("kubernetes watch expired (410 Gone)"), "{}", stopped.stderr);
     drop((srv_a, srv_b));
     drop((cg_a, cg_b));
 }
@@ -462,19 +366,11 @@ fn kubernetes_misconfiguration_fails_fast_or_is_counted() {
     without_otel_env(&mut cmd).env_remove("KUBERNETES_SERVICE_HOST");
     let done = run(&mut cmd, TIMEOUT);
     assert!(!done.status.success(), "{done:?}");
-    assert!(
-        done.stderr
-            .contains("kubernetes.enabled is true but the API is unknown"),
-        "{}",
-        done.stderr
-    );
+    assert!(done.stderr.contains("kubernetes.enabled is true but the API is unknown"), "{}", done.stderr);
 
     let (ca, cert, key) = certificates(dir.path());
     let args = ["the-right-token", NODE, cert.to_str().unwrap(), key.to_str().unwrap()];
-    let api = Api {
-        server: PyServer::start("fake_kube_api.py", &args),
-        ca: ca.clone(),
-    };
+    let api = Api { server: PyServer::start("fake_kube_api.py", &args), ca: ca.clone() };
     let token_file = dir.join("token");
     fs::write(&token_file, "a-wrong-token").unwrap();
     let yaml = format!(
@@ -491,17 +387,9 @@ fn kubernetes_misconfiguration_fails_fast_or_is_counted() {
         &["--config", config.to_str().unwrap(), "--listen", &listen],
         std::iter::empty::<(&str, &str)>(),
     );
-    wait_metric(
-        mport,
-        "hoptrace_k8s_api_errors_total{reason=\"http_status\"}",
-        |n| n >= 2,
-        &agent,
-    );
+    wait_metric(mport, "hoptrace_k8s_api_errors_total{reason=\"http_status\"}", |n| n >= 2, &agent);
     assert_eq!(metric(mport, "hoptrace_k8s_pods_cached"), 0);
-    assert!(
-        curl_get(&format!("http://127.0.0.1:{mport}/readyz")).status == 200,
-        "tracing goes on"
-    );
+    assert!(curl_get(&format!("http://127.0.0.1:{mport}/readyz")).status == 200, "tracing goes on");
     let stopped = agent.stop();
     assert!(
         stopped.stderr.contains("kubernetes pod list failed") && stopped.stderr.contains("HTTP 401: Unauthorized"),
@@ -510,9 +398,5 @@ fn kubernetes_misconfiguration_fails_fast_or_is_counted() {
     );
     assert!(!stopped.stderr.contains("a-wrong-token"), "the token was logged");
     let asked: Value = serde_json::from_str(&api.curl("GET", "/control/requests", "")).unwrap();
-    assert!(asked
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["token_ok"] == false && r["query"].get("watch").is_none()));
+    assert!(asked.as_array().unwrap().iter().all(|r| r["token_ok"] == false && r["query"].get("watch").is_none()));
 }

@@ -2,7 +2,6 @@
 //! a real Prometheus scraping `/metrics` (OpenMetrics, exemplars stored), PromQL over it;
 //! and the same metrics pushed over OTLP to the real receiver (HTTP and gRPC).
 
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -10,9 +9,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use crate::support::*;
 
 /// Requests per (route, tenant) after the warm-up request each; see `send`.
 const FAST: usize = 20;
@@ -22,15 +21,7 @@ const FAIL: usize = 5;
 fn get(port: u16, path: &str, tenant: &str) {
     let done = run(
         Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-m",
-                "10",
-                "-H",
-                &format!("x-tenant-id: {tenant}"),
-            ])
+            .args(["-s", "-o", "/dev/null", "-m", "10", "-H", &format!("x-tenant-id: {tenant}")])
             .arg(format!("http://127.0.0.1:{port}{path}")),
         TIMEOUT,
     );
@@ -73,29 +64,18 @@ impl Prometheus {
         let process = Running::spawn(
             Command::new("prometheus")
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
+                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .arg("--enable-feature=exemplar-storage"),
         );
-        let p = Prometheus {
-            process,
-            port,
-            _dir: dir,
-        };
+        let p = Prometheus { process, port, _dir: dir };
         let ready = wait_until(READY_TIMEOUT, || {
             Command::new("curl")
                 .args(["-sf", &format!("http://127.0.0.1:{port}/-/ready")])
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
-        assert!(
-            ready,
-            "prometheus never became ready:\n{}",
-            p.process.stderr()
-        );
+        assert!(ready, "prometheus never became ready:\n{}", p.process.stderr());
         p
     }
 
@@ -107,8 +87,8 @@ impl Prometheus {
         }
         cmd.arg(format!("http://127.0.0.1:{}{path}", self.port));
         let done = run(&mut cmd, TIMEOUT);
-        let v: Value = serde_json::from_str(&done.stdout)
-            .unwrap_or_else(|e| panic!("prometheus said ({e}): {}", done.stdout));
+        let v: Value =
+            serde_json::from_str(&done.stdout).unwrap_or_else(|e| panic!("prometheus said ({e}): {}", done.stdout));
         assert_eq!(v["status"], "success", "{path} {params:?}: {v}");
         v["data"].clone()
     }
@@ -123,29 +103,16 @@ impl Prometheus {
             .map(|r| {
                 let labels = r["metric"]
                     .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                            .collect()
-                    })
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
                     .unwrap_or_default();
-                (
-                    labels,
-                    r["value"][1]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(f64::NAN),
-                )
+                (labels, r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN))
             })
             .collect()
     }
 }
 
 fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 #[test]
@@ -157,30 +124,16 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
     let spans_out = dir.join("otlp.jsonl");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(hoptrace_bin());
-    cmd.args([
-        "run",
-        "--listen",
-        &listen,
-        "--port",
-        &port.to_string(),
-        "--output",
-    ])
-    .arg(&spans_out);
+    cmd.args(["run", "--listen", &listen, "--port", &port.to_string(), "--output"]).arg(&spans_out);
     without_otel_env(&mut cmd);
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
     assert_eq!(curl_get(&format!("http://{listen}/healthz")).status, 200);
-    assert_eq!(
-        curl_get(&format!("http://{listen}/readyz")).status,
-        200,
-        "ready once probes are attached"
-    );
+    assert_eq!(curl_get(&format!("http://{listen}/readyz")).status, 200, "ready once probes are attached");
 
     let prom = Prometheus::start(&listen);
     // Scraped successfully, in OpenMetrics (Prometheus asks for it first): the format parses.
-    let up = wait_until(Duration::from_secs(30), || {
-        prom.query("up{job=\"hoptrace\"} == 1").len() == 1
-    });
+    let up = wait_until(Duration::from_secs(30), || prom.query("up{job=\"hoptrace\"} == 1").len() == 1);
     assert!(
         up,
         "prometheus cannot scrape the agent: {:?}\n{}",
@@ -220,17 +173,9 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
     wait_counts(1, 1, 1);
     send(port, FAST, SLOW, FAIL);
     wait_counts(FAST + 1, SLOW + 1, FAIL + 1);
-    let errors = prom
-        .query("sum by (http_route) (hoptrace_http_server_request_errors_total{job=\"hoptrace\"})");
-    let errors: BTreeMap<String, f64> = errors
-        .into_iter()
-        .map(|(l, v)| (l["http_route"].clone(), v))
-        .collect();
-    assert_eq!(
-        errors.get("/fail"),
-        Some(&((FAIL + 1) as f64)),
-        "{errors:?}"
-    );
+    let errors = prom.query("sum by (http_route) (hoptrace_http_server_request_errors_total{job=\"hoptrace\"})");
+    let errors: BTreeMap<String, f64> = errors.into_iter().map(|(l, v)| (l["http_route"].clone(), v)).collect();
+    assert_eq!(errors.get("/fail"), Some(&((FAIL + 1) as f64)), "{errors:?}");
     assert_eq!(errors.get("/fast"), Some(&0.0), "{errors:?}");
 
     // p95 per route from the histogram buckets: bounded by the bucket the latency falls in.
@@ -245,47 +190,25 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
     eprintln!("PromQL {p95q}\n  = {p95:?}");
     let slow = p95["/slow"];
     let fast = p95["/fast"];
-    assert!(
-        (0.25..=0.5).contains(&slow),
-        "p95 of /slow (~300 ms) must be in the (0.25, 0.5] bucket, got {slow}"
-    );
-    assert!(
-        fast > 0.0 && fast < 0.05,
-        "p95 of /fast (~10 ms) must be under 50 ms, got {fast}"
-    );
+    assert!((0.25..=0.5).contains(&slow), "p95 of /slow (~300 ms) must be in the (0.25, 0.5] bucket, got {slow}");
+    assert!(fast > 0.0 && fast < 0.05, "p95 of /fast (~10 ms) must be under 50 ms, got {fast}");
     let p99 = prom.query("histogram_quantile(0.99, sum by (le, http_route, tenant) (rate(http_server_request_duration_seconds_bucket{job=\"hoptrace\"}[1m])))");
     eprintln!("p99 per route and tenant: {p99:?}");
     assert!(
-        p99.iter().any(|(l, v)| l["http_route"] == "/slow"
-            && l["tenant"] == "globex"
-            && (0.25..=0.5).contains(v)),
+        p99.iter().any(|(l, v)| l["http_route"] == "/slow" && l["tenant"] == "globex" && (0.25..=0.5).contains(v)),
         "{p99:?}"
     );
 
     // OpenMetrics scraped by hand: the /slow bucket carries an exemplar with a trace id.
     let om = run(
         Command::new("curl")
-            .args([
-                "-s",
-                "-i",
-                "-m",
-                "10",
-                "-H",
-                "Accept: application/openmetrics-text; version=1.0.0",
-            ])
+            .args(["-s", "-i", "-m", "10", "-H", "Accept: application/openmetrics-text; version=1.0.0"])
             .arg(format!("http://{listen}/metrics")),
         TIMEOUT,
     )
     .stdout;
-    assert!(
-        om.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{om}"
-    );
-    assert!(
-        om.trim_end().ends_with("# EOF"),
-        "OpenMetrics ends with # EOF"
-    );
+    assert!(om.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{om}");
+    assert!(om.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
     let exemplar_line = om
         .lines()
         .find(|l| {
@@ -295,28 +218,14 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
                 && l.contains(" # {trace_id=\"")
         })
         .unwrap_or_else(|| panic!("no exemplar on the /slow 0.5 bucket:\n{om}"));
-    let trace_id = exemplar_line
-        .split("trace_id=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let trace_id = exemplar_line.split("trace_id=\"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_string();
     assert_eq!(trace_id.len(), 32, "{exemplar_line}");
-    let value: f64 = exemplar_line
-        .split("} ")
-        .last()
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap();
+    let value: f64 =
+        exemplar_line.split("} ").last().and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap();
     assert!((0.25..=0.5).contains(&value), "{exemplar_line}");
     // The plain text format has no exemplars.
     let text = curl_get(&format!("http://{listen}/metrics"));
-    assert!(
-        text.header("content-type")
-            .is_some_and(|c| c.starts_with("text/plain")),
-        "{:?}",
-        text.headers
-    );
+    assert!(text.header("content-type").is_some_and(|c| c.starts_with("text/plain")), "{:?}", text.headers);
     assert!(!text.body.contains(" # {"), "exemplars in the text format");
     for name in [
         "hoptrace_process_resident_memory_bytes",
@@ -329,21 +238,14 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
         "hoptrace_kernel_drops_total",
         "hoptrace_spans_sampled_total",
     ] {
-        assert!(
-            text.body.contains(name),
-            "{name} missing from /metrics:\n{}",
-            text.body
-        );
+        assert!(text.body.contains(name), "{name} missing from /metrics:\n{}", text.body);
     }
 
     // Prometheus stored exemplars too (it scraped OpenMetrics).
     let ex = prom.api(
         "/api/v1/query_exemplars",
         &[
-            (
-                "query",
-                "http_server_request_duration_seconds_bucket{http_route=\"/slow\"}".into(),
-            ),
+            ("query", "http_server_request_duration_seconds_bucket{http_route=\"/slow\"}".into()),
             ("start", format!("{}", now_s() - 300.0)),
             ("end", format!("{}", now_s() + 5.0)),
         ],
@@ -355,30 +257,21 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
         .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| e["labels"]["trace_id"].as_str().map(String::from))
         .collect();
-    assert!(
-        !stored.is_empty(),
-        "Prometheus stored no exemplar for /slow: {ex}"
-    );
+    assert!(!stored.is_empty(), "Prometheus stored no exemplar for /slow: {ex}");
 
     // Every exemplar trace id is a span the agent exported.
     agent.signal(libc::SIGINT);
     let done = agent.finish(TIMEOUT);
     assert!(done.status.success(), "{}", done.stderr);
     let spans = parse_spans(&fs::read_to_string(&spans_out).unwrap_or_default());
-    let slow_spans: BTreeSet<&str> = spans
-        .iter()
-        .filter(|s| s.kind == SERVER && s.name == "GET /slow")
-        .map(|s| s.trace_id.as_str())
-        .collect();
+    let slow_spans: BTreeSet<&str> =
+        spans.iter().filter(|s| s.kind == SERVER && s.name == "GET /slow").map(|s| s.trace_id.as_str()).collect();
     assert!(
         slow_spans.contains(trace_id.as_str()),
         "exemplar trace {trace_id} is not an exported /slow span: {slow_spans:?}"
     );
     for t in &stored {
-        assert!(
-            slow_spans.contains(t.as_str()),
-            "Prometheus exemplar {t} is not an exported /slow span"
-        );
+        assert!(slow_spans.contains(t.as_str()), "Prometheus exemplar {t} is not an exported /slow span");
     }
     drop(server);
 }
@@ -410,49 +303,28 @@ fn view(request: &Value) -> OtlpView {
     };
     for rm in request["resourceMetrics"].as_array().unwrap_or(&Vec::new()) {
         let res = attributes(&rm["resource"]["attributes"]);
-        let service = res
-            .get("service.name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let service = res.get("service.name").and_then(Value::as_str).unwrap_or_default().to_string();
         for sm in rm["scopeMetrics"].as_array().unwrap_or(&Vec::new()) {
             for m in sm["metrics"].as_array().unwrap_or(&Vec::new()) {
                 let name = m["name"].as_str().unwrap_or_default();
                 if name == "http.server.request.duration" {
                     v.temporality_cumulative &= m["histogram"]["aggregationTemporality"] == 2;
-                    for p in m["histogram"]["dataPoints"]
-                        .as_array()
-                        .unwrap_or(&Vec::new())
-                    {
+                    for p in m["histogram"]["dataPoints"].as_array().unwrap_or(&Vec::new()) {
                         let a = attributes(&p["attributes"]);
-                        let route = a
-                            .get("http.route")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string();
+                        let route = a.get("http.route").and_then(Value::as_str).unwrap_or_default().to_string();
                         *v.count.entry(route.clone()).or_default() += u64_of(&p["count"]);
-                        v.tenant.insert(
-                            route.clone(),
-                            a.get("tenant")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .into(),
-                        );
+                        v.tenant
+                            .insert(route.clone(), a.get("tenant").and_then(Value::as_str).unwrap_or_default().into());
                         v.service.insert(route, service.clone());
                         for e in p["exemplars"].as_array().unwrap_or(&Vec::new()) {
-                            v.exemplars
-                                .insert(e["traceId"].as_str().unwrap_or_default().to_string());
+                            v.exemplars.insert(e["traceId"].as_str().unwrap_or_default().to_string());
                         }
                     }
                 }
                 if name == "hoptrace.http.server.request.errors" {
                     for p in m["sum"]["dataPoints"].as_array().unwrap_or(&Vec::new()) {
                         let a = attributes(&p["attributes"]);
-                        let route = a
-                            .get("http.route")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string();
+                        let route = a.get("http.route").and_then(Value::as_str).unwrap_or_default().to_string();
                         *v.errors.entry(route).or_default() += u64_of(&p["asInt"]);
                     }
                 }
@@ -478,22 +350,15 @@ fn otlp_metrics_roundtrip(grpc: bool) {
     let agent = RunAgent::start(&[port], &["--listen", "off"], env);
     send(port, 3, 0, 2);
 
-    let reqs = receiver.wait_for_metrics(
-        Duration::from_secs(30),
-        "3 /fast and 2 /fail requests",
-        |reqs| {
-            reqs.last().is_some_and(|r| {
-                let v = view(&r["request"]);
-                v.count.get("/fast") == Some(&3) && v.count.get("/fail") == Some(&2)
-            })
-        },
-    );
+    let reqs = receiver.wait_for_metrics(Duration::from_secs(30), "3 /fast and 2 /fail requests", |reqs| {
+        reqs.last().is_some_and(|r| {
+            let v = view(&r["request"]);
+            v.count.get("/fast") == Some(&3) && v.count.get("/fail") == Some(&2)
+        })
+    });
     let last = reqs.last().unwrap();
-    let expected_path = if grpc {
-        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
-    } else {
-        "/v1/metrics"
-    };
+    let expected_path =
+        if grpc { "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export" } else { "/v1/metrics" };
     assert_eq!(last["path"].as_str(), Some(expected_path), "{last}");
     let v = view(&last["request"]);
     assert!(v.temporality_cumulative);
@@ -501,28 +366,18 @@ fn otlp_metrics_roundtrip(grpc: bool) {
     assert_eq!(v.errors.get("/fast"), Some(&0), "{:?}", v.errors);
     assert_eq!(v.tenant.get("/fast").map(String::as_str), Some("acme"));
     assert_eq!(v.service["/fast"], v.service["/fail"]);
-    assert!(
-        !v.service["/fast"].is_empty(),
-        "service.name is a resource attribute"
-    );
+    assert!(!v.service["/fast"].is_empty(), "service.name is a resource attribute");
     assert!(!v.exemplars.is_empty(), "no exemplars in {last}");
 
     let stopped = agent.stop();
-    assert!(
-        stopped.log["metrics_export"]["requests_ok"].as_u64() >= Some(1),
-        "{}",
-        stopped.log
-    );
+    assert!(stopped.log["metrics_export"]["requests_ok"].as_u64() >= Some(1), "{}", stopped.log);
     // Exemplars point at spans the collector received.
     let spans = receiver.wait_for_spans(Duration::from_secs(10), "the server spans", |s| {
         s.iter().filter(|s| s.kind == SPAN_KIND_SERVER).count() >= 5
     });
     let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
     for t in &v.exemplars {
-        assert!(
-            traces.contains(t.as_str()),
-            "exemplar {t} is not a received trace"
-        );
+        assert!(traces.contains(t.as_str()), "exemplar {t} is not a received trace");
     }
     // Cumulative: later requests never count less.
     let counts: Vec<u64> = receiver

@@ -4,7 +4,6 @@
 //! message of a batch, parent a publish to the request its thread was serving, report
 //! messages without context as gaps, and never let a body or private header out.
 
-
 use std::{
     fs,
     io::{Read, Write},
@@ -14,9 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use crate::support::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const BROKER_START: Duration = Duration::from_secs(180);
@@ -147,7 +146,8 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     // A: SDK publisher (context in the AMQP headers) → uninstrumented consumer.
     let mut consumer_a = Running::spawn(&mut client(&["rabbit-consume", &port, "qa", "1"]));
     consumer_a.wait_for_line("READY", TIMEOUT);
-    let published = run(&mut client(&["rabbit-publish", &port, "qa", "1", "--sdk", "--secret", &secret]), TIMEOUT).expect_success();
+    let published =
+        run(&mut client(&["rabbit-publish", &port, "qa", "1", "--sdk", "--secret", &secret]), TIMEOUT).expect_success();
     let sdk_a = sent(&published);
     assert_eq!(sdk_a.len(), 1, "{}", published.stdout);
     let consumer_a_pid = consumer_a.pid();
@@ -159,7 +159,9 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     let mut publisher = Running::spawn(&mut client(&["http-publisher", &http_port.to_string(), &port, "qb"]));
     publisher.wait_for_line("READY", TIMEOUT);
     let curl = run(
-        Command::new("curl").args(["-sf", "-m", "10", "-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01")]).arg(format!("http://127.0.0.1:{http_port}/publish")),
+        Command::new("curl")
+            .args(["-sf", "-m", "10", "-H", &format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01")])
+            .arg(format!("http://127.0.0.1:{http_port}/publish")),
         TIMEOUT,
     );
     assert!(curl.status.success(), "{}", curl.stderr);
@@ -169,7 +171,16 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     // C: three SDK-published messages queued while a prefetching consumer reads nothing;
     // it then reads them in one syscall: one batch.
     let go = dir.join("go");
-    let mut consumer_c = Running::spawn(&mut client(&["rabbit-consume", &port, "qc", "3", "--prefetch", "10", "--go", &go.to_string_lossy()]));
+    let mut consumer_c = Running::spawn(&mut client(&[
+        "rabbit-consume",
+        &port,
+        "qc",
+        "3",
+        "--prefetch",
+        "10",
+        "--go",
+        &go.to_string_lossy(),
+    ]));
     consumer_c.wait_for_line("READY", TIMEOUT);
     let published = run(&mut client(&["rabbit-publish", &port, "qc", "3", "--sdk"]), TIMEOUT).expect_success();
     let sdk_c = sent(&published);
@@ -185,7 +196,8 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     getter.finish(TIMEOUT).expect_success();
 
     let expect = |spans: &[Span]| {
-        spans.iter().filter(|s| s.kind == CONSUMER).count() >= 4 && spans.iter().any(|s| s.kind == PRODUCER && s.name == "publish")
+        spans.iter().filter(|s| s.kind == CONSUMER).count() >= 4
+            && spans.iter().any(|s| s.kind == PRODUCER && s.name == "publish")
     };
     wait_for_spans_in(&out, "four CONSUMER spans and the publish", expect);
     let gap_rows = gaps(listen);
@@ -193,7 +205,12 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     let done = stop(agent);
     let spans = spans_in(&out);
     let consumer_of = |pid: u32| -> Vec<&Span> {
-        spans.iter().filter(|s| s.kind == CONSUMER && s.resource.get("process.pid").and_then(|v| int(Some(v))) == Some(pid as i64)).collect()
+        spans
+            .iter()
+            .filter(|s| {
+                s.kind == CONSUMER && s.resource.get("process.pid").and_then(|v| int(Some(v))) == Some(pid as i64)
+            })
+            .collect()
     };
 
     // A: the consumer's span is the SDK producer span's child, in its trace.
@@ -216,8 +233,10 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
 
     // B: PRODUCER child of the publisher's SERVER span; no context injected → gap on both
     // ends, and the consumer starts a new trace.
-    let server = spans.iter().find(|s| s.kind == SERVER && s.trace_id == TRACE).unwrap_or_else(|| panic!("{}", show(&spans)));
-    let producer = spans.iter().find(|s| s.kind == PRODUCER && s.trace_id == TRACE).unwrap_or_else(|| panic!("{}", show(&spans)));
+    let server =
+        spans.iter().find(|s| s.kind == SERVER && s.trace_id == TRACE).unwrap_or_else(|| panic!("{}", show(&spans)));
+    let producer =
+        spans.iter().find(|s| s.kind == PRODUCER && s.trace_id == TRACE).unwrap_or_else(|| panic!("{}", show(&spans)));
     assert_eq!(producer.parent, server.span_id);
     assert_eq!(producer.name, "publish");
     assert_eq!(str_attr(producer, "messaging.operation.type"), Some("send"));
@@ -228,7 +247,10 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     assert!(b[0].parent.is_empty() && b[0].trace_id != TRACE, "{:?}", b[0]);
     assert_eq!(str_attr(b[0], "hoptrace.gap.kind"), Some("mq_message_without_context"));
     let mq_gaps: Vec<&Value> = gap_rows.iter().filter(|r| r["kind"] == "mq_message_without_context").collect();
-    assert!(mq_gaps.iter().any(|r| r["service"] == producer.service.as_str() && r["example_trace_id"] == TRACE), "{gap_rows:?}");
+    assert!(
+        mq_gaps.iter().any(|r| r["service"] == producer.service.as_str() && r["example_trace_id"] == TRACE),
+        "{gap_rows:?}"
+    );
     assert!(mq_gaps.iter().any(|r| r["service"] == b[0].service.as_str()), "{gap_rows:?}");
 
     // C: one span for the batch, a link to each message's context (with its tracestate).
@@ -269,7 +291,9 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
 
     let mut sub = Running::spawn(&mut client(&["nats-sub", &port, "orders.created", "1"]));
     sub.wait_for_line("READY", TIMEOUT);
-    let published = run(&mut client(&["nats-pub", &port, "orders.created", "1", "--sdk", "--secret", &secret]), TIMEOUT).expect_success();
+    let published =
+        run(&mut client(&["nats-pub", &port, "orders.created", "1", "--sdk", "--secret", &secret]), TIMEOUT)
+            .expect_success();
     let sdk = sent(&published);
     assert_eq!(sdk.len(), 1, "{}", published.stdout);
     let sub_pid = sub.pid();
@@ -283,12 +307,17 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     let plain_sub_pid = plain_sub.pid();
     plain_sub.finish(TIMEOUT).expect_success();
 
-    wait_for_spans_in(&out, "three messaging spans", |s| s.iter().filter(|s| s.kind == CONSUMER || s.kind == PRODUCER).count() >= 3);
+    wait_for_spans_in(&out, "three messaging spans", |s| {
+        s.iter().filter(|s| s.kind == CONSUMER || s.kind == PRODUCER).count() >= 3
+    });
     let gap_rows = gaps(listen);
     let done = stop(agent);
     let spans = spans_in(&out);
     let of = |pid: u32, kind: u64| -> Vec<&Span> {
-        spans.iter().filter(|s| s.kind == kind && s.resource.get("process.pid").and_then(|v| int(Some(v))) == Some(pid as i64)).collect()
+        spans
+            .iter()
+            .filter(|s| s.kind == kind && s.resource.get("process.pid").and_then(|v| int(Some(v))) == Some(pid as i64))
+            .collect()
     };
 
     let hmsg = of(sub_pid, CONSUMER);
@@ -305,7 +334,10 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     assert_eq!(msg[0].name, "MSG orders.plain");
     assert!(msg[0].parent.is_empty());
     assert_eq!(str_attr(msg[0], "hoptrace.gap.kind"), Some("mq_message_without_context"));
-    assert!(gap_rows.iter().any(|r| r["kind"] == "mq_message_without_context" && r["route"] == "MSG orders.plain"), "{gap_rows:?}");
+    assert!(
+        gap_rows.iter().any(|r| r["kind"] == "mq_message_without_context" && r["route"] == "MSG orders.plain"),
+        "{gap_rows:?}"
+    );
     // The plain publisher served no request: a root PRODUCER span, not a gap.
     let p = of(plain_pub_pid, PRODUCER);
     assert_eq!(p.len(), 1, "{}", show(&spans));

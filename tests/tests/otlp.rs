@@ -16,22 +16,13 @@ const DELIVERY: Duration = Duration::from_secs(30);
 
 /// `curl` with its output checked; `extra` goes before the URL.
 fn curl(extra: &[&str], url: &str) -> String {
-    run(
-        Command::new("curl")
-            .args(["-sS", "--fail", "--max-time", "10"])
-            .args(extra)
-            .arg(url),
-        TIMEOUT,
-    )
-    .expect_success()
-    .stdout
+    run(Command::new("curl").args(["-sS", "--fail", "--max-time", "10"]).args(extra).arg(url), TIMEOUT)
+        .expect_success()
+        .stdout
 }
 
 fn grpc_env(receiver: &OtlpReceiver) -> [(&'static str, String); 2] {
-    [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-    ]
+    [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into())]
 }
 
 /// `spans_submitted` equals what was exported plus every drop and rejection counter plus
@@ -45,18 +36,8 @@ fn assert_export_accounted(stopped: &Stopped) {
         + e("spans_dropped_shutdown")
         + e("spans_rejected_by_collector")
         + e("queue_depth");
-    assert_eq!(
-        e("spans_submitted"),
-        accounted,
-        "export counters do not add up: {}",
-        stopped.log["export"]
-    );
-    assert_eq!(
-        e("queue_depth"),
-        0,
-        "spans left queued after shutdown: {}",
-        stopped.log["export"]
-    );
+    assert_eq!(e("spans_submitted"), accounted, "export counters do not add up: {}", stopped.log["export"]);
+    assert_eq!(e("queue_depth"), 0, "spans left queued after shutdown: {}", stopped.log["export"]);
 }
 
 /// A 64-hex-digit container id in `/proc/<pid>/cgroup`, as the agent looks for one.
@@ -67,10 +48,8 @@ fn container_id(pid: u32) -> Option<String> {
         let run = &bytes[i..i + 64];
         let hex = |b: &u8| b.is_ascii_hexdigit() && !b.is_ascii_uppercase();
         let bounded = |j: Option<&u8>| j.is_none_or(|b| !hex(b));
-        (run.iter().all(hex)
-            && bounded(i.checked_sub(1).map(|j| &bytes[j]))
-            && bounded(bytes.get(i + 64)))
-        .then(|| String::from_utf8_lossy(run).into_owned())
+        (run.iter().all(hex) && bounded(i.checked_sub(1).map(|j| &bytes[j])) && bounded(bytes.get(i + 64)))
+            .then(|| String::from_utf8_lossy(run).into_owned())
     })
 }
 
@@ -96,58 +75,36 @@ fn sdk_service_to_uninstrumented_downstream_grpc() {
 
     let is_sdk_client = |s: &OtlpSpan| s.service() == "checkout-sdk" && s.kind == SPAN_KIND_CLIENT;
     let is_sdk_server = |s: &OtlpSpan| s.service() == "checkout-sdk" && s.kind == SPAN_KIND_SERVER;
-    let is_downstream_server = |s: &OtlpSpan| {
-        s.from_agent() && s.kind == SPAN_KIND_SERVER && s.pid() == Some(i64::from(downstream.pid()))
-    };
-    receiver.wait_for_spans(
-        DELIVERY,
-        "the SDK's spans and the agent's downstream span",
-        |spans| {
-            spans.iter().any(is_sdk_client)
-                && spans.iter().any(is_sdk_server)
-                && spans.iter().any(is_downstream_server)
-        },
-    );
+    let is_downstream_server =
+        |s: &OtlpSpan| s.from_agent() && s.kind == SPAN_KIND_SERVER && s.pid() == Some(i64::from(downstream.pid()));
+    receiver.wait_for_spans(DELIVERY, "the SDK's spans and the agent's downstream span", |spans| {
+        spans.iter().any(is_sdk_client) && spans.iter().any(is_sdk_server) && spans.iter().any(is_downstream_server)
+    });
     let stopped = agent.stop();
     // Read again after the agent's shutdown flush, so anything it still held is seen too.
     let spans = receiver.spans();
     let show = || show_spans(&spans);
 
     let sdk_clients: Vec<&OtlpSpan> = spans.iter().filter(|s| is_sdk_client(s)).collect();
-    let [sdk_client] = sdk_clients[..] else {
-        panic!("expected one SDK CLIENT span:\n{}", show())
-    };
+    let [sdk_client] = sdk_clients[..] else { panic!("expected one SDK CLIENT span:\n{}", show()) };
     let sdk_server = spans.iter().find(|s| is_sdk_server(s)).unwrap();
-    assert_eq!(
-        sdk_client.trace_id,
-        sdk_server.trace_id,
-        "SDK's own spans disagree:\n{}",
-        show()
-    );
+    assert_eq!(sdk_client.trace_id, sdk_server.trace_id, "SDK's own spans disagree:\n{}", show());
 
-    let downstream_spans: Vec<&OtlpSpan> =
-        spans.iter().filter(|s| is_downstream_server(s)).collect();
+    let downstream_spans: Vec<&OtlpSpan> = spans.iter().filter(|s| is_downstream_server(s)).collect();
     let [agent_span] = downstream_spans[..] else {
-        panic!(
-            "expected one agent SERVER span for the downstream:\n{}",
-            show()
-        )
+        panic!("expected one agent SERVER span for the downstream:\n{}", show())
     };
     assert_eq!(agent_span.name, "GET /items/{id}", "{agent_span:#?}");
     assert_eq!(agent_span.service(), "chain_service");
     assert_eq!(
-        (
-            agent_span.trace_id.as_str(),
-            agent_span.parent_span_id.as_str()
-        ),
+        (agent_span.trace_id.as_str(), agent_span.parent_span_id.as_str()),
         (sdk_client.trace_id.as_str(), sdk_client.span_id.as_str()),
         "the downstream span must continue the SDK's trace under its CLIENT span:\n{}",
         show()
     );
     const SLACK_NS: u64 = 2_000_000;
     assert!(
-        agent_span.start + SLACK_NS >= sdk_client.start
-            && agent_span.end <= sdk_client.end + SLACK_NS,
+        agent_span.start + SLACK_NS >= sdk_client.start && agent_span.end <= sdk_client.end + SLACK_NS,
         "the downstream span [{}..{}] is not within the SDK client span [{}..{}] (±2 ms)",
         agent_span.start,
         agent_span.end,
@@ -156,11 +113,8 @@ fn sdk_service_to_uninstrumented_downstream_grpc() {
     );
 
     // No duplicates: the SDK service already reports its SERVER and CLIENT spans.
-    let duplicates: Vec<OtlpSpan> = spans
-        .iter()
-        .filter(|s| s.from_agent() && s.pid() == Some(i64::from(sdk.pid())))
-        .cloned()
-        .collect();
+    let duplicates: Vec<OtlpSpan> =
+        spans.iter().filter(|s| s.from_agent() && s.pid() == Some(i64::from(sdk.pid()))).cloned().collect();
     assert!(
         duplicates.is_empty(),
         "the agent exported spans for the SDK-instrumented service (pid {}):\n{}\nstopped log: {}",
@@ -174,10 +128,7 @@ fn sdk_service_to_uninstrumented_downstream_grpc() {
         stopped.log["traces"]
     );
     assert_export_accounted(&stopped);
-    assert_eq!(
-        stopped.export("spans_exported"),
-        spans.iter().filter(|s| s.from_agent()).count() as u64
-    );
+    assert_eq!(stopped.export("spans_exported"), spans.iter().filter(|s| s.from_agent()).count() as u64);
 }
 
 /// The agent's own span over OTLP/HTTP protobuf, checked attribute by attribute.
@@ -200,49 +151,28 @@ fn agent_otlp_over_http_protobuf_exact_attributes() {
     let client_port = free_port();
     let body = curl(
         &["--local-port", &client_port.to_string()],
-        &format!(
-            "http://127.0.0.1:{}/items/42?secret={secret}",
-            service.port()
-        ),
+        &format!("http://127.0.0.1:{}/items/42?secret={secret}", service.port()),
     );
     assert_eq!(body, "ok\n");
 
     let is_server = |s: &OtlpSpan| s.from_agent() && s.kind == SPAN_KIND_SERVER;
-    receiver.wait_for_spans(DELIVERY, "the agent's SERVER span", |spans| {
-        spans.iter().any(is_server)
-    });
+    receiver.wait_for_spans(DELIVERY, "the agent's SERVER span", |spans| spans.iter().any(is_server));
     let stopped = agent.stop();
     let spans = receiver.spans();
 
     for req in receiver.requests() {
         assert_eq!(
-            (
-                req["transport"].as_str(),
-                req["path"].as_str(),
-                req["content_type"].as_str()
-            ),
-            (
-                Some("http"),
-                Some("/v1/traces"),
-                Some("application/x-protobuf")
-            ),
+            (req["transport"].as_str(), req["path"].as_str(), req["content_type"].as_str()),
+            (Some("http"), Some("/v1/traces"), Some("application/x-protobuf")),
             "not OTLP/HTTP protobuf: {req}"
         );
     }
     let servers: Vec<&OtlpSpan> = spans.iter().filter(|s| is_server(s)).collect();
-    let [span] = servers[..] else {
-        panic!(
-            "expected exactly one agent SERVER span:\n{}",
-            show_spans(&spans)
-        )
-    };
+    let [span] = servers[..] else { panic!("expected exactly one agent SERVER span:\n{}", show_spans(&spans)) };
 
     let exe = fs::read_link(format!("/proc/{}/exe", service.pid())).expect("service executable");
     let exe_name = exe.file_name().unwrap().to_string_lossy().into_owned();
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
     let mut resource: BTreeMap<String, Value> = [
         ("service.name", json!("chain_service")),
         ("process.pid", json!(service.pid())),
@@ -278,30 +208,16 @@ fn agent_otlp_over_http_protobuf_exact_attributes() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert_eq!(span.attrs, attrs, "span attributes");
-    assert_eq!(
-        (span.kind, span.name.as_str()),
-        (SPAN_KIND_SERVER, "GET /items/{id}")
-    );
-    assert!(
-        span.parent_span_id.is_empty(),
-        "no traceparent was sent, yet: {span:#?}"
-    );
+    assert_eq!((span.kind, span.name.as_str()), (SPAN_KIND_SERVER, "GET /items/{id}"));
+    assert!(span.parent_span_id.is_empty(), "no traceparent was sent, yet: {span:#?}");
     assert_eq!(span.trace_id.len(), 32, "{span:#?}");
     assert_eq!(span.span_id.len(), 16, "{span:#?}");
     assert!(span.start > 0 && span.end >= span.start, "{span:#?}");
 
     let raw = receiver.raw();
-    assert!(
-        !raw.contains(&secret),
-        "the query value {secret} reached the collector:\n{raw}"
-    );
+    assert!(!raw.contains(&secret), "the query value {secret} reached the collector:\n{raw}");
     assert_export_accounted(&stopped);
-    assert_eq!(
-        stopped.export("spans_exported"),
-        spans.len() as u64,
-        "{}",
-        stopped.log
-    );
+    assert_eq!(stopped.export("spans_exported"), spans.len() as u64, "{}", stopped.log);
 }
 
 /// The collector is unreachable when the agent starts and comes up later on the same port:
@@ -316,19 +232,20 @@ fn collector_down_at_start_then_back() {
     let listen = free_port();
     let agent = RunAgent::start(
         &[service.port()],
-        &["--export-queue-capacity", "10", "--export-batch-size", "5", &listen_args(listen)[0], &listen_args(listen)[1]],
-        [
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        &[
+            "--export-queue-capacity",
+            "10",
+            "--export-batch-size",
+            "5",
+            &listen_args(listen)[0],
+            &listen_args(listen)[1],
         ],
+        [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
     );
 
     const REQUESTS: usize = 25;
     for i in 0..REQUESTS {
-        let body = curl(
-            &[],
-            &format!("http://127.0.0.1:{}/orders/{i}", service.port()),
-        );
+        let body = curl(&[], &format!("http://127.0.0.1:{}/orders/{i}", service.port()));
         assert_eq!(body, "ok\n");
     }
     // The agent has turned every exchange into spans before the collector appears, so
@@ -341,11 +258,11 @@ fn collector_down_at_start_then_back() {
     let receiver = OtlpReceiver::start_on(collector_port, 0);
     // The exporter retries with exponential backoff (0.5 s doubling, jittered, 60 s budget
     // from the first failure), so the first retry that finds the receiver may take a while.
-    receiver.wait_for_spans(Duration::from_secs(60), "any span after it came up", |s| {
-        !s.is_empty()
-    });
+    receiver.wait_for_spans(Duration::from_secs(60), "any span after it came up", |s| !s.is_empty());
     // What the queue held has gone out (exported, or dropped and counted).
-    wait_metrics(listen, Duration::from_secs(60), "an empty export queue", |m| m.get("hoptrace_export_queue_depth") == 0);
+    wait_metrics(listen, Duration::from_secs(60), "an empty export queue", |m| {
+        m.get("hoptrace_export_queue_depth") == 0
+    });
     let stopped = agent.stop();
     let received = receiver.spans();
     // Shown with --nocapture (and on failure): how the outage played out.
@@ -364,11 +281,7 @@ fn collector_down_at_start_then_back() {
         "with a queue of 10, between 1 and 10 spans can survive the outage: {}",
         stopped.log["export"]
     );
-    assert!(
-        received.iter().all(OtlpSpan::from_agent),
-        "{}",
-        show_spans(&received)
-    );
+    assert!(received.iter().all(OtlpSpan::from_agent), "{}", show_spans(&received));
     assert_export_accounted(&stopped);
     assert!(
         stopped.export("spans_dropped_queue_full") >= stopped.export("spans_submitted") - 10,

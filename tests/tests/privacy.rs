@@ -2,11 +2,10 @@
 //! kernel into the agent, and not one planted value appears in anything the agent
 //! exports (OTLP/JSON spans, its logs, /metrics, /gaps) — while routes stay useful.
 
-
 use std::{fs, process::Command};
 
-use hoptrace_e2e::*;
 use crate::support::*;
+use hoptrace_e2e::*;
 
 /// CPF with valid check digits from its first 9 digits.
 fn cpf(base: &str) -> String {
@@ -44,7 +43,11 @@ fn planted_personal_data_never_leaves_the_agent() {
     let config = dir.join("hoptrace.yaml");
     fs::write(&config, "privacy:\n  patterns: ['ACME-[0-9]{6}']\n").unwrap();
     let mut cmd = Command::new(hoptrace_bin());
-    cmd.args(["run", "--config"]).arg(&config).arg("--output").arg(&out).args(["--listen", &format!("127.0.0.1:{listen}")]);
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(&out)
+        .args(["--listen", &format!("127.0.0.1:{listen}")]);
     cmd.args(["--port", &port.to_string()]);
     // Allowlisted baggage is exported — redacted like any value from traffic.
     without_otel_env(&mut cmd).env("HOPTRACE_TRACES_BAGGAGE_ALLOWLIST", "user.email,user.cpf");
@@ -72,16 +75,26 @@ fn planted_personal_data_never_leaves_the_agent() {
         vec![format!("http://127.0.0.1:{port}/phones/{}", phone.trim_start_matches('+'))],
         // Credentials and personal data in headers, one of them mapped to an attribute.
         vec![
-            "-H".into(), format!("Authorization: Bearer {jwt}"),
-            "-H".into(), format!("Cookie: session={session}"),
-            "-H".into(), format!("X-Tenant-Id: {email}"),
-            "-H".into(), format!("X-Correlation-Id: {cnpj}"),
-            "-H".into(), format!("X-Api-Secret: {header_secret}"),
-            "-H".into(), format!("baggage: user.email={email},user.cpf={}", cpf.replace(['.', '-'], "")),
+            "-H".into(),
+            format!("Authorization: Bearer {jwt}"),
+            "-H".into(),
+            format!("Cookie: session={session}"),
+            "-H".into(),
+            format!("X-Tenant-Id: {email}"),
+            "-H".into(),
+            format!("X-Correlation-Id: {cnpj}"),
+            "-H".into(),
+            format!("X-Api-Secret: {header_secret}"),
+            "-H".into(),
+            format!("baggage: user.email={email},user.cpf={}", cpf.replace(['.', '-'], "")),
             format!("http://127.0.0.1:{port}/customers/42/orders"),
         ],
         // A body full of it.
-        vec!["-d".into(), format!("{{\"email\":\"{email}\",\"card\":\"{card}\",\"phone\":\"{phone}\"}}"), format!("http://127.0.0.1:{port}/ok")],
+        vec![
+            "-d".into(),
+            format!("{{\"email\":\"{email}\",\"card\":\"{card}\",\"phone\":\"{phone}\"}}"),
+            format!("http://127.0.0.1:{port}/ok"),
+        ],
     ];
     for args in &requests {
         run(Command::new("curl").args(["-s", "-m", "5"]).args(args), TIMEOUT);
@@ -117,8 +130,13 @@ fn planted_personal_data_never_leaves_the_agent() {
 
     // Routes stay useful for queries and dashboards.
     let spans = parse_spans(&otlp);
-    let routes: Vec<&str> = spans.iter().filter(|s| s.kind == SERVER).filter_map(|s| s.attrs.get("http.route")?.as_str()).collect();
-    assert!(routes.contains(&"/customers/{id}/orders") || routes.iter().any(|r| r.starts_with("/customers/{") && r.ends_with("}/orders")), "{routes:?}");
+    let routes: Vec<&str> =
+        spans.iter().filter(|s| s.kind == SERVER).filter_map(|s| s.attrs.get("http.route")?.as_str()).collect();
+    assert!(
+        routes.contains(&"/customers/{id}/orders")
+            || routes.iter().any(|r| r.starts_with("/customers/{") && r.ends_with("}/orders")),
+        "{routes:?}"
+    );
     assert!(routes.iter().any(|r| r.starts_with("/cards/{") && r.ends_with("}/charge")), "{routes:?}");
     assert!(routes.contains(&"/orders/{custom}"), "{routes:?}");
     assert_eq!(spans.iter().filter(|s| s.kind == SERVER).count(), requests.len(), "{}", show(&spans));

@@ -7,12 +7,11 @@
 //! No assertion here is about speed: the only time checks are lower bounds that prove a
 //! delay was honoured (Retry-After) or an outage really lasted.
 
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use hoptrace_e2e::*;
 use crate::support::*;
+use hoptrace_e2e::*;
 use serde_json::Value;
 
 const DELIVERY: Duration = Duration::from_secs(60);
@@ -98,10 +97,7 @@ fn collector_unreachable_60s_queue_delivered_drops_counted_exactly() {
             // A budget longer than the outage (the default, 60 s, would be used up right as
             // the collector returns: that is tested below with a short one), and a short
             // backoff cap so the return is noticed within seconds.
-            &[
-                ("HOPTRACE_EXPORTER_RETRY_MAX_ELAPSED_MS", "600000"),
-                ("HOPTRACE_EXPORTER_RETRY_MAX_BACKOFF_MS", "2000"),
-            ],
+            &[("HOPTRACE_EXPORTER_RETRY_MAX_ELAPSED_MS", "600000"), ("HOPTRACE_EXPORTER_RETRY_MAX_BACKOFF_MS", "2000")],
         ),
     );
     let outage_start = Instant::now();
@@ -124,28 +120,17 @@ fn collector_unreachable_60s_queue_delivered_drops_counted_exactly() {
             rss_max = rss_max.max(rss_kib(agent.pid()));
             let m = Metrics::scrape(listen);
             depth_max = depth_max.max(m.get("hoptrace_export_queue_depth"));
-            assert_eq!(
-                m.get("hoptrace_export_spans_exported_total"),
-                0,
-                "exported with no collector?"
-            );
+            assert_eq!(m.get("hoptrace_export_spans_exported_total"), 0, "exported with no collector?");
         }
         std::thread::sleep(pace);
     }
     let produced = 2 * REQUESTS as u64;
     let m = wait_metrics(listen, TIMEOUT, "every span submitted", |m| {
-        m.get("hoptrace_spans_total{kind=\"server\"}")
-            + m.get("hoptrace_spans_total{kind=\"client\"}")
-            == produced
+        m.get("hoptrace_spans_total{kind=\"server\"}") + m.get("hoptrace_spans_total{kind=\"client\"}") == produced
     });
     // Still down: the queue is full and everything else was dropped, oldest first.
     assert_eq!(m.get("hoptrace_export_queue_depth"), CAPACITY, "{}", m.0);
-    assert_eq!(
-        m.get("hoptrace_export_spans_dropped_total{reason=\"queue_full\"}"),
-        produced - CAPACITY,
-        "{}",
-        m.0
-    );
+    assert_eq!(m.get("hoptrace_export_spans_dropped_total{reason=\"queue_full\"}"), produced - CAPACITY, "{}", m.0);
     // The outage lasts its full 60 s (that is the scenario, not a wait for an event); the
     // agent's RSS is sampled twice a second meanwhile.
     while outage_start.elapsed() < OUTAGE {
@@ -153,12 +138,7 @@ fn collector_unreachable_60s_queue_delivered_drops_counted_exactly() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let m = Metrics::scrape(listen);
-    assert_eq!(
-        m.get("hoptrace_export_spans_dropped_total{reason=\"retries_exhausted\"}"),
-        0,
-        "{}",
-        m.0
-    );
+    assert_eq!(m.get("hoptrace_export_spans_dropped_total{reason=\"retries_exhausted\"}"), 0, "{}", m.0);
     assert_eq!(m.get("hoptrace_export_queue_depth"), CAPACITY, "{}", m.0);
 
     let receiver = OtlpReceiver::start_on(0, collector_port);
@@ -172,75 +152,28 @@ fn collector_unreachable_60s_queue_delivered_drops_counted_exactly() {
         stopped.log["export"]
     );
 
-    assert_eq!(
-        stopped.export("spans_submitted"),
-        produced,
-        "{}",
-        stopped.log
-    );
+    assert_eq!(stopped.export("spans_submitted"), produced, "{}", stopped.log);
     assert_eq!(received.len() as u64, CAPACITY, "{}", show_spans(&received));
-    assert_eq!(
-        span_ids(&received).len() as u64,
-        CAPACITY,
-        "duplicates:\n{}",
-        show_spans(&received)
-    );
-    assert_eq!(
-        stopped.export("spans_exported"),
-        CAPACITY,
-        "{}",
-        stopped.log["export"]
-    );
-    assert_eq!(
-        stopped.export("spans_dropped_queue_full"),
-        produced - CAPACITY,
-        "{}",
-        stopped.log["export"]
-    );
-    for k in [
-        "spans_dropped_retries_exhausted",
-        "spans_dropped_non_retryable",
-        "spans_dropped_shutdown",
-    ] {
+    assert_eq!(span_ids(&received).len() as u64, CAPACITY, "duplicates:\n{}", show_spans(&received));
+    assert_eq!(stopped.export("spans_exported"), CAPACITY, "{}", stopped.log["export"]);
+    assert_eq!(stopped.export("spans_dropped_queue_full"), produced - CAPACITY, "{}", stopped.log["export"]);
+    for k in ["spans_dropped_retries_exhausted", "spans_dropped_non_retryable", "spans_dropped_shutdown"] {
         assert_eq!(stopped.export(k), 0, "{k}: {}", stopped.log["export"]);
     }
-    assert!(
-        stopped.export("export_requests_failed") >= 1,
-        "{}",
-        stopped.log["export"]
-    );
+    assert!(stopped.export("export_requests_failed") >= 1, "{}", stopped.log["export"]);
     assert_export_accounted(&stopped);
-    assert!(
-        depth_max <= CAPACITY,
-        "queue depth {depth_max} above its capacity {CAPACITY}"
-    );
+    assert!(depth_max <= CAPACITY, "queue depth {depth_max} above its capacity {CAPACITY}");
 
     // Drop-oldest: the last request's spans survived, the first one's did not.
-    let path = |s: &OtlpSpan| {
-        s.attrs
-            .get("url.path")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let path = |s: &OtlpSpan| s.attrs.get("url.path").and_then(Value::as_str).unwrap_or("").to_string();
     let paths: Vec<String> = received.iter().map(path).collect();
-    assert_eq!(
-        paths.iter().filter(|p| *p == "/last").count(),
-        2,
-        "the newest spans must survive: {paths:?}"
-    );
-    assert!(
-        !paths.iter().any(|p| p == "/first"),
-        "the oldest span survived a full queue: {paths:?}"
-    );
+    assert_eq!(paths.iter().filter(|p| *p == "/last").count(), 2, "the newest spans must survive: {paths:?}");
+    assert!(!paths.iter().any(|p| p == "/first"), "the oldest span survived a full queue: {paths:?}");
 
     // Memory: bounded by the queue, not the traffic. 64 KiB per queued span is ~50 times
     // a span's real size; 32 MiB covers allocator and runtime noise.
     let bound = rss_start + CAPACITY * 64 + 32 * 1024;
-    assert!(
-        rss_max <= bound,
-        "agent RSS grew to {rss_max} KiB (start {rss_start} KiB, bound {bound} KiB)"
-    );
+    assert!(rss_max <= bound, "agent RSS grew to {rss_max} KiB (start {rss_start} KiB, bound {bound} KiB)");
 }
 
 /// 503 with `Retry-After: 2`: the batch is retried — not before the server's delay — and
@@ -248,24 +181,9 @@ fn collector_unreachable_60s_queue_delivered_drops_counted_exactly() {
 #[test]
 fn http_503_retry_after_is_honoured_then_delivered() {
     require_root();
-    let receiver = OtlpReceiver::start_with(
-        0,
-        0,
-        &[
-            "--fail-count",
-            "2",
-            "--fail-http",
-            "503",
-            "--retry-after",
-            "2",
-        ],
-    );
+    let receiver = OtlpReceiver::start_with(0, 0, &["--fail-count", "2", "--fail-http", "503", "--retry-after", "2"]);
     let service = PyServer::start("chain_service.py", &["0"]);
-    let agent = RunAgent::start(
-        &[service.port()],
-        &[],
-        http_env(receiver.http_endpoint(), &[]),
-    );
+    let agent = RunAgent::start(&[service.port()], &[], http_env(receiver.http_endpoint(), &[]));
     traffic(service.port(), 5);
     receiver.wait_for_spans(DELIVERY, "10 spans after two 503s", |s| s.len() >= 10);
     // Stopped, the agent sends nothing more; the receiver records a request before it
@@ -275,20 +193,10 @@ fn http_503_retry_after_is_honoured_then_delivered() {
     let refused = receiver.refused();
 
     assert_eq!(refused.len(), 2, "{refused:?}");
-    assert!(
-        refused
-            .iter()
-            .all(|r| r["status"] == 503 && r["transport"] == "http"),
-        "{refused:?}"
-    );
+    assert!(refused.iter().all(|r| r["status"] == 503 && r["transport"] == "http"), "{refused:?}");
     // Every refused span is delivered later, exactly once.
     let delivered = span_ids(&received);
-    assert_eq!(
-        delivered.len(),
-        received.len(),
-        "duplicates:\n{}",
-        show_spans(&received)
-    );
+    assert_eq!(delivered.len(), received.len(), "duplicates:\n{}", show_spans(&received));
     for id in refused_ids(&refused) {
         assert!(delivered.contains(&id), "refused span {id} never delivered");
     }
@@ -296,12 +204,7 @@ fn http_503_retry_after_is_honoured_then_delivered() {
     let times: Vec<f64> = refused
         .iter()
         .map(|r| r["time"].as_f64().unwrap())
-        .chain(
-            receiver
-                .requests()
-                .iter()
-                .map(|r| r["time"].as_f64().unwrap()),
-        )
+        .chain(receiver.requests().iter().map(|r| r["time"].as_f64().unwrap()))
         .collect();
     for pair in times.windows(2).take(2) {
         assert!(
@@ -310,18 +213,8 @@ fn http_503_retry_after_is_honoured_then_delivered() {
             pair[1] - pair[0]
         );
     }
-    assert_eq!(
-        stopped.export("spans_exported"),
-        10,
-        "{}",
-        stopped.log["export"]
-    );
-    assert_eq!(
-        stopped.export("export_requests_failed"),
-        2,
-        "{}",
-        stopped.log["export"]
-    );
+    assert_eq!(stopped.export("spans_exported"), 10, "{}", stopped.log["export"]);
+    assert_eq!(stopped.export("export_requests_failed"), 2, "{}", stopped.log["export"]);
     assert_export_accounted(&stopped);
 }
 
@@ -330,10 +223,8 @@ fn http_503_retry_after_is_honoured_then_delivered() {
 #[test]
 fn http_400_dropped_at_once_counted_not_retried() {
     require_root();
-    let (receiver, service, listen, agent) = refusing_http_collector(
-        "400",
-        &[("HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS", "100")],
-    );
+    let (receiver, service, listen, agent) =
+        refusing_http_collector("400", &[("HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS", "100")]);
     traffic(service.port(), 4);
     let non_retryable = |m: &Metrics| m.get("hoptrace_export_spans_dropped_total{reason=\"non_retryable\"}");
     wait_metrics(listen, DELIVERY, "8 non-retryable drops", |m| non_retryable(m) == 8);
@@ -345,24 +236,10 @@ fn http_400_dropped_at_once_counted_not_retried() {
     let refused = receiver.refused();
     let ids = refused_ids(&refused);
     let unique: BTreeSet<&String> = ids.iter().collect();
-    assert_eq!(
-        (ids.len(), unique.len()),
-        (10, 10),
-        "each span refused exactly once: {refused:?}"
-    );
+    assert_eq!((ids.len(), unique.len()), (10, 10), "each span refused exactly once: {refused:?}");
     assert!(receiver.spans().is_empty());
-    assert_eq!(
-        stopped.export("spans_dropped_non_retryable"),
-        10,
-        "{}",
-        stopped.log["export"]
-    );
-    assert_eq!(
-        stopped.export("export_requests_failed"),
-        refused.len() as u64,
-        "{}",
-        stopped.log["export"]
-    );
+    assert_eq!(stopped.export("spans_dropped_non_retryable"), 10, "{}", stopped.log["export"]);
+    assert_eq!(stopped.export("export_requests_failed"), refused.len() as u64, "{}", stopped.log["export"]);
     assert_eq!(stopped.export("spans_exported"), 0);
     assert_export_accounted(&stopped);
 }
@@ -382,44 +259,20 @@ fn http_429_forever_retried_until_budget_then_counted() {
         ],
     );
     traffic(service.port(), 3);
-    wait_metrics(
-        listen,
-        DELIVERY,
-        "6 spans dropped with retries exhausted",
-        |m| m.get("hoptrace_export_spans_dropped_total{reason=\"retries_exhausted\"}") == 6,
-    );
+    wait_metrics(listen, DELIVERY, "6 spans dropped with retries exhausted", |m| {
+        m.get("hoptrace_export_spans_dropped_total{reason=\"retries_exhausted\"}") == 6
+    });
     let stopped = agent.stop();
     let refused = receiver.refused();
-    assert!(
-        refused.len() >= 3,
-        "a 3 s budget with 0.2–0.8 s backoff means several attempts: {refused:?}"
-    );
-    let first: BTreeSet<String> = refused[0]["span_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    assert!(refused.len() >= 3, "a 3 s budget with 0.2–0.8 s backoff means several attempts: {refused:?}");
+    let first: BTreeSet<String> =
+        refused[0]["span_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let all: BTreeSet<String> = refused_ids(&refused).into_iter().collect();
-    assert_eq!(
-        all.len(),
-        6,
-        "the same 6 spans on every attempt: {refused:?}"
-    );
+    assert_eq!(all.len(), 6, "the same 6 spans on every attempt: {refused:?}");
     assert!(first.is_subset(&all));
     assert!(receiver.spans().is_empty());
-    assert_eq!(
-        stopped.export("spans_dropped_retries_exhausted"),
-        6,
-        "{}",
-        stopped.log["export"]
-    );
-    assert_eq!(
-        stopped.export("export_requests_failed"),
-        refused.len() as u64,
-        "{}",
-        stopped.log["export"]
-    );
+    assert_eq!(stopped.export("spans_dropped_retries_exhausted"), 6, "{}", stopped.log["export"]);
+    assert_eq!(stopped.export("export_requests_failed"), refused.len() as u64, "{}", stopped.log["export"]);
     assert_export_accounted(&stopped);
 }
 
@@ -434,56 +287,22 @@ fn slow_collector_beyond_timeout_retried_delivered_at_least_once() {
     let agent = RunAgent::start(
         &[service.port()],
         &[],
-        http_env(
-            receiver.http_endpoint(),
-            &[("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")],
-        ),
+        http_env(receiver.http_endpoint(), &[("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")]),
     );
     traffic(service.port(), 3);
-    receiver.wait_for_spans(DELIVERY, "the retried batch and the slow one", |s| {
-        s.len() >= 12
-    });
+    receiver.wait_for_spans(DELIVERY, "the retried batch and the slow one", |s| s.len() >= 12);
     let stopped = agent.stop();
     let requests = receiver.requests();
     let delayed: Vec<&Value> = requests.iter().filter(|r| r["delayed"] == true).collect();
-    let prompt: Vec<Value> = requests
-        .iter()
-        .filter(|r| r["delayed"] == false)
-        .cloned()
-        .collect();
+    let prompt: Vec<Value> = requests.iter().filter(|r| r["delayed"] == false).cloned().collect();
     assert_eq!(delayed.len(), 1, "{requests:?}");
-    let prompt_spans: Vec<OtlpSpan> = prompt
-        .iter()
-        .flat_map(|r| otlp_spans(&r["request"]))
-        .collect();
+    let prompt_spans: Vec<OtlpSpan> = prompt.iter().flat_map(|r| otlp_spans(&r["request"])).collect();
     let slow_spans = otlp_spans(&delayed[0]["request"]);
-    assert_eq!(
-        span_ids(&prompt_spans).len(),
-        6,
-        "{}",
-        show_spans(&prompt_spans)
-    );
-    assert_eq!(
-        prompt_spans.len(),
-        6,
-        "delivered twice by retries:\n{}",
-        show_spans(&prompt_spans)
-    );
-    assert!(
-        span_ids(&slow_spans).is_subset(&span_ids(&prompt_spans)),
-        "the timed-out batch was retried"
-    );
-    assert_eq!(
-        stopped.export("spans_exported"),
-        6,
-        "{}",
-        stopped.log["export"]
-    );
-    assert!(
-        stopped.export("export_requests_failed") >= 1,
-        "{}",
-        stopped.log["export"]
-    );
+    assert_eq!(span_ids(&prompt_spans).len(), 6, "{}", show_spans(&prompt_spans));
+    assert_eq!(prompt_spans.len(), 6, "delivered twice by retries:\n{}", show_spans(&prompt_spans));
+    assert!(span_ids(&slow_spans).is_subset(&span_ids(&prompt_spans)), "the timed-out batch was retried");
+    assert_eq!(stopped.export("spans_exported"), 6, "{}", stopped.log["export"]);
+    assert!(stopped.export("export_requests_failed") >= 1, "{}", stopped.log["export"]);
     assert_export_accounted(&stopped);
 }
 
@@ -492,18 +311,14 @@ fn slow_collector_beyond_timeout_retried_delivered_at_least_once() {
 #[test]
 fn grpc_unavailable_retried_invalid_argument_dropped() {
     require_root();
-    let flaky =
-        OtlpReceiver::start_with(0, 0, &["--fail-count", "2", "--fail-grpc", "UNAVAILABLE"]);
+    let flaky = OtlpReceiver::start_with(0, 0, &["--fail-count", "2", "--fail-grpc", "UNAVAILABLE"]);
     let service = PyServer::start("chain_service.py", &["0"]);
     let grpc = |r: &OtlpReceiver| {
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", r.grpc_endpoint()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
             ("HOPTRACE_GAPS_ENTRY_SERVICES", "chain_service".to_string()),
-            (
-                "HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS",
-                "100".to_string(),
-            ),
+            ("HOPTRACE_EXPORTER_RETRY_INITIAL_BACKOFF_MS", "100".to_string()),
         ]
     };
     let agent = RunAgent::start(&[service.port()], &[], grpc(&flaky));
@@ -513,31 +328,14 @@ fn grpc_unavailable_retried_invalid_argument_dropped() {
     assert_eq!(flaky.refused().len(), 2, "{:?}", flaky.refused());
     assert_eq!(span_ids(&flaky.spans()).len(), 4);
     assert_eq!(flaky.spans().len(), 4);
-    assert_eq!(
-        stopped.export("spans_exported"),
-        4,
-        "{}",
-        stopped.log["export"]
-    );
-    assert_eq!(
-        stopped.export("export_requests_failed"),
-        2,
-        "{}",
-        stopped.log["export"]
-    );
+    assert_eq!(stopped.export("spans_exported"), 4, "{}", stopped.log["export"]);
+    assert_eq!(stopped.export("export_requests_failed"), 2, "{}", stopped.log["export"]);
     assert_export_accounted(&stopped);
 
-    let rejecting = OtlpReceiver::start_with(
-        0,
-        0,
-        &["--fail-count", "-1", "--fail-grpc", "INVALID_ARGUMENT"],
-    );
+    let rejecting = OtlpReceiver::start_with(0, 0, &["--fail-count", "-1", "--fail-grpc", "INVALID_ARGUMENT"]);
     let listen = free_port();
-    let agent = RunAgent::start(
-        &[service.port()],
-        &[&listen_args(listen)[0], &listen_args(listen)[1]],
-        grpc(&rejecting),
-    );
+    let agent =
+        RunAgent::start(&[service.port()], &[&listen_args(listen)[0], &listen_args(listen)[1]], grpc(&rejecting));
     traffic(service.port(), 2);
     let non_retryable = |m: &Metrics| m.get("hoptrace_export_spans_dropped_total{reason=\"non_retryable\"}");
     wait_metrics(listen, DELIVERY, "4 non-retryable drops", |m| non_retryable(m) == 4);
@@ -547,18 +345,9 @@ fn grpc_unavailable_retried_invalid_argument_dropped() {
     wait_metrics(listen, DELIVERY, "6 non-retryable drops", |m| non_retryable(m) == 6);
     let stopped = agent.stop();
     let refused = rejecting.refused();
-    assert_eq!(
-        refused_ids(&refused).len(),
-        6,
-        "each span refused once: {refused:?}"
-    );
+    assert_eq!(refused_ids(&refused).len(), 6, "each span refused once: {refused:?}");
     assert!(refused.iter().all(|r| r["status"] == "INVALID_ARGUMENT"));
-    assert_eq!(
-        stopped.export("spans_dropped_non_retryable"),
-        6,
-        "{}",
-        stopped.log["export"]
-    );
+    assert_eq!(stopped.export("spans_dropped_non_retryable"), 6, "{}", stopped.log["export"]);
     assert_eq!(stopped.export("spans_exported"), 0);
     assert_export_accounted(&stopped);
 }

@@ -4,13 +4,12 @@
 //! agent must not crash, must keep its memory and its route/label cardinality bounded,
 //! and must count every drop under a reason (stop log and /metrics).
 
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use hoptrace_e2e::*;
 use crate::support::*;
+use hoptrace_e2e::*;
 
 /// Deterministic bytes (xorshift64*), so a failure can be replayed.
 struct Rng(u64);
@@ -59,10 +58,7 @@ fn word_path(mut i: usize) -> String {
 fn hostile_traffic_no_crash_bounded_every_drop_counted() {
     require_root();
     let port = free_port();
-    let _nginx = Nginx::start(
-        port,
-        "keepalive_requests 1000000; location / { return 200 \"ok\\n\"; }",
-    );
+    let _nginx = Nginx::start(port, "keepalive_requests 1000000; location / { return 200 \"ok\\n\"; }");
     let listen = free_port();
     let dir = TempDir::new("hostile");
     let out = dir.join("spans.jsonl");
@@ -102,59 +98,32 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
     // 3. Truncated request heads, then close.
     const TRUNCATED: u64 = 100;
     for i in 0..TRUNCATED {
-        let reply = send_and_read(
-            port,
-            format!("GET /t/{i} HTTP/1.1\r\nHost: x\r\nX-Partial: abc").as_bytes(),
-        );
-        assert!(
-            reply.is_empty(),
-            "nginx answered a truncated head: {:?}",
-            String::from_utf8_lossy(&reply)
-        );
+        let reply = send_and_read(port, format!("GET /t/{i} HTTP/1.1\r\nHost: x\r\nX-Partial: abc").as_bytes());
+        assert!(reply.is_empty(), "nginx answered a truncated head: {:?}", String::from_utf8_lossy(&reply));
     }
     // 4. Enormous header blocks: 1 MiB of headers in one request.
     const HUGE: usize = 5;
     for _ in 0..HUGE {
         let mut req = b"GET /huge HTTP/1.1\r\nHost: x\r\n".to_vec();
         while req.len() < 1 << 20 {
-            req.extend_from_slice(
-                format!("X-Fill-{}: {}\r\n", req.len(), "a".repeat(1000)).as_bytes(),
-            );
+            req.extend_from_slice(format!("X-Fill-{}: {}\r\n", req.len(), "a".repeat(1000)).as_bytes());
         }
         req.extend_from_slice(b"\r\n");
         // nginx answers 400 (header too large) or resets; either way not a 200.
         let reply = send_and_read(port, &req);
-        assert!(
-            !reply.starts_with(b"HTTP/1.1 200"),
-            "nginx accepted a 1 MiB header block"
-        );
+        assert!(!reply.starts_with(b"HTTP/1.1 200"), "nginx accepted a 1 MiB header block");
     }
     rss_max = rss_max.max(rss_kib(agent.pid()));
-    let m = wait_metrics(
-        listen,
-        TIMEOUT,
-        "the table emptied after the garbage phases",
-        |m| {
-            m.get("hoptrace_connections_tracked") == 0
-                && m.get("hoptrace_connections_opened_total") >= 100 + 100 + TRUNCATED + HUGE as u64
-        },
-    );
+    let m = wait_metrics(listen, TIMEOUT, "the table emptied after the garbage phases", |m| {
+        m.get("hoptrace_connections_tracked") == 0
+            && m.get("hoptrace_connections_opened_total") >= 100 + 100 + TRUNCATED + HUGE as u64
+    });
     let garbage_conns = m.get("hoptrace_connections_opened_total");
-    assert_eq!(
-        garbage_conns,
-        100 + 100 + TRUNCATED + HUGE as u64,
-        "{}",
-        m.0
-    );
+    assert_eq!(garbage_conns, 100 + 100 + TRUNCATED + HUGE as u64, "{}", m.0);
     // Already visible on /metrics, by reason, while the agent runs.
+    assert!(m.sum("hoptrace_parse_errors_total") >= random_400 as u64 + 100 + TRUNCATED + HUGE as u64, "{}", m.0);
     assert!(
-        m.sum("hoptrace_parse_errors_total") >= random_400 as u64 + 100 + TRUNCATED + HUGE as u64,
-        "{}",
-        m.0
-    );
-    assert!(
-        m.get("hoptrace_parse_errors_total{protocol=\"http1\",reason=\"closed_mid_header\"}")
-            >= TRUNCATED,
+        m.get("hoptrace_parse_errors_total{protocol=\"http1\",reason=\"closed_mid_header\"}") >= TRUNCATED,
         "{}",
         m.0
     );
@@ -170,9 +139,7 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
     while sent < PATHS {
         let mut batch = Vec::new();
         for i in sent..(sent + BATCH).min(PATHS) {
-            batch.extend_from_slice(
-                format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", word_path(i)).as_bytes(),
-            );
+            batch.extend_from_slice(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", word_path(i)).as_bytes());
         }
         conn.send_raw(&batch);
         let n = (sent + BATCH).min(PATHS) - sent;
@@ -182,21 +149,15 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
         sent += n;
         if sent % 5_000 == 0 {
             rss_max = rss_max.max(rss_kib(agent.pid()));
-            wait_metrics(
-                listen,
-                Duration::from_secs(120),
-                "the agent catching up",
-                |m| m.get("hoptrace_http_exchanges_total") + 5_000 >= sent as u64,
-            );
+            wait_metrics(listen, Duration::from_secs(120), "the agent catching up", |m| {
+                m.get("hoptrace_http_exchanges_total") + 5_000 >= sent as u64
+            });
         }
     }
     drop(conn);
-    let m = wait_metrics(
-        listen,
-        Duration::from_secs(120),
-        "every distinct path seen",
-        |m| m.get("hoptrace_http_exchanges_total") >= PATHS as u64,
-    );
+    let m = wait_metrics(listen, Duration::from_secs(120), "every distinct path seen", |m| {
+        m.get("hoptrace_http_exchanges_total") >= PATHS as u64
+    });
     rss_max = rss_max.max(rss_kib(agent.pid()));
     let (route_values, route_series) = route_cardinality(&m.0);
 
@@ -207,21 +168,15 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
         .map(|i| {
             let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
             if i % 2 == 0 {
-                s.write_all(b"GET /abandoned HTTP/1.1\r\nHost: x\r\n")
-                    .unwrap();
+                s.write_all(b"GET /abandoned HTTP/1.1\r\nHost: x\r\n").unwrap();
             }
             s
         })
         .collect();
     let evicted_before = Metrics::scrape(listen).get("hoptrace_connections_evicted_idle_total");
     let m = wait_metrics(listen, TIMEOUT, "the refusals counted", |m| {
-        assert!(
-            m.get("hoptrace_connections_tracked") <= MAX_CONNECTIONS,
-            "table over its limit: {}",
-            m.0
-        );
-        m.get("hoptrace_userspace_drops_total{reason=\"conn_table_full\"}")
-            >= ABANDONED as u64 - MAX_CONNECTIONS
+        assert!(m.get("hoptrace_connections_tracked") <= MAX_CONNECTIONS, "table over its limit: {}", m.0);
+        m.get("hoptrace_userspace_drops_total{reason=\"conn_table_full\"}") >= ABANDONED as u64 - MAX_CONNECTIONS
     });
     rss_max = rss_max.max(rss_kib(agent.pid()));
     // Idle for longer than --idle-timeout: the tracked ones are evicted and counted.
@@ -230,24 +185,17 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
             && m.get("hoptrace_connections_evicted_idle_total") >= evicted_before + MAX_CONNECTIONS
     });
     drop(held);
-    let m_end = wait_metrics(listen, TIMEOUT, "a quiet table", |m| {
-        m.get("hoptrace_connections_tracked") == 0
-    });
+    let m_end = wait_metrics(listen, TIMEOUT, "a quiet table", |m| m.get("hoptrace_connections_tracked") == 0);
     // The connection table's books: every connection it took in left it by a close or an
     // eviction; every one it refused was counted.
     assert_eq!(
         m_end.get("hoptrace_connections_opened_total"),
-        m_end.get("hoptrace_connections_closed_total")
-            + m_end.get("hoptrace_connections_evicted_idle_total"),
+        m_end.get("hoptrace_connections_closed_total") + m_end.get("hoptrace_connections_evicted_idle_total"),
         "{}",
         m_end.0
     );
     let refused = m.get("hoptrace_userspace_drops_total{reason=\"conn_table_full\"}");
-    assert!(
-        refused >= (ABANDONED as u64).saturating_sub(MAX_CONNECTIONS),
-        "{}",
-        m.0
-    );
+    assert!(refused >= (ABANDONED as u64).saturating_sub(MAX_CONNECTIONS), "{}", m.0);
     assert!(agent_alive(&agent), "the agent died");
     http_get_body(listen, "/healthz");
     let stopped = agent.stop();
@@ -259,17 +207,8 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
         capture["drops"]
     );
 
-    let errors = |reason: &str| {
-        t["parse_errors"][format!("http1/{reason}")]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    let total_errors: u64 = t["parse_errors"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let errors = |reason: &str| t["parse_errors"][format!("http1/{reason}")].as_u64().unwrap_or(0);
+    let total_errors: u64 = t["parse_errors"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     // Every garbage connection left a counted parse error: the 400s to random bytes had no
     // request, each "GET <garbage>" was refused, each truncated head was cut by a close,
     // each 1 MiB head was refused or cut.
@@ -281,30 +220,18 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
         garbage_conns
     );
     // Random bytes nginx did not answer: neither side spoke HTTP.
-    assert!(
-        t["connections_unknown_protocol"].as_u64().unwrap() + errors("unmatched_response") >= 100,
-        "{t}"
-    );
+    assert!(t["connections_unknown_protocol"].as_u64().unwrap() + errors("unmatched_response") >= 100, "{t}");
 
     // The route cap: nginx's first 1000 distinct routes are kept, every later one goes to
     // the overflow bucket and is counted; no exchange was lost (kernel drops are zero, or
     // counted and visible as holes).
     let exchanges = t["exchanges"].as_u64().unwrap();
-    let kernel_drops: u64 = capture["drops"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap_or(0))
-        .sum();
+    let kernel_drops: u64 = capture["drops"].as_object().unwrap().values().map(|v| v.as_u64().unwrap_or(0)).sum();
     if kernel_drops == 0 {
         assert_eq!(exchanges, PATHS as u64, "{t}");
     }
     assert_eq!(errors("too_many_pipelined"), 0, "{t}");
-    assert_eq!(
-        t["routes_overflowed"].as_u64().unwrap(),
-        exchanges - 1000,
-        "{t}"
-    );
+    assert_eq!(t["routes_overflowed"].as_u64().unwrap(), exchanges - 1000, "{t}");
     // /metrics: the routes it names are the capped set (1000 kept + the overflow route,
     // a few more from the other clients), and no metric family has more series than the
     // RED metrics' series cap (`metrics.max_series`, 2000 by default, + its overflow series).
@@ -314,10 +241,7 @@ fn hostile_traffic_no_crash_bounded_every_drop_counted() {
     // Memory: 50 000 routes, 500 connections and 5 MiB of garbage later, the agent is
     // within a fixed budget above its start.
     let bound = rss_start + 64 * 1024;
-    assert!(
-        rss_max <= bound,
-        "agent RSS {rss_max} KiB (start {rss_start} KiB, bound {bound} KiB)"
-    );
+    assert!(rss_max <= bound, "agent RSS {rss_max} KiB (start {rss_start} KiB, bound {bound} KiB)");
 }
 
 fn agent_alive(agent: &RunAgent) -> bool {

@@ -5,11 +5,10 @@
 //! could not take must be counted: the ring buffer's refusals by reason, and every byte
 //! nginx moved is either captured, not copied by design, or counted lost.
 
-
 use std::time::Duration;
 
-use hoptrace_e2e::*;
 use crate::support::*;
+use hoptrace_e2e::*;
 
 #[test]
 fn frozen_agent_never_blocks_the_application_and_counts_every_byte_it_missed() {
@@ -46,15 +45,9 @@ fn frozen_agent_never_blocks_the_application_and_counts_every_byte_it_missed() {
     drop(conns);
     agent.signal(libc::SIGCONT);
 
-    let m = wait_metrics(
-        listen,
-        Duration::from_secs(60),
-        "the overload's connections closed and accounted",
-        |m| {
-            m.get("hoptrace_connections_closed_total") >= 4
-                && m.get("hoptrace_connections_tracked") == 0
-        },
-    );
+    let m = wait_metrics(listen, Duration::from_secs(60), "the overload's connections closed and accounted", |m| {
+        m.get("hoptrace_connections_closed_total") >= 4 && m.get("hoptrace_connections_tracked") == 0
+    });
     let refused = m.get("hoptrace_kernel_drops_total{reason=\"ringbuf_full\"}");
     assert!(refused > 0, "the ring never overflowed; the test did not overload the agent:\n{}", m.0);
     let captured = m.get("hoptrace_capture_bytes_captured_total");

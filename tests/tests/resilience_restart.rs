@@ -4,12 +4,11 @@
 //! inventing an exchange for it (counted as a parse error instead), and attributes every
 //! later span to the right process, kind and parent.
 
-
 use std::{fs, process::Command};
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use crate::support::*;
 
 fn port_of(s: &Span, key: &str) -> Option<i64> {
     int(s.attrs.get(key))
@@ -41,10 +40,7 @@ fn server_read_everything(pid: u32, server_port: u16, client_port: u16, sent: u6
 fn agent_restart_with_open_keepalive_connections() {
     require_root();
     let downstream = PyServer::start("chain_service.py", &["0"]);
-    let front = PyServer::start(
-        "chain_service.py",
-        &["0", &format!("http://127.0.0.1:{}", downstream.port())],
-    );
+    let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", downstream.port())]);
     let dir = TempDir::new("restart");
     let ports = [front.port(), downstream.port()];
     let test_pid = i64::from(std::process::id());
@@ -61,16 +57,19 @@ fn agent_restart_with_open_keepalive_connections() {
     conn.send_raw(b"GET /orders/half HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad");
     // The front's side of the half request must have been read before agent 1 stops.
     assert!(
-        wait_until(TIMEOUT, || server_read_everything(front.pid(), front.port(), conn.local_port(), conn.bytes_written)),
+        wait_until(TIMEOUT, || server_read_everything(
+            front.pid(),
+            front.port(),
+            conn.local_port(),
+            conn.bytes_written
+        )),
         "the front never read the half-sent request"
     );
     let done1 = stop(agent1);
     let log1 = stopped_log(&done1);
     let spans1 = parse_spans(&std::fs::read_to_string(&out1).unwrap_or_default());
-    let front_servers1: Vec<&Span> = spans1
-        .iter()
-        .filter(|s| pid_of(s) == Some(front_pid) && s.kind == SERVER)
-        .collect();
+    let front_servers1: Vec<&Span> =
+        spans1.iter().filter(|s| pid_of(s) == Some(front_pid) && s.kind == SERVER).collect();
     assert_eq!(front_servers1.len(), 3, "agent 1:\n{}", show(&spans1));
     assert_eq!(
         log1["traces"]["parse_errors"]["http1/closed_mid_header"], 2,
@@ -111,33 +110,20 @@ fn agent_restart_with_open_keepalive_connections() {
     // No crash, clean stop (stop() checked the exit status); the half request's response
     // had no request the new agent saw: counted, not turned into a span.
     assert!(
-        log2["traces"]["parse_errors"]["http1/unmatched_response"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1,
+        log2["traces"]["parse_errors"]["http1/unmatched_response"].as_u64().unwrap_or(0) >= 1,
         "{}",
         log2["traces"]
     );
 
     // The front's SERVER spans: exactly the three traced requests, each joined to the
     // context it carried, on the front's port, from our connection.
-    let front_servers: Vec<&Span> = spans2
-        .iter()
-        .filter(|s| pid_of(s) == Some(front_pid) && s.kind == SERVER)
-        .collect();
+    let front_servers: Vec<&Span> =
+        spans2.iter().filter(|s| pid_of(s) == Some(front_pid) && s.kind == SERVER).collect();
     assert_eq!(front_servers.len(), 3, "{all}");
     for (s, (trace, parent)) in front_servers.iter().zip(&parents) {
         assert_eq!((&s.trace_id, &s.parent), (trace, parent), "{s:?}");
-        assert_eq!(
-            s.attrs.get("http.route").and_then(Value::as_str),
-            Some("/orders/{id}"),
-            "{s:?}"
-        );
-        assert_eq!(
-            port_of(s, "server.port"),
-            Some(i64::from(front.port())),
-            "{s:?}"
-        );
+        assert_eq!(s.attrs.get("http.route").and_then(Value::as_str), Some("/orders/{id}"), "{s:?}");
+        assert_eq!(port_of(s, "server.port"), Some(i64::from(front.port())), "{s:?}");
         assert_eq!(port_of(s, "network.peer.port"), Some(client_port), "{s:?}");
     }
     // Each traced request's call to the downstream is its child (same thread), a CLIENT
@@ -149,23 +135,13 @@ fn agent_restart_with_open_keepalive_connections() {
             .collect();
         assert_eq!(calls.len(), 1, "call of {}:\n{all}", srv.span_id);
         assert_eq!(calls[0].trace_id, srv.trace_id);
-        assert_eq!(
-            port_of(calls[0], "server.port"),
-            Some(i64::from(downstream.port())),
-            "{:?}",
-            calls[0]
-        );
+        assert_eq!(port_of(calls[0], "server.port"), Some(i64::from(downstream.port())), "{:?}", calls[0]);
     }
     // The downstream served four calls (the half request's too), all as SERVER spans.
-    let down: Vec<&Span> = spans2
-        .iter()
-        .filter(|s| pid_of(s) == Some(down_pid))
-        .collect();
+    let down: Vec<&Span> = spans2.iter().filter(|s| pid_of(s) == Some(down_pid)).collect();
     assert_eq!(down.len(), 4, "{all}");
     assert!(
-        down.iter()
-            .all(|s| s.kind == SERVER
-                && port_of(s, "server.port") == Some(i64::from(downstream.port()))),
+        down.iter().all(|s| s.kind == SERVER && port_of(s, "server.port") == Some(i64::from(downstream.port()))),
         "{all}"
     );
     // Mis-attribution: this process only ever was a client, the front only a server on
@@ -180,24 +156,11 @@ fn agent_restart_with_open_keepalive_connections() {
             assert_eq!(s.kind, CLIENT, "this test process as a server? {s:?}");
         }
         if pid == Some(front_pid) && s.kind == SERVER {
-            assert_eq!(
-                port_of(s, "server.port"),
-                Some(i64::from(front.port())),
-                "{s:?}"
-            );
+            assert_eq!(port_of(s, "server.port"), Some(i64::from(front.port())), "{s:?}");
         }
     }
     // This process sent its own traceparent: it instruments itself, so its CLIENT spans
     // are suppressed (counted), not duplicated.
-    assert!(spans2
-        .iter()
-        .all(|s| pid_of(s) != Some(test_pid) || s.kind == CLIENT));
-    assert!(
-        log2["traces"]["spans_suppressed_instrumented"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1,
-        "{}",
-        log2["traces"]
-    );
+    assert!(spans2.iter().all(|s| pid_of(s) != Some(test_pid) || s.kind == CLIENT));
+    assert!(log2["traces"]["spans_suppressed_instrumented"].as_u64().unwrap_or(0) >= 1, "{}", log2["traces"]);
 }

@@ -1,11 +1,10 @@
 //! Sampling through the real agent: at ratio 0 only what the tail rules and sampled
 //! parents keep leaves the node, and every decision is counted.
 
-
 use std::{fs, process::Command};
 
-use hoptrace_e2e::*;
 use crate::support::*;
+use hoptrace_e2e::*;
 
 #[test]
 fn ratio_zero_keeps_errors_and_sampled_parents_only() {
@@ -32,7 +31,7 @@ fn ratio_zero_keeps_errors_and_sampled_parents_only() {
     get("/fail", None); // agent-started 500: kept by the error rule
     get("/ok?s=1", Some(format!("00-{sampled}-00f067aa0ba902b7-01"))); // upstream kept it
     get("/ok?s=0", Some(format!("00-{unsampled}-00f067aa0ba902b7-00"))); // upstream did not
-    // Every request decided: the dropped ones are only visible as counts.
+                                                                         // Every request decided: the dropped ones are only visible as counts.
     const DECISIONS: [&str; 4] = ["kept_error", "kept_parent_sampled", "dropped_ratio", "dropped_parent_not_sampled"];
     wait_metrics(listen, TIMEOUT, "a decision of each kind", |m| {
         DECISIONS.iter().all(|d| m.get(&format!("hoptrace_spans_sampled_total{{decision=\"{d}\"}}")) >= 1)

@@ -1,7 +1,6 @@
 //! `hoptrace run` on the real kernel: HTTP traffic between real processes becomes spans,
 //! printed as OTLP/JSON (the default sink when no collector is configured).
 
-
 use std::{
     fs,
     io::{Read, Write},
@@ -9,9 +8,9 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use crate::support::*;
 
 /// The exchange on one keep-alive connection: request with `traceparent`, then without.
 fn keepalive_pair(port: u16, traceparent: &str) {
@@ -119,7 +118,8 @@ fn refused_connection_is_an_error_client_span_inside_its_request() {
         TIMEOUT,
     );
     wait_for_spans_in(&out, "the /pay SERVER span and the failed connect", |s| {
-        s.iter().any(|s| s.kind == SERVER && s.name == "GET /pay") && s.iter().any(|s| s.kind == CLIENT && s.name == "connect")
+        s.iter().any(|s| s.kind == SERVER && s.name == "GET /pay")
+            && s.iter().any(|s| s.kind == CLIENT && s.name == "connect")
     });
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));

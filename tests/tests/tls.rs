@@ -5,12 +5,11 @@
 //! Every client here starts after the agent (so libraries attached at start, and after
 //! exec, cover processes that did not exist yet).
 
-
 use std::{collections::BTreeSet, fs, path::Path, process::Command};
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use crate::support::*;
 
 fn curl_k(url: &str, traceparent: &str) {
     let done = run(Command::new("curl").args(["-skf", "-H", &format!("traceparent: {traceparent}"), url]), TIMEOUT)
@@ -160,7 +159,9 @@ fn a_private_libssl_mapped_after_exec_is_attached() {
     let done_client = client.finish(TIMEOUT);
     assert!(done_client.status.success(), "{}", done_client.stderr);
     assert_eq!(done_client.stdout.lines().last(), Some("200 hello"));
-    wait_for_spans_in(&out, "the /private SERVER span", |s| s.iter().any(|s| s.kind == SERVER && s.name == "GET /private"));
+    wait_for_spans_in(&out, "the /private SERVER span", |s| {
+        s.iter().any(|s| s.kind == SERVER && s.name == "GET /private")
+    });
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
     let server = spans

@@ -20,16 +20,11 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub fn connect(port: u16) -> KeepAlive {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+        let stream =
+            TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        KeepAlive {
-            stream,
-            buf: Vec::new(),
-            bytes_written: 0,
-            bytes_read: 0,
-        }
+        KeepAlive { stream, buf: Vec::new(), bytes_written: 0, bytes_read: 0 }
     }
 
     pub fn local_port(&self) -> u16 {
@@ -49,9 +44,7 @@ impl KeepAlive {
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("write to the server: {e}"));
+        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("write to the server: {e}"));
         self.bytes_written += bytes.len() as u64;
     }
 
@@ -64,11 +57,8 @@ impl KeepAlive {
             self.fill();
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let status: u16 = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+        let status: u16 =
+            head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line: {head:?}"));
         let length: usize = head
             .lines()
             .filter_map(|l| l.split_once(':'))
@@ -83,15 +73,8 @@ impl KeepAlive {
 
     fn fill(&mut self) {
         let mut chunk = [0u8; 65536];
-        let n = self
-            .stream
-            .read(&mut chunk)
-            .unwrap_or_else(|e| panic!("read from the server: {e}"));
-        assert!(
-            n > 0,
-            "the server closed the connection mid-response: {:?}",
-            String::from_utf8_lossy(&self.buf)
-        );
+        let n = self.stream.read(&mut chunk).unwrap_or_else(|e| panic!("read from the server: {e}"));
+        assert!(n > 0, "the server closed the connection mid-response: {:?}", String::from_utf8_lossy(&self.buf));
         self.buf.extend_from_slice(&chunk[..n]);
         self.bytes_read += n as u64;
     }
@@ -103,17 +86,11 @@ pub fn http_get_body(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("connect to the agent's endpoint {port}: {e}"));
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head: {text:?}"));
     assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
     body.to_string()
 }
@@ -139,9 +116,7 @@ impl Metrics {
             .lines()
             .find_map(|l| {
                 let (name, value) = l.rsplit_once(' ')?;
-                (name == series)
-                    .then(|| value.parse::<u64>().ok())
-                    .flatten()
+                (name == series).then(|| value.parse::<u64>().ok()).flatten()
             })
             .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{}", self.0))
     }
@@ -200,12 +175,7 @@ pub fn assert_export_accounted(stopped: &Stopped) {
 }
 
 /// Polls `/metrics` until `check` holds; panics with the last scrape after `timeout`.
-pub fn wait_metrics(
-    listen_port: u16,
-    timeout: Duration,
-    what: &str,
-    check: impl Fn(&Metrics) -> bool,
-) -> Metrics {
+pub fn wait_metrics(listen_port: u16, timeout: Duration, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
     let mut last = Metrics(String::new());
     if wait_until(timeout, || {
         last = Metrics::scrape(listen_port);
@@ -213,8 +183,5 @@ pub fn wait_metrics(
     }) {
         return last;
     }
-    panic!(
-        "/metrics never showed {what} within {timeout:?}:\n{}",
-        last.0
-    )
+    panic!("/metrics never showed {what} within {timeout:?}:\n{}", last.0)
 }

@@ -53,9 +53,8 @@ pub fn parse_spans(text: &str) -> Vec<Span> {
             let service = resource.get("service.name").and_then(Value::as_str).unwrap_or_default().to_string();
             for ss in rs["scopeSpans"].as_array().expect("scopeSpans") {
                 for s in ss["spans"].as_array().expect("spans") {
-                    let num = |k: &str| {
-                        s[k].as_str().map(|v| v.parse().unwrap()).or_else(|| s[k].as_u64()).unwrap_or(0)
-                    };
+                    let num =
+                        |k: &str| s[k].as_str().map(|v| v.parse().unwrap()).or_else(|| s[k].as_u64()).unwrap_or(0);
                     out.push(Span {
                         service: service.clone(),
                         resource: resource.clone(),
@@ -72,7 +71,9 @@ pub fn parse_spans(text: &str) -> Vec<Span> {
                             .as_array()
                             .map(|evs| {
                                 evs.iter()
-                                    .map(|e| (e["name"].as_str().unwrap_or_default().to_string(), attr_map(&e["attributes"])))
+                                    .map(|e| {
+                                        (e["name"].as_str().unwrap_or_default().to_string(), attr_map(&e["attributes"]))
+                                    })
                                     .collect()
                             })
                             .unwrap_or_default(),
@@ -177,4 +178,3 @@ pub fn stopped_log(done: &Finished) -> Value {
 pub fn show(spans: &[Span]) -> String {
     spans.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join("\n")
 }
-
