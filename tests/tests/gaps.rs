@@ -339,7 +339,7 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
 
     // No new gaps for a whole window: the agent resolves it and Alertmanager drops it.
     assert!(
-        wait_until(Duration::from_secs(30), || !am_alerts(am_port).iter().any(|a| is_ours(a))),
+        wait_until(Duration::from_secs(30), || !am_alerts(am_port).iter().any(&is_ours)),
         "the alert never resolved: {:?}",
         am_alerts(am_port)
     );

@@ -227,7 +227,7 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     assert_eq!(int(a.attrs.get("messaging.message.body.size")), Some(format!("message 0 {secret}").len() as i64));
     assert_eq!(int(a.attrs.get("server.port")), Some(rabbit.port as i64));
     assert_eq!(str_attr(a, "network.transport"), Some("tcp"));
-    assert!(a.attrs.get("hoptrace.gap.kind").is_none(), "{a:?}");
+    assert!(!a.attrs.contains_key("hoptrace.gap.kind"), "{a:?}");
     // The SDK publisher makes its own spans: the agent adds none.
     assert!(!spans.iter().any(|s| s.kind == PRODUCER && s.trace_id == sdk_a[0].0), "{}", show(&spans));
 
@@ -258,7 +258,7 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     assert_eq!(c.len(), 1, "one read, one batch: {}", show(&spans));
     let c = c[0];
     assert_eq!(int(c.attrs.get("messaging.batch.message_count")), Some(3));
-    assert!(c.attrs.get("messaging.message.body.size").is_none());
+    assert!(!c.attrs.contains_key("messaging.message.body.size"));
     assert_eq!(c.name, "deliver");
     let mut links: Vec<(String, String)> = c.links.iter().map(|l| (l.0.clone(), l.1.clone())).collect();
     let mut want = sdk_c.clone();
@@ -327,7 +327,7 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     assert_eq!(str_attr(hmsg[0], "messaging.system"), Some("nats"));
     assert_eq!(str_attr(hmsg[0], "messaging.operation.type"), Some("process"));
     assert_eq!(str_attr(hmsg[0], "messaging.destination.name"), Some("orders.created"));
-    assert!(hmsg[0].attrs.get("hoptrace.gap.kind").is_none());
+    assert!(!hmsg[0].attrs.contains_key("hoptrace.gap.kind"));
 
     let msg = of(plain_sub_pid, CONSUMER);
     assert_eq!(msg.len(), 1, "{}", show(&spans));
@@ -342,7 +342,7 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     let p = of(plain_pub_pid, PRODUCER);
     assert_eq!(p.len(), 1, "{}", show(&spans));
     assert_eq!((p[0].name.as_str(), str_attr(p[0], "messaging.operation.type")), ("PUB orders.plain", Some("send")));
-    assert!(p[0].attrs.get("hoptrace.gap.kind").is_none());
+    assert!(!p[0].attrs.contains_key("hoptrace.gap.kind"));
     // The SDK publisher: no duplicate span.
     assert!(!spans.iter().any(|s| s.kind == PRODUCER && s.trace_id == sdk[0].0), "{}", show(&spans));
 
