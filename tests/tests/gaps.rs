@@ -295,8 +295,8 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
     assert!(
         wait_until(TIMEOUT, || Command::new("curl")
             .args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")])
-            .status()
-            .is_ok_and(|s| s.success())),
+            .output()
+            .is_ok_and(|o| o.status.success())),
         "alertmanager never became ready"
     );
 
