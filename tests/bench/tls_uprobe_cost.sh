@@ -37,7 +37,10 @@ http {
 }
 CONF
 nginx -p $DIR -e $DIR/error.log -c $DIR/nginx.conf || exit 1
-sleep 0.5
+# Ready once the master has written its pid and forked its worker (the sockets are bound
+# before nginx daemonizes).
+for _ in $(seq 200); do [ -s $DIR/nginx.pid ] && pgrep -P "$(cat $DIR/nginx.pid)" >/dev/null && break; sleep 0.05; done
+pgrep -P "$(cat $DIR/nginx.pid 2>/dev/null)" >/dev/null || { echo "nginx has no worker after 10 s" >&2; exit 1; }
 sysctl -qw kernel.bpf_stats_enabled=1
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 bench() {

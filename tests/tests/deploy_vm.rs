@@ -4,13 +4,11 @@
 //! NoNewPrivileges (through `setpriv`), capturing real traffic. systemd is not PID 1 on
 //! the test machines, so `systemctl enable --now` itself is the one step not run here.
 
-mod support;
-
 use std::{fs, os::unix::fs::PermissionsExt, path::PathBuf, process::Command};
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

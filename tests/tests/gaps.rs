@@ -2,13 +2,11 @@
 //! service, peer and route; zero gaps on a clean path; `hoptrace check` exit codes; the
 //! `/gaps` and `/metrics` endpoints.
 
-mod support;
-
 use std::{fs, process::Command, time::Duration};
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -236,7 +234,10 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     );
     assert_eq!(http_get(listen, "/readyz"), "ready\n");
 
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_spans_in(&out, "front's CLIENT span and inventory's SERVER span", |s| {
+        s.iter().any(|s| s.kind == CLIENT && s.service == "front")
+            && s.iter().any(|s| s.kind == SERVER && s.service == "inventory")
+    });
     let done = stop(agent);
     // The gap is named on the spans themselves: front's CLIENT call and inventory's SERVER span.
     let spans = parse_spans(&fs::read_to_string(&out).unwrap());
@@ -264,13 +265,16 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     );
 }
 
-/// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default).
+/// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default). Panics
+/// unless Alertmanager answers with a list: an unreachable or failing Alertmanager must
+/// not read as "no alerts", which is what the resolve check waits for.
 fn am_alerts(port: u16) -> Vec<Value> {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "3", &format!("http://127.0.0.1:{port}/api/v2/alerts?active=true")])
-        .output()
-        .unwrap();
-    serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+    let url = format!("http://127.0.0.1:{port}/api/v2/alerts?active=true");
+    let done = run(Command::new("curl").args(["-sS", "--fail", "-m", "3", &url]), TIMEOUT);
+    assert!(done.status.success(), "Alertmanager did not answer GET {url}: {}", done.stderr);
+    let alerts: Value = serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("Alertmanager answered GET {url} with non-JSON ({e}): {}", done.stdout));
+    alerts.as_array().cloned().unwrap_or_else(|| panic!("Alertmanager answered GET {url} with {alerts}, not a list"))
 }
 
 #[test]
@@ -291,8 +295,8 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
     assert!(
         wait_until(TIMEOUT, || Command::new("curl")
             .args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")])
-            .status()
-            .is_ok_and(|s| s.success())),
+            .output()
+            .is_ok_and(|o| o.status.success())),
         "alertmanager never became ready"
     );
 
@@ -335,7 +339,7 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
 
     // No new gaps for a whole window: the agent resolves it and Alertmanager drops it.
     assert!(
-        wait_until(Duration::from_secs(30), || !am_alerts(am_port).iter().any(|a| is_ours(a))),
+        wait_until(Duration::from_secs(30), || !am_alerts(am_port).iter().any(&is_ours)),
         "the alert never resolved: {:?}",
         am_alerts(am_port)
     );

@@ -2,8 +2,6 @@
 //! keep-alive connection, a chunked response, a 500, a malformed `traceparent`, and a
 //! `traceparent` sitting behind 6 KiB of other headers.
 
-mod support;
-
 use std::{
     fs,
     io::{Read, Write},
@@ -11,8 +9,8 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
-use support::*;
 
 /// Writes `raw` in one go and reads until `last` has arrived (the end of the last
 /// response).
@@ -37,7 +35,8 @@ fn pipelined_chunked_error_and_malformed_context() {
     let port = server.port();
     let dir = TempDir::new("edges");
     let out = dir.join("otlp.jsonl");
-    let agent = start_run(&[port], &out);
+    let listen = free_port();
+    let agent = start_run_listening(&[port], &out, listen, &[]);
 
     let good = "4bf92f3577b34da6a3ce929d0e0e4736";
     // Three pipelined requests in one write, one keep-alive connection: the first carries
@@ -67,7 +66,12 @@ fn pipelined_chunked_error_and_malformed_context() {
     let req = format!("GET /ok?u=1 HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{unsampled}-2222222222222222-00\r\nConnection: close\r\n\r\n");
     exchange(port, req.as_bytes(), b"ok\n");
 
-    std::thread::sleep(Duration::from_millis(300));
+    // Seen: the exported SERVER spans, and the unsampled one as a count.
+    wait_for_spans_in(&out, "the SERVER spans of /ok (2), /chunked, /fail and /predict", |s| {
+        let n = |name: &str| s.iter().filter(|s| s.kind == SERVER && s.name == name).count();
+        n("GET /ok") >= 2 && n("GET /chunked") >= 1 && n("GET /fail") >= 1 && n("GET /predict") >= 1
+    });
+    wait_metrics(listen, TIMEOUT, "the unsampled request", |m| m.get("hoptrace_spans_not_sampled_total") >= 1);
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
     let server_spans: Vec<&Span> = spans.iter().filter(|s| s.kind == SERVER).collect();

@@ -3,13 +3,11 @@
 //! consumer (kafka-python), and `hoptrace run` turning their Produce and Fetch traffic
 //! into PRODUCER and CONSUMER spans.
 
-mod support;
-
 use std::{collections::BTreeSet, fs, net::TcpStream, process::Command, time::Duration};
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
 
 const PRODUCER: u64 = 4;
 const CONSUMER: u64 = 5;
@@ -99,7 +97,16 @@ fn kafka_produce_and_fetch_become_producer_and_consumer_spans() {
     let traced: Vec<&Record> = a.iter().filter(|r| r.traceparent.is_some()).collect();
     assert_eq!(traced.len(), RECORDS.div_ceil(2));
     assert!(b.iter().all(|r| r.traceparent.is_none()));
-    std::thread::sleep(Duration::from_millis(1500));
+    let covered = |spans: &[Span], kind: u64| -> i64 {
+        spans
+            .iter()
+            .filter(|s| s.kind == kind && s.attrs.get("messaging.destination.name") == Some(&Value::from(TOPIC)))
+            .map(message_count)
+            .sum()
+    };
+    wait_for_spans_in(&out, "spans covering B's produced and every consumed record", |s| {
+        covered(s, PRODUCER) >= RECORDS as i64 && covered(s, CONSUMER) >= 2 * RECORDS as i64
+    });
     let done = stop(agent);
 
     let text = fs::read_to_string(&out).expect("OTLP/JSON output");

@@ -6,8 +6,6 @@
 //! out (systemd driver + containerd on cgroup v2; cgroupfs driver on a v1 hierarchy when the
 //! machine has one). Their SERVER spans must carry the pod's metadata.
 
-mod support;
-
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -15,9 +13,9 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::{json, Value};
-use support::*;
 
 const NODE: &str = "node-a";
 
@@ -139,10 +137,10 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join("ca.crt"), dir.join("api.crt"), dir.join("api.key"))
 }
 
-/// A metric's value on the agent's /metrics (0 when absent).
+/// A series' value on the agent's /metrics; panics when it is absent (every series the
+/// agent has exists from its first scrape on), so a check for 0 cannot pass vacuously.
 fn metric(port: u16, series: &str) -> u64 {
-    let r = curl_get(&format!("http://127.0.0.1:{port}/metrics"));
-    r.body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+    Metrics::scrape(port).get(series)
 }
 
 fn wait_metric(port: u16, series: &str, ok: impl Fn(u64) -> bool, agent: &RunAgent) {
@@ -286,7 +284,11 @@ fn pods_of_this_node_decorate_spans_through_list_watch_delete_and_relist() {
     assert!(metric(mport, "hoptrace_k8s_lists_total") >= 2);
     assert!(metric(mport, "hoptrace_k8s_unresolved_containers_total") >= 1, "the deleted pod's process was unresolved");
     assert_eq!(metric(mport, "hoptrace_k8s_api_errors_total{reason=\"decode\"}"), 0);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_spans_in(&out, "the four SERVER spans", |s| {
+        ["/listed", "/watched", "/deleted", "/relisted"]
+            .iter()
+            .all(|p| s.iter().any(|s| s.kind == SERVER && s.attrs.get("url.path") == Some(&Value::from(*p))))
+    });
     let stopped = agent.stop();
 
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));

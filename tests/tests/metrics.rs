@@ -2,8 +2,6 @@
 //! a real Prometheus scraping `/metrics` (OpenMetrics, exemplars stored), PromQL over it;
 //! and the same metrics pushed over OTLP to the real receiver (HTTP and gRPC).
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -11,9 +9,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
 
 /// Requests per (route, tenant) after the warm-up request each; see `send`.
 const FAST: usize = 20;
@@ -143,43 +141,52 @@ fn prometheus_scrapes_metrics_p95_per_route_counts_and_exemplars() {
         prom.process.stderr()
     );
 
-    // One request per route first, so each series exists in Prometheus before the bulk
-    // arrives (rate() needs an earlier sample of the series to see the increase).
-    send(port, 1, 1, 1);
-    std::thread::sleep(Duration::from_millis(2500));
-    send(port, FAST, SLOW, FAIL);
-
+    // Request counts per (route, tenant, status class) as Prometheus has them, waited for.
     let counts = "sum by (http_route, tenant, http_response_status_class) (http_server_request_duration_seconds_count{job=\"hoptrace\"})";
-    let expected: BTreeSet<(String, String, String, u64)> =
-        [("/fast", "acme", "2xx", FAST + 1), ("/slow", "globex", "2xx", SLOW + 1), ("/fail", "acme", "5xx", FAIL + 1)]
-            .map(|(r, t, c, n)| (r.to_string(), t.to_string(), c.to_string(), n as u64))
-            .into();
-    let mut got = BTreeSet::new();
-    let ok = wait_until(Duration::from_secs(30), || {
-        got = prom
-            .query(counts)
-            .into_iter()
-            .map(|(l, v)| {
-                (
-                    l["http_route"].clone(),
-                    l.get("tenant").cloned().unwrap_or_default(),
-                    l["http_response_status_class"].clone(),
-                    v as u64,
-                )
-            })
-            .collect();
-        got == expected
-    });
-    assert!(ok, "request counts per route/tenant/status class in Prometheus:\n{got:?}\nexpected:\n{expected:?}");
+    let wait_counts = |fast: usize, slow: usize, fail: usize| {
+        let expected: BTreeSet<(String, String, String, u64)> =
+            [("/fast", "acme", "2xx", fast), ("/slow", "globex", "2xx", slow), ("/fail", "acme", "5xx", fail)]
+                .map(|(r, t, c, n)| (r.to_string(), t.to_string(), c.to_string(), n as u64))
+                .into();
+        let mut got = BTreeSet::new();
+        let ok = wait_until(Duration::from_secs(30), || {
+            got = prom
+                .query(counts)
+                .into_iter()
+                .map(|(l, v)| {
+                    (
+                        l["http_route"].clone(),
+                        l.get("tenant").cloned().unwrap_or_default(),
+                        l["http_response_status_class"].clone(),
+                        v as u64,
+                    )
+                })
+                .collect();
+            got == expected
+        });
+        assert!(ok, "request counts per route/tenant/status class in Prometheus:\n{got:?}\nexpected:\n{expected:?}");
+    };
+
+    // One request per route first, and Prometheus has scraped them: each series has a
+    // sample before the bulk arrives (rate() needs an earlier sample to see the increase).
+    send(port, 1, 1, 1);
+    wait_counts(1, 1, 1);
+    send(port, FAST, SLOW, FAIL);
+    wait_counts(FAST + 1, SLOW + 1, FAIL + 1);
     let errors = prom.query("sum by (http_route) (hoptrace_http_server_request_errors_total{job=\"hoptrace\"})");
     let errors: BTreeMap<String, f64> = errors.into_iter().map(|(l, v)| (l["http_route"].clone(), v)).collect();
     assert_eq!(errors.get("/fail"), Some(&((FAIL + 1) as f64)), "{errors:?}");
     assert_eq!(errors.get("/fast"), Some(&0.0), "{errors:?}");
 
     // p95 per route from the histogram buckets: bounded by the bucket the latency falls in.
-    std::thread::sleep(Duration::from_secs(2));
+    // Prometheus evaluates it once a rate over the bulk exists for both routes.
     let p95q = "histogram_quantile(0.95, sum by (le, http_route) (rate(http_server_request_duration_seconds_bucket{job=\"hoptrace\"}[1m])))";
-    let p95: BTreeMap<String, f64> = prom.query(p95q).into_iter().map(|(l, v)| (l["http_route"].clone(), v)).collect();
+    let mut p95: BTreeMap<String, f64> = BTreeMap::new();
+    let evaluated = wait_until(Duration::from_secs(30), || {
+        p95 = prom.query(p95q).into_iter().map(|(l, v)| (l["http_route"].clone(), v)).collect();
+        ["/slow", "/fast"].iter().all(|r| p95.get(*r).is_some_and(|v| v.is_finite()))
+    });
+    assert!(evaluated, "no p95 for /slow and /fast: {p95:?}");
     eprintln!("PromQL {p95q}\n  = {p95:?}");
     let slow = p95["/slow"];
     let fast = p95["/fast"];

@@ -4,8 +4,6 @@
 //! message of a batch, parent a publish to the request its thread was serving, report
 //! messages without context as gaps, and never let a body or private header out.
 
-mod support;
-
 use std::{
     fs,
     io::{Read, Write},
@@ -15,9 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const BROKER_START: Duration = Duration::from_secs(180);
@@ -66,9 +64,7 @@ impl RabbitMq {
 /// The broker answers the AMQP protocol header with a method frame (connection.start).
 /// The connection has no consumer: the agent is not running yet, or ignores it.
 fn amqp_answers(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut b = [0u8; 1];
     s.write_all(b"AMQP\x00\x00\x09\x01").is_ok() && s.read_exact(&mut b).is_ok() && b[0] == 1
@@ -85,9 +81,7 @@ impl Nats {
         let port = free_port();
         let server = Running::spawn(Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]));
         let ready = wait_until(BROKER_START, || {
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-                return false;
-            };
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
             let mut b = [0u8; 5];
             s.read_exact(&mut b).is_ok() && &b == b"INFO "
         });
@@ -114,10 +108,6 @@ fn sent(done: &Finished) -> Vec<(String, String)> {
         .collect()
 }
 
-fn spans_in(out: &Path) -> Vec<Span> {
-    parse_spans(&fs::read_to_string(out).unwrap_or_default())
-}
-
 fn str_attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
     s.attrs.get(k).and_then(Value::as_str)
 }
@@ -125,22 +115,14 @@ fn str_attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
 fn start_agent(dir: &TempDir, ports: &[u16]) -> (Running, std::path::PathBuf, u16) {
     let out = dir.join("otlp.jsonl");
     let listen = free_port();
-    let mut cmd = Command::new(hoptrace_bin());
-    cmd.arg("run").arg("--output").arg(&out).args(["--listen", &format!("127.0.0.1:{listen}")]);
-    for p in ports {
-        cmd.args(["--port", &p.to_string()]);
-    }
-    without_otel_env(&mut cmd);
-    let mut agent = Running::spawn(&mut cmd);
-    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
-    (agent, out, listen)
+    (start_run_listening(ports, &out, listen, &[]), out, listen)
 }
 
+/// The rows of the agent's `/gaps`; panics unless the agent answers with a gap table.
 fn gaps(listen: u16) -> Vec<Value> {
-    let out =
-        Command::new("curl").args(["-sf", "-m", "5", &format!("http://127.0.0.1:{listen}/gaps")]).output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["gaps"].as_array().cloned().unwrap_or_default()
+    let body = http_get_body(listen, "/gaps");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/gaps is not JSON ({e}): {body}"));
+    v["gaps"].as_array().cloned().unwrap_or_else(|| panic!("/gaps has no gaps list: {v}"))
 }
 
 /// Nothing private left the agent: not in spans, not in logs.
@@ -217,7 +199,7 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
         spans.iter().filter(|s| s.kind == CONSUMER).count() >= 4
             && spans.iter().any(|s| s.kind == PRODUCER && s.name == "publish")
     };
-    wait_until(TIMEOUT, || expect(&spans_in(&out)));
+    wait_for_spans_in(&out, "four CONSUMER spans and the publish", expect);
     let gap_rows = gaps(listen);
     drop(publisher);
     let done = stop(agent);
@@ -245,7 +227,7 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     assert_eq!(int(a.attrs.get("messaging.message.body.size")), Some(format!("message 0 {secret}").len() as i64));
     assert_eq!(int(a.attrs.get("server.port")), Some(rabbit.port as i64));
     assert_eq!(str_attr(a, "network.transport"), Some("tcp"));
-    assert!(a.attrs.get("hoptrace.gap.kind").is_none(), "{a:?}");
+    assert!(!a.attrs.contains_key("hoptrace.gap.kind"), "{a:?}");
     // The SDK publisher makes its own spans: the agent adds none.
     assert!(!spans.iter().any(|s| s.kind == PRODUCER && s.trace_id == sdk_a[0].0), "{}", show(&spans));
 
@@ -276,7 +258,7 @@ fn mq_rabbitmq_context_through_headers_links_for_batches_and_gaps() {
     assert_eq!(c.len(), 1, "one read, one batch: {}", show(&spans));
     let c = c[0];
     assert_eq!(int(c.attrs.get("messaging.batch.message_count")), Some(3));
-    assert!(c.attrs.get("messaging.message.body.size").is_none());
+    assert!(!c.attrs.contains_key("messaging.message.body.size"));
     assert_eq!(c.name, "deliver");
     let mut links: Vec<(String, String)> = c.links.iter().map(|l| (l.0.clone(), l.1.clone())).collect();
     let mut want = sdk_c.clone();
@@ -325,7 +307,9 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     let plain_sub_pid = plain_sub.pid();
     plain_sub.finish(TIMEOUT).expect_success();
 
-    wait_until(TIMEOUT, || spans_in(&out).iter().filter(|s| s.kind == CONSUMER || s.kind == PRODUCER).count() >= 3);
+    wait_for_spans_in(&out, "three messaging spans", |s| {
+        s.iter().filter(|s| s.kind == CONSUMER || s.kind == PRODUCER).count() >= 3
+    });
     let gap_rows = gaps(listen);
     let done = stop(agent);
     let spans = spans_in(&out);
@@ -343,7 +327,7 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     assert_eq!(str_attr(hmsg[0], "messaging.system"), Some("nats"));
     assert_eq!(str_attr(hmsg[0], "messaging.operation.type"), Some("process"));
     assert_eq!(str_attr(hmsg[0], "messaging.destination.name"), Some("orders.created"));
-    assert!(hmsg[0].attrs.get("hoptrace.gap.kind").is_none());
+    assert!(!hmsg[0].attrs.contains_key("hoptrace.gap.kind"));
 
     let msg = of(plain_sub_pid, CONSUMER);
     assert_eq!(msg.len(), 1, "{}", show(&spans));
@@ -358,7 +342,7 @@ fn mq_nats_headers_join_the_trace_and_plain_messages_are_gaps() {
     let p = of(plain_pub_pid, PRODUCER);
     assert_eq!(p.len(), 1, "{}", show(&spans));
     assert_eq!((p[0].name.as_str(), str_attr(p[0], "messaging.operation.type")), ("PUB orders.plain", Some("send")));
-    assert!(p[0].attrs.get("hoptrace.gap.kind").is_none());
+    assert!(!p[0].attrs.contains_key("hoptrace.gap.kind"));
     // The SDK publisher: no duplicate span.
     assert!(!spans.iter().any(|s| s.kind == PRODUCER && s.trace_id == sdk[0].0), "{}", show(&spans));
 

@@ -8,6 +8,8 @@ use std::{collections::BTreeMap, fs, process::Command, time::Duration};
 use hoptrace_e2e::*;
 use serde_json::{json, Value};
 
+use crate::support::{listen_args, wait_metrics, Metrics};
+
 /// How long spans may take to reach the receiver: the agent batches for 1 s, the SDK for
 /// 100 ms, and a 2-core machine running several tests is slow.
 const DELIVERY: Duration = Duration::from_secs(30);
@@ -227,9 +229,17 @@ fn collector_down_at_start_then_back() {
     let collector_port = free_port();
     let service = PyServer::start("chain_service.py", &["0"]);
     let endpoint = format!("http://127.0.0.1:{collector_port}");
+    let listen = free_port();
     let agent = RunAgent::start(
         &[service.port()],
-        &["--export-queue-capacity", "10", "--export-batch-size", "5"],
+        &[
+            "--export-queue-capacity",
+            "10",
+            "--export-batch-size",
+            "5",
+            &listen_args(listen)[0],
+            &listen_args(listen)[1],
+        ],
         [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
     );
 
@@ -238,15 +248,21 @@ fn collector_down_at_start_then_back() {
         let body = curl(&[], &format!("http://127.0.0.1:{}/orders/{i}", service.port()));
         assert_eq!(body, "ok\n");
     }
-    // Let the agent turn the last exchanges into spans before the collector appears, so
+    // The agent has turned every exchange into spans before the collector appears, so
     // everything is submitted while it is still down (hence the ≤ capacity bound below).
-    std::thread::sleep(Duration::from_millis(500));
+    let made = |m: &Metrics, kind: &str| m.get(&format!("hoptrace_spans_total{{kind=\"{kind}\"}}"));
+    wait_metrics(listen, TIMEOUT, "a SERVER and a CLIENT span per request", |m| {
+        made(m, "server") >= REQUESTS as u64 && made(m, "client") >= REQUESTS as u64
+    });
 
     let receiver = OtlpReceiver::start_on(collector_port, 0);
     // The exporter retries with exponential backoff (0.5 s doubling, jittered, 60 s budget
     // from the first failure), so the first retry that finds the receiver may take a while.
     receiver.wait_for_spans(Duration::from_secs(60), "any span after it came up", |s| !s.is_empty());
-    receiver.wait_until_quiet(Duration::from_secs(3), Duration::from_secs(60));
+    // What the queue held has gone out (exported, or dropped and counted).
+    wait_metrics(listen, Duration::from_secs(60), "an empty export queue", |m| {
+        m.get("hoptrace_export_queue_depth") == 0
+    });
     let stopped = agent.stop();
     let received = receiver.spans();
     // Shown with --nocapture (and on failure): how the outage played out.

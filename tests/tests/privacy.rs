@@ -2,12 +2,10 @@
 //! kernel into the agent, and not one planted value appears in anything the agent
 //! exports (OTLP/JSON spans, its logs, /metrics, /gaps) — while routes stay useful.
 
-mod support;
+use std::{fs, process::Command};
 
-use std::{fs, process::Command, time::Duration};
-
+use crate::support::*;
 use hoptrace_e2e::*;
-use support::*;
 
 /// CPF with valid check digits from its first 9 digits.
 fn cpf(base: &str) -> String {
@@ -52,7 +50,7 @@ fn planted_personal_data_never_leaves_the_agent() {
         .args(["--listen", &format!("127.0.0.1:{listen}")]);
     cmd.args(["--port", &port.to_string()]);
     // Allowlisted baggage is exported — redacted like any value from traffic.
-    cmd.env("HOPTRACE_TRACES_BAGGAGE_ALLOWLIST", "user.email,user.cpf");
+    without_otel_env(&mut cmd).env("HOPTRACE_TRACES_BAGGAGE_ALLOWLIST", "user.email,user.cpf");
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
 
@@ -101,9 +99,14 @@ fn planted_personal_data_never_leaves_the_agent() {
     for args in &requests {
         run(Command::new("curl").args(["-s", "-m", "5"]).args(args), TIMEOUT);
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    let metrics = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{listen}/metrics")]).output().unwrap();
-    let gaps = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{listen}/gaps")]).output().unwrap();
+    // Scan only once everything is out: every request's span written, and a /metrics
+    // refresh that counted them all (a scan of an earlier one would prove nothing).
+    let n = requests.len();
+    wait_for_spans_in(&out, &format!("{n} SERVER spans"), |s| s.iter().filter(|s| s.kind == SERVER).count() >= n);
+    let metrics = wait_metrics(listen, TIMEOUT, &format!("{n} SERVER spans"), |m| {
+        m.get("hoptrace_spans_total{kind=\"server\"}") >= n as u64
+    });
+    let gaps = http_get_body(listen, "/gaps");
     let done = stop(agent);
 
     let otlp = fs::read_to_string(&out).unwrap_or_default();
@@ -111,8 +114,8 @@ fn planted_personal_data_never_leaves_the_agent() {
         ("OTLP", otlp.clone()),
         ("logs", done.stderr.clone()),
         ("stdout", done.stdout.clone()),
-        ("/metrics", String::from_utf8_lossy(&metrics.stdout).into_owned()),
-        ("/gaps", String::from_utf8_lossy(&gaps.stdout).into_owned()),
+        ("/metrics", metrics.0),
+        ("/gaps", gaps),
     ];
     for (what, text) in &everything {
         for value in planted {

@@ -4,14 +4,12 @@
 //! agent must not crash, must keep its memory and its route/label cardinality bounded,
 //! and must count every drop under a reason (stop log and /metrics).
 
-mod resilience_support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
+use crate::support::*;
 use hoptrace_e2e::*;
-use resilience_support::*;
 
 /// Deterministic bytes (xorshift64*), so a failure can be replayed.
 struct Rng(u64);

@@ -5,12 +5,10 @@
 //! could not take must be counted: the ring buffer's refusals by reason, and every byte
 //! nginx moved is either captured, not copied by design, or counted lost.
 
-mod resilience_support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use hoptrace_e2e::*;
-use resilience_support::*;
 
 #[test]
 fn frozen_agent_never_blocks_the_application_and_counts_every_byte_it_missed() {

@@ -4,15 +4,11 @@
 //! inventing an exchange for it (counted as a parse error instead), and attributes every
 //! later span to the right process, kind and parent.
 
-mod resilience_support;
-mod support;
+use std::{fs, process::Command};
 
-use std::time::Duration;
-
+use crate::support::*;
 use hoptrace_e2e::*;
-use resilience_support::*;
 use serde_json::Value;
-use support::*;
 
 fn port_of(s: &Span, key: &str) -> Option<i64> {
     int(s.attrs.get(key))
@@ -20,6 +16,24 @@ fn port_of(s: &Span, key: &str) -> Option<i64> {
 
 fn pid_of(s: &Span) -> Option<i64> {
     int(s.resource.get("process.pid"))
+}
+
+/// Whether the server `pid` has read all `sent` bytes of its connection `server_port` ↔
+/// `client_port` and gone back to sleep: its kernel received them all, the socket's
+/// receive queue is empty, and every thread of the process sleeps — so the read that
+/// emptied the queue has returned, and the agent's probe on that syscall's exit has fired.
+fn server_read_everything(pid: u32, server_port: u16, client_port: u16, sent: u64) -> bool {
+    let filter = format!("( sport = :{server_port} and dport = :{client_port} )");
+    let ss = run(Command::new("ss").args(["-tinH", "state", "established", &filter]), TIMEOUT).expect_success().stdout;
+    let recv_q = ss.split_whitespace().next().and_then(|q| q.parse::<u64>().ok());
+    let received = ss.split_whitespace().find_map(|w| w.strip_prefix("bytes_received:")?.parse::<u64>().ok());
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
+    let sleeping = threads.into_iter().all(|t| {
+        let stat = t.ok().and_then(|t| fs::read_to_string(t.path().join("stat")).ok()).unwrap_or_default();
+        // The state is the first field after the command name's closing parenthesis.
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+    });
+    recv_q == Some(0) && received == Some(sent) && sleeping
 }
 
 #[test]
@@ -41,7 +55,16 @@ fn agent_restart_with_open_keepalive_connections() {
     }
     // A request half sent when the agent goes away.
     conn.send_raw(b"GET /orders/half HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad");
-    std::thread::sleep(Duration::from_millis(300));
+    // The front's side of the half request must have been read before agent 1 stops.
+    assert!(
+        wait_until(TIMEOUT, || server_read_everything(
+            front.pid(),
+            front.port(),
+            conn.local_port(),
+            conn.bytes_written
+        )),
+        "the front never read the half-sent request"
+    );
     let done1 = stop(agent1);
     let log1 = stopped_log(&done1);
     let spans1 = parse_spans(&std::fs::read_to_string(&out1).unwrap_or_default());
@@ -74,7 +97,10 @@ fn agent_restart_with_open_keepalive_connections() {
     }
     let client_port = i64::from(conn.local_port());
     drop(conn);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_spans_in(&out2, "the front's 3 SERVER spans and 3 calls, and the downstream's 4 spans", |s| {
+        let n = |pid: i64, kind: u64| s.iter().filter(|s| pid_of(s) == Some(pid) && s.kind == kind).count();
+        n(front_pid, SERVER) >= 3 && n(front_pid, CLIENT) >= 3 && n(down_pid, SERVER) >= 4
+    });
     let done2 = stop(agent2);
     let log2 = stopped_log(&done2);
     let spans2 = parse_spans(&std::fs::read_to_string(&out2).unwrap_or_default());

@@ -1,12 +1,10 @@
 //! Sampling through the real agent: at ratio 0 only what the tail rules and sampled
 //! parents keep leaves the node, and every decision is counted.
 
-mod support;
+use std::{fs, process::Command};
 
-use std::{fs, process::Command, time::Duration};
-
+use crate::support::*;
 use hoptrace_e2e::*;
-use support::*;
 
 #[test]
 fn ratio_zero_keeps_errors_and_sampled_parents_only() {
@@ -15,11 +13,8 @@ fn ratio_zero_keeps_errors_and_sampled_parents_only() {
     let port = server.port();
     let dir = TempDir::new("sampling");
     let out = dir.join("otlp.jsonl");
-    let mut cmd = Command::new(hoptrace_bin());
-    cmd.args(["run", "--listen", "off", "--sample-ratio", "0", "--output"]).arg(&out);
-    cmd.args(["--port", &port.to_string()]);
-    let mut agent = Running::spawn(&mut cmd);
-    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
+    let listen = free_port();
+    let agent = start_run_listening(&[port], &out, listen, &["--sample-ratio", "0"]);
 
     let sampled = "11111111111111111111111111111111";
     let unsampled = "22222222222222222222222222222222";
@@ -36,7 +31,12 @@ fn ratio_zero_keeps_errors_and_sampled_parents_only() {
     get("/fail", None); // agent-started 500: kept by the error rule
     get("/ok?s=1", Some(format!("00-{sampled}-00f067aa0ba902b7-01"))); // upstream kept it
     get("/ok?s=0", Some(format!("00-{unsampled}-00f067aa0ba902b7-00"))); // upstream did not
-    std::thread::sleep(Duration::from_millis(300));
+                                                                         // Every request decided: the dropped ones are only visible as counts.
+    const DECISIONS: [&str; 4] = ["kept_error", "kept_parent_sampled", "dropped_ratio", "dropped_parent_not_sampled"];
+    wait_metrics(listen, TIMEOUT, "a decision of each kind", |m| {
+        DECISIONS.iter().all(|d| m.get(&format!("hoptrace_spans_sampled_total{{decision=\"{d}\"}}")) >= 1)
+    });
+    wait_for_spans_in(&out, "the two kept SERVER spans", |s| s.iter().filter(|s| s.kind == SERVER).count() >= 2);
     let done = stop(agent);
 
     let spans = parse_spans(&fs::read_to_string(&out).unwrap_or_default());
@@ -49,7 +49,7 @@ fn ratio_zero_keeps_errors_and_sampled_parents_only() {
     assert!(spans.iter().all(|s| s.trace_id != unsampled), "{}", show(&spans));
 
     let counts = &stopped_log(&done)["traces"]["sampling"];
-    for key in ["kept_error", "kept_parent_sampled", "dropped_ratio", "dropped_parent_not_sampled"] {
+    for key in DECISIONS {
         assert!(counts[key].as_u64() >= Some(1), "{key} not counted: {counts}");
     }
 }

@@ -1,8 +1,6 @@
 //! `hoptrace run` on the real kernel: HTTP traffic between real processes becomes spans,
 //! printed as OTLP/JSON (the default sink when no collector is configured).
 
-mod support;
-
 use std::{
     fs,
     io::{Read, Write},
@@ -10,9 +8,9 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
 
 /// The exchange on one keep-alive connection: request with `traceparent`, then without.
 fn keepalive_pair(port: u16, traceparent: &str) {
@@ -58,8 +56,11 @@ fn spans_join_w3c_context_and_link_thread_per_request_calls() {
     .expect_success();
     assert_eq!(traced.stdout, "ok\n");
     keepalive_pair(downstream.port(), &format!("00-{trace}-00f067aa0ba902b7-01"));
-    // Let the 1 s export batch go out before stopping (shutdown flushes too).
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_spans_in(&out, "the /orders SERVER span, its CLIENT call and both keep-alive spans", |s| {
+        s.iter().any(|s| s.kind == SERVER && s.name == "GET /orders/{id}")
+            && s.iter().any(|s| s.kind == CLIENT && s.name == "GET /items/{id}")
+            && s.iter().filter(|s| s.kind == SERVER && s.name == "GET /ka").count() >= 2
+    });
     stop(agent);
 
     let text = fs::read_to_string(&out).expect("OTLP/JSON output");
@@ -116,7 +117,10 @@ fn refused_connection_is_an_error_client_span_inside_its_request() {
         std::process::Command::new("curl").args(["-s", "-m", "5", &format!("http://127.0.0.1:{}/pay", front.port())]),
         TIMEOUT,
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_spans_in(&out, "the /pay SERVER span and the failed connect", |s| {
+        s.iter().any(|s| s.kind == SERVER && s.name == "GET /pay")
+            && s.iter().any(|s| s.kind == CLIENT && s.name == "connect")
+    });
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
 
@@ -164,9 +168,11 @@ fn refused_connects_are_reported_after_socket_memory_is_reused() {
             other => panic!("expected a refused connect, got {other:?}"),
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let done = stop(agent);
     assert_eq!(refused, ROUNDS);
+    wait_for_spans_in(&out, &format!("{ROUNDS} failed connects"), |s| {
+        s.iter().filter(|s| s.kind == CLIENT && s.name == "connect").count() >= ROUNDS
+    });
+    let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
     let failed: Vec<&Span> = spans.iter().filter(|s| s.kind == CLIENT && s.name == "connect").collect();
     assert_eq!(stopped_log(&done)["traces"]["connect_failures"], ROUNDS, "{}", show(&spans));

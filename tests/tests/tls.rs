@@ -5,39 +5,11 @@
 //! Every client here starts after the agent (so libraries attached at start, and after
 //! exec, cover processes that did not exist yet).
 
-mod support;
+use std::{collections::BTreeSet, fs, path::Path, process::Command};
 
-use std::{collections::BTreeSet, fs, path::Path, process::Command, time::Duration};
-
+use crate::support::*;
 use hoptrace_e2e::*;
 use serde_json::Value;
-use support::*;
-
-/// `hoptrace run` with OTLP/JSON into `out`, /metrics on `listen`, and `extra` flags.
-fn start_agent(ports: &[u16], out: &Path, listen: u16, extra: &[&str]) -> Running {
-    let mut cmd = Command::new(hoptrace_bin());
-    cmd.arg("run").arg("--output").arg(out);
-    cmd.args(["--listen", &format!("127.0.0.1:{listen}")]);
-    for p in ports {
-        cmd.args(["--port", &p.to_string()]);
-    }
-    cmd.args(extra);
-    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] {
-        cmd.env_remove(var);
-    }
-    let mut agent = Running::spawn(&mut cmd);
-    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
-    agent
-}
-
-fn metrics(listen: u16) -> String {
-    let out = Command::new("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{listen}/metrics")])
-        .output()
-        .expect("curl /metrics");
-    assert!(out.status.success(), "GET /metrics failed");
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn curl_k(url: &str, traceparent: &str) {
     let done = run(Command::new("curl").args(["-skf", "-H", &format!("traceparent: {traceparent}"), url]), TIMEOUT)
@@ -89,7 +61,7 @@ fn https_through_nginx_gives_the_same_spans_as_plain_http() {
     let listen = free_port();
     // Client spans too (by default clients that send their own traceparent count as
     // instrumented), so both sides of every exchange are compared.
-    let agent = start_agent(&[plain.port(), tls.port()], &out, listen, &["--no-suppress-instrumented"]);
+    let agent = start_run_listening(&[plain.port(), tls.port()], &out, listen, &["--no-suppress-instrumented"]);
 
     for (scheme, port) in [("https", tls.port()), ("http", plain.port())] {
         let base = format!("{scheme}://127.0.0.1:{port}");
@@ -101,10 +73,13 @@ fn https_through_nginx_gives_the_same_spans_as_plain_http() {
     // /metrics is refreshed once a second: wait for a refresh that saw the attachment.
     let mut metrics_text = String::new();
     wait_until(TIMEOUT, || {
-        metrics_text = metrics(listen);
+        metrics_text = Metrics::scrape(listen).0;
         metrics_text.lines().any(|l| l.starts_with("hoptrace_tls_libraries_attached ") && !l.ends_with(" 0"))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_spans_in(&out, "a SERVER and a CLIENT span per request over each scheme", |s| {
+        let on = |port: u16| s.iter().filter(|s| int(s.attrs.get("server.port")) == Some(port as i64)).count();
+        on(tls.port()) >= 6 && on(plain.port()) >= 6
+    });
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
     let on = |port: u16| -> Vec<&Span> {
@@ -167,7 +142,7 @@ fn a_private_libssl_mapped_after_exec_is_attached() {
     fs::copy(system, libdir.join("libssl.so.3")).unwrap();
     let out = dir.join("otlp.jsonl");
     let listen = free_port();
-    let mut agent = start_agent(&[tls.port()], &out, listen, &[]);
+    let mut agent = start_run_listening(&[tls.port()], &out, listen, &[]);
 
     let mut cmd = venv("https_client.py");
     cmd.args([&format!("https://127.0.0.1:{}/private", tls.port()), "--wait"]);
@@ -184,7 +159,9 @@ fn a_private_libssl_mapped_after_exec_is_attached() {
     let done_client = client.finish(TIMEOUT);
     assert!(done_client.status.success(), "{}", done_client.stderr);
     assert_eq!(done_client.stdout.lines().last(), Some("200 hello"));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_spans_in(&out, "the /private SERVER span", |s| {
+        s.iter().any(|s| s.kind == SERVER && s.name == "GET /private")
+    });
     let done = stop(agent);
     let spans = parse_spans(&fs::read_to_string(&out).expect("OTLP/JSON output"));
     let server = spans
@@ -203,7 +180,7 @@ fn tls_the_probes_cannot_see_is_reported_once_per_process() {
     let dir = TempDir::new("tls-invisible");
     let out = dir.join("otlp.jsonl");
     let listen = free_port();
-    let mut agent = start_agent(&[tls.port()], &out, listen, &[]);
+    let mut agent = start_run_listening(&[tls.port()], &out, listen, &[]);
 
     // rustls compiled into the executable: no libssl, nothing to probe. Two connections,
     // one report.
@@ -222,7 +199,7 @@ fn tls_the_probes_cannot_see_is_reported_once_per_process() {
     let mut text = String::new();
     assert!(
         wait_until(TIMEOUT, || {
-            text = metrics(listen);
+            text = Metrics::scrape(listen).0;
             text.contains(metric)
         }),
         "{metric} not in /metrics:\n{text}"

@@ -1,8 +1,11 @@
-#![allow(dead_code)] // each test file uses a subset
-//! Shared by the `hoptrace run` test files: start/stop the agent with the OTLP/JSON sink
-//! and read the spans it exported.
+//! Shared by the test modules: `hoptrace run` with the OTLP/JSON file sink and the spans
+//! it exported (here), the agent's HTTP endpoint and a keep-alive client (`endpoint`).
 
-use std::{collections::HashMap, path::Path};
+mod endpoint;
+
+pub use endpoint::*;
+
+use std::{collections::HashMap, fs, path::Path, process::Command};
 
 use hoptrace_e2e::*;
 use serde_json::Value;
@@ -106,19 +109,53 @@ pub const CONSUMER: u64 = 5;
 
 /// Starts `hoptrace run` on the given ports with OTLP/JSON into a file; waits for ready.
 pub fn start_run(ports: &[u16], out: &Path) -> Running {
-    let mut cmd = std::process::Command::new(hoptrace_bin());
+    spawn_run(ports, out, &[])
+}
+
+/// Like [`start_run`], with the agent's HTTP endpoint (`/metrics`, `/gaps`) on
+/// 127.0.0.1:`listen` and `extra` further `hoptrace run` arguments.
+pub fn start_run_listening(ports: &[u16], out: &Path, listen: u16, extra: &[&str]) -> Running {
+    let listen = listen_args(listen);
+    let mut args: Vec<&str> = vec![&listen[0], &listen[1]];
+    args.extend_from_slice(extra);
+    spawn_run(ports, out, &args)
+}
+
+fn spawn_run(ports: &[u16], out: &Path, args: &[&str]) -> Running {
+    let mut cmd = Command::new(hoptrace_bin());
     cmd.arg("run").arg("--output").arg(out);
     for p in ports {
         cmd.args(["--port", &p.to_string()]);
     }
+    cmd.args(args);
     // No collector: the embedded OTLP/JSON sink. Make sure the environment does not say
     // otherwise.
-    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] {
-        cmd.env_remove(var);
-    }
+    without_otel_env(&mut cmd);
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
     agent
+}
+
+/// The spans the agent has written to `out` so far: complete lines only, since it may be
+/// in the middle of writing the next batch.
+pub fn spans_in(out: &Path) -> Vec<Span> {
+    let text = fs::read_to_string(out).unwrap_or_default();
+    parse_spans(text.rfind('\n').map_or("", |i| &text[..=i]))
+}
+
+/// Waits until `check` holds for the spans in `out` (the agent writes a batch a second)
+/// and returns them; panics with what it wrote after [`TIMEOUT`]. Tests wait for the
+/// spans their traffic makes before stopping the agent, so that what they assert on was
+/// seen by the agent, not merely sent.
+pub fn wait_for_spans_in(out: &Path, what: &str, check: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+    let mut spans = Vec::new();
+    if wait_until(TIMEOUT, || {
+        spans = spans_in(out);
+        check(&spans)
+    }) {
+        return spans;
+    }
+    panic!("the agent never wrote {what} to {} within {TIMEOUT:?}; it wrote:\n{}", out.display(), show(&spans))
 }
 
 pub fn stop(agent: Running) -> Finished {

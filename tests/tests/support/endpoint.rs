@@ -1,6 +1,5 @@
-#![allow(dead_code)] // each resilience test file uses a subset
-//! Shared by the resilience test files: a keep-alive HTTP/1.1 client with exact request
-//! counts, the agent's `/metrics`, and the export accounting check.
+//! A keep-alive HTTP/1.1 client with exact request counts, the agent's `/metrics`, and the
+//! export accounting check.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

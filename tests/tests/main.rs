@@ -1,0 +1,26 @@
+//! hoptrace's end-to-end tests: the real agent binary on the real kernel against real
+//! servers, brokers, collectors and clients. One test binary with a module per feature (it
+//! links once); the harness is the `hoptrace_e2e` library (tests/src), the helpers shared
+//! by several modules are in `support`. Run them as root: `cargo xtask test`, or
+//! `cargo xtask test -- <module>::` for one feature.
+
+mod support;
+
+mod capture;
+mod deploy_vm;
+mod fixtures;
+mod gaps;
+mod http_edges;
+mod kafka;
+mod kubernetes;
+mod metrics;
+mod mq;
+mod otlp;
+mod privacy;
+mod resilience;
+mod resilience_hostile;
+mod resilience_overload;
+mod resilience_restart;
+mod sampling;
+mod spans;
+mod tls;
