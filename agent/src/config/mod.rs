@@ -239,10 +239,10 @@ fn unknown_process_env() -> Vec<Diagnostic> {
     schema::unknown_env(names.iter().map(String::as_str))
 }
 
-/// The file, parsed and checked; the environment over it; then the checks across settings.
 /// Reads an environment variable; injected so tests never touch the process environment.
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The file, parsed and checked; the environment over it; then the checks across settings.
 fn evaluate(text: &str, lookup: Option<Lookup>) -> (Config, Vec<Diagnostic>) {
     let mut ctx = schema::Ctx::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);

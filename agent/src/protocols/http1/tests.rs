@@ -4,7 +4,8 @@
 use hoptrace_common::Direction::{Egress, Ingress};
 
 use super::*;
-use crate::capture::stream::GapReason;
+use crate::capture::stream::{GapReason, Segment};
+use crate::protocols::L7Event;
 
 /// Server view: requests arrive, responses leave.
 const REQ: Direction = Ingress;
