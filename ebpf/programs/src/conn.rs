@@ -6,9 +6,10 @@ use hoptrace_common::*;
 
 use crate::{
     config::config,
-    fd::AF_INET,
+    fd::{AF_INET, AF_INET6},
     filter::port_filtered,
     helpers::{current_cgroup_id, current_comm, current_task, kread, pid_tgid},
+    log::kwarn,
     maps::{
         conns::{conn_mut, insert_conn, next_conn_id, ConnEntry, ConnRef},
         drops::count_drop,
@@ -33,6 +34,10 @@ fn read_tuple(sk: u64, entry: &mut ConnEntry) -> bool {
         entry.local_addr[..4].copy_from_slice(&l);
         entry.remote_addr[..4].copy_from_slice(&r);
     } else {
+        if family != AF_INET6 {
+            // `resolve_fd` accepted the socket as IPv4/IPv6 moments ago: its memory changed.
+            kwarn!("socket with unexpected family {}: its tuple is read as IPv6", family);
+        }
         let Some(l) = kread::<[u8; 16]>(sk + o.sk_v6_rcv_saddr as u64) else { return false };
         let Some(r) = kread::<[u8; 16]>(sk + o.sk_v6_daddr as u64) else { return false };
         entry.local_addr = l;
@@ -113,6 +118,7 @@ pub(crate) fn attach_fd(sk: u64, fd: i32, role: Role, via: Syscall, fresh: bool,
             entry.ignored = port_filtered(entry.local_port, entry.remote_port) as u8;
             if !insert_conn(sk, entry) {
                 count_drop(DropReason::ConnMapFull, 1);
+                kwarn!("connection table full: fd {} of process {} is not captured", fd, tgid);
                 return None;
             }
             conn_mut(sk)?

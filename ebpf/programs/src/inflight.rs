@@ -3,9 +3,12 @@
 
 use hoptrace_common::DropReason;
 
-use crate::maps::{
-    drops::count_drop,
-    inflight::{Inflight, INFLIGHT, INFLIGHT_SLOTS, INFLIGHT_SPILL},
+use crate::{
+    log::kwarn,
+    maps::{
+        drops::count_drop,
+        inflight::{Inflight, INFLIGHT, INFLIGHT_SLOTS, INFLIGHT_SPILL},
+    },
 };
 
 /// Stores the arguments of the current thread's syscall for its exit program.
@@ -29,6 +32,7 @@ pub(crate) fn put(tid: u32, mut call: Inflight) {
         }
         if INFLIGHT_SPILL.insert(tid, call, 0).is_err() {
             count_drop(DropReason::ArgsMapFull, 1);
+            kwarn!("in-flight spill table full: syscall {} of tid {} on fd {} lost", call.syscall, tid, call.fd);
             return;
         }
         core::ptr::write_volatile(&mut (*slot).spilled, 1);
@@ -51,6 +55,7 @@ pub(crate) fn take(tid: u32) -> Option<Inflight> {
             }
             // Torn by a same-slot thread entering at the same instant: lost, counted.
             count_drop(DropReason::ArgsMapFull, 1);
+            kwarn!("in-flight slot torn by thread {} of the same slot: call of tid {} lost", call.tid, tid);
             return None;
         }
         if core::ptr::read_volatile(&(*slot).spilled) == 0 {

@@ -27,6 +27,8 @@ bpf_modules! {
     mod config;
     /// Safe wrappers around the raw BPF helpers.
     mod helpers;
+    /// Kernel-side diagnostics (aya-log), off unless the agent enables them.
+    mod log;
     /// Every map, one file per family.
     mod maps;
     /// Process and port filters.

@@ -13,6 +13,7 @@ use crate::{
     filter::process_filtered,
     helpers::{arg, ktime_ns, pid_tgid, tail_call, uread},
     inflight,
+    log::kwarn,
     maps::{
         conns::conn_mut,
         drops::count_drop,
@@ -108,6 +109,7 @@ fn data_exit(ctx: &TracePointContext) {
     let index = if inf.vectored != 0 { EMIT_VECTORED } else { EMIT_CONTIGUOUS };
     tail_call(&EMITTERS, ctx, index);
     count_drop(DropReason::TailCallFailed, 1);
+    kwarn!("tail call into emitter {} failed: {} bytes of fd {} not sent", index, call_len, inf.fd);
 }
 
 #[tracepoint]

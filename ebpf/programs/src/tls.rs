@@ -30,11 +30,13 @@ use crate::{
     data::{emit_contiguous_job, prepare_emit, CallInfo},
     fd::socket_of,
     filter::process_filtered,
+    config::kernel_log,
     helpers::{ktime_ns, pid_tgid, tail_call, uread},
+    log::kwarn,
     maps::{
         conns::conn_mut,
         drops::count_drop,
-        tls::{set_ssl_call_fd, ssl_fd, take_ssl_call, SslCall, SslKey, SSL_CALLS, SSL_EMITTERS, SSL_FDS},
+        tls::{set_ssl_call_fd, ssl_call_pending, ssl_fd, take_ssl_call, SslCall, SslKey, SSL_CALLS, SSL_EMITTERS, SSL_FDS},
     },
 };
 
@@ -51,6 +53,11 @@ fn ssl_enter(ctx: &ProbeContext, syscall: Syscall, ex: bool) -> u32 {
     let pid_tgid = pid_tgid();
     if process_filtered((pid_tgid >> 32) as u32) {
         return 0;
+    }
+    if kernel_log() && ssl_call_pending(pid_tgid as u32) {
+        // Nested SSL calls (from a callback), or a return probe that never fired (the
+        // thread longjmp'ed out): the pending call is replaced and its bytes are lost.
+        kwarn!("tls: thread {} entered an SSL call with another pending: the older is lost", pid_tgid as u32);
     }
     let call = SslCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
@@ -115,6 +122,7 @@ fn plaintext_len(call: &SslCall, ret: i32) -> u64 {
             Some(n) => n,
             None => {
                 count_drop(DropReason::UserReadFault, 1);
+                kwarn!("tls: cannot read the byte count of an SSL_*_ex call of thread {}", pid_tgid() as u32);
                 0
             }
         }
@@ -137,6 +145,7 @@ fn ssl_socket_fd(call: &SslCall, tgid: u32) -> Option<i32> {
     let fd = ssl_fd(key);
     if fd.is_none() {
         count_drop(DropReason::TlsSocketUnknown, 1);
+        kwarn!("tls: plaintext of process {} on an SSL object whose socket is not known: not sent", tgid);
     }
     fd
 }
@@ -187,6 +196,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     }
     tail_call(&SSL_EMITTERS, &ctx, 0);
     count_drop(DropReason::TailCallFailed, 1);
+    kwarn!("tls: tail call into the emitter failed: {} bytes of fd {} not sent", len, fd);
     0
 }
 

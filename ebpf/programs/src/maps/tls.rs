@@ -55,6 +55,13 @@ pub(crate) fn take_ssl_call(tid: u32) -> Option<SslCall> {
     Some(call)
 }
 
+/// True when thread `tid` has an SSL call in `SSL_CALLS` (diagnostics only: a lookup).
+#[inline(always)]
+pub(crate) fn ssl_call_pending(tid: u32) -> bool {
+    // SAFETY: only the presence of the entry is used, never the reference.
+    unsafe { SSL_CALLS.get(tid) }.is_some()
+}
+
 /// The descriptor remembered for `key`, if any.
 #[inline(always)]
 pub(crate) fn ssl_fd(key: SslKey) -> Option<i32> {
