@@ -4,6 +4,7 @@
 //! see `preflight` for the checks that run before the bpf() syscall is ever made.
 
 pub mod btf;
+pub mod kernel_log;
 pub mod preflight;
 pub mod tracefs;
 
@@ -115,6 +116,8 @@ pub struct Loaded {
     pub skipped: Vec<String>,
     /// OpenSSL uprobes: libraries attached so far; the driver keeps it up to date.
     pub tls: Option<crate::tls::TlsWatcher>,
+    /// Kernel diagnostics drain (HOPTRACE_KERNEL_LOG=1 only).
+    _kernel_log: Option<kernel_log::KernelLog>,
 }
 
 impl Loaded {
@@ -230,11 +233,14 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
         offsets,
     };
 
-    let mut ebpf = EbpfLoader::new()
-        .override_global("CONFIG", &config, true)
-        .map_max_entries("EVENTS", ring_bytes)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object into the kernel failed")?;
+    let kernel_log = kernel_log::requested()?;
+    let mut loader = EbpfLoader::new();
+    loader.override_global("CONFIG", &config, true).map_max_entries("EVENTS", ring_bytes);
+    if kernel_log {
+        loader.override_global(kernel_log::GLOBAL, &1u8, true);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object into the kernel failed")?;
+    let kernel_log = if kernel_log { Some(kernel_log::KernelLog::start(&mut ebpf)?) } else { None };
 
     fill_filters(&mut ebpf, f)?;
 
@@ -302,7 +308,7 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     };
 
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-    Ok(Loaded { ebpf, ring, attachments, skipped, tls })
+    Ok(Loaded { ebpf, ring, attachments, skipped, tls, _kernel_log: kernel_log })
 }
 
 pub(crate) fn verifier_error(name: &str, err: ProgramError) -> anyhow::Error {
