@@ -12,6 +12,7 @@ mod fixtures;
 mod gaps;
 mod http_edges;
 mod kafka;
+mod kernel_log;
 mod kubernetes;
 mod metrics;
 mod mq;

@@ -53,6 +53,10 @@ pub struct ProbeArgs {
     /// Do not attach the OpenSSL uprobes (TLS plaintext capture).
     #[arg(long)]
     pub no_tls: bool,
+    /// Turn on the kernel programs' diagnostics (rare paths: tables full, unexpected
+    /// sockets, TLS oddities) as JSON log lines; also HOPTRACE_KERNEL_LOG=1. Off by default.
+    #[arg(long)]
+    pub kernel_log: bool,
     /// Exit after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -102,6 +106,7 @@ pub fn capture_options(args: &ProbeArgs) -> CaptureOptions {
             exclude_ports: args.exclude_ports.clone(),
         },
         tls: !args.no_tls,
+        kernel_log: args.kernel_log,
     }
 }
 

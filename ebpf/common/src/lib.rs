@@ -387,7 +387,7 @@ pub struct Config {
 mod user {
     // SAFETY: plain-old-data, repr(C), every bit pattern valid, no implicit padding.
     unsafe impl aya::Pod for super::Config {}
-    // SAFETY: as above: repr(C) integers only, every bit pattern valid, no padding.
+    // SAFETY: as for `Config`: repr(C) u32 fields only.
     unsafe impl aya::Pod for super::KernelOffsets {}
 }
 

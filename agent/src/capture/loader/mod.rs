@@ -4,6 +4,7 @@
 //! see `preflight` for the checks that run before the bpf() syscall is ever made.
 
 pub mod btf;
+pub mod kernel_log;
 pub mod preflight;
 pub mod tracefs;
 
@@ -80,6 +81,8 @@ pub struct CaptureOptions {
     pub filters: Filters,
     /// Load the OpenSSL uprobe programs (see [`crate::capture::Capture::load`]).
     pub tls: bool,
+    /// Turn on the kernel programs' diagnostics (aya-log), drained into the agent's log.
+    pub kernel_log: bool,
 }
 
 impl Default for CaptureOptions {
@@ -90,6 +93,7 @@ impl Default for CaptureOptions {
             allow_mount_tracefs: true,
             filters: Filters::default(),
             tls: true,
+            kernel_log: false,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct Loaded {
     pub attachments: usize,
     /// Tracepoints that do not exist on this kernel (optional ones only).
     pub skipped: Vec<String>,
+    /// Kernel diagnostics drain (`--kernel-log` only).
+    _kernel_log: Option<kernel_log::KernelLog>,
 }
 
 impl Loaded {
@@ -171,16 +177,19 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     let tracefs = preflight(opts)?;
     let (config, sock_state) = kernel_config(opts, &tracefs)?;
     let ring_bytes = ring_bytes(opts);
-    let mut ebpf = EbpfLoader::new()
-        .override_global("CONFIG", &config, true)
-        .map_max_entries("EVENTS", ring_bytes)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object into the kernel failed")?;
+    let mut loader = EbpfLoader::new();
+    loader.override_global("CONFIG", &config, true).map_max_entries("EVENTS", ring_bytes);
+    let log_on = opts.kernel_log || kernel_log::requested()?;
+    if log_on {
+        loader.override_global(kernel_log::GLOBAL, &1u8, true);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object into the kernel failed")?;
+    let kernel_log = if log_on { Some(kernel_log::KernelLog::start(&mut ebpf)?) } else { None };
     fill_filters(&mut ebpf, &opts.filters)?;
     let (attachments, skipped) = attach_tracepoints(&mut ebpf, &tracefs, sock_state)?;
     load_emitters(&mut ebpf)?;
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-    Ok(Loaded { ebpf, ring, attachments, skipped })
+    Ok(Loaded { ebpf, ring, attachments, skipped, _kernel_log: kernel_log })
 }
 
 /// What must hold before anything is loaded; returns where tracefs is.

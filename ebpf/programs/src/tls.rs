@@ -20,83 +20,50 @@
 //! in `CONNS`), through the same chunk emitter loop as syscall payloads.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, uprobe, uretprobe},
-    maps::{LruHashMap, ProgramArray},
+    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use hoptrace_common::*;
 
-use super::{
-    attach_fd, count_drop, current_gen, emit_contiguous_job, prepare_emit, process_filtered, resolve_fd, uread,
-    CallInfo, FdEntry, Resolved, CONNS, FDS,
+use crate::{
+    conn::attach_fd,
+    data::{emit_contiguous_job, prepare_emit, CallInfo},
+    fd::socket_of,
+    filter::process_filtered,
+    config::kernel_log,
+    helpers::{ktime_ns, pid_tgid, tail_call, uread},
+    log::kwarn,
+    maps::{
+        conns::conn_mut,
+        drops::count_drop,
+        tls::{set_ssl_call_fd, ssl_call_pending, ssl_fd, take_ssl_call, SslCall, SslKey, SSL_CALLS, SSL_EMITTERS, SSL_FDS},
+    },
 };
-
-/// An SSL_read/SSL_write in progress, keyed by thread id.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SslCall {
-    ssl: u64,
-    buf: u64,
-    /// `_ex` variants: where the library writes the byte count (`size_t *`).
-    len_ptr: u64,
-    ts_enter: u64,
-    /// Descriptor of the last TCP syscall made inside this call (-1: none yet).
-    fd: i32,
-    /// `Syscall::SslRead` or `Syscall::SslWrite`.
-    syscall: u8,
-    ex: u8,
-    _pad: [u8; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SslKey {
-    tgid: u32,
-    _pad: u32,
-    ssl: u64,
-}
-
-/// LRU rather than a plain hash: a thread that dies inside SSL_read (killed, or a
-/// longjmp out of a callback) never reaches the return probe, and its entry must not hold
-/// a slot forever.
-#[map]
-static SSL_CALLS: LruHashMap<u32, SslCall> = LruHashMap::with_max_entries(16384, 0);
-
-/// (process, SSL*) → socket descriptor, learned from syscalls inside SSL calls or from
-/// SSL_set_fd. LRU: SSL objects are freed without us noticing; old ones age out.
-#[map]
-static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
-
-/// The uprobe-typed chunk emitter (tail calls only reach programs of the caller's type).
-#[map]
-static SSL_EMITTERS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Called by every data syscall enter program on a TCP socket: when the thread is inside
 /// an SSL call, that call's socket is `fd`. Returns true when so (the syscall's bytes are
 /// ciphertext).
 #[inline(always)]
-pub(super) fn note_syscall_fd(tid: u32, fd: i32) -> bool {
-    match SSL_CALLS.get_ptr_mut(tid) {
-        Some(call) => {
-            unsafe { (*call).fd = fd };
-            true
-        }
-        None => false,
-    }
+pub(crate) fn note_syscall_fd(tid: u32, fd: i32) -> bool {
+    set_ssl_call_fd(tid, fd)
 }
 
 #[inline(always)]
 fn ssl_enter(ctx: &ProbeContext, syscall: Syscall, ex: bool) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = pid_tgid();
     if process_filtered((pid_tgid >> 32) as u32) {
         return 0;
+    }
+    if kernel_log() && ssl_call_pending(pid_tgid as u32) {
+        // Nested SSL calls (from a callback), or a return probe that never fired (the
+        // thread longjmp'ed out): the pending call is replaced and its bytes are lost.
+        kwarn!("tls: thread {} entered an SSL call with another pending: the older is lost", pid_tgid as u32);
     }
     let call = SslCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
         len_ptr: if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 },
-        ts_enter: unsafe { bpf_ktime_get_ns() },
+        ts_enter: ktime_ns(),
         fd: -1,
         syscall: syscall as u8,
         ex: ex as u8,
@@ -131,7 +98,7 @@ pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
 /// SSL_set_fd(ssl, fd) / SSL_set_rfd / SSL_set_wfd: the socket is known before any I/O.
 #[uprobe]
 pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tgid = (pid_tgid() >> 32) as u32;
     if process_filtered(tgid) {
         return 0;
     }
@@ -143,19 +110,11 @@ pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of any of the four read/write functions (the call's kind is in `SSL_CALLS`).
-#[uretprobe]
-pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let tgid = (pid_tgid >> 32) as u32;
-    let Some(call) = (unsafe { SSL_CALLS.get(tid) }).copied() else {
-        return 0;
-    };
-    let _ = SSL_CALLS.remove(tid);
-    // Both variants return `int`: only the low 32 bits of the register are defined.
-    let ret = ctx.ret::<u64>() as i32;
-    let len: u64 = if call.ex != 0 {
+/// How many plaintext bytes the SSL call moved (0: none, or failed).
+#[inline(always)]
+fn plaintext_len(call: &SslCall, ret: i32) -> u64 {
+    if call.ex != 0 {
+        // SSL_read_ex/SSL_write_ex: 1 on success, the byte count behind `len_ptr`.
         if ret != 1 {
             return 0;
         }
@@ -163,53 +122,54 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
             Some(n) => n,
             None => {
                 count_drop(DropReason::UserReadFault, 1);
-                return 0;
+                kwarn!("tls: cannot read the byte count of an SSL_*_ex call of thread {}", pid_tgid() as u32);
+                0
             }
         }
+    } else if ret <= 0 {
+        0
     } else {
-        if ret <= 0 {
-            return 0;
-        }
         ret as u64
-    };
+    }
+}
+
+/// The descriptor behind the call's SSL object: the one a syscall inside the call used
+/// (remembered for later calls), else the one remembered earlier.
+#[inline(always)]
+fn ssl_socket_fd(call: &SslCall, tgid: u32) -> Option<i32> {
+    let key = SslKey { tgid, _pad: 0, ssl: call.ssl };
+    if call.fd >= 0 {
+        let _ = SSL_FDS.insert(key, call.fd, 0);
+        return Some(call.fd);
+    }
+    let fd = ssl_fd(key);
+    if fd.is_none() {
+        count_drop(DropReason::TlsSocketUnknown, 1);
+        kwarn!("tls: plaintext of process {} on an SSL object whose socket is not known: not sent", tgid);
+    }
+    fd
+}
+
+/// Return of any of the four read/write functions (the call's kind is in `SSL_CALLS`).
+#[uretprobe]
+pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = pid_tgid();
+    let tid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(call) = take_ssl_call(tid) else { return 0 };
+    // Both variants return `int`: only the low 32 bits of the register are defined.
+    let len = plaintext_len(&call, ctx.ret::<u64>() as i32);
     if len == 0 {
         return 0;
     }
-    let key = SslKey { tgid, _pad: 0, ssl: call.ssl };
-    let fd = if call.fd >= 0 {
-        let _ = SSL_FDS.insert(key, call.fd, 0);
-        call.fd
-    } else {
-        match unsafe { SSL_FDS.get(key) } {
-            Some(fd) => *fd,
-            None => {
-                count_drop(DropReason::TlsSocketUnknown, 1);
-                return 0;
-            }
-        }
-    };
-    let fd_key = ((tgid as u64) << 32) | fd as u32 as u64;
-    let gen = current_gen(tgid);
-    let ts = unsafe { bpf_ktime_get_ns() };
-    let (sk, known) = match unsafe { FDS.get(fd_key) } {
-        Some(e) if e.gen == gen => (e.sk, true),
-        _ => match resolve_fd(fd) {
-            Resolved::Tcp(sk) => (sk, false),
-            Resolved::Other => {
-                let _ = FDS.insert(fd_key, FdEntry { sk: 0, gen }, 0);
-                (0, true)
-            }
-            Resolved::Fault => {
-                count_drop(DropReason::KernelReadFault, 1);
-                (0, true)
-            }
-        },
-    };
+    let Some(fd) = ssl_socket_fd(&call, tgid) else { return 0 };
+    let ts = ktime_ns();
+    let (sk, known) = socket_of(tgid, fd);
     if sk == 0 {
         // Not a TCP socket (unix socket, pipe), or a filtered-out connection.
         return 0;
     }
-    let conn = match CONNS.get_ptr_mut(sk) {
+    let conn = match conn_mut(sk) {
         Some(c) if known => c,
         _ => match attach_fd(sk, fd, Role::Unknown, Syscall::FirstData, false, ts) {
             Some(c) => c,
@@ -218,18 +178,8 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     };
     let syscall = if call.syscall == Syscall::SslRead as u8 { Syscall::SslRead } else { Syscall::SslWrite };
     let direction = syscall.direction();
-    let call_offset = unsafe {
-        (*conn).tls = 1;
-        if direction == Direction::Egress {
-            let off = (*conn).tls_egress;
-            (*conn).tls_egress = off + len;
-            off
-        } else {
-            let off = (*conn).tls_ingress;
-            (*conn).tls_ingress = off + len;
-            off
-        }
-    };
+    conn.mark_tls();
+    let call_offset = conn.advance_tls(direction, len);
     let info = CallInfo {
         direction,
         syscall: syscall as u8,
@@ -244,8 +194,9 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     if !prepare_emit(conn, &info, false) {
         return 0;
     }
-    unsafe { SSL_EMITTERS.tail_call(&ctx, 0) };
+    tail_call(&SSL_EMITTERS, &ctx, 0);
     count_drop(DropReason::TailCallFailed, 1);
+    kwarn!("tls: tail call into the emitter failed: {} bytes of fd {} not sent", len, fd);
     0
 }
 

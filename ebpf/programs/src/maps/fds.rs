@@ -1,0 +1,57 @@
+//! `FDS` and `GENS`: which descriptors of which process are captured sockets.
+
+use aya_ebpf::{macros::map, maps::LruHashMap};
+
+/// (tgid << 32 | fd) → what that descriptor is. `sk == 0` means "not captured".
+#[map]
+static FDS: LruHashMap<u64, FdEntry> = LruHashMap::with_max_entries(131072, 0);
+
+/// tgid → descriptor-table generation. Bumped on exec, exit and close_range, which close
+/// descriptors without a close() we could see; `FDS` entries of an older generation are stale.
+#[map]
+static GENS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct FdEntry {
+    pub sk: u64,
+    pub gen: u64,
+}
+
+/// The `FDS` key of descriptor `fd` of process `tgid`.
+#[inline(always)]
+pub(crate) fn fd_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | fd as u32 as u64
+}
+
+/// What is known about the descriptor under `key`.
+#[inline(always)]
+pub(crate) fn fd_entry(key: u64) -> Option<FdEntry> {
+    // SAFETY: the value is copied at once; hash map values stay readable for the whole
+    // program run (RCU) even if another CPU deletes the entry meanwhile.
+    unsafe { FDS.get(key) }.copied()
+}
+
+/// Records what the descriptor under `key` is (best effort: a full LRU evicts the oldest).
+#[inline(always)]
+pub(crate) fn set_fd_entry(key: u64, entry: FdEntry) {
+    let _ = FDS.insert(key, entry, 0);
+}
+
+#[inline(always)]
+pub(crate) fn forget_fd(key: u64) {
+    let _ = FDS.remove(key);
+}
+
+/// The descriptor-table generation of process `tgid` (0 until its first bump).
+#[inline(always)]
+pub(crate) fn current_gen(tgid: u32) -> u64 {
+    // SAFETY: as in `fd_entry`.
+    unsafe { GENS.get(tgid) }.copied().unwrap_or(0)
+}
+
+/// Starts a new descriptor-table generation for `tgid` (`gen` must grow: a timestamp).
+#[inline(always)]
+pub(crate) fn bump_gen(tgid: u32, gen: u64) {
+    let _ = GENS.insert(tgid, gen, 0);
+}
