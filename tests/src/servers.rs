@@ -146,7 +146,7 @@ impl Drop for Nginx {
 
 /// A self-signed certificate for `localhost` / 127.0.0.1 (RSA 2048, 2 days), made with the
 /// openssl CLI.
-fn self_signed_cert(cert: &Path, key: &Path) {
+pub fn self_signed_cert(cert: &Path, key: &Path) {
     run(
         Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]).args([
             "-subj",
