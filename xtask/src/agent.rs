@@ -25,6 +25,7 @@ use crate::{
     progress::{run, say, Progress, Step},
 };
 
+const LLVM_USUALLY: &str = "~25 s";
 pub const BUILD_USUALLY: &str = "~3 min on 2 cores from nothing, seconds when up to date";
 
 pub fn target_dir(root: &Path) -> PathBuf {
@@ -34,12 +35,9 @@ pub fn target_dir(root: &Path) -> PathBuf {
 /// `cargo build --release -p hoptrace`, its output live; `linker` is the waiting wrapper when
 /// bpf-linker is still being installed.
 pub fn build_release(root: &Path, p: &mut Progress, linker: Option<&Path>) -> Result<PathBuf> {
-    let mut step = p.step("building the agent (cargo build --release -p hoptrace)");
-    let mut usually = BUILD_USUALLY.to_string();
-    if linker.is_some() {
-        usually.push_str("; the kernel object's link waits for bpf-linker");
-    }
-    step.begin(&usually);
+    let mut step = p.step("the agent (cargo build --release -p hoptrace)");
+    let doing = if linker.is_some() { "building; the kernel object's link waits for bpf-linker" } else { "building" };
+    step.begin(doing, BUILD_USUALLY);
     let mut cmd = cargo();
     cmd.args(["build", "--release", "-p", "hoptrace"]).current_dir(root);
     if let Some(linker) = linker {
@@ -57,7 +55,7 @@ struct Background {
 }
 
 impl Background {
-    fn start(root: &Path, llvm: Step, linker: Step, llvm_missing: Vec<&'static str>) -> Result<Background> {
+    fn start(root: &Path, llvm: Option<Step>, linker: Step, llvm_missing: Vec<&'static str>) -> Result<Background> {
         let dir = root.join("target/xtask");
         std::fs::create_dir_all(&dir)?;
         let lock_path = dir.join("bpf-linker.lock");
@@ -92,16 +90,12 @@ impl Background {
     }
 }
 
-fn install(root: &Path, mut llvm: Step, mut linker: Step, llvm_missing: &[&str]) -> Result<PathBuf> {
-    let usually = "~25 s";
-    if llvm_missing.is_empty() {
-        llvm.skip("already installed");
-    } else {
-        llvm.begin(&format!("{usually}; in the background"));
-        prereq::apt_install(root, &llvm, llvm_missing, usually)?;
+/// The background work; the steps were announced by the caller, so the lines stay in order.
+fn install(root: &Path, llvm: Option<Step>, linker: Step, llvm_missing: &[&str]) -> Result<PathBuf> {
+    if let Some(llvm) = llvm {
+        prereq::apt_install(root, &llvm, llvm_missing, LLVM_USUALLY)?;
         llvm.done();
     }
-    linker.begin(&format!("{BPF_LINKER_USUALLY}; in the background, after LLVM"));
     let bin = prereq::install_bpf_linker(root, &linker)?;
     linker.done();
     Ok(bin)
@@ -131,24 +125,30 @@ fn write_wrapper(path: &Path, lock: &Path, ready: &Path, log: &Path) -> Result<(
 /// `cargo xtask run`.
 pub fn run_agent(root: &Path, args: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("the agent loads eBPF programs and needs root: run `sudo -E cargo xtask run`");
+        bail!("the agent loads eBPF programs and needs root: run it as root (e.g. `sudo -E env PATH=$PATH cargo xtask run`)");
     }
     let mut p = Progress::new("run", 5, "install what the agent needs, build it, start it");
     prereq::rust_src(root, &mut p)?;
     let llvm_missing = prereq::apt_missing(RUN_APT);
     let mut llvm = p.step("LLVM 22 (apt llvm-22-dev)");
-    let linker = p.step(format!("bpf-linker {BPF_LINKER_VERSION} built against LLVM 22"));
-    let background = if prereq::bpf_linker_ok() {
-        if llvm_missing.is_empty() {
-            llvm.skip("already installed");
-        } else {
-            llvm.begin("~25 s");
-            prereq::apt_install(root, &llvm, &llvm_missing, "~25 s")?;
-            llvm.done();
-        }
+    let mut linker = p.step(format!("bpf-linker {BPF_LINKER_VERSION} (built against LLVM 22)"));
+    let linker_ok = prereq::bpf_linker_ok();
+    if llvm_missing.is_empty() {
+        llvm.skip("already installed");
+    } else if linker_ok {
+        llvm.begin("installing", LLVM_USUALLY);
+        prereq::apt_install(root, &llvm, &llvm_missing, LLVM_USUALLY)?;
+        llvm.done();
+    } else {
+        llvm.begin("installing in the background", LLVM_USUALLY);
+    }
+    let background = if linker_ok {
         linker.skip("already installed");
         None
     } else {
+        let after = if llvm_missing.is_empty() { "" } else { " after LLVM" };
+        linker.begin(&format!("building in the background{after}"), BPF_LINKER_USUALLY);
+        let llvm = (!llvm_missing.is_empty()).then_some(llvm);
         Some(Background::start(root, llvm, linker, llvm_missing)?)
     };
     let built = build_release(root, &mut p, background.as_ref().map(|b| b.wrapper.as_path()));

@@ -182,7 +182,7 @@ fn gate(result: Result<()>, full: bool, what: &str) -> Result<()> {
 /// `cargo xtask test`: prerequisites, gates, the release build, the suite, the fuzz smoke run.
 fn test(root: &Path, filter: &[String]) -> Result<()> {
     if !prereq::is_root() {
-        bail!("the end-to-end tests load eBPF programs and need root: run `sudo -E cargo xtask test`");
+        bail!("the end-to-end tests load eBPF programs and need root: run them as root (e.g. `sudo -E env PATH=$PATH cargo xtask test`)");
     }
     let full = filter.is_empty();
     let prereq_steps = prereq::TEST_PREREQ_STEPS - usize::from(!full);
@@ -191,18 +191,18 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
     let mut p = Progress::new("test", total, what);
     prereq::test_prereqs(root, &mut p, full)?;
 
-    let mut step = p.step("lint: cargo fmt --check, clippy on the workspace and the kernel crate");
-    step.begin("~3 min when nothing is built yet, ~20 s when warm");
+    let mut step = p.step("lint (cargo fmt --check; clippy on the workspace and on the kernel crate)");
+    step.begin("checking", "~3 min when nothing is built yet, ~20 s when warm");
     gate(checks::lint(root), full, "lint")?;
     step.done();
 
     let mut step = p.step("relative links in the Markdown files");
-    step.begin("under a second");
+    step.begin("checking", "under a second");
     gate(links::check_links(root), full, "check-links")?;
     step.done();
 
     let mut step = p.step("alert rules (promtool) and deployment files");
-    step.begin("~10 s");
+    step.begin("checking", "~10 s");
     checks::check_rules(root)?;
     checks::check_deploy(root)?;
     step.done();
@@ -210,25 +210,28 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
     // The suite runs the release binary, the one users run.
     let bin = agent::build_release(root, &mut p, None)?;
 
-    let mut step = p.step("the shipped configurations pass --check-config");
-    step.begin("under a second");
+    let mut step = p.step("the shipped configurations (hoptrace --check-config)");
+    step.begin("checking", "under a second");
     run(Command::new(&bin).arg("--check-config").arg(root.join("deploy/hoptrace.yaml")))?;
     run(Command::new(&bin).arg("--check-config").arg(root.join(checks::DEPLOY_CONFIG)))?;
     step.done();
 
     let mut step = p.step(format!("cargo test --workspace (HOPTRACE_BIN={})", bin.display()));
-    step.begin(if full {
-        "~4 min to build the tests the first time, then several minutes of e2e tests"
-    } else {
-        "the test build, then the matching tests"
-    });
+    step.begin(
+        "running",
+        if full {
+            "~4 min to build the tests the first time, then several minutes of e2e tests"
+        } else {
+            "the test build, then the matching tests"
+        },
+    );
     run(agent_cargo_test(root, filter).env("HOPTRACE_BIN", &bin))?;
     step.done();
 
     // The parsers' fuzz smoke run, only for the whole suite (not a filtered run).
     if full {
         let mut step = p.step(format!("fuzz smoke run ({} s per target)", fuzz::CI_SECONDS));
-        step.begin("~1 min once built; the first build ~3 min");
+        step.begin("running", "~1 min once built; the first build ~3 min");
         fuzz::fuzz(root, fuzz::CI_SECONDS, &[])?;
         step.done();
     }

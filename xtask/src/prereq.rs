@@ -108,7 +108,7 @@ pub fn apt_step(root: &Path, p: &mut Progress, what: &str, packages: &[&'static 
         step.skip("already installed");
         return Ok(());
     }
-    step.begin(&format!("{usually}; installing {}", missing.join(" ")));
+    step.begin(&format!("installing {}", missing.join(" ")), usually);
     apt_install(root, &step, &missing, usually)?;
     step.done();
     Ok(())
@@ -126,7 +126,7 @@ pub fn rust_src(root: &Path, p: &mut Progress) -> Result<()> {
         step.skip("already installed");
         return Ok(());
     }
-    step.begin("~2 s");
+    step.begin("installing", "~2 s");
     let ok = Command::new("rustup")
         .args(["component", "add", "rust-src", "--toolchain", "nightly"])
         .status()
@@ -199,12 +199,12 @@ pub fn install_bpf_linker(root: &Path, step: &Step) -> Result<PathBuf> {
 
 /// The bpf-linker step in the foreground (setup, test).
 pub fn bpf_linker(root: &Path, p: &mut Progress) -> Result<()> {
-    let mut step = p.step(format!("bpf-linker {BPF_LINKER_VERSION} built against LLVM 22"));
+    let mut step = p.step(format!("bpf-linker {BPF_LINKER_VERSION} (built against LLVM 22)"));
     if bpf_linker_ok() {
         step.skip("already installed");
         return Ok(());
     }
-    step.begin(BPF_LINKER_USUALLY);
+    step.begin("building", BPF_LINKER_USUALLY);
     install_bpf_linker(root, &step)?;
     step.done();
     Ok(())
@@ -219,7 +219,7 @@ pub fn kafka_broker(p: &mut Progress) -> Result<()> {
         return Ok(());
     }
     let usually = "~15 min on 2 idle cores: the longest step, once per machine";
-    step.begin(usually);
+    step.begin("building", usually);
     let _beat = step.heartbeat(Duration::from_secs(60), usually);
     run(cargo().args(["install", &format!("tansu@{TANSU_VERSION}"), "--locked"]).args([
         "--no-default-features",
@@ -238,7 +238,7 @@ pub fn cargo_fuzz(p: &mut Progress) -> Result<()> {
         return Ok(());
     }
     let usually = "~1 min on 2 cores";
-    step.begin(usually);
+    step.begin("building", usually);
     let _beat = step.heartbeat(Duration::from_secs(30), usually);
     run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     step.done();
@@ -271,7 +271,7 @@ pub fn python_env(root: &Path, p: &mut Progress) -> Result<()> {
         return Ok(());
     }
     let usually = "~1 min";
-    step.begin(usually);
+    step.begin("installing", usually);
     if !usable {
         if venv.exists() {
             step.note(&format!("{} is broken; recreating it", venv.display()));

@@ -48,9 +48,14 @@ impl Progress {
     }
 
     /// Reserves the next step number; the caller then says whether it runs or is skipped.
-    pub fn step(&mut self, what: impl Into<String>) -> Step {
+    pub fn step(&mut self, subject: impl Into<String>) -> Step {
         self.next += 1;
-        Step { tag: format!("[{}/{}]", self.next, self.total), what: what.into(), started: Instant::now() }
+        Step {
+            tag: format!("[{}/{}]", self.next, self.total),
+            subject: subject.into(),
+            doing: String::new(),
+            started: Instant::now(),
+        }
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -63,23 +68,26 @@ impl Progress {
     }
 }
 
-/// One numbered step.
+/// One numbered step: "xtask: [3/5] SUBJECT: installing (usually ~40 s)", then "SUBJECT: done
+/// in 38 s", or "SUBJECT: already installed".
 pub struct Step {
     tag: String,
-    what: String,
+    subject: String,
+    doing: String,
     started: Instant,
 }
 
 impl Step {
     /// The step runs now; `usually` is the time it takes on a 2-core machine.
-    pub fn begin(&mut self, usually: &str) {
+    pub fn begin(&mut self, doing: &str, usually: &str) {
         self.started = Instant::now();
-        say(&format!("xtask: {} {} (usually {usually})", self.tag, self.what));
+        self.doing = doing.to_string();
+        say(&format!("xtask: {} {}: {doing} (usually {usually})", self.tag, self.subject));
     }
 
     /// The step has nothing to do.
     pub fn skip(&self, why: &str) {
-        say(&format!("xtask: {} {}: {why}", self.tag, self.what));
+        say(&format!("xtask: {} {}: {why}", self.tag, self.subject));
     }
 
     /// A line about this step while it runs (e.g. which log it writes).
@@ -88,18 +96,18 @@ impl Step {
     }
 
     pub fn done(&self) {
-        say(&format!("xtask: {} {}: done in {}", self.tag, self.what, human(self.started.elapsed())));
+        say(&format!("xtask: {} {}: done in {}", self.tag, self.subject, human(self.started.elapsed())));
     }
 
     /// Prints "still ..." every `every` until the returned guard is dropped.
     pub fn heartbeat(&self, every: Duration, usually: &str) -> Heartbeat {
         let (stop, rx) = mpsc::channel::<()>();
-        let label = format!("xtask: {} still {}", self.tag, self.what);
+        let label = format!("xtask: {} {}: still {}", self.tag, self.subject, self.doing);
         let usually = usually.to_string();
         let started = self.started;
         let thread = thread::spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                say(&format!("{label}: {} so far (usually {usually})", human(started.elapsed())));
+                say(&format!("{label}, {} so far (usually {usually})", human(started.elapsed())));
             }
         });
         Heartbeat { stop: Some(stop), thread: Some(thread) }
