@@ -25,8 +25,11 @@ pub fn lint(root: &Path) -> Result<()> {
     }
 
     say("xtask lint: cargo clippy --workspace --all-targets");
-    let host =
-        cargo().args(["clippy", "--workspace", "--all-targets", "--"]).args(CLIPPY_ARGS).current_dir(root).status()?;
+    let host = cargo()
+        .args(["clippy", "--workspace", "--all-targets", "--keep-going", "--"])
+        .args(CLIPPY_ARGS)
+        .current_dir(root)
+        .status()?;
     if !host.success() {
         failed.push("clippy on the workspace");
     }
@@ -35,7 +38,7 @@ pub fn lint(root: &Path) -> Result<()> {
     // target directory of its own so it never invalidates the agent's build.
     say("xtask lint: cargo +nightly clippy -p hoptrace-ebpf --target bpfel-unknown-none");
     let kernel = Command::new("rustup")
-        .args(["run", "nightly", "cargo", "clippy", "-p", "hoptrace-ebpf", "--bins"])
+        .args(["run", "nightly", "cargo", "clippy", "-p", "hoptrace-ebpf", "--bins", "--keep-going"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
         .arg(root.join("target/lint-ebpf"))
         .arg("--")

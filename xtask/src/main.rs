@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::progress::{run, say, Progress};
+use crate::progress::{run, say, Progress, Step};
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
@@ -164,18 +164,19 @@ fn build_ebpf(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A gate of the full suite; in a filtered run (a developer iterating on some tests) its
-/// failure is reported and the run goes on.
-fn gate(result: Result<()>, full: bool, what: &str) -> Result<()> {
+/// A gate of the full suite, run as `step`; in a filtered run (a developer iterating on some
+/// tests) its failure is reported and the run goes on.
+fn gate(step: &Step, result: Result<()>, full: bool) -> Result<()> {
     match result {
-        Err(e) if !full => {
-            say(&format!(
-                "xtask test: WARNING: {what} failed ({e:#}); a filtered run goes on, the full \
-                 `cargo xtask test` fails on it"
-            ));
+        Ok(()) => {
+            step.done();
             Ok(())
         }
-        other => other,
+        Err(e) if !full => {
+            step.failed(&format!("{e:#}; a filtered run goes on, the full `cargo xtask test` fails on it"));
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -193,13 +194,11 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
 
     let mut step = p.step("lint (cargo fmt --check; clippy on the workspace and on the kernel crate)");
     step.begin("checking", "~3 min when nothing is built yet, ~20 s when warm");
-    gate(checks::lint(root), full, "lint")?;
-    step.done();
+    gate(&step, checks::lint(root), full)?;
 
     let mut step = p.step("relative links in the Markdown files");
     step.begin("checking", "under a second");
-    gate(links::check_links(root), full, "check-links")?;
-    step.done();
+    gate(&step, links::check_links(root), full)?;
 
     let mut step = p.step("alert rules (promtool) and deployment files");
     step.begin("checking", "~10 s");

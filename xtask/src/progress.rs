@@ -95,6 +95,11 @@ impl Step {
         say(&format!("xtask: {} {text}", self.tag));
     }
 
+    /// The step failed and the command goes on (a warning, not an error).
+    pub fn failed(&self, why: &str) {
+        say(&format!("xtask: {} {}: FAILED after {}: {why}", self.tag, self.subject, human(self.started.elapsed())));
+    }
+
     pub fn done(&self) {
         say(&format!("xtask: {} {}: done in {}", self.tag, self.subject, human(self.started.elapsed())));
     }
