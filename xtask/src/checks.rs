@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    prereq::cargo,
+    prereq::{cargo, rustup},
     progress::{output, run, say},
 };
 
@@ -37,7 +37,7 @@ pub fn lint(root: &Path) -> Result<()> {
     // The kernel crate as aya-build compiles it (nightly, bpf target, core from source), in a
     // target directory of its own so it never invalidates the agent's build.
     say("xtask lint: cargo +nightly clippy -p hoptrace-ebpf --target bpfel-unknown-none");
-    let kernel = Command::new("rustup")
+    let kernel = rustup()
         .args(["run", "nightly", "cargo", "clippy", "-p", "hoptrace-ebpf", "--bins", "--keep-going"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
         .arg(root.join("target/lint-ebpf"))

@@ -4,7 +4,10 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::progress::{human, output, run, say};
+use crate::{
+    prereq::{cargo, rustup},
+    progress::{human, output, run, say},
+};
 
 /// Seconds per fuzz target in `cargo xtask test` (a smoke run: the corpus replay plus a
 /// little exploration; about a minute for the four targets once the build is warm).
@@ -12,8 +15,8 @@ pub const CI_SECONDS: u64 = 12;
 
 /// `cargo +nightly fuzz` with the agent's eBPF build skipped (the parsers do not need it).
 fn cargo_fuzz(root: &Path) -> Command {
-    let mut c = Command::new("cargo");
-    c.args(["+nightly", "fuzz"]).current_dir(root).env("AYA_BUILD_SKIP", "1");
+    let mut c = rustup();
+    c.args(["run", "nightly", "cargo", "fuzz"]).current_dir(root).env("AYA_BUILD_SKIP", "1");
     c
 }
 
@@ -22,9 +25,9 @@ fn cargo_fuzz(root: &Path) -> Command {
 /// under target/; a crash stops everything with its input saved under target/fuzz-artifacts.
 pub fn fuzz(root: &Path, seconds: u64, targets: &[String]) -> Result<()> {
     let t = Instant::now();
-    if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+    if output(cargo().args(["fuzz", "--version"])).is_none() {
         say("xtask: installing cargo-fuzz (usually ~1 min)");
-        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let targets: Vec<String> = if targets.is_empty() {
         let list = output(cargo_fuzz(root).arg("list")).context("cargo fuzz list failed")?;

@@ -150,7 +150,7 @@ fn build_ebpf(root: &Path) -> Result<()> {
     let rustflags =
         [&format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH), "-Cdebuginfo=2", "-Clink-arg=--btf"]
             .join("\x1f");
-    run(Command::new("rustup")
+    run(prereq::rustup()
         .args(["run", "nightly", "cargo", "build", "-p", "hoptrace-ebpf", "--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)

@@ -48,8 +48,35 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// `cargo` (the toolchain xtask runs under) without the environment `cargo run` gave xtask.
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    without_cargo_run_env(&mut c);
+    c
+}
+
+/// `rustup` (for `rustup run nightly ...`), likewise.
+pub fn rustup() -> Command {
+    let mut c = Command::new("rustup");
+    without_cargo_run_env(&mut c);
+    c
+}
+
+/// Removes what `cargo run` sets for xtask itself (`CARGO`, `CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`…). Some build scripts (ring's) list those in `rerun-if-env-changed`, and
+/// cargo compares them with its own environment: a build started by xtask and one started
+/// from a shell would each invalidate the other and rebuild ring and everything above it.
+fn without_cargo_run_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k == "CARGO"
+            || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(k, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
+        {
+            cmd.env_remove(&key);
+        }
+    }
 }
 
 /// Where `cargo install` puts binaries: `$CARGO_INSTALL_ROOT/bin`, else `$CARGO_HOME/bin`,
@@ -119,7 +146,7 @@ pub fn apt_step(root: &Path, p: &mut Progress, what: &str, packages: &[&'static 
 /// instead (`shared/toolchain` next to the checkout).
 pub fn rust_src(root: &Path, p: &mut Progress) -> Result<()> {
     let mut step = p.step("rust-src for the nightly toolchain");
-    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+    let sysroot = output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))
         .context("no nightly toolchain: run `rustup toolchain install nightly`")?;
     let sysroot = PathBuf::from(sysroot.trim());
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
@@ -127,10 +154,8 @@ pub fn rust_src(root: &Path, p: &mut Progress) -> Result<()> {
         return Ok(());
     }
     step.begin("installing", "~2 s");
-    let ok = Command::new("rustup")
-        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok =
+        rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]).status().is_ok_and(|s| s.success());
     if !ok {
         unpack_rust_src(root, &step, &sysroot)?;
     }

@@ -75,10 +75,8 @@ fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     let agent = match &args.agent_bin {
         Some(p) => p.clone(),
         None => {
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--release", "-p", "hoptrace"])
-                .current_dir(root)
-                .status()?;
+            let status =
+                crate::prereq::cargo().args(["build", "--release", "-p", "hoptrace"]).current_dir(root).status()?;
             if !status.success() {
                 bail!("building the release agent failed");
             }
