@@ -13,7 +13,7 @@ use crate::{
         conns::ConnRef,
         drops::count_drop,
         emit::{EmitJob, EMITTERS, EMIT_VECTORED, JOB, SCRATCH},
-        ring::send_data,
+        ring::{data_room, send_data},
     },
 };
 
@@ -68,6 +68,9 @@ pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool) -> boo
         count_drop(DropReason::CapTruncatedCalls, 1);
         count_drop(DropReason::CapTruncatedBytes, captured - cap);
         captured = cap;
+    }
+    if captured > 0 && !data_room(captured) {
+        return false;
     }
     let Some(scratch) = scratch() else { return false };
     let h = &mut scratch.header;
