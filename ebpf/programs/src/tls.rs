@@ -194,7 +194,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
         buf: call.buf,
         count: len,
     };
-    if !prepare_emit(conn, &info, false) {
+    if !prepare_emit(conn, &info, false, true) {
         return 0;
     }
     tail_call(&SSL_EMITTERS, &ctx, 0);

@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 const MAP_OPS: &[(&str, u32, u32, u32, u32, &str)] = &[
     // (program, array/per-CPU, hash, ring, tail calls, what)
     ("enter_* (data syscalls)", 3, 1, 0, 0, "GENS, INFLIGHT x2 (SSL count, put); FDS"),
-    ("exit_data", 3, 1, 1, 1, "INFLIGHT; CONNS; query; SCRATCH, JOB; tail call"),
-    ("emit_contiguous (per chunk)", 2, 0, 2, 0, "JOB, SCRATCH; query + output per chunk"),
+    ("exit_data (one chunk, contiguous)", 2, 1, 2, 0, "INFLIGHT, SCRATCH; CONNS; query + output"),
+    ("exit_data (more, or vectored)", 3, 1, 1, 1, "INFLIGHT, SCRATCH, JOB; CONNS; query; tail call"),
+    ("emit_* (per chunk)", 2, 0, 2, 0, "JOB, SCRATCH; query + output per chunk"),
     ("ssl_*_enter", 1, 1, 0, 0, "SSL_CALLS insert; INFLIGHT SSL count"),
-    ("ssl_ret", 4, 5, 1, 1, "SSL_CALLS get+delete, SSL_FDS, FDS, CONNS; GENS, INFLIGHT, SCRATCH, JOB"),
+    ("ssl_ret (one chunk)", 3, 5, 2, 0, "SSL_CALLS get+delete, SSL_FDS, FDS, CONNS; GENS, INFLIGHT, SCRATCH"),
 ];
 
 /// The table above, for the JSON results.

@@ -44,19 +44,33 @@ fn data_ring_flags(len: usize) -> Option<u64> {
     Some(wakeup_flags(waiting))
 }
 
-/// True when the first chunk of a call capturing `captured` bytes fits in the ring's room
+/// Some when the first chunk of a call capturing `captured` bytes fits in the ring's room
 /// for data. When it does not (userspace is behind), the whole call is dropped here, its
 /// records counted as `ringbuf_full` as if each chunk had been refused, before anything is
 /// copied: an overloaded agent then costs each call one ring query instead of the user
 /// memory reads, the record assembly and the tail call of a send that would fail.
 #[inline(always)]
-pub(crate) fn data_room(captured: u64) -> bool {
+pub(crate) fn data_room(captured: u64) -> Option<Waiting> {
     let first = size_of::<DataHeader>() as u64 + captured.min(CHUNK_SIZE as u64);
-    if EVENTS.query(BPF_RB_AVAIL_DATA) + first <= config().data_limit_bytes as u64 {
-        return true;
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if waiting + first <= config().data_limit_bytes as u64 {
+        return Some(Waiting(waiting));
     }
     count_drop(DropReason::RingbufFull, captured.div_ceil(CHUNK_SIZE as u64));
-    false
+    None
+}
+
+/// What `data_room` saw waiting in the ring when it found room for a first chunk.
+#[derive(Clone, Copy)]
+pub(crate) struct Waiting(u64);
+
+/// Sends the first data record of a call whose room `data_room` confirmed just before,
+/// without asking the ring again.
+#[inline(always)]
+pub(crate) fn send_first_data(bytes: &[u8], waiting: Waiting) {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags(waiting.0)).is_err() {
+        count_drop(DropReason::RingbufFull, 1);
+    }
 }
 
 /// Sends a control record (open, close, connect-failed, exec); a full ring is counted.
