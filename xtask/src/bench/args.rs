@@ -30,6 +30,7 @@ usage: cargo xtask bench [OPTIONS]   (root)
   --starved-cpu-percent P    after the rounds, one overload round with the agent CPU-starved
                              through its cgroup to P % of one CPU (it must drop and count,
                              never slow nginx); 0 skips it [5]
+  --no-fixed-rate            skip the fixed-rate oha round (and installing oha)
 ";
 
 #[derive(Debug)]
@@ -44,6 +45,7 @@ pub struct BenchArgs {
     pub wrk_cpus: String,
     pub label: String,
     pub starved_cpu_percent: u32,
+    pub fixed_rate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +67,7 @@ impl BenchArgs {
             wrk_cpus: "1".into(),
             label: String::new(),
             starved_cpu_percent: 5,
+            fixed_rate: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -95,6 +98,7 @@ impl BenchArgs {
                 "--nginx-cpus" => b.nginx_cpus = value()?,
                 "--wrk-cpus" => b.wrk_cpus = value()?,
                 "--label" => b.label = value()?,
+                "--no-fixed-rate" => b.fixed_rate = false,
                 "--starved-cpu-percent" => b.starved_cpu_percent = u32::try_from(num(value()?)?)?,
                 _ => bail!("unknown bench option `{arg}`\n{USAGE}"),
             }
@@ -119,7 +123,11 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     prereq::apt_step(root, &mut p, "apt: LLVM 22, nginx, wrk, taskset", &apt, "~1 min")?;
     prereq::rust_src(root, &mut p)?;
     prereq::bpf_linker(root, &mut p)?;
-    oha(root, &mut p)?;
+    if args.fixed_rate {
+        oha(root, &mut p)?;
+    } else {
+        p.step("oha (fixed-rate load generator)").skip("--no-fixed-rate");
+    }
     p.finish("ready");
     super::bench(root, args)
 }

@@ -336,7 +336,11 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
         }
     }
     let b_rps_now = median(base.iter().map(|w| w.rps).collect());
-    let fixed = fixed_rate_round(args, bin, &nginx, &log, (b_rps_now / 2.0).round() as u64)?;
+    let fixed = if args.fixed_rate {
+        fixed_rate_round(args, bin, &nginx, &log, (b_rps_now / 2.0).round() as u64)?
+    } else {
+        None
+    };
     let overload = if args.starved_cpu_percent > 0 {
         let r = agent_round(args, bin, &nginx, &log, Some(args.starved_cpu_percent))?;
         let ring: f64 = r.drops.iter().filter(|(k, _)| k.contains("ringbuf")).map(|(_, v)| v).sum();
