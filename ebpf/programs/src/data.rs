@@ -13,7 +13,7 @@ use crate::{
         conns::ConnRef,
         drops::count_drop,
         emit::{EmitJob, EMITTERS, EMIT_VECTORED, JOB, SCRATCH},
-        ring::send_data,
+        ring::{data_room, send_data, send_first_data, Waiting},
     },
 };
 
@@ -57,10 +57,10 @@ fn record_bytes(ev: &DataEvent, chunk_len: u32) -> &[u8] {
 }
 
 /// Fills the per-CPU record header and emit job for `call`. Returns true when the caller
-/// must now tail-call an emitter; false when everything was sent already (nothing to copy)
-/// or could not be.
+/// must now tail-call an emitter; false when everything was sent already (nothing to copy,
+/// or a `contiguous` call that fits one chunk: sent here) or could not be.
 #[inline(always)]
-pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool) -> bool {
+pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool, contiguous: bool) -> bool {
     let pid_tgid = pid_tgid();
     let cap = config().capture_cap as u64;
     let mut captured = if no_copy { 0 } else { call.call_len };
@@ -69,6 +69,14 @@ pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool) -> boo
         count_drop(DropReason::CapTruncatedBytes, captured - cap);
         captured = cap;
     }
+    let waiting = if captured > 0 {
+        match data_room(captured) {
+            Some(w) => Some(w),
+            None => return false,
+        }
+    } else {
+        None
+    };
     let Some(scratch) = scratch() else { return false };
     let h = &mut scratch.header;
     h.kind = EventKind::Data as u8;
@@ -91,6 +99,12 @@ pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool) -> boo
         send_data(record_bytes(scratch, 0));
         return false;
     }
+    if let (true, Some(waiting)) = (contiguous && captured <= CHUNK_SIZE as u64, waiting) {
+        // The common case, one buffer and one chunk: copied and sent here, without the
+        // tail call, the emit job and a second ring query.
+        send_chunk(scratch, call.buf, captured as u32, 0, Some(waiting));
+        return false;
+    }
     let Some(job) = job() else { return false };
     job.buf = call.buf;
     job.count = call.count;
@@ -100,10 +114,11 @@ pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool) -> boo
     true
 }
 
-/// Sends one chunk: `n` bytes from user address `src`, at `chunk_offset` in the call.
-/// Returns false when the bytes could not be read (the rest of the call is abandoned).
+/// Sends one chunk: `n` bytes from user address `src`, at `chunk_offset` in the call
+/// (`waiting`: the ring's fill level if `data_room` just found room for it). Returns false
+/// when the bytes could not be read (the rest of the call is abandoned).
 #[inline(always)]
-fn send_chunk(scratch: &mut DataEvent, src: u64, n: u32, chunk_offset: u32) -> bool {
+fn send_chunk(scratch: &mut DataEvent, src: u64, n: u32, chunk_offset: u32, waiting: Option<Waiting>) -> bool {
     if n == 0 || n > CHUNK_SIZE as u32 {
         return false;
     }
@@ -113,7 +128,10 @@ fn send_chunk(scratch: &mut DataEvent, src: u64, n: u32, chunk_offset: u32) -> b
     }
     scratch.header.chunk_offset = chunk_offset;
     scratch.header.chunk_len = n;
-    send_data(record_bytes(scratch, n));
+    match waiting {
+        Some(w) => send_first_data(record_bytes(scratch, n), w),
+        None => send_data(record_bytes(scratch, n)),
+    }
     true
 }
 
@@ -138,7 +156,7 @@ pub(crate) fn emit_contiguous_job() -> u32 {
         }
         let rest = captured - off;
         let n = if rest > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { rest };
-        if !send_chunk(scratch, job.buf + off as u64, n, off) {
+        if !send_chunk(scratch, job.buf + off as u64, n, off, None) {
             break;
         }
     }
@@ -173,7 +191,7 @@ pub fn emit_vectored(ctx: TracePointContext) -> u32 {
         }
         let rest = len - off;
         let n = if rest > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { rest };
-        if !send_chunk(scratch, iov[0] + off as u64, n, done + off) {
+        if !send_chunk(scratch, iov[0] + off as u64, n, done + off, None) {
             return 0;
         }
     }

@@ -66,3 +66,46 @@ pub(crate) fn take(tid: u32) -> Option<Inflight> {
         Some(call)
     }
 }
+
+/// True when a thread of `tid`'s slot may be inside an SSL call (then `SSL_CALLS` says
+/// whether it is this one); false means certainly not, without a hash lookup.
+#[inline(always)]
+pub(crate) fn ssl_maybe_active(tid: u32) -> bool {
+    let Some(slot) = INFLIGHT.get_ptr(tid & (INFLIGHT_SLOTS - 1)) else { return true };
+    // SAFETY: as in `put`.
+    unsafe { core::ptr::read_volatile(&(*slot).ssl_active) != 0 }
+}
+
+/// Adds `delta` (wrapping) to the count of SSL calls in progress in `tid`'s slot.
+///
+/// Not atomic: the bpf target offers no atomic read-modify-write to Rust here. Two
+/// threads of one slot (thread ids equal modulo `INFLIGHT_SLOTS`) updating at the same
+/// instant on two CPUs can lose one update; too high only costs a lookup per syscall, too
+/// low can let one SSL call's syscalls go unmarked (their socket is then found through
+/// `SSL_FDS` or counted as `tls_socket_unknown`).
+#[inline(always)]
+fn ssl_count(tid: u32, delta: u64) {
+    let Some(slot) = INFLIGHT.get_ptr_mut(tid & (INFLIGHT_SLOTS - 1)) else { return };
+    // SAFETY: as in `put`.
+    unsafe {
+        let n = core::ptr::read_volatile(&(*slot).ssl_active);
+        core::ptr::write_volatile(&mut (*slot).ssl_active, n.wrapping_add(delta));
+    }
+}
+
+/// An SSL call of thread `tid` was stored in `SSL_CALLS` (entry probe).
+#[inline(always)]
+pub(crate) fn ssl_begin(tid: u32) {
+    ssl_count(tid, 1);
+}
+
+/// An SSL call of thread `tid` was taken back from `SSL_CALLS` (return probe).
+///
+/// Only a taken call counts down, so (races aside) the count is never lower than the calls in
+/// `SSL_CALLS` of the slot's threads; it can stay higher (a nested call replaced an
+/// entry, a thread died inside SSL_read, the LRU evicted one), which only costs those
+/// threads' syscalls the `SSL_CALLS` lookup they always paid before.
+#[inline(always)]
+pub(crate) fn ssl_end(tid: u32) {
+    ssl_count(tid, u64::MAX);
+}

@@ -103,7 +103,7 @@ fn data_exit(ctx: &TracePointContext) {
         buf: inf.buf,
         count: inf.count,
     };
-    if !prepare_emit(conn, &call, syscall == Syscall::Sendfile) {
+    if !prepare_emit(conn, &call, syscall == Syscall::Sendfile, inf.vectored == 0) {
         return;
     }
     let index = if inf.vectored != 0 { EMIT_VECTORED } else { EMIT_CONTIGUOUS };

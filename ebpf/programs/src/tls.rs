@@ -45,7 +45,7 @@ use crate::{
 /// ciphertext).
 #[inline(always)]
 pub(crate) fn note_syscall_fd(tid: u32, fd: i32) -> bool {
-    set_ssl_call_fd(tid, fd)
+    crate::inflight::ssl_maybe_active(tid) && set_ssl_call_fd(tid, fd)
 }
 
 #[inline(always)]
@@ -71,7 +71,9 @@ fn ssl_enter(ctx: &ProbeContext, syscall: Syscall, ex: bool) -> u32 {
     };
     if SSL_CALLS.insert(pid_tgid as u32, call, 0).is_err() {
         count_drop(DropReason::ArgsMapFull, 1);
+        return 0;
     }
+    crate::inflight::ssl_begin(pid_tgid as u32);
     0
 }
 
@@ -157,6 +159,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
     let Some(call) = take_ssl_call(tid) else { return 0 };
+    crate::inflight::ssl_end(tid);
     // Both variants return `int`: only the low 32 bits of the register are defined.
     let len = plaintext_len(&call, ctx.ret::<u64>() as i32);
     if len == 0 {
@@ -191,7 +194,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
         buf: call.buf,
         count: len,
     };
-    if !prepare_emit(conn, &info, false) {
+    if !prepare_emit(conn, &info, false, true) {
         return 0;
     }
     tail_call(&SSL_EMITTERS, &ctx, 0);

@@ -4,7 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{prereq, progress::Progress};
+use std::process::Command;
+
+use crate::{
+    prereq,
+    progress::{self, Progress},
+};
 
 const USAGE: &str = "\
 usage: cargo xtask bench [OPTIONS]   (root)
@@ -25,6 +30,7 @@ usage: cargo xtask bench [OPTIONS]   (root)
   --starved-cpu-percent P    after the rounds, one overload round with the agent CPU-starved
                              through its cgroup to P % of one CPU (it must drop and count,
                              never slow nginx); 0 skips it [5]
+  --no-fixed-rate            skip the fixed-rate oha round (and installing oha)
 ";
 
 #[derive(Debug)]
@@ -39,6 +45,7 @@ pub struct BenchArgs {
     pub wrk_cpus: String,
     pub label: String,
     pub starved_cpu_percent: u32,
+    pub fixed_rate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +67,7 @@ impl BenchArgs {
             wrk_cpus: "1".into(),
             label: String::new(),
             starved_cpu_percent: 5,
+            fixed_rate: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -90,6 +98,7 @@ impl BenchArgs {
                 "--nginx-cpus" => b.nginx_cpus = value()?,
                 "--wrk-cpus" => b.wrk_cpus = value()?,
                 "--label" => b.label = value()?,
+                "--no-fixed-rate" => b.fixed_rate = false,
                 "--starved-cpu-percent" => b.starved_cpu_percent = u32::try_from(num(value()?)?)?,
                 _ => bail!("unknown bench option `{arg}`\n{USAGE}"),
             }
@@ -108,14 +117,47 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if !prereq::is_root() {
         bail!("the benchmark loads eBPF programs and enables kernel.bpf_stats_enabled: run it as root");
     }
-    let mut p = Progress::new("bench", 3, "prerequisites of the benchmark");
+    let mut p = Progress::new("bench", 4, "prerequisites of the benchmark");
     let mut apt: Vec<&'static str> = prereq::RUN_APT.to_vec();
     apt.extend(["nginx", "wrk", "util-linux"]);
     prereq::apt_step(root, &mut p, "apt: LLVM 22, nginx, wrk, taskset", &apt, "~1 min")?;
     prereq::rust_src(root, &mut p)?;
     prereq::bpf_linker(root, &mut p)?;
+    if args.fixed_rate {
+        oha(root, &mut p)?;
+    } else {
+        p.step("oha (fixed-rate load generator)").skip("--no-fixed-rate");
+    }
     p.finish("ready");
     super::bench(root, args)
+}
+
+const OHA_VERSION: &str = "1.16";
+
+/// Where `cargo install` puts oha.
+pub fn oha_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME").map(PathBuf::from);
+    home.unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")).join("bin/oha")
+}
+
+/// oha, the fixed-rate load generator of the bench (corrects for coordinated omission).
+fn oha(root: &Path, p: &mut Progress) -> Result<()> {
+    let mut step = p.step(format!("oha {OHA_VERSION} (fixed-rate load generator)"));
+    let bin = oha_bin();
+    if progress::output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(OHA_VERSION)) {
+        step.skip("already installed");
+        return Ok(());
+    }
+    step.begin("building", "~5 min on 2 cores");
+    let log = prereq::log_path(root, "oha");
+    step.note(&format!("cargo install output: {}", log.display()));
+    let _beat = step.heartbeat(std::time::Duration::from_secs(30), "~5 min on 2 cores");
+    progress::run_logged(
+        prereq::cargo().args(["install", "oha", "--locked", "--version", &format!("~{OHA_VERSION}")]),
+        &log,
+    )?;
+    step.done();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,19 +8,89 @@ pub(super) struct Wrk {
     pub(super) rps: f64,
     pub(super) p50_us: f64,
     pub(super) p99_us: f64,
+    /// utime+stime (ns) of the load generator and of nginx's worker over the run: the BPF
+    /// programs and their dispatch are charged to them, so this is what a user pays.
+    pub(super) client_cpu_ns: f64,
+    pub(super) nginx_cpu_ns: f64,
 }
 
-pub(super) fn run_wrk(cpus: &str, port: u16, connections: u32, secs: u64) -> Result<Wrk> {
-    let out = Command::new("taskset")
-        .args(["-c", cpus, "wrk", "-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"])
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .output()
-        .context("running wrk")?;
+impl Wrk {
+    /// nginx's and the load generator's CPU per request (µs).
+    pub(super) fn app_cpu_us_per_req(&self) -> (f64, f64) {
+        (self.nginx_cpu_ns / 1e3 / self.requests, self.client_cpu_ns / 1e3 / self.requests)
+    }
+}
+
+/// Runs `cmd` (a load generator that exits when done) and parses its output, adding its
+/// own CPU time and that of nginx's worker `nginx_pid` over the run.
+fn run_load(cmd: &mut Command, nginx_pid: u32, parse: fn(&str) -> Option<Wrk>) -> Result<Wrk> {
+    let (c0, n0) = (children_cpu_ns(), proc_cpu_ns(nginx_pid));
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let (c1, n1) = (children_cpu_ns(), proc_cpu_ns(nginx_pid));
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        bail!("{cmd:?} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     }
-    parse_wrk(&text).with_context(|| format!("cannot parse wrk output:\n{text}"))
+    let mut w = parse(&text).with_context(|| format!("cannot parse the output of {cmd:?}:\n{text}"))?;
+    w.client_cpu_ns = c1.saturating_sub(c0) as f64;
+    w.nginx_cpu_ns = n1.saturating_sub(n0) as f64;
+    Ok(w)
+}
+
+/// Fields of `/proc/<pid>/stat` (1-based numbering of proc(5)), skipping the command name.
+fn stat_fields(path: &str, fields: &[usize]) -> u64 {
+    let Ok(s) = std::fs::read_to_string(path) else { return 0 };
+    let Some((_, rest)) = s.rsplit_once(')') else { return 0 };
+    let v: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    let ticks: u64 = fields.iter().filter_map(|f| v.get(f - 3)?.parse::<u64>().ok()).sum();
+    // USER_HZ is 100 for every /proc reader on Linux.
+    ticks * 10_000_000
+}
+
+/// utime+stime (ns) of process `pid`.
+pub(super) fn proc_cpu_ns(pid: u32) -> u64 {
+    stat_fields(&format!("/proc/{pid}/stat"), &[14, 15])
+}
+
+/// utime+stime (ns) of this process's children that were waited for (the load generators).
+fn children_cpu_ns() -> u64 {
+    stat_fields("/proc/self/stat", &[16, 17])
+}
+
+/// Fixed-rate load with `oha`, which corrects latency for coordinated omission (a request
+/// that waited for a slow one is timed from when it should have been sent).
+pub(super) fn run_oha(oha: &Path, cpus: &str, port: u16, rate: u64, secs: u64, nginx_pid: u32) -> Result<Wrk> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpus])
+        .arg(oha)
+        .args(["-z", &format!("{secs}s"), "-q", &rate.to_string(), "--latency-correction", "--no-tui"])
+        .args(["--output-format", "json", &format!("http://127.0.0.1:{port}/")]);
+    run_load(&mut cmd, nginx_pid, parse_oha)
+}
+
+/// oha's JSON: `summary.requestsPerSec`, `summary.total` (s), latency percentiles in s.
+pub(super) fn parse_oha(text: &str) -> Option<Wrk> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    let f = |p: &str| v.pointer(p).and_then(Value::as_f64);
+    let rps = f("/summary/requestsPerSec")?;
+    let codes = v.get("statusCodeDistribution")?.as_object()?;
+    let requests: f64 = codes.values().filter_map(Value::as_f64).sum();
+    let w = Wrk {
+        requests,
+        rps,
+        p50_us: f("/latencyPercentiles/p50")? * 1e6,
+        p99_us: f("/latencyPercentiles/p99")? * 1e6,
+        ..Wrk::default()
+    };
+    (w.requests > 0.0 && w.p99_us > 0.0).then_some(w)
+}
+
+pub(super) fn run_wrk(cpus: &str, port: u16, connections: u32, secs: u64, nginx_pid: u32) -> Result<Wrk> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpus, "wrk", "-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"])
+        .arg(format!("http://127.0.0.1:{port}/"));
+    run_load(&mut cmd, nginx_pid, parse_wrk)
 }
 
 pub(super) fn duration_us(s: &str) -> Option<f64> {
@@ -155,5 +225,14 @@ mod tests {
   412345 requests in 10.00s, 60.00MB read\nRequests/sec:  41234.50\nTransfer/sec:      6.00MB\n";
         let w = parse_wrk(text).unwrap();
         assert_eq!((w.requests, w.rps, w.p50_us, w.p99_us), (412345.0, 41234.5, 812.0, 2500.0));
+    }
+
+    #[test]
+    fn parses_oha_json() {
+        let text = r#"{"summary":{"successRate":1.0,"total":10.0,"requestsPerSec":5000.5},
+            "latencyPercentiles":{"p50":0.0004,"p99":0.0021},"statusCodeDistribution":{"200":50005}}"#;
+        let w = parse_oha(text).unwrap();
+        assert_eq!((w.requests, w.rps, w.p50_us.round(), w.p99_us.round()), (50005.0, 5000.5, 400.0, 2100.0));
+        assert!(parse_oha("{}").is_none());
     }
 }

@@ -19,6 +19,10 @@
 //! - memory: RSS sampled every 250 ms under load (median = steady) and `VmHWM` (peak,
 //!   start-up included).
 //!
+//! - app-side CPU: utime+stime of nginx's worker and of wrk per request, baseline and agent
+//!   rounds alike (the probes and their dispatch are charged to them);
+//! - fixed rate: `oha` at half the baseline's saturated rate, correcting for coordinated
+//!   omission, once without and once with the agent: p50/p99 at a load a node really runs;
 //! - overload: one more agent round with the agent CPU-starved through its cgroup (cgroup
 //!   v2 `cpu.max`, or v1 `cpu.cfs_quota_us`): throughput against the baseline, ring-buffer
 //!   drops and bytes lost as the agent counted them once it could run again.
@@ -58,11 +62,13 @@ use report::print_report;
 
 use crate::agent::target_dir;
 
-/// The issue's targets.
-const BPF_NS_PER_REQ: f64 = 300.0;
+/// The issues' targets (kernel side: issue 23; agent CPU and memory: issue 14).
+const BPF_NS_PER_REQ: f64 = 1000.0;
 const CPU_US_PER_REQ: f64 = 4.0;
-const THROUGHPUT_RATIO: f64 = 0.97;
-const P99_RATIO: f64 = 1.05;
+const THROUGHPUT_RATIO: f64 = 0.80;
+const P99_RATIO: f64 = 2.0;
+const OVERLOAD_THROUGHPUT_RATIO: f64 = 0.92;
+const FIXED_RATE_P99_RATIO: f64 = 1.10;
 const RSS_STEADY_MIB: f64 = 48.0;
 const PEAK_OVER_STEADY: f64 = 1.5;
 
@@ -208,7 +214,7 @@ fn agent_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path, starve: 
             rss
         })
     };
-    let wrk = run_wrk(&args.wrk_cpus, nginx.port, args.connections, args.duration);
+    let wrk = run_wrk(&args.wrk_cpus, nginx.port, args.connections, args.duration, nginx.worker);
     sampling.store(false, Ordering::Relaxed);
     let rss = sampler.join().unwrap_or_default();
     let wrk = wrk?;
@@ -255,6 +261,37 @@ fn agent_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path, starve: 
     })
 }
 
+/// Baseline then agent at a fixed `rate` (req/s) with `oha`; None (said on stderr) when
+/// oha is not installed.
+fn fixed_rate_round(args: &BenchArgs, bin: &Path, nginx: &Nginx, log: &Path, rate: u64) -> Result<Option<Value>> {
+    let Some(oha) = which("oha").or_else(|| Some(args::oha_bin()).filter(|p| p.exists())) else {
+        eprintln!("  fixed rate: skipped, oha is not installed (cargo xtask bench installs it)");
+        return Ok(None);
+    };
+    let (cpus, port, secs) = (&args.wrk_cpus, nginx.port, args.duration);
+    let base = run_oha(&oha, cpus, port, rate, secs, nginx.worker)?;
+    let sink = match args.sink {
+        Sink::Otlp => Some(OtlpSink::start()?),
+        Sink::Json => None,
+    };
+    let agent = Agent::start(bin, nginx.port, sink.as_ref(), log)?;
+    thread::sleep(Duration::from_millis(500));
+    let with = run_oha(&oha, cpus, port, rate, secs, nginx.worker);
+    agent.stop();
+    let with = with?;
+    eprintln!(
+        "  fixed rate {rate} req/s (oha): baseline p50 {:.0} us p99 {:.0} us; agent p50 {:.0} us p99 {:.0} us",
+        base.p50_us, base.p99_us, with.p50_us, with.p99_us
+    );
+    let side = |w: &Wrk| {
+        let (nginx, client) = w.app_cpu_us_per_req();
+        json!({ "rps": w.rps, "p50_us": w.p50_us, "p99_us": w.p99_us, "requests": w.requests,
+                "nginx_cpu_us_per_request": nginx, "client_cpu_us_per_request": client })
+    };
+    Ok(Some(json!({ "rate": rate, "baseline": side(&base), "agent": side(&with),
+                    "p50_ratio": with.p50_us / base.p50_us, "p99_ratio": with.p99_us / base.p99_us })))
+}
+
 fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
     let nginx = Nginx::start(&args.nginx_cpus)?;
     let log = target_dir(root).join("bench/agent.log");
@@ -271,7 +308,7 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
         bin.display()
     );
     // Warm-up (page cache, nginx, TCP): not measured.
-    run_wrk(&args.wrk_cpus, nginx.port, args.connections, 2)?;
+    run_wrk(&args.wrk_cpus, nginx.port, args.connections, 2, nginx.worker)?;
     let mut base = Vec::new();
     let mut with = Vec::new();
     for i in 0..args.rounds {
@@ -286,7 +323,7 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
                 );
                 with.push(r);
             } else {
-                let w = run_wrk(&args.wrk_cpus, nginx.port, args.connections, args.duration)?;
+                let w = run_wrk(&args.wrk_cpus, nginx.port, args.connections, args.duration, nginx.worker)?;
                 eprintln!(
                     "  round {} baseline: {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
                     i + 1,
@@ -298,6 +335,12 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
             }
         }
     }
+    let b_rps_now = median(base.iter().map(|w| w.rps).collect());
+    let fixed = if args.fixed_rate {
+        fixed_rate_round(args, bin, &nginx, &log, (b_rps_now / 2.0).round() as u64)?
+    } else {
+        None
+    };
     let overload = if args.starved_cpu_percent > 0 {
         let r = agent_round(args, bin, &nginx, &log, Some(args.starved_cpu_percent))?;
         let ring: f64 = r.drops.iter().filter(|(k, _)| k.contains("ringbuf")).map(|(_, v)| v).sum();
@@ -334,12 +377,19 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
         drops.insert(k.clone(), with.iter().map(|r| r.drops.get(k).copied().unwrap_or(0.0)).sum::<f64>());
     }
     let ring_drops: f64 = drops.iter().filter(|(k, _)| k.contains("ringbuf")).map(|(_, v)| v).sum();
+    let app = |w: &Wrk| w.app_cpu_us_per_req();
+    let (b_nginx, b_client) = (bm(|w| w.app_cpu_us_per_req().0), bm(|w| w.app_cpu_us_per_req().1));
+    let (a_nginx, a_client) = (am(&|r| app(&r.wrk).0), am(&|r| app(&r.wrk).1));
+    let overload_ratio = overload.as_ref().and_then(|o| o["rps"].as_f64()).map_or(f64::NAN, |rps| rps / b_rps);
+    let fixed_p99 = fixed.as_ref().and_then(|f| f["p99_ratio"].as_f64()).unwrap_or(f64::NAN);
     let target = |name: &str, value: f64, limit: &str, met: bool| json!({ "target": name, "value": value, "limit": limit, "met": met });
     let targets = vec![
-        target("BPF ns per request (all programs)", bpf_total, "<= 300", bpf_total <= BPF_NS_PER_REQ),
+        target("BPF ns per request (all programs)", bpf_total, "<= 1000", bpf_total <= BPF_NS_PER_REQ),
         target("agent CPU us per request", cpu, "<= 4", cpu <= CPU_US_PER_REQ),
-        target("throughput ratio", a_rps / b_rps, ">= 0.97", a_rps / b_rps >= THROUGHPUT_RATIO),
-        target("p99 latency ratio", a_p99 / b_p99, "<= 1.05", a_p99 / b_p99 <= P99_RATIO),
+        target("throughput ratio", a_rps / b_rps, ">= 0.80", a_rps / b_rps >= THROUGHPUT_RATIO),
+        target("p99 latency ratio", a_p99 / b_p99, "<= 2.0", a_p99 / b_p99 <= P99_RATIO),
+        target("overload throughput ratio", overload_ratio, ">= 0.92", overload_ratio >= OVERLOAD_THROUGHPUT_RATIO),
+        target("fixed-rate p99 ratio", fixed_p99, "<= 1.10", fixed_p99 <= FIXED_RATE_P99_RATIO),
         target("RSS steady MiB", steady, "<= 48", steady <= RSS_STEADY_MIB),
         target("RSS peak / steady", peak / steady, "<= 1.5", peak / steady <= PEAK_OVER_STEADY),
         target("ring-buffer drops", ring_drops, "== 0", ring_drops == 0.0),
@@ -358,6 +408,10 @@ fn run_rounds(root: &Path, args: &BenchArgs, bin: &Path) -> Result<Value> {
                        "otlp_bytes_per_request": am(&|r| r.sink_bytes_per_req),
                        "rss_steady_mib": steady, "rss_peak_mib": peak },
         "ratios": { "throughput": a_rps / b_rps, "p50": a_p50 / b_p50, "p99": a_p99 / b_p99 },
+        "app_cpu_us_per_request": { "baseline": { "nginx": b_nginx, "client": b_client },
+                                    "agent": { "nginx": a_nginx, "client": a_client } },
+        "fixed_rate": fixed,
+        "map_ops_per_hit": report::map_ops_json(),
         "overload": overload.map(|mut o| {
             o["throughput_ratio"] = json!(o["rps"].as_f64().unwrap_or(f64::NAN) / b_rps);
             o["p99_ratio"] = json!(o["p99_us"].as_f64().unwrap_or(f64::NAN) / b_p99);

@@ -7,6 +7,8 @@ pub(super) struct Nginx {
     pub(super) child: Child,
     pub(super) dir: PathBuf,
     pub(super) port: u16,
+    /// The worker process (the one that serves, and pays for the probes).
+    pub(super) worker: u32,
 }
 
 impl Nginx {
@@ -34,14 +36,23 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx")?;
+        let master = child.id();
+        let worker_of = || -> Option<u32> {
+            let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).ok()?;
+            children.split_whitespace().next()?.parse().ok()
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let worker = loop {
+            // The master listens before it forks the worker: wait for both.
+            if let (true, Some(w)) = (TcpStream::connect(("127.0.0.1", port)).is_ok(), worker_of()) {
+                break w;
+            }
             if Instant::now() > deadline {
                 bail!("nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
             }
             thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self { child, dir, port })
+        };
+        Ok(Self { child, dir, port, worker })
     }
 }
 

@@ -1,6 +1,29 @@
 //! The benchmark's summary table on stdout (the JSON under target/bench/ has every figure).
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// Map operations per hit on each program's common path (a captured, already-known TCP
+/// socket; one chunk of payload), counted from ebpf/programs/src. Array and per-CPU
+/// lookups are inlined by the verifier into a few instructions; hash lookups and updates
+/// are helper calls that hash and take buckets; ring operations are `bpf_ringbuf_query`
+/// and `bpf_ringbuf_output`. Keep in step with the code (docs/kernel.md explains each).
+const MAP_OPS: &[(&str, u32, u32, u32, u32, &str)] = &[
+    // (program, array/per-CPU, hash, ring, tail calls, what)
+    ("enter_* (data syscalls)", 3, 1, 0, 0, "GENS, INFLIGHT x2 (SSL count, put); FDS"),
+    ("exit_data (one chunk, contiguous)", 2, 1, 2, 0, "INFLIGHT, SCRATCH; CONNS; query + output"),
+    ("exit_data (more, or vectored)", 3, 1, 1, 1, "INFLIGHT, SCRATCH, JOB; CONNS; query; tail call"),
+    ("emit_* (per chunk)", 2, 0, 2, 0, "JOB, SCRATCH; query + output per chunk"),
+    ("ssl_*_enter", 1, 1, 0, 0, "SSL_CALLS insert; INFLIGHT SSL count"),
+    ("ssl_ret (one chunk)", 3, 5, 2, 0, "SSL_CALLS get+delete, SSL_FDS, FDS, CONNS; GENS, INFLIGHT, SCRATCH"),
+];
+
+/// The table above, for the JSON results.
+pub fn map_ops_json() -> Value {
+    let rows = MAP_OPS.iter().map(|(p, a, h, r, t, what)| {
+        json!({ "program": p, "array_lookups": a, "hash_ops": h, "ring_ops": r, "tail_calls": t, "maps": what })
+    });
+    Value::Array(rows.collect())
+}
 
 pub fn print_report(r: &Value) {
     let f = |p: &str| r.pointer(p).and_then(Value::as_f64).unwrap_or(f64::NAN);
@@ -37,6 +60,35 @@ pub fn print_report(r: &Value) {
         }
     }
     println!("load average (median)              {:.2}", f("/load_avg_median"));
+    println!("\n{:<34} {:>12} {:>12}", "app-side CPU (us/request)", "baseline", "agent");
+    for side in ["nginx", "client"] {
+        let (b, a) = (
+            f(&format!("/app_cpu_us_per_request/baseline/{side}")),
+            f(&format!("/app_cpu_us_per_request/agent/{side}")),
+        );
+        println!("  {:<32} {b:>12.2} {a:>12.2}", if side == "nginx" { "nginx worker" } else { "wrk" });
+    }
+    if r.get("fixed_rate").is_some_and(|o| !o.is_null()) {
+        println!(
+            "\nfixed rate {:.0} req/s (oha, latency-corrected): p50 {:.0} -> {:.0} us ({:.3})  p99 {:.0} -> {:.0} us ({:.3})  nginx CPU {:.2} -> {:.2} us/req",
+            f("/fixed_rate/rate"),
+            f("/fixed_rate/baseline/p50_us"),
+            f("/fixed_rate/agent/p50_us"),
+            f("/fixed_rate/p50_ratio"),
+            f("/fixed_rate/baseline/p99_us"),
+            f("/fixed_rate/agent/p99_us"),
+            f("/fixed_rate/p99_ratio"),
+            f("/fixed_rate/baseline/nginx_cpu_us_per_request"),
+            f("/fixed_rate/agent/nginx_cpu_us_per_request"),
+        );
+    }
+    println!(
+        "\n{:<30} {:>6} {:>5} {:>5} {:>5}  maps (from the code)",
+        "map operations per hit", "array", "hash", "ring", "tail"
+    );
+    for (p, a, h, ring, t, what) in MAP_OPS {
+        println!("  {p:<28} {a:>6} {h:>5} {ring:>5} {t:>5}  {what}");
+    }
     if r.get("overload").is_some_and(|o| !o.is_null()) {
         println!(
             "\noverload: agent at {:.0}% of one CPU  throughput ratio {:.3}  p99 ratio {:.3}  ring drops {:.0} (counted)  bytes lost/request {:.0}  spans/request {:.2}",

@@ -1,15 +1,25 @@
 //! `FDS` and `GENS`: which descriptors of which process are captured sockets.
 
-use aya_ebpf::{macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap},
+};
 
 /// (tgid << 32 | fd) → what that descriptor is. `sk == 0` means "not captured".
 #[map]
 static FDS: LruHashMap<u64, FdEntry> = LruHashMap::with_max_entries(131072, 0);
 
-/// tgid → descriptor-table generation. Bumped on exec, exit and close_range, which close
-/// descriptors without a close() we could see; `FDS` entries of an older generation are stale.
+/// Descriptor-table generations, one slot per `tgid % GEN_SLOTS`. Bumped (to the current
+/// time) on exec, exit and close_range, which close descriptors without a close() we could
+/// see; `FDS` entries of an older generation are stale.
+///
+/// An array rather than a hash keyed by tgid: the verifier inlines an array lookup into a
+/// few instructions, and every data syscall reads this. Processes sharing a slot share
+/// its generation, so a bump by one makes the others re-resolve their descriptors once:
+/// more work, never a wrong answer (generations only grow).
 #[map]
-static GENS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+static GENS: Array<u64> = Array::with_max_entries(GEN_SLOTS, 0);
+const GEN_SLOTS: u32 = 1 << 15;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -43,15 +53,23 @@ pub(crate) fn forget_fd(key: u64) {
     let _ = FDS.remove(key);
 }
 
-/// The descriptor-table generation of process `tgid` (0 until its first bump).
+/// The descriptor-table generation of process `tgid` (0 until its slot's first bump).
 #[inline(always)]
 pub(crate) fn current_gen(tgid: u32) -> u64 {
-    // SAFETY: as in `fd_entry`.
-    unsafe { GENS.get(tgid) }.copied().unwrap_or(0)
+    match GENS.get_ptr(tgid & (GEN_SLOTS - 1)) {
+        // SAFETY: array map values live as long as the map; a racing bump is either seen
+        // or not, both answers are valid generations.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
 }
 
 /// Starts a new descriptor-table generation for `tgid` (`gen` must grow: a timestamp).
 #[inline(always)]
 pub(crate) fn bump_gen(tgid: u32, gen: u64) {
-    let _ = GENS.insert(tgid, gen, 0);
+    if let Some(p) = GENS.get_ptr_mut(tgid & (GEN_SLOTS - 1)) {
+        // SAFETY: as in `current_gen`; a concurrent bump of the same slot writes a
+        // timestamp just as new, either is a valid newer generation.
+        unsafe { core::ptr::write_volatile(p, gen) };
+    }
 }

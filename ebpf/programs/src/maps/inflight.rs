@@ -25,6 +25,10 @@ pub(crate) struct InflightSlot {
     /// Set once a call of a thread mapping here went to `INFLIGHT_SPILL` (never cleared:
     /// exits of this slot's threads then also look there).
     pub spilled: u32,
+    /// SSL_read/SSL_write calls in progress among this slot's threads (the OpenSSL entry
+    /// probe adds one, the return probe takes it back). While it is 0, which is always
+    /// without TLS, the data syscalls skip the `SSL_CALLS` lookup altogether.
+    pub ssl_active: u64,
     pub call: Inflight,
 }
 

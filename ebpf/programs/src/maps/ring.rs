@@ -1,7 +1,7 @@
 //! `EVENTS`: the ring buffer every record for the agent goes through.
 
 use aya_ebpf::{macros::map, maps::RingBuf};
-use hoptrace_common::DropReason;
+use hoptrace_common::{DataHeader, DropReason, CHUNK_SIZE};
 
 use crate::{config::config, maps::drops::count_drop};
 
@@ -42,6 +42,35 @@ fn data_ring_flags(len: usize) -> Option<u64> {
         return None;
     }
     Some(wakeup_flags(waiting))
+}
+
+/// Some when the first chunk of a call capturing `captured` bytes fits in the ring's room
+/// for data. When it does not (userspace is behind), the whole call is dropped here, its
+/// records counted as `ringbuf_full` as if each chunk had been refused, before anything is
+/// copied: an overloaded agent then costs each call one ring query instead of the user
+/// memory reads, the record assembly and the tail call of a send that would fail.
+#[inline(always)]
+pub(crate) fn data_room(captured: u64) -> Option<Waiting> {
+    let first = size_of::<DataHeader>() as u64 + captured.min(CHUNK_SIZE as u64);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if waiting + first <= config().data_limit_bytes as u64 {
+        return Some(Waiting(waiting));
+    }
+    count_drop(DropReason::RingbufFull, captured.div_ceil(CHUNK_SIZE as u64));
+    None
+}
+
+/// What `data_room` saw waiting in the ring when it found room for a first chunk.
+#[derive(Clone, Copy)]
+pub(crate) struct Waiting(u64);
+
+/// Sends the first data record of a call whose room `data_room` confirmed just before,
+/// without asking the ring again.
+#[inline(always)]
+pub(crate) fn send_first_data(bytes: &[u8], waiting: Waiting) {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags(waiting.0)).is_err() {
+        count_drop(DropReason::RingbufFull, 1);
+    }
 }
 
 /// Sends a control record (open, close, connect-failed, exec); a full ring is counted.
