@@ -2,7 +2,8 @@
 //! without an SDK runs on (issue 21): each front request carries its own traceparent, and
 //! every CLIENT span the front makes must be the child of the SERVER span of the request
 //! it was made for — same trace id, parent span id, and a start inside that request's
-//! window (so a call linked to the wrong request is caught). Exact counts, 20 requests.
+//! window (so a call linked to the wrong request is caught). Exact counts, 20 requests,
+//! and the same counts in `hoptrace_parent_links_total` on `/metrics`.
 
 use std::{process::Command, time::Duration};
 
@@ -40,6 +41,22 @@ struct Outcome {
     /// Linked calls that failed (connection refused).
     failed_linked: usize,
     stopped: Value,
+    /// The front's `hoptrace_parent_links_total` for CLIENT spans: linked, unresolved, root.
+    coverage: (u64, u64, u64),
+}
+
+/// The front's parent link counters on `/metrics` once `linked` reached `expected` (the
+/// endpoint refreshes them once a second).
+fn link_counters(listen: u16, service: &str, expected: u64) -> (u64, u64, u64) {
+    let series = |outcome: &str| {
+        format!("hoptrace_parent_links_total{{service_name=\"{service}\",span_kind=\"client\",outcome=\"{outcome}\"}}")
+    };
+    let mut m = Metrics::scrape(listen);
+    wait_until(TIMEOUT, || {
+        m = Metrics::scrape(listen);
+        m.0.contains(&format!("{} {expected}\n", series("linked")))
+    });
+    (m.get(&series("linked")), m.get(&series("unresolved")), m.get(&series("root")))
 }
 
 fn is_front_server(s: &Span, port: u16) -> bool {
@@ -98,7 +115,8 @@ fn run_front(front: &Front, label: &str) -> Outcome {
     let fp = start_front(front, &urls);
     let mut ports = targets.clone();
     ports.push(fp.port());
-    let agent = start_run(&ports, &out);
+    let listen = free_port();
+    let agent = start_run_listening(&ports, &out, listen, &[]);
     // The trace ids say which request a span belongs to; unique per run.
     let prefix = format!("{:0>24}", &unique_marker("")[2..]);
     send_requests(fp.port(), &prefix, front.keepalive);
@@ -108,6 +126,9 @@ fn run_front(front: &Front, label: &str) -> Outcome {
         spans.iter().filter(|s| is_front_server(s, fp.port())).count() >= REQUESTS
             && spans.iter().filter(|s| is_front_call(s, &targets)).count() >= expected_calls
     });
+    let spans = spans_in(&out);
+    let service = spans.iter().find(|s| is_front_server(s, fp.port())).map(|s| s.service.clone()).unwrap_or_default();
+    let coverage = link_counters(listen, &service, expected_calls as u64);
     let done = stop(agent);
     let spans = spans_in(&out);
     let servers: Vec<&Span> = spans.iter().filter(|s| is_front_server(s, fp.port())).collect();
@@ -128,6 +149,7 @@ fn run_front(front: &Front, label: &str) -> Outcome {
         linked: good.len(),
         failed_linked: good.iter().filter(|c| int(c.attrs.get("server.port")) == Some(i64::from(refused))).count(),
         stopped: stopped_log(&done),
+        coverage,
     };
     if outcome.linked != expected_calls {
         eprintln!("{}", show(&spans));
@@ -140,6 +162,7 @@ fn assert_all_linked(front: &Front, label: &str) -> Outcome {
     let o = run_front(front, label);
     let expected = REQUESTS * (front.backends + usize::from(front.refused));
     assert_eq!((o.calls, o.linked), (expected, expected), "{label}: CLIENT spans, of them linked");
+    assert_eq!(o.coverage, (expected as u64, 0, 0), "{label}: /metrics parent links (linked, unresolved, root)");
     assert_eq!(o.stopped["traces"]["parents_unresolved_concurrent"], 0, "{label}: {}", o.stopped);
     assert_eq!(o.stopped["traces"]["held_calls_expired"], 0, "{label}: {}", o.stopped);
     assert_eq!(o.stopped["traces"]["parents_linked_same_thread"].as_u64(), Some(expected as u64), "{label}");
@@ -190,4 +213,3 @@ fn refused_downstream_call() {
 fn keepalive_client_back_to_back() {
     assert_all_linked(&Front { keepalive: true, unread: true, ..Front::new("single") }, "keepalive");
 }
-
