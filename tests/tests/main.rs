@@ -14,6 +14,7 @@ mod http_edges;
 mod kafka;
 mod kernel_log;
 mod kubernetes;
+mod linking;
 mod metrics;
 mod mq;
 mod otlp;

@@ -3,11 +3,7 @@
 //! sampling decision (head and tail), the RED metrics (every span, kept or not), and the
 //! sink (kept spans only).
 
-use super::{
-    http,
-    judge::{mark_parent_link, outbound_context},
-    Call, ConnView, Ctx, SpanSink, TraceConfig, TracePipeline,
-};
+use super::{http, judge::outbound_context, Call, ConnView, Ctx, SpanSink, TraceConfig, TracePipeline};
 use crate::{
     gaps::GapKind,
     model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanRecord, TraceOrigin},
@@ -45,6 +41,7 @@ impl TracePipeline {
         gap: Option<GapKind>,
         sink: &mut dyn SpanSink,
     ) {
+        let linked = parent.is_some();
         let x = match call {
             Call::Mq(op) => return self.emit_publish(op, view, parent, unresolved, gap, sink),
             _ if self.cfg.suppress_instrumented && self.is_instrumented(view.pid) => {
@@ -69,7 +66,7 @@ impl TracePipeline {
         let service = resource_attr(&resource, "service.name");
         let route = self.route(&service, &x.request.target);
         let mut span = http::client_span(&self.cfg, &self.clock, &x, &route, &view.addrs(), resource, ctx.ids(span_id));
-        mark_parent_link(&mut span, unresolved, gap);
+        self.mark_parent_link(&mut span, linked, unresolved, gap);
         self.stats.spans_client += 1;
         self.submit(span, sink);
     }
@@ -84,6 +81,7 @@ impl TracePipeline {
         start_ns: u64,
         sink: &mut dyn SpanSink,
     ) {
+        let linked = parent.is_some();
         let ctx = match parent {
             Some(p) => p,
             None => self.new_trace(),
@@ -92,7 +90,7 @@ impl TracePipeline {
         let resource = self.resource_for(view.pid, &view.comm);
         let t = self.clock.to_unix_ns(start_ns);
         let mut span = http::connect_failed_span(&view.addrs(), resource, ctx.ids(span_id), t, error);
-        mark_parent_link(&mut span, unresolved, None);
+        self.mark_parent_link(&mut span, linked, unresolved, None);
         self.stats.spans_client += 1;
         self.stats.connect_failures += 1;
         self.submit(span, sink);

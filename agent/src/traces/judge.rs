@@ -26,6 +26,7 @@ use crate::{
 const MAX_PEERS: usize = 65536;
 
 /// The served side of one hop: who, where, which route, and the span it belongs to.
+#[derive(Clone)]
 pub(super) struct Hop {
     pub service: String,
     pub zone: String,

@@ -1,17 +1,24 @@
 //! Thread-per-request parent linking.
 //!
-//! A client call made on a thread that is, at that moment, serving an inbound request is
-//! that request's child. Inbound request bytes mark the reading thread busy serving that
-//! connection; a call that completes on a busy thread is held until the server exchange
-//! completes, then becomes its child. When more than one inbound request was in flight on
-//! the same thread (an async runtime multiplexing requests), the agent does not guess:
-//! the call stays a root span with `hoptrace.parent.unresolved` saying why.
+//! A client call made on a thread that was, when the call *started*, serving an inbound
+//! request is that request's child. Inbound request bytes mark the reading thread busy
+//! serving that connection from that time on; a call that completes on a busy thread and
+//! started after the request did is held until the server exchange completes, then
+//! becomes its child. A call that completes after its request was answered (its response
+//! read to the end, or its socket closed, only later) is linked by its start time to the
+//! request in the thread's history of finished ones ([`super::served`]) — never by what
+//! the thread is doing when the call completes. When more than one inbound request was in
+//! flight on the same thread (an async runtime multiplexing requests), the agent does not
+//! guess: the call stays a root span with `hoptrace.parent.unresolved` saying why.
 
 use std::time::Instant;
 
 use serde_json::json;
 
-use super::{instrumented::Instrumented, judge::outbound_context, Call, ConnView, Ctx, Held, SpanSink, TracePipeline};
+use super::{
+    instrumented::Instrumented, judge::outbound_context, served::Match, Call, ConnView, Ctx, Held, SpanSink,
+    TracePipeline,
+};
 use crate::{
     capture::{conntrack::Connection, stream::Segment},
     gaps::GapKind,
@@ -23,10 +30,22 @@ use crate::{
 /// A thread serving inbound requests.
 #[derive(Default)]
 pub(super) struct Busy {
-    conns: Vec<u64>,
+    /// The connections served, with the time their current request's first bytes were
+    /// read (kernel clock).
+    conns: Vec<(u64, u64)>,
     /// Another inbound request overlapped on this thread since it was last idle.
     overlapped: bool,
 }
+
+impl Busy {
+    /// When the earliest request in flight on the thread started.
+    fn since(&self) -> Option<u64> {
+        self.conns.iter().map(|&(_, since)| since).min()
+    }
+}
+
+/// Why a call is exported without a parent: other requests were in flight on its thread.
+const CONCURRENT: &str = "concurrent_requests_on_thread";
 
 /// Why a call that was held is exported without a parent.
 const NOT_COMPLETED: &str = "inbound_request_not_completed";
@@ -35,27 +54,29 @@ impl TracePipeline {
     /// Inbound request bytes make the reading thread busy serving this connection.
     pub(super) fn mark_serving(&mut self, conn: &Connection, segs: &[Segment]) {
         for s in segs {
-            if let Segment::Data { tid, .. } = s {
+            if let Segment::Data { tid, ts_ns, .. } = s {
                 let busy = self.busy.entry((conn.pid, *tid)).or_default();
-                if !busy.conns.contains(&conn.id) {
+                if !busy.conns.iter().any(|&(c, _)| c == conn.id) {
                     if !busy.conns.is_empty() {
                         busy.overlapped = true;
                     }
-                    busy.conns.push(conn.id);
+                    busy.conns.push((conn.id, *ts_ns));
                 }
             }
         }
     }
 
-    /// Whether thread `key` is serving an inbound request now.
-    pub(super) fn is_serving(&self, key: (u32, u32)) -> bool {
-        self.busy.get(&key).is_some_and(|b| !b.conns.is_empty())
+    /// Whether thread `key` was serving an inbound request when a call that started at
+    /// `start` began (one still in flight, or one it has finished since).
+    pub(super) fn was_serving(&self, key: (u32, u32), start: u64) -> bool {
+        self.busy.get(&key).and_then(Busy::since).is_some_and(|since| start >= since)
+            || self.served.find(key, start).is_some()
     }
 
     /// The connection is gone: no thread serves it any more.
     pub(super) fn forget_serving(&mut self, conn_id: u64) {
         for busy in self.busy.values_mut() {
-            busy.conns.retain(|&c| c != conn_id);
+            busy.conns.retain(|&(c, _)| c != conn_id);
         }
         self.busy.retain(|_, b| !b.conns.is_empty());
     }
@@ -64,7 +85,7 @@ impl TracePipeline {
     pub(super) fn end_serving(&mut self, key: (u32, u32), conn_id: u64) -> bool {
         let Some(busy) = self.busy.get_mut(&key) else { return false };
         let overlapped = busy.overlapped;
-        busy.conns.retain(|&c| c != conn_id);
+        busy.conns.retain(|&(c, _)| c != conn_id);
         if busy.conns.is_empty() {
             self.busy.remove(&key);
         }
@@ -84,13 +105,19 @@ impl TracePipeline {
         children
     }
 
-    /// An outbound call: held while its thread serves a request, else emitted now.
+    /// An outbound call, by what its thread was doing when the call started: serving a
+    /// request still in flight (held until it completes), serving one that has completed
+    /// since (linked now), or nothing (emitted now).
     pub(super) fn client_call(&mut self, view: ConnView, tid: u32, call: Call, sink: &mut dyn SpanSink) {
         let key = (view.pid, tid);
-        if self.is_serving(key) {
+        let start = call.start_ns();
+        if self.busy.get(&key).and_then(Busy::since).is_some_and(|since| start >= since) {
             self.held.entry(key).or_default().push(Held { call, conn: view, since: Instant::now() });
             return;
         }
+        let held = Held { call, conn: view, since: Instant::now() };
+        let Some(held) = self.link_to_served(key, held, sink) else { return };
+        let (call, view) = (held.call, held.conn);
         if let Call::Http(x) = &call {
             if outbound_context(x).is_some() {
                 if self.busy.keys().any(|(pid, _)| *pid == view.pid) {
@@ -170,7 +197,7 @@ impl TracePipeline {
         for (child, gap) in children.into_iter().zip(gaps) {
             if overlapped {
                 self.stats.parents_unresolved_concurrent += 1;
-                self.emit_call(child.call, &child.conn, None, Some("concurrent_requests_on_thread"), gap, sink);
+                self.emit_call(child.call, &child.conn, None, Some(CONCURRENT), gap, sink);
             } else {
                 self.stats.parents_linked_same_thread += 1;
                 self.emit_call(child.call, &child.conn, Some(ctx.child_of(span_id)), None, gap, sink);
@@ -178,10 +205,34 @@ impl TracePipeline {
         }
     }
 
+    /// A call that completed after the request its thread was serving when it started:
+    /// linked to that request now (or unresolved when requests overlapped then). Returns
+    /// the call when the thread's history has no request for it.
+    fn link_to_served(&mut self, key: (u32, u32), held: Held, sink: &mut dyn SpanSink) -> Option<Held> {
+        let (ctx, inbound, hop) = match self.served.find(key, held.call.start_ns()) {
+            None => return Some(held),
+            Some(Match::Overlapped) => {
+                self.stats.parents_unresolved_concurrent += 1;
+                self.emit_call(held.call, &held.conn, None, Some(CONCURRENT), None, sink);
+                return None;
+            }
+            Some(Match::One(s)) => (s.child.clone(), s.inbound, s.hop.clone()),
+        };
+        let children = [held];
+        self.learn_from_children(key.0, &children, inbound.as_ref());
+        let [held] = children;
+        let gap = self.judge_child(&hop, &held, inbound.as_ref(), false);
+        self.stats.parents_linked_same_thread += 1;
+        self.stats.parents_linked_after_request += 1;
+        self.emit_call(held.call, &held.conn, Some(ctx), None, gap, sink);
+        None
+    }
+
     /// Periodic housekeeping: held calls whose inbound request never completed are
-    /// emitted on their own.
+    /// emitted on their own; old history goes.
     pub fn tick(&mut self, sink: &mut dyn SpanSink) {
         let timeout = self.cfg.hold_timeout;
+        self.served.expire(timeout);
         let mut expired = Vec::new();
         for list in self.held.values_mut().chain(self.held_by_pid.values_mut()) {
             let (old, keep): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| h.since.elapsed() > timeout);

@@ -24,11 +24,7 @@ use crate::{
     traces::context,
 };
 
-use super::{
-    http,
-    judge::{mark_gap, mark_parent_link},
-    Call, ConnView, Ctx, SpanSink, TracePipeline,
-};
+use super::{http, judge::mark_gap, Call, ConnView, Ctx, SpanSink, TracePipeline};
 
 /// Most links put on one batch span (the rest are counted in `hoptrace.links.dropped`).
 const MAX_LINKS: usize = 128;
@@ -123,7 +119,7 @@ impl TracePipeline {
                 // trace context itself (an SDK), like an HTTP call with a fresh traceparent.
                 let own = op.messages.iter().any(|m| matches!(message_context(m), Ok(Some(_))));
                 let tid = op.timing.first_tid;
-                let busy_thread = self.is_serving((view.pid, tid));
+                let busy_thread = self.was_serving((view.pid, tid), op.timing.first_enter_ns);
                 if own
                     && !busy_thread
                     && !self.busy.keys().any(|(pid, _)| *pid == view.pid)
@@ -167,6 +163,7 @@ impl TracePipeline {
             return;
         }
         let own = op.messages.first().and_then(|m| message_context(m).ok().flatten());
+        let linked = parent.is_some();
         let ctx = match (parent, own) {
             (Some(p), _) => p,
             (None, Some((tp, state))) => Ctx::remote(&tp, state),
@@ -174,7 +171,7 @@ impl TracePipeline {
         };
         let span_id = self.ids.span_id();
         let mut span = self.mq_span(&op, view, SpanKind::Producer, ctx.ids(span_id));
-        mark_parent_link(&mut span, unresolved, gap);
+        self.mark_parent_link(&mut span, linked, unresolved, gap);
         self.stats.spans_producer += 1;
         self.submit(span, sink);
     }

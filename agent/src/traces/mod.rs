@@ -11,10 +11,11 @@
 //!
 //! * [`pipeline`] — the orchestrator: streams in, parser events out, one short function
 //!   per kind of event;
-//! * [`linking`] — **thread-per-request parent linking**: a call made on a thread that is,
-//!   at that moment, serving an inbound request is that request's child; when several
-//!   inbound requests overlap on one thread (an async runtime), the agent does not guess
-//!   and says so in `hoptrace.parent.unresolved`;
+//! * [`linking`] — **thread-per-request parent linking**: a call made on a thread that was,
+//!   when the call started, serving an inbound request is that request's child (calls that
+//!   complete after their request did are found through [`served`], the threads' recent
+//!   requests); when several inbound requests overlap on one thread (an async runtime),
+//!   the agent does not guess and says so in `hoptrace.parent.unresolved`;
 //! * [`instrumented`] — services that instrument themselves (an OpenTelemetry SDK, seen in
 //!   the environment or seen creating trace context) get no duplicate spans;
 //! * [`judge`] — propagation gaps: which hop lost the context, recorded for `/gaps`;
@@ -27,6 +28,7 @@
 pub mod config;
 pub mod consumer;
 pub mod context;
+pub mod coverage;
 mod finish;
 pub mod http;
 pub(crate) mod ids;
@@ -37,6 +39,7 @@ pub mod messaging;
 mod pipeline;
 pub mod red;
 mod routes;
+mod served;
 pub mod stats;
 
 use std::{
@@ -82,6 +85,8 @@ pub struct TracePipeline {
     conns: HashMap<u64, ConnL7>,
     /// Threads serving inbound requests, by (pid, tid).
     busy: HashMap<(u32, u32), Busy>,
+    /// Requests threads finished serving: calls that complete later are linked by start.
+    served: served::ServedHistory,
     /// Calls waiting for the inbound request their thread serves, by (pid, tid).
     held: HashMap<(u32, u32), Vec<Held>>,
     /// Calls with their own `traceparent` made while the process served requests on other
@@ -172,6 +177,7 @@ impl ConnView {
 }
 
 /// The trace context a span continues.
+#[derive(Clone)]
 struct Ctx {
     trace_id: TraceId,
     parent: SpanId,

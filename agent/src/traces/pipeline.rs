@@ -13,7 +13,9 @@ use hoptrace_common::{Direction, Role};
 
 use super::{
     context::{self, TraceParent},
-    http, ConnL7, ConnView, Ctx, IdGenerator, SpanSink, TraceConfig, TracePipeline, TraceStats,
+    http,
+    served::{Served, ServedHistory},
+    ConnL7, ConnView, Ctx, IdGenerator, SpanSink, TraceConfig, TracePipeline, TraceStats,
 };
 use crate::{
     capture::{conntrack::Connection, stream::Segment},
@@ -59,6 +61,7 @@ impl TracePipeline {
             ids: IdGenerator::new(),
             conns: HashMap::new(),
             busy: HashMap::new(),
+            served: ServedHistory::default(),
             held: HashMap::new(),
             held_by_pid: HashMap::new(),
             instrumented: HashMap::new(),
@@ -220,8 +223,11 @@ impl TracePipeline {
         }
         self.emit_children(children, child_gaps, overlapped, &ctx, span_id, sink);
         let resource = self.resource_for(view.pid, &view.comm);
+        let child = ctx.child_of(span_id);
         let mut span =
             http::server_span(&self.cfg, &self.clock, &x, &hop.route, &view.addrs(), resource, ctx.ids(span_id));
+        // Calls of this request that complete later are linked by their start time.
+        self.served.push(key, Served { start, end, overlapped, child, inbound: inbound.parent, hop });
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         if let Some(kind) = inbound_gap {
             super::judge::mark_gap(&mut span, kind);

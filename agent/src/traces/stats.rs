@@ -14,7 +14,11 @@ pub struct TraceStats {
     pub spans_client: u64,
     pub spans_suppressed_instrumented: u64,
     pub parents_linked_same_thread: u64,
+    /// Of those, calls that completed after their request had (linked by start time).
+    pub parents_linked_after_request: u64,
     pub parents_unresolved_concurrent: u64,
+    /// CLIENT and PRODUCER spans per service: linked, unresolved or root.
+    pub parent_links: super::coverage::ParentLinks,
     pub held_calls_expired: u64,
     pub connect_failures: u64,
     /// Spans whose parent context was not sampled (flags 00): honoured, not exported.

@@ -130,3 +130,95 @@ fn an_instrumented_verdict_does_not_pass_to_a_reused_pid() {
     p.mark_instrumented(PID, Instrumented::CreatesContext);
     assert!(p.is_instrumented(PID));
 }
+
+/// Response headers promising a body the caller never reads: the call ends at its close.
+const UNREAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+
+fn client_spans(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
+    spans.iter().filter(|s| s.kind == crate::model::span::SpanKind::Client).collect()
+}
+
+/// The single-threaded server of issue 21: each call's response is freed (its socket
+/// closed) only after the request was answered — while the thread is idle, or serving
+/// the next request. Each call is linked by its start to the request it was made for.
+#[test]
+fn a_call_completing_after_its_request_is_linked_by_its_start() {
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let first = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+    let second = conn(3, Role::Server, "127.0.0.1:8000", "127.0.0.1:50002");
+    let (c1, c2) = (
+        conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000"),
+        conn(4, Role::Client, "127.0.0.1:50003", "127.0.0.1:9000"),
+    );
+    p.on_segments(&first, Direction::Ingress, &seg(10, REQ), &mut spans);
+    p.on_segments(&c1, Direction::Egress, &seg(20, CALL), &mut spans);
+    p.on_segments(&c1, Direction::Ingress, &seg(30, UNREAD), &mut spans);
+    p.on_segments(&first, Direction::Egress, &seg(40, OK), &mut spans);
+    p.on_segments(&second, Direction::Ingress, &seg(50, REQ), &mut spans);
+    // The first call's socket closes while the thread serves the second request.
+    p.on_close(&c1, Some(55), &mut spans);
+    p.on_segments(&c2, Direction::Egress, &seg(60, CALL), &mut spans);
+    p.on_segments(&c2, Direction::Ingress, &seg(70, UNREAD), &mut spans);
+    p.on_segments(&second, Direction::Egress, &seg(80, OK), &mut spans);
+    // The second call's socket closes when the thread is idle.
+    p.on_close(&c2, Some(90), &mut spans);
+    let servers: Vec<&SpanRecord> = spans.iter().filter(|s| s.kind == crate::model::span::SpanKind::Server).collect();
+    let clients = client_spans(&spans);
+    assert_eq!((servers.len(), clients.len()), (2, 2));
+    for (srv, start) in servers.iter().zip([20, 60]) {
+        let cli = clients.iter().find(|c| c.parent_span_id == srv.span_id).expect("a child per request");
+        assert_eq!(cli.trace_id, srv.trace_id);
+        assert_eq!(cli.start_unix_ns, p.clock.to_unix_ns(start), "the call made while serving it");
+    }
+    assert_eq!((p.stats.parents_linked_same_thread, p.stats.parents_linked_after_request), (2, 2));
+    assert_eq!(p.stats.held_calls_expired, 0);
+}
+
+/// The history is per thread of one process: a late call of another process whose thread
+/// has the same id is not linked, and one that started before any request is a root.
+#[test]
+fn a_late_call_is_never_linked_across_processes_or_before_its_request() {
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let server = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+    let other = conn_of(PID + 1, 2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+    let early = conn(4, Role::Client, "127.0.0.1:50003", "127.0.0.1:9000");
+    p.on_segments(&early, Direction::Egress, &seg(5, CALL), &mut spans);
+    p.on_segments(&server, Direction::Ingress, &seg(10, REQ), &mut spans);
+    p.on_segments(&other, Direction::Egress, &seg(20, CALL), &mut spans);
+    p.on_segments(&other, Direction::Ingress, &seg(30, UNREAD), &mut spans);
+    p.on_segments(&early, Direction::Ingress, &seg(31, UNREAD), &mut spans);
+    p.on_segments(&server, Direction::Egress, &seg(40, OK), &mut spans);
+    p.on_close(&other, Some(50), &mut spans);
+    p.on_close(&early, Some(51), &mut spans);
+    let clients = client_spans(&spans);
+    assert_eq!(clients.len(), 2);
+    assert!(clients.iter().all(|c| c.is_root()), "{clients:?}");
+    assert_eq!(p.stats.parents_linked_same_thread, 0);
+}
+
+/// A late call that started while two requests overlapped on its thread: not guessed.
+#[test]
+fn a_late_call_from_overlapping_requests_is_unresolved() {
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let a = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+    let b = conn(3, Role::Server, "127.0.0.1:8000", "127.0.0.1:50002");
+    let client = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+    p.on_segments(&a, Direction::Ingress, &seg(10, REQ), &mut spans);
+    p.on_segments(&b, Direction::Ingress, &seg(11, REQ), &mut spans);
+    p.on_segments(&client, Direction::Egress, &seg(20, CALL), &mut spans);
+    p.on_segments(&client, Direction::Ingress, &seg(30, UNREAD), &mut spans);
+    p.on_segments(&a, Direction::Egress, &seg(40, OK), &mut spans);
+    p.on_segments(&b, Direction::Egress, &seg(41, OK), &mut spans);
+    p.on_close(&client, Some(50), &mut spans);
+    let cli = client_spans(&spans)[0];
+    assert!(cli.is_root(), "{cli:?}");
+    let unresolved = cli.attributes.iter().find(|a| a.key == "hoptrace.parent.unresolved");
+    assert_eq!(
+        unresolved.map(|a| &a.value),
+        Some(&crate::model::span::AnyValue::Str("concurrent_requests_on_thread".into()))
+    );
+    assert_eq!((p.stats.parents_linked_same_thread, p.stats.parents_unresolved_concurrent), (0, 1));
+}

@@ -112,7 +112,8 @@ pub fn extra_samples(
     out
 }
 
-/// Parse errors by protocol and reason, invalid trace context by reason.
+/// Parse errors by protocol and reason, invalid trace context by reason, parent links by
+/// service.
 fn trace_samples(traces: &crate::traces::TraceStats, out: &mut Vec<OwnedSample>) {
     let mut sorted: Vec<(&String, &u64)> = traces.parse_errors.iter().collect();
     sorted.sort();
@@ -130,6 +131,34 @@ fn trace_samples(traces: &crate::traces::TraceStats, out: &mut Vec<OwnedSample>)
     for (reason, n) in sorted {
         let help = "Inbound requests whose trace context headers were invalid, by reason.";
         out.push(OwnedSample::new("hoptrace_invalid_trace_context_total", help, *n as f64).label("reason", *reason));
+    }
+    parent_link_samples(&traces.parent_links, out);
+}
+
+/// CLIENT and PRODUCER spans per service by parent link outcome: how well each service's
+/// calls are attributed to the requests they serve (a kind appears once it has a span).
+fn parent_link_samples(links: &crate::traces::coverage::ParentLinks, out: &mut Vec<OwnedSample>) {
+    use crate::traces::coverage::{LinkOutcome, ServiceLinks};
+    let help = "Outbound (CLIENT, PRODUCER) spans by service and parent link: linked to the inbound request \
+                served, unresolved (several requests in flight on the thread), or root (no request served).";
+    let mut rows: Vec<(Option<&str>, &ServiceLinks)> =
+        links.services.iter().map(|(name, row)| (Some(name.as_str()), row)).collect();
+    rows.sort_by_key(|(name, _)| *name);
+    rows.push((None, &links.overflow));
+    for (service, row) in rows {
+        for (kind, counts) in [("client", &row.client), ("producer", &row.producer)] {
+            if LinkOutcome::ALL.iter().all(|o| counts.get(*o) == 0) {
+                continue;
+            }
+            for outcome in LinkOutcome::ALL {
+                let sample = OwnedSample::new("hoptrace_parent_links_total", help, counts.get(outcome) as f64);
+                let sample = match service {
+                    Some(name) => sample.label("service_name", name),
+                    None => sample.label("otel_metric_overflow", "true"),
+                };
+                out.push(sample.label("span_kind", kind).label("outcome", outcome.as_str()));
+            }
+        }
     }
 }
 
