@@ -20,7 +20,7 @@ pub(super) fn resource_attr(r: &Resource, key: &str) -> String {
         .iter()
         .find(|a| a.key == key)
         .and_then(|a| match &a.value {
-            AnyValue::Str(v) => Some(v.clone()),
+            AnyValue::Str(v) => Some(v.to_string()),
             _ => None,
         })
         .unwrap_or_default()
@@ -111,7 +111,7 @@ impl TracePipeline {
             if let AnyValue::Str(v) = &attr.value {
                 let r = self.redactor.redact_value(v);
                 if !r.hits.is_empty() {
-                    attr.value = AnyValue::Str(r.text);
+                    attr.value = AnyValue::Str(r.text.into());
                     hits.extend(r.hits);
                 }
             }

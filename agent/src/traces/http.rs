@@ -181,7 +181,7 @@ fn response_attributes(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, span:
             span.events.push(SpanEvent {
                 name: "risk_signal".into(),
                 time_unix_ns: clock.to_unix_ns(resp.timing.first_exit_ns),
-                attributes: vec![KeyValue::str("hoptrace.risk.signal", signal)],
+                attributes: vec![KeyValue::str("hoptrace.risk.signal", signal.to_string())],
             });
         }
     }
@@ -219,7 +219,7 @@ pub(super) fn span(
         trace_state: ids.trace_state,
         flags: ids.flags,
         origin: ids.origin,
-        name,
+        name: name.into(),
         kind,
         start_unix_ns: start,
         end_unix_ns: end.max(start),
