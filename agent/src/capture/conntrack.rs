@@ -7,8 +7,8 @@
 //! is still attributed. Memory is bounded: a maximum number of connections (new ones are
 //! refused and counted past it) and idle eviction.
 
+use hashbrown::HashMap;
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };

@@ -12,7 +12,8 @@
 //! (annotation over label) < the first matching `services` rule < nothing else; the
 //! program's name only when none of them set `service.name`.
 
-use std::{collections::HashMap, sync::Arc};
+use hashbrown::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 

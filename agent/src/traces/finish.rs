@@ -16,11 +16,16 @@ use crate::{
 
 /// A string attribute of a Resource (`service.name`, `zone`), empty when absent.
 pub(super) fn resource_attr(r: &Resource, key: &str) -> String {
+    resource_str(r, key).to_string()
+}
+
+/// [`resource_attr`] borrowed, for the per-span path.
+pub(super) fn resource_str<'r>(r: &'r Resource, key: &str) -> &'r str {
     r.attributes
         .iter()
         .find(|a| a.key == key)
         .and_then(|a| match &a.value {
-            AnyValue::Str(v) => Some(v.to_string()),
+            AnyValue::Str(v) => Some(v.as_str()),
             _ => None,
         })
         .unwrap_or_default()
@@ -66,9 +71,10 @@ impl TracePipeline {
         };
         let span_id = self.ids.span_id();
         let resource = self.resource_for(view.pid, &view.comm);
-        let service = resource_attr(&resource, "service.name");
-        let route = self.route(&service, &x.request.target);
-        let mut span = http::client_span(&self.cfg, &self.clock, &x, &route, &view.addrs(), resource, ctx.ids(span_id));
+        let route = self.route(resource_str(&resource, "service.name"), x.request.target());
+        let named = http::Named { name: self.span_name(&x.request.method, &route), route };
+        let addrs = view.addrs(&mut self.ip_names);
+        let mut span = http::client_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         mark_parent_link(&mut span, unresolved, gap);
         self.stats.spans_client += 1;
         self.submit(span, sink);
@@ -91,7 +97,7 @@ impl TracePipeline {
         let span_id = self.ids.span_id();
         let resource = self.resource_for(view.pid, &view.comm);
         let t = self.clock.to_unix_ns(start_ns);
-        let mut span = http::connect_failed_span(&view.addrs(), resource, ctx.ids(span_id), t, error);
+        let mut span = http::connect_failed_span(&view.addrs(&mut self.ip_names), resource, ctx.ids(span_id), t, error);
         mark_parent_link(&mut span, unresolved, None);
         self.stats.spans_client += 1;
         self.stats.connect_failures += 1;

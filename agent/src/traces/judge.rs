@@ -8,15 +8,15 @@
 //!   (`dropped_outbound_context`) or another trace's (`restarted_context`);
 //! * a publish or a consumed message without context: `mq_message_without_context`.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use serde_json::json;
 
-use super::{context, pipeline::Inbound, Call, ConnView, Held, TracePipeline};
+use super::{context, finish::resource_str, pipeline::Inbound, Call, ConnView, Held, TracePipeline};
 use crate::{
     capture::conntrack::Connection,
     gaps::{Gap, GapKey, GapKind},
-    model::span::{KeyValue, SpanEvent, SpanRecord},
+    model::span::{hex, KeyValue, Resource, SpanEvent, SpanId, SpanRecord, Str, TraceId},
     protocols::{http1::header_values, HttpExchange},
     traces::context::TraceParent,
     util::logging,
@@ -26,16 +26,28 @@ use crate::{
 const MAX_PEERS: usize = 65536;
 
 /// The served side of one hop: who, where, which route, and the span it belongs to.
+///
+/// Built for every inbound request, but gaps are rare: it holds only what the span needs
+/// anyway (shared), and the caller's name and the ids as text are worked out when a gap
+/// is actually recorded.
 pub(super) struct Hop {
-    pub service: String,
-    pub zone: String,
-    pub route: String,
-    /// The caller as a service name (a process on this node) or an address.
-    pub caller: String,
-    /// The caller is on this node or in an internal network.
-    pub internal: bool,
-    pub trace_hex: String,
-    pub span_hex: String,
+    /// The served process's Resource (`service.name`, `zone`).
+    pub resource: Arc<Resource>,
+    pub route: Str,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
+impl Hop {
+    pub fn service(&self) -> &str {
+        resource_str(&self.resource, "service.name")
+    }
+
+    pub fn zone(&self) -> &str {
+        resource_str(&self.resource, "zone")
+    }
 }
 
 /// The valid `traceparent` an outbound request carries, if any.
@@ -93,32 +105,40 @@ impl TracePipeline {
     }
 
     /// The served side of the hop of an inbound request on `view`.
-    pub(super) fn hop(&mut self, view: &ConnView, target: &[u8], (trace_hex, span_hex): (String, String)) -> Hop {
-        let (service, zone) = self.service_zone(view.pid, &view.comm);
-        let route = self.route(&service, target);
-        let seen = self.client_peers.get(&(view.remote, view.local)).cloned();
-        let internal = seen.is_some() || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&view.remote.ip()));
-        let caller = self.peer_name(seen, view.remote);
-        Hop { service, zone, route, caller, internal, trace_hex, span_hex }
+    pub(super) fn hop(&mut self, view: &ConnView, target: &[u8], (trace_id, span_id): (TraceId, SpanId)) -> Hop {
+        let resource = self.resource_for(view.pid, &view.comm);
+        let route = self.route(resource_str(&resource, "service.name"), target);
+        Hop { resource, route, local: view.local, remote: view.remote, trace_id, span_id }
+    }
+
+    /// The caller of a hop as a service name (a process on this node) or an address, and
+    /// whether it is on this node or in an internal network.
+    fn caller(&mut self, hop: &Hop) -> (String, bool) {
+        let seen = self.client_peers.get(&(hop.remote, hop.local)).cloned();
+        let internal = seen.is_some() || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&hop.remote.ip()));
+        (self.peer_name(seen, hop.remote), internal)
     }
 
     /// The inbound side of a hop: invalid context, or none from an internal caller.
     pub(super) fn judge_inbound(&mut self, hop: &Hop, inbound: &Inbound) -> Option<GapKind> {
+        if inbound.invalid.is_none() && inbound.parent.is_some() {
+            return None;
+        }
+        let (caller, internal) = self.caller(hop);
         let g = &self.cfg.gaps;
         let kind = match inbound.invalid {
             Some(_) => GapKind::InvalidContext,
-            None if inbound.parent.is_none()
-                && hop.internal
-                && !g.entry_services.contains(&hop.service)
-                && !g.entry_zones.contains(&hop.zone)
-                && !g.ignore_services.contains(&hop.caller) =>
+            None if internal
+                && !g.entry_services.iter().any(|s| s == hop.service())
+                && !g.entry_zones.iter().any(|z| z == hop.zone())
+                && !g.ignore_services.contains(&caller) =>
             {
                 GapKind::MissingInboundContext
             }
             None => return None,
         };
         let detail = inbound.invalid.unwrap_or("");
-        self.record_hop_gap(kind, hop, &hop.caller.clone(), &hop.route.clone(), detail);
+        self.record_hop_gap(kind, hop, &caller, &hop.route, detail);
         Some(kind)
     }
 
@@ -144,7 +164,7 @@ impl TracePipeline {
                     Some(o) if o.trace_id != i.trace_id => GapKind::RestartedContext,
                     Some(_) => return None,
                 };
-                (kind, self.route(&hop.service, &cx.request.target))
+                (kind, self.route(hop.service(), cx.request.target()).to_string())
             }
             Call::Failed { .. } => return None,
         };
@@ -154,7 +174,8 @@ impl TracePipeline {
     }
 
     fn record_hop_gap(&mut self, kind: GapKind, hop: &Hop, peer: &str, route: &str, detail: &str) {
-        self.record_gap(kind, &hop.service, &hop.zone, peer, route, &hop.trace_hex, &hop.span_hex, detail);
+        let (trace, span) = (hex(&hop.trace_id), hex(&hop.span_id));
+        self.record_gap(kind, hop.service(), hop.zone(), peer, route, &trace, &span, detail);
     }
 
     #[allow(clippy::too_many_arguments)]

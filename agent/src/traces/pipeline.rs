@@ -3,7 +3,6 @@
 //! [`super::instrumented`] and [`super::finish`].
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -57,21 +56,23 @@ impl TracePipeline {
             cfg,
             clock: Clock::now(),
             ids: IdGenerator::new(),
-            conns: HashMap::new(),
-            busy: HashMap::new(),
-            held: HashMap::new(),
-            held_by_pid: HashMap::new(),
-            instrumented: HashMap::new(),
+            conns: Default::default(),
+            busy: Default::default(),
+            held: Default::default(),
+            held_by_pid: Default::default(),
+            instrumented: Default::default(),
             processes: ProcessCache::default(),
             resources,
             close_ns: None,
             log_limit: RateLimiter::new(Duration::from_secs(10)),
             sampler,
             redactor,
-            routes: HashMap::new(),
-            route_cache: HashMap::new(),
-            client_peers: HashMap::new(),
-            server_peers: HashMap::new(),
+            routes: Default::default(),
+            route_cache: Default::default(),
+            span_names: Default::default(),
+            ip_names: Default::default(),
+            client_peers: Default::default(),
+            server_peers: Default::default(),
             gaps: Arc::new(Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
             red: super::red::RedRecorder::default(),
@@ -210,7 +211,7 @@ impl TracePipeline {
             None => self.new_trace(),
         };
         // Propagation gaps: judged for every service, instrumented or not.
-        let hop = self.hop(&view, &x.request.target, (hex(&ctx.trace_id), hex(&span_id)));
+        let hop = self.hop(&view, x.request.target(), (ctx.trace_id, span_id));
         let inbound_gap = self.judge_inbound(&hop, &inbound);
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
@@ -219,9 +220,10 @@ impl TracePipeline {
             return;
         }
         self.emit_children(children, child_gaps, overlapped, &ctx, span_id, sink);
-        let resource = self.resource_for(view.pid, &view.comm);
-        let mut span =
-            http::server_span(&self.cfg, &self.clock, &x, &hop.route, &view.addrs(), resource, ctx.ids(span_id));
+        let resource = hop.resource.clone();
+        let named = http::Named { route: hop.route.clone(), name: self.span_name(&x.request.method, &hop.route) };
+        let addrs = view.addrs(&mut self.ip_names);
+        let mut span = http::server_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         if let Some(kind) = inbound_gap {
             super::judge::mark_gap(&mut span, kind);
