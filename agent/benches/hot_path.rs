@@ -161,7 +161,9 @@ fn stages(c: &mut Criterion) {
         )
     });
     let (cfg, clock, x, res) = (TraceConfig::default(), Clock::now(), exchange(), resource());
-    g.bench_function("span_build", |b| b.iter(|| (0..BATCH).for_each(|_| drop(black_box(two_spans(&cfg, &clock, &x, &res))))));
+    g.bench_function("span_build", |b| {
+        b.iter(|| (0..BATCH).for_each(|_| drop(black_box(two_spans(&cfg, &clock, &x, &res)))))
+    });
     let redactor = Redactor::default();
     g.bench_function("redact_route", |b| {
         b.iter(|| {

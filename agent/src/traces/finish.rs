@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     gaps::GapKind,
-    model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanRecord, TraceOrigin},
+    model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanRecord, Str, TraceOrigin},
     policy::{redact::Detector, sampling::Decision},
 };
 
@@ -111,7 +111,9 @@ impl TracePipeline {
     fn redact(&mut self, span: &mut SpanRecord) {
         let mut hits: Vec<(Detector, usize)> = Vec::new();
         for attr in span.attributes.iter_mut() {
-            if !from_traffic(&attr.key, &self.cfg) {
+            // Built-in keys are static; keys from the configuration or from traffic
+            // (mapped headers, baggage) are not: a pointer test skips most attributes.
+            if matches!(attr.key, Str::Static(_)) || !from_traffic(&attr.key, &self.cfg) {
                 continue;
             }
             if let AnyValue::Str(v) = &attr.value {
@@ -139,8 +141,7 @@ impl TracePipeline {
     /// counted by decision and feeds the RED metrics; only kept ones reach the sink.
     pub(super) fn submit(&mut self, mut span: SpanRecord, sink: &mut dyn SpanSink) {
         self.redact(&mut span);
-        let service = resource_attr(&span.resource, "service.name");
-        let decision = self.sampler.decide(&span, &service);
+        let decision = self.sampler.decide(&span, resource_str(&span.resource, "service.name"));
         *self.stats.sampling.entry(decision).or_default() += 1;
         if decision == Decision::DroppedParentNotSampled {
             self.stats.spans_not_sampled += 1;

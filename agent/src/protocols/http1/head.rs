@@ -114,10 +114,46 @@ pub(super) fn early_check(kind: Kind, buf: &[u8]) -> Result<(), &'static str> {
 /// httparse accepts them.
 pub(super) fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let tail = buf.get(from..)?;
-    // One vectorized search per line, not a loop per byte.
+    // One vectorized search per line, not a loop per byte. (Two prebuilt memmem
+    // searchers, "\n\r\n" and "\n\n", measured 15% more instructions on typical heads.)
     memchr::memchr_iter(b'\n', tail).find_map(|i| match (tail.get(i + 1), tail.get(i + 2)) {
         (Some(b'\n'), _) => Some(from + i + 2),
         (Some(b'\r'), Some(b'\n')) => Some(from + i + 3),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_head_end;
+
+    /// The definition: the first '\n' followed by "\n" or "\r\n".
+    fn reference(buf: &[u8], from: usize) -> Option<usize> {
+        let tail = buf.get(from..)?;
+        (0..tail.len()).filter(|&i| tail[i] == b'\n').find_map(|i| match (tail.get(i + 1), tail.get(i + 2)) {
+            (Some(b'\n'), _) => Some(from + i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(from + i + 3),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn head_end_matches_its_definition() {
+        // Every string of up to 7 bytes over the alphabet that matters, at every start.
+        let alphabet = [b'a', b'\r', b'\n'];
+        for len in 0..=7u32 {
+            for mut code in 0..3usize.pow(len) {
+                let mut buf = Vec::new();
+                for _ in 0..len {
+                    buf.push(alphabet[code % 3]);
+                    code /= 3;
+                }
+                for from in 0..=buf.len() + 1 {
+                    assert_eq!(find_head_end(&buf, from), reference(&buf, from), "{buf:?} from {from}");
+                }
+            }
+        }
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\n\n";
+        assert_eq!(find_head_end(head, 0), Some(27));
+    }
 }

@@ -65,6 +65,12 @@ impl Headers {
         self.fields.is_empty()
     }
 
+    /// Whether field `f` is named `name`; the length test first (most fields differ in
+    /// length), so a lookup costs a few instructions per field.
+    fn is(&self, f: &Field, name: &str) -> bool {
+        (f.name.1 - f.name.0) as usize == name.len() && self.block.get(range(f.name)) == Some(name.as_bytes())
+    }
+
     /// Every field, in order: (lowercase name, value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.fields.iter().map(|f| {
@@ -76,16 +82,13 @@ impl Headers {
 
     /// First value of field `name` (lowercase).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let f = self.fields.iter().find(|f| self.block.get(range(f.name)) == Some(name.as_bytes()))?;
+        let f = self.fields.iter().find(|f| self.is(f, name))?;
         self.block.get(range(f.value))
     }
 
     /// Every value of field `name` (lowercase), in order: for list fields such as
     /// tracestate and baggage that may be split over several lines.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.fields
-            .iter()
-            .filter(move |f| self.block.get(range(f.name)) == Some(name.as_bytes()))
-            .map(|f| self.block.get(range(f.value)).unwrap_or_default())
+        self.fields.iter().filter(move |f| self.is(f, name)).map(|f| self.block.get(range(f.value)).unwrap_or_default())
     }
 }
