@@ -86,7 +86,7 @@ impl TracePipeline {
         if peers.len() >= MAX_PEERS {
             peers.clear();
         }
-        peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.clone()));
+        peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.to_string()));
     }
 
     /// The service at the other end of a hop: a process on this node when it was seen,

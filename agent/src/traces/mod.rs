@@ -112,6 +112,8 @@ pub struct TracePipeline {
     span_names: HashMap<(Str, Str), Str>,
     /// Addresses as text (span attributes), bounded like `route_cache`.
     ip_names: HashMap<std::net::IpAddr, Str>,
+    /// Parser events of one `on_segments` call, kept to reuse the allocation.
+    events_scratch: Vec<crate::protocols::L7Event>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
     client_peers: HashMap<(SocketAddr, SocketAddr), (u32, String)>,
     /// Server sockets on this node by (local, remote): who answered a client call. Kept
@@ -162,7 +164,7 @@ struct ConnView {
     pid: u32,
     /// Process name from the kernel: the service name of last resort when the process is
     /// gone before /proc could be read (short-lived clients).
-    comm: String,
+    comm: Str,
     local: SocketAddr,
     remote: SocketAddr,
 }

@@ -71,6 +71,7 @@ impl TracePipeline {
             route_cache: Default::default(),
             span_names: Default::default(),
             ip_names: Default::default(),
+            events_scratch: Vec::new(),
             client_peers: Default::default(),
             server_peers: Default::default(),
             gaps: Arc::new(Mutex::new(GapTable::default())),
@@ -93,11 +94,13 @@ impl TracePipeline {
         if conn.role == Role::Server && dir == Direction::Ingress {
             self.mark_serving(conn, segs);
         }
-        let mut events = Vec::new();
+        // A buffer kept across calls: most segments produce no event, the rest one.
+        let mut events = std::mem::take(&mut self.events_scratch);
         if let Some(proto) = self.conns.get_mut(&conn.id).and_then(|s| s.proto.as_mut()) {
             proto.feed(dir, segs, &mut events);
         }
-        self.handle_events(conn, events, sink);
+        self.handle_events(conn, &mut events, sink);
+        self.events_scratch = events;
     }
 
     /// Finds the connection's parser from its first bytes; false while there is none.
@@ -136,13 +139,14 @@ impl TracePipeline {
             proto.close(&mut events);
         }
         self.close_ns = close_ns;
-        self.handle_events(conn, events, sink);
+        self.handle_events(conn, &mut events, sink);
         self.close_ns = None;
         self.forget_serving(conn.id);
     }
 
-    pub(super) fn handle_events(&mut self, conn: &Connection, events: Vec<L7Event>, sink: &mut dyn SpanSink) {
-        for ev in events {
+    /// Handles (and drains) `events`.
+    pub(super) fn handle_events(&mut self, conn: &Connection, events: &mut Vec<L7Event>, sink: &mut dyn SpanSink) {
+        for ev in events.drain(..) {
             match ev {
                 L7Event::Http(x) => {
                     self.stats.exchanges += 1;
@@ -180,7 +184,7 @@ impl TracePipeline {
         ts_ns: u64,
         sink: &mut dyn SpanSink,
     ) {
-        let view = ConnView { pid, comm: comm.to_string(), local, remote };
+        let view = ConnView { pid, comm: crate::model::span::Str::from(comm.to_string()), local, remote };
         let call = super::Call::Failed { error, start_ns: ts_ns };
         match tid {
             Some(tid) => self.client_call(view, tid, call, sink),
