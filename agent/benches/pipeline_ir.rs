@@ -8,7 +8,7 @@
 //! ```text
 //! AYA_BUILD_SKIP=1 cargo bench -p hoptrace --bench pipeline_ir --no-run
 //! valgrind --tool=callgrind --toggle-collect='*measured*' --callgrind-out-file=target/pipeline.cg \
-//!     target/release/deps/pipeline_ir-* 2000
+//!     target/release/deps/pipeline_ir-* 2000 [untraced]
 //! callgrind_annotate target/pipeline.cg | head -40     # "PROGRAM TOTALS" / 2000 = Ir per request
 //! ```
 //! Without valgrind it prints wall time per request (a rough figure).
@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{open_record, requests, Harness};
+use common::{open_record, requests_of, Harness, REQUEST, UNTRACED_REQUEST};
 use hoptrace::{export::encode::encode_request, model::span::SpanRecord};
 use hoptrace_common::Role;
 
@@ -64,6 +64,10 @@ fn run(h: &mut Harness, recs: &[Vec<u8>], spans: &mut Vec<SpanRecord>) -> usize 
 fn main() {
     // `cargo bench` passes `--bench`; the request count is the first number argument.
     let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
+    // `untraced`: requests without traceparent, as wrk (and `cargo xtask bench`) sends
+    // them: the server span starts a trace and the hop is a gap, on every request.
+    let untraced = std::env::args().any(|a| a == "untraced");
+    let request = if untraced { UNTRACED_REQUEST } else { REQUEST };
     let pid = std::process::id();
     let parent = std::os::unix::process::parent_id();
     let mut h = Harness::new();
@@ -71,9 +75,9 @@ fn main() {
     h.record(&open_record(1, pid, Role::Server, 8080, 40000), &mut spans);
     h.record(&open_record(2, parent, Role::Client, 40000, 8080), &mut spans);
     let mut state = (0u64, 0u64, 1_000_000_000u64);
-    let warm = requests(WARMUP, pid, parent, &mut state);
+    let warm = requests_of(request, WARMUP, pid, parent, &mut state);
     black_box(warm_up(&mut h, &warm, &mut spans));
-    let recs = requests(n, pid, parent, &mut state);
+    let recs = requests_of(request, n, pid, parent, &mut state);
     let (bytes, took) = black_box(measured(&mut h, &recs, &mut spans));
     let per = took / n as u32;
     assert_eq!(h.pipeline.stats.exchanges, 2 * (WARMUP + n), "every request made two exchanges");

@@ -16,6 +16,10 @@ use hoptrace_common::{DataHeader, Direction, EventKind, OpenEvent, Role, Syscall
 pub const REQUEST: &[u8] = b"GET /api/users/12345/orders?email=ana@example.com&page=2 HTTP/1.1\r\n\
 Host: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\
 traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+/// The same request as wrk sends it by default: no trace context, so the agent starts a
+/// trace and, the client being on this node, records a `missing_inbound_context` gap.
+pub const UNTRACED_REQUEST: &[u8] = b"GET /api/users/12345/orders?email=ana@example.com&page=2 HTTP/1.1\r\n\
+Host: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";
 pub const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 21:00:00 GMT\r\n\
 Content-Type: text/plain\r\nContent-Length: 17\r\nConnection: keep-alive\r\n\r\nhello from nginx\n";
 
@@ -104,14 +108,25 @@ impl Harness {
 /// The records of `n` requests on connections 1 (server, `server_pid`) and 2 (client,
 /// `client_pid`), continuing from `state` (stream offsets and time).
 pub fn requests(n: u64, server_pid: u32, client_pid: u32, state: &mut (u64, u64, u64)) -> Vec<Vec<u8>> {
+    requests_of(REQUEST, n, server_pid, client_pid, state)
+}
+
+/// [`requests`] of `request`.
+pub fn requests_of(
+    request: &[u8],
+    n: u64,
+    server_pid: u32,
+    client_pid: u32,
+    state: &mut (u64, u64, u64),
+) -> Vec<Vec<u8>> {
     let (req_off, resp_off, ts) = state;
     let mut recs = Vec::with_capacity(4 * n as usize);
     for _ in 0..n {
-        recs.push(data_record(2, client_pid, Direction::Egress, *req_off, *ts, REQUEST));
-        recs.push(data_record(1, server_pid, Direction::Ingress, *req_off, *ts + 10_000, REQUEST));
+        recs.push(data_record(2, client_pid, Direction::Egress, *req_off, *ts, request));
+        recs.push(data_record(1, server_pid, Direction::Ingress, *req_off, *ts + 10_000, request));
         recs.push(data_record(1, server_pid, Direction::Egress, *resp_off, *ts + 20_000, RESPONSE));
         recs.push(data_record(2, client_pid, Direction::Ingress, *resp_off, *ts + 30_000, RESPONSE));
-        *req_off += REQUEST.len() as u64;
+        *req_off += request.len() as u64;
         *resp_off += RESPONSE.len() as u64;
         *ts += 100_000;
     }

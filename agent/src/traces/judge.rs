@@ -15,7 +15,7 @@ use serde_json::json;
 use super::{context, finish::resource_str, pipeline::Inbound, Call, ConnView, Held, TracePipeline};
 use crate::{
     capture::conntrack::Connection,
-    gaps::{Gap, GapKey, GapKind},
+    gaps::{GapKeyRef, GapKind},
     model::span::{hex, KeyValue, Resource, SpanEvent, SpanId, SpanRecord, Str, TraceId},
     protocols::{http1::header_values, HttpExchange},
     traces::context::TraceParent,
@@ -174,8 +174,8 @@ impl TracePipeline {
     }
 
     fn record_hop_gap(&mut self, kind: GapKind, hop: &Hop, peer: &str, route: &str, detail: &str) {
-        let (trace, span) = (hex(&hop.trace_id), hex(&hop.span_id));
-        self.record_gap(kind, hop.service(), hop.zone(), peer, route, &trace, &span, detail);
+        let key = GapKeyRef { kind, service: hop.service(), zone: hop.zone(), peer_service: peer, route };
+        self.record_gap_at(key, detail, &|| (hex(&hop.trace_id), hex(&hop.span_id)));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -190,46 +190,41 @@ impl TracePipeline {
         span_id: &str,
         detail: &str,
     ) {
+        let key = GapKeyRef { kind, service, zone, peer_service: peer, route };
+        self.record_gap_at(key, detail, &|| (trace_id.to_string(), span_id.to_string()));
+    }
+
+    /// Counts a broken hop in the table and logs it (rate-limited). Called for every
+    /// request on a broken hop, so a hop already in the table costs a lookup: no string
+    /// is built unless the hop is new or its log line is due (`ids`: the trace and span
+    /// ids as hex, only worked out then).
+    fn record_gap_at(&mut self, key: GapKeyRef<'_>, detail: &str, ids: &dyn Fn() -> (String, String)) {
+        let GapKeyRef { kind, service, zone, peer_service: peer, route } = key;
         if self.cfg.gaps.ignore_routes.iter().any(|r| r == route)
             || self.cfg.gaps.ignore_services.iter().any(|s| s == service || s == peer)
         {
             return;
         }
-        let gap = Gap {
-            key: GapKey {
-                kind,
-                service: service.to_string(),
-                zone: zone.to_string(),
-                peer_service: peer.to_string(),
-                route: route.to_string(),
-            },
-            time_unix_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-            trace_id: trace_id.to_string(),
-            span_id: span_id.to_string(),
-            detail: detail.to_string(),
-        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         self.stats.propagation_gaps += 1;
-        let first = self.gaps.lock().map(|mut t| t.record(&gap)).unwrap_or(false);
-        let key = format!("gap/{}/{service}/{peer}/{route}", kind.as_str());
-        if let Some(suppressed) = self.log_limit.allow(&key) {
-            logging::log(
-                "warn",
-                "trace context lost on a hop",
-                json!({
-                    "kind": kind.as_str(),
-                    "service": service,
-                    "zone": zone,
-                    "peer_service": peer,
-                    "route": route,
-                    "detail": detail,
-                    "trace_id": trace_id,
-                    "span_id": span_id,
-                    "first_of_its_kind": first,
-                    "suppressed_since_last": suppressed,
-                }),
-            );
-        }
+        let first = self.gaps.lock().map(|mut t| t.record_ref(&key, now, detail, || ids().0)).unwrap_or(false);
+        let Some(suppressed) = self.log_limit.allow_parts(("gap", key)) else { return };
+        let (trace_id, span_id) = ids();
+        logging::log(
+            "warn",
+            "trace context lost on a hop",
+            json!({
+                "kind": kind.as_str(),
+                "service": service,
+                "zone": zone,
+                "peer_service": peer,
+                "route": route,
+                "detail": detail,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "first_of_its_kind": first,
+                "suppressed_since_last": suppressed,
+            }),
+        );
     }
 }
