@@ -1,115 +1,197 @@
-//! Micro-benchmarks of the agent's userspace hot path, without a kernel.
+//! Micro-benchmarks of the agent's userspace hot path, without a kernel, stage by stage
+//! (each reported per request: the two ends of one HTTP request seen on loopback, as
+//! `cargo xtask bench` produces, so two spans):
 //!
-//! - `parse/*`: the HTTP/1 parser and the W3C traceparent parser alone.
-//! - `pipeline/*`: ring-buffer records (the exact bytes the kernel programs write) →
-//!   decode → connection table/stream → HTTP parser → span (ids, resource, redaction) →
-//!   OTLP protobuf bytes (the HTTP exporter's encoder), for a server connection (nginx-like) and a client connection
-//!   (wrk-like): two spans per request, as `cargo xtask bench` produces. Reported per
-//!   request (criterion "elements").
+//! - `stage/decode`: four ring-buffer records (request and response, both ends) decoded;
+//! - `stage/conntrack_stream`: their connection lookups and stream reassembly;
+//! - `stage/http1_parse`: the HTTP/1 parser on both ends' bytes;
+//! - `stage/span_build`: the SERVER and CLIENT spans built from the exchanges;
+//! - `stage/redact_route`: the route template (uncached) and the PII detectors on a value;
+//! - `stage/sampling`: the sampling decision for both spans;
+//! - `stage/red`: RED metric recording of both spans;
+//! - `stage/otlp_encode`: both spans encoded as an OTLP request;
+//! - `pipeline/records_to_otlp_bytes_per_request`: all of it, records in, OTLP bytes out.
 //!
-//! Run: `AYA_BUILD_SKIP=1 cargo bench -p hoptrace` (add `-- parse` to filter).
+//! Run: `AYA_BUILD_SKIP=1 cargo bench -p hoptrace --bench hot_path` (add `-- stage` to
+//! filter). On a noisy machine, prefer `--bench pipeline_ir` under callgrind
+//! (instructions, not time; see that file).
 
-use std::hint::black_box;
+mod common;
 
+use std::{hint::black_box, sync::Arc};
+
+use common::{open_record, requests, Harness, REQUEST, RESPONSE};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hoptrace::{
-    capture::conntrack::{ConnTable, Limits},
-    capture::events::{decode, Event},
-    capture::stream::Segment,
+    capture::{
+        conntrack::{ConnTable, Limits},
+        events::{decode, Event},
+        stream::Segment,
+    },
     export::encode::encode_request,
-    model::span::SpanRecord,
-    protocols::{http1::Http1, L7Event, Protocol},
-    resource::resolver::ResourceResolver,
-    traces::{TraceConfig, TracePipeline},
+    model::span::{KeyValue, Resource, SpanRecord, Str, TraceOrigin},
+    policy::{
+        redact::Redactor,
+        sampling::{Sampler, SamplingConfig},
+    },
+    protocols::{http1::Http1, HttpExchange, L7Event, Protocol},
+    traces::{
+        http::{client_span, route_template, server_span, Addrs, Ids, Named},
+        red::RedTable,
+        TraceConfig,
+    },
+    util::clock::Clock,
 };
-use hoptrace_common::{DataHeader, Direction, EventKind, OpenEvent, Role, Syscall};
+use hoptrace_common::{Direction, Role};
 
-const REQUEST: &[u8] = b"GET /api/users/12345/orders?email=ana@example.com&page=2 HTTP/1.1\r\n\
-Host: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\
-traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 21:00:00 GMT\r\n\
-Content-Type: text/plain\r\nContent-Length: 17\r\nConnection: keep-alive\r\n\r\nhello from nginx\n";
+/// Requests per criterion iteration: enough that per-iteration overhead vanishes.
+const BATCH: u64 = 256;
 
-fn as_bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: T is a repr(C) plain-old-data event struct.
-    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+fn seg(offset: u64, bytes: &[u8]) -> Segment {
+    Segment::Data { offset, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: bytes.to_vec() }
 }
 
-fn open_record(conn_id: u64, pid: u32, role: Role, local: u16, remote: u16) -> Vec<u8> {
-    // SAFETY: OpenEvent is repr(C) integers and byte arrays: all zeroes is a valid value.
-    let mut ev: OpenEvent = unsafe { std::mem::zeroed() };
-    ev.kind = EventKind::Open as u8;
-    ev.role = role as u8;
-    ev.via = if role == Role::Server { Syscall::Accept4 } else { Syscall::Connect } as u8;
-    ev.family = 2;
-    ev.local_port = local;
-    ev.remote_port = remote;
-    ev.pid = pid;
-    ev.tid = pid;
-    ev.fd = 7;
-    ev.conn_id = conn_id;
-    ev.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    ev.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    ev.comm[..5].copy_from_slice(b"bench");
-    as_bytes(&ev).to_vec()
-}
-
-fn data_record(conn_id: u64, pid: u32, dir: Direction, offset: u64, ts: u64, payload: &[u8]) -> Vec<u8> {
-    let h = DataHeader {
-        kind: EventKind::Data as u8,
-        direction: dir as u8,
-        syscall: if dir == Direction::Ingress { Syscall::Recvfrom } else { Syscall::Writev } as u8,
-        _pad0: 0,
-        pid,
-        tid: pid,
-        fd: 7,
-        conn_id,
-        ts_enter_ns: ts,
-        ts_exit_ns: ts + 2_000,
-        call_offset: offset,
-        call_len: payload.len() as u32,
-        call_captured: payload.len() as u32,
-        chunk_offset: 0,
-        chunk_len: payload.len() as u32,
-    };
-    let mut v = as_bytes(&h).to_vec();
-    v.extend_from_slice(payload);
-    // The ring buffer pads records to 8 bytes.
-    v.resize(v.len().div_ceil(8) * 8, 0);
-    v
-}
-
-/// The agent's record loop for `records`, spans into `spans`.
-struct Harness {
-    table: ConnTable,
-    pipeline: TracePipeline,
-    segs: Vec<Segment>,
-}
-
-impl Harness {
-    fn new() -> Self {
-        let cfg = TraceConfig::default();
-        Self {
-            table: ConnTable::new(Limits::default()),
-            pipeline: TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new())),
-            segs: Vec::new(),
-        }
+/// One exchange as the parser reports it.
+fn exchange() -> HttpExchange {
+    let mut p = Http1::new(Direction::Ingress);
+    let mut out = Vec::new();
+    p.feed(Direction::Ingress, &[seg(0, REQUEST)], &mut out);
+    p.feed(Direction::Egress, &[seg(0, RESPONSE)], &mut out);
+    match out.pop() {
+        Some(L7Event::Http(x)) => x,
+        other => panic!("no exchange: {other:?}"),
     }
+}
 
-    fn record(&mut self, rec: &[u8], spans: &mut Vec<SpanRecord>) {
-        match decode(rec).expect("valid record") {
-            Event::Open(ev) => {
-                self.table.on_open(&ev);
+fn ids(n: u8) -> Ids {
+    Ids {
+        trace_id: [n; 16],
+        span_id: [n.wrapping_add(1); 8],
+        parent: [2; 8],
+        flags: 1,
+        trace_state: String::new(),
+        origin: TraceOrigin::Remote,
+    }
+}
+
+fn resource() -> Arc<Resource> {
+    Arc::new(Resource {
+        attributes: vec![
+            KeyValue::str("service.name", "nginx"),
+            KeyValue::str("host.name", "node-1"),
+            KeyValue::int("process.pid", 4242),
+        ],
+    })
+}
+
+/// The server and client spans of one exchange.
+fn two_spans(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, res: &Arc<Resource>) -> [SpanRecord; 2] {
+    // As the pipeline passes them: addresses and names shared from its caches.
+    let ip = Str::from(String::from("127.0.0.1"));
+    let (local, remote) = ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:40000".parse().unwrap());
+    let addrs = Addrs { local, remote, local_ip: ip.clone(), remote_ip: ip.clone() };
+    let back = Addrs { local: remote, remote: local, local_ip: ip.clone(), remote_ip: ip };
+    let route = Str::from(String::from("/api/users/{id}/orders"));
+    let named = || Named { route: route.clone(), name: Str::from(String::from("GET /api/users/{id}/orders")) };
+    [
+        server_span(cfg, clock, x, named(), &addrs, res.clone(), ids(1)),
+        client_span(cfg, clock, x, named(), &back, res.clone(), ids(3)),
+    ]
+}
+
+fn stages(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stage");
+    g.throughput(Throughput::Elements(BATCH));
+    let pid = std::process::id();
+    let mut state = (0u64, 0u64, 1_000_000_000u64);
+    let recs = requests(BATCH, pid, pid, &mut state);
+    g.bench_function("decode", |b| {
+        b.iter(|| recs.iter().map(|r| matches!(decode(black_box(r)), Ok(Event::Data(_))) as usize).sum::<usize>())
+    });
+    g.bench_function("conntrack_stream", |b| {
+        let mut table = ConnTable::new(Limits::default());
+        let mut segs = Vec::new();
+        for open in [open_record(1, pid, Role::Server, 8080, 40000), open_record(2, pid, Role::Client, 40000, 8080)] {
+            if let Ok(Event::Open(o)) = decode(&open) {
+                table.on_open(&o);
             }
-            Event::Data(d) => {
-                self.segs.clear();
-                if let Some(conn) = self.table.on_data(&d, &mut self.segs) {
-                    self.pipeline.on_segments(conn, d.direction, &self.segs, spans);
+        }
+        let mut state = (0u64, 0u64, 1_000_000_000u64);
+        b.iter_batched(
+            || requests(BATCH, pid, pid, &mut state),
+            |recs| {
+                for r in &recs {
+                    if let Ok(Event::Data(d)) = decode(r) {
+                        segs.clear();
+                        black_box(table.on_data(&d, &mut segs).is_some());
+                    }
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("http1_parse", |b| {
+        // Both ends parse the same bytes (nginx and wrk each see request and response).
+        let mut ends = [Http1::new(Direction::Ingress), Http1::new(Direction::Egress)];
+        let (mut q, mut r) = (0u64, 0u64);
+        let mut out: Vec<L7Event> = Vec::new();
+        b.iter_batched(
+            || {
+                let batch: Vec<_> = (0..BATCH)
+                    .map(|_| {
+                        let s = (vec![seg(q, REQUEST)], vec![seg(r, RESPONSE)]);
+                        q += REQUEST.len() as u64;
+                        r += RESPONSE.len() as u64;
+                        s
+                    })
+                    .collect();
+                batch
+            },
+            |batch| {
+                for (req, resp) in &batch {
+                    out.clear();
+                    ends[0].feed(Direction::Ingress, req, &mut out);
+                    ends[0].feed(Direction::Egress, resp, &mut out);
+                    ends[1].feed(Direction::Egress, req, &mut out);
+                    ends[1].feed(Direction::Ingress, resp, &mut out);
+                    assert_eq!(out.len(), 2);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let (cfg, clock, x, res) = (TraceConfig::default(), Clock::now(), exchange(), resource());
+    g.bench_function("span_build", |b| {
+        b.iter(|| (0..BATCH).for_each(|_| drop(black_box(two_spans(&cfg, &clock, &x, &res)))))
+    });
+    let redactor = Redactor::default();
+    g.bench_function("redact_route", |b| {
+        b.iter(|| {
+            (0..BATCH)
+                .map(|_| {
+                    let route = route_template(black_box(b"/api/users/12345/orders"), &redactor);
+                    route.len() + redactor.redact_value(black_box("tenant-a")).text.len()
+                })
+                .sum::<usize>()
+        })
+    });
+    let spans = two_spans(&cfg, &clock, &x, &res);
+    g.bench_function("sampling", |b| {
+        let mut sampler = Sampler::new(SamplingConfig::default());
+        b.iter(|| (0..BATCH).map(|_| spans.iter().filter(|s| sampler.decide(s, "nginx").kept()).count()).sum::<usize>())
+    });
+    g.bench_function("red", |b| {
+        let mut table = RedTable::new(2000);
+        b.iter(|| {
+            for _ in 0..BATCH {
+                for s in &spans {
+                    table.record(s, true, true);
                 }
             }
-            _ => {}
-        }
-    }
+        })
+    });
+    g.bench_function("otlp_encode", |b| b.iter(|| (0..BATCH).map(|_| encode_request(&spans).len()).sum::<usize>()));
+    g.finish();
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -117,7 +199,6 @@ fn pipeline(c: &mut Criterion) {
     // this process, the client side its parent (e.g. cargo).
     let server_pid = std::process::id();
     let client_pid = std::os::unix::process::parent_id();
-    const BATCH: u64 = 512;
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(BATCH));
     g.bench_function("records_to_otlp_bytes_per_request", |b| {
@@ -125,29 +206,15 @@ fn pipeline(c: &mut Criterion) {
         let mut spans = Vec::with_capacity(2 * BATCH as usize);
         h.record(&open_record(1, server_pid, Role::Server, 8080, 40000), &mut spans);
         h.record(&open_record(2, client_pid, Role::Client, 40000, 8080), &mut spans);
-        let (mut req_off, mut resp_off, mut ts) = (0u64, 0u64, 1_000_000_000u64);
+        let mut state = (0u64, 0u64, 1_000_000_000u64);
         b.iter_batched(
-            || {
-                // Records of BATCH requests, built outside the measurement.
-                let mut recs = Vec::with_capacity(4 * BATCH as usize);
-                for _ in 0..BATCH {
-                    recs.push(data_record(2, client_pid, Direction::Egress, req_off, ts, REQUEST));
-                    recs.push(data_record(1, server_pid, Direction::Ingress, req_off, ts + 10_000, REQUEST));
-                    recs.push(data_record(1, server_pid, Direction::Egress, resp_off, ts + 20_000, RESPONSE));
-                    recs.push(data_record(2, client_pid, Direction::Ingress, resp_off, ts + 30_000, RESPONSE));
-                    req_off += REQUEST.len() as u64;
-                    resp_off += RESPONSE.len() as u64;
-                    ts += 100_000;
-                }
-                recs
-            },
+            || requests(BATCH, server_pid, client_pid, &mut state),
             |recs| {
                 spans.clear();
                 for r in &recs {
                     h.record(r, &mut spans);
                 }
-                let bytes = encode_request(&spans);
-                black_box(bytes.len())
+                black_box(encode_request(&spans).len())
             },
             BatchSize::LargeInput,
         );
@@ -159,28 +226,6 @@ fn pipeline(c: &mut Criterion) {
 fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Elements(1));
-    let seg =
-        |offset: u64, bytes: &[u8]| Segment::Data { offset, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: bytes.to_vec() };
-    g.bench_function("http1_request_and_response", |b| {
-        let mut p = Http1::new(Direction::Ingress);
-        let mut out: Vec<L7Event> = Vec::new();
-        let (mut q, mut r) = (0u64, 0u64);
-        b.iter_batched(
-            || {
-                let s = (vec![seg(q, REQUEST)], vec![seg(r, RESPONSE)]);
-                q += REQUEST.len() as u64;
-                r += RESPONSE.len() as u64;
-                s
-            },
-            |(req, resp)| {
-                out.clear();
-                p.feed(Direction::Ingress, &req, &mut out);
-                p.feed(Direction::Egress, &resp, &mut out);
-                assert_eq!(out.len(), 1);
-            },
-            BatchSize::SmallInput,
-        );
-    });
     g.bench_function("traceparent", |b| {
         let v: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         b.iter(|| black_box(hoptrace::traces::context::parse_traceparent(black_box(v)).is_ok()))
@@ -188,5 +233,5 @@ fn parse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, pipeline);
+criterion_group!(benches, stages, pipeline, parse);
 criterion_main!(benches);

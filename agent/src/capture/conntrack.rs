@@ -7,13 +7,15 @@
 //! is still attributed. Memory is bounded: a maximum number of connections (new ones are
 //! refused and counted past it) and idle eviction.
 
+use hashbrown::HashMap;
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use hoptrace_common::{Direction, Role, Syscall};
+
+use crate::model::span::Str;
 use serde::Serialize;
 
 use crate::{
@@ -63,7 +65,8 @@ pub struct Connection {
     pub pid: u32,
     pub ppid: u32,
     pub fd: i32,
-    pub comm: String,
+    /// Shared: every span and held call of the connection points at it.
+    pub comm: Str,
     pub cgroup_id: u64,
     pub opened_ns: u64,
     pub last_seen: Instant,
@@ -176,7 +179,7 @@ impl ConnTable {
                 c.pid = ev.pid;
                 c.ppid = ev.ppid;
                 c.fd = ev.fd;
-                c.comm = ev.comm();
+                c.comm = ev.comm().into();
                 c.last_seen = Instant::now();
                 return self.conns.get(&ev.conn_id);
             }
@@ -195,7 +198,7 @@ impl ConnTable {
             pid: ev.pid,
             ppid: ev.ppid,
             fd: ev.fd,
-            comm: ev.comm(),
+            comm: ev.comm().into(),
             cgroup_id: ev.cgroup_id,
             opened_ns: ev.ts_ns,
             last_seen: Instant::now(),
@@ -238,7 +241,7 @@ impl ConnTable {
                 pid: h.pid,
                 ppid,
                 fd: h.fd,
-                comm,
+                comm: comm.into(),
                 cgroup_id: 0,
                 opened_ns: h.ts_enter_ns,
                 last_seen: Instant::now(),

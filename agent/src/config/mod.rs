@@ -326,10 +326,10 @@ impl Config {
             out.push(kv);
         };
         if !host_name.is_empty() {
-            set(KeyValue::str("host.name", host_name));
+            set(KeyValue::str("host.name", host_name.to_string()));
         }
         for (k, v) in &self.resource.attributes {
-            set(KeyValue::str(k.as_str(), v.as_str()));
+            set(KeyValue::str(k.clone(), v.clone()));
         }
         for kv in otel_resource_attributes.map(parse_resource_attributes).unwrap_or_default() {
             set(kv);

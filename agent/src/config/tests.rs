@@ -359,7 +359,7 @@ fn node_attributes_file_then_otel_resource_attributes() {
         .unwrap();
     let attrs = cfg.node_attributes_from("node-a", Some("team=core%20platform,region=eu"));
     let got: Vec<(&str, &AnyValue)> = attrs.iter().map(|a| (a.key.as_str(), &a.value)).collect();
-    let s = |v: &str| AnyValue::Str(v.into());
+    let s = |v: &str| AnyValue::Str(v.to_string().into());
     assert_eq!(
         got,
         vec![

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::encoding::{encoded_len_varint, key_len, WireType};
 
 use super::otlp::{SCOPE_NAME, SCOPE_VERSION};
 use crate::model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanLink, SpanRecord};
@@ -140,6 +140,26 @@ fn span_len(s: &SpanRecord) -> usize {
 }
 
 // ---- writing ----
+
+/// A varint. Most are keys and short lengths (one byte): that case is a single push,
+/// where prost's generic `encode_varint` loops through its `BufMut`.
+#[inline(always)]
+fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
+    if v < 0x80 {
+        buf.push(v as u8);
+        return;
+    }
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+#[inline(always)]
+fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    encode_varint(u64::from(tag << 3 | wire_type as u32), buf);
+}
 
 fn header(buf: &mut Vec<u8>, tag: u32, len: usize) {
     encode_key(tag, WireType::LengthDelimited, buf);

@@ -66,7 +66,7 @@ fn span_to_proto(s: &SpanRecord) -> pb_trace::Span {
         // Bits 0-7 are the W3C trace flags. Whether the parent is remote (bits 8-9) is not
         // known here, so those stay zero ("unknown"), as the specification allows.
         flags: u32::from(s.flags),
-        name: s.name.clone(),
+        name: s.name.to_string(),
         kind: s.kind as i32,
         start_time_unix_nano: s.start_unix_ns,
         end_time_unix_nano: s.end_unix_ns,
@@ -77,7 +77,7 @@ fn span_to_proto(s: &SpanRecord) -> pb_trace::Span {
             .iter()
             .map(|e| pb_trace::span::Event {
                 time_unix_nano: e.time_unix_ns,
-                name: e.name.clone(),
+                name: e.name.to_string(),
                 attributes: attributes(&e.attributes),
                 dropped_attributes_count: 0,
             })
@@ -102,14 +102,18 @@ fn span_to_proto(s: &SpanRecord) -> pb_trace::Span {
 
 fn attributes(kvs: &[KeyValue]) -> Vec<pb_common::KeyValue> {
     kvs.iter()
-        .map(|kv| pb_common::KeyValue { key: kv.key.clone(), value: Some(any_value(&kv.value)), ..Default::default() })
+        .map(|kv| pb_common::KeyValue {
+            key: kv.key.to_string(),
+            value: Some(any_value(&kv.value)),
+            ..Default::default()
+        })
         .collect()
 }
 
 fn any_value(v: &AnyValue) -> pb_common::AnyValue {
     use pb_common::any_value::Value;
     let value = match v {
-        AnyValue::Str(s) => Value::StringValue(s.clone()),
+        AnyValue::Str(s) => Value::StringValue(s.to_string()),
         AnyValue::Int(i) => Value::IntValue(*i),
         AnyValue::Double(d) => Value::DoubleValue(*d),
         AnyValue::Bool(b) => Value::BoolValue(*b),
@@ -124,7 +128,7 @@ pub(crate) mod tests {
 
     pub(crate) fn resource(service: &str) -> Arc<Resource> {
         Arc::new(Resource {
-            attributes: vec![KeyValue::str("service.name", service), KeyValue::str("host.name", "node-1")],
+            attributes: vec![KeyValue::str("service.name", service.to_string()), KeyValue::str("host.name", "node-1")],
         })
     }
 
@@ -137,7 +141,7 @@ pub(crate) mod tests {
             parent_span_id: [0; 8],
             trace_state: String::new(),
             flags: 1,
-            name: format!("GET /items/{n}"),
+            name: format!("GET /items/{n}").into(),
             kind: SpanKind::Server,
             start_unix_ns: 1_700_000_000_000_000_000 + u64::from(n),
             end_unix_ns: 1_700_000_000_500_000_000 + u64::from(n),

@@ -4,4 +4,4 @@
 pub mod alerting;
 pub mod table;
 
-pub use table::{Gap, GapEntry, GapKey, GapKind, GapTable};
+pub use table::{Gap, GapEntry, GapKey, GapKeyRef, GapKind, GapTable};

@@ -4,8 +4,7 @@
 //! kinds, keeps the bounded table of broken hops (`GET /gaps`, `hoptrace check`, alerts,
 //! the `hoptrace_propagation_gaps_total` metric), and knows nothing of how they were found.
 
-use std::collections::HashMap;
-
+use hashbrown::{Equivalent, HashMap};
 use serde::Serialize;
 
 /// What went wrong on a hop. The names are the `kind` label everywhere.
@@ -58,6 +57,40 @@ pub struct GapKey {
     pub route: String,
 }
 
+/// A [`GapKey`] borrowed: the table is looked up with it, so a gap already in the table
+/// (the usual case: a broken hop breaks every request) costs no allocation. Its fields and
+/// their order are [`GapKey`]'s, so both hash alike.
+#[derive(Clone, Copy, Debug, Hash)]
+pub struct GapKeyRef<'a> {
+    pub kind: GapKind,
+    pub service: &'a str,
+    pub zone: &'a str,
+    pub peer_service: &'a str,
+    pub route: &'a str,
+}
+
+impl Equivalent<GapKey> for GapKeyRef<'_> {
+    fn equivalent(&self, k: &GapKey) -> bool {
+        self.kind == k.kind
+            && self.service == k.service
+            && self.zone == k.zone
+            && self.peer_service == k.peer_service
+            && self.route == k.route
+    }
+}
+
+impl GapKeyRef<'_> {
+    pub fn to_owned(&self) -> GapKey {
+        GapKey {
+            kind: self.kind,
+            service: self.service.to_string(),
+            zone: self.zone.to_string(),
+            peer_service: self.peer_service.to_string(),
+            route: self.route.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GapEntry {
     pub count: u64,
@@ -97,31 +130,49 @@ impl Default for GapTable {
 
 impl GapTable {
     pub fn new(max_entries: usize) -> Self {
-        Self { entries: HashMap::new(), max_entries, overflow: 0, total: 0 }
+        Self { entries: HashMap::default(), max_entries, overflow: 0, total: 0 }
     }
 
     /// Records a gap; returns true when it is the first of its key (worth a log line).
     pub fn record(&mut self, gap: &Gap) -> bool {
+        let k = &gap.key;
+        let key = GapKeyRef {
+            kind: k.kind,
+            service: &k.service,
+            zone: &k.zone,
+            peer_service: &k.peer_service,
+            route: &k.route,
+        };
+        self.record_ref(&key, gap.time_unix_ns, &gap.detail, || gap.trace_id.clone())
+    }
+
+    /// [`Self::record`] without building the gap: the key is copied and `example_trace_id`
+    /// called only when the key is new.
+    pub fn record_ref(
+        &mut self,
+        key: &GapKeyRef<'_>,
+        time_unix_ns: u64,
+        detail: &str,
+        example_trace_id: impl FnOnce() -> String,
+    ) -> bool {
         self.total += 1;
-        if let Some(e) = self.entries.get_mut(&gap.key) {
+        if let Some(e) = self.entries.get_mut(key) {
             e.count += 1;
-            e.last_seen_unix_ns = e.last_seen_unix_ns.max(gap.time_unix_ns);
+            e.last_seen_unix_ns = e.last_seen_unix_ns.max(time_unix_ns);
             return false;
         }
         if self.entries.len() >= self.max_entries {
             self.overflow += 1;
             return false;
         }
-        self.entries.insert(
-            gap.key.clone(),
-            GapEntry {
-                count: 1,
-                first_seen_unix_ns: gap.time_unix_ns,
-                last_seen_unix_ns: gap.time_unix_ns,
-                example_trace_id: gap.trace_id.clone(),
-                detail: gap.detail.clone(),
-            },
-        );
+        let entry = GapEntry {
+            count: 1,
+            first_seen_unix_ns: time_unix_ns,
+            last_seen_unix_ns: time_unix_ns,
+            example_trace_id: example_trace_id(),
+            detail: detail.to_string(),
+        };
+        self.entries.insert(key.to_owned(), entry);
         true
     }
 

@@ -5,14 +5,132 @@
 //! (`Arc`) so that one export request groups spans of many services, each under its own
 //! Resource, without copying attribute lists per span.
 
-use std::sync::Arc;
+use std::{fmt, ops::Deref, sync::Arc};
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
 
+/// Text of a span: attribute keys and values, names. Built-in keys and most values
+/// (methods, schemes, versions) are static; the rest (routes, addresses, service names)
+/// are shared from caches. Cloning never allocates, so building a span copies pointers,
+/// and freeing it on the exporter's thread frees almost nothing.
+#[derive(Clone)]
+pub enum Str {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Str {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Str::Static(s) => s,
+            Str::Shared(s) => s,
+        }
+    }
+}
+
+impl Deref for Str {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Str {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Default for Str {
+    fn default() -> Self {
+        Str::Static("")
+    }
+}
+
+impl PartialEq for Str {
+    fn eq(&self, other: &Str) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Str {}
+
+impl std::hash::Hash for Str {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl PartialEq<str> for Str {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Str {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Str {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<&'static str> for Str {
+    fn from(s: &'static str) -> Self {
+        Str::Static(s)
+    }
+}
+
+impl From<String> for Str {
+    fn from(s: String) -> Self {
+        Str::Shared(Arc::from(s))
+    }
+}
+
+impl From<&String> for Str {
+    fn from(s: &String) -> Self {
+        Str::Shared(Arc::from(s.as_str()))
+    }
+}
+
+impl From<Arc<str>> for Str {
+    fn from(s: Arc<str>) -> Self {
+        Str::Shared(s)
+    }
+}
+
+impl From<&Arc<str>> for Str {
+    fn from(s: &Arc<str>) -> Self {
+        Str::Shared(s.clone())
+    }
+}
+
+impl From<Str> for String {
+    fn from(s: Str) -> String {
+        s.as_str().to_string()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum AnyValue {
-    Str(String),
+    Str(Str),
     Int(i64),
     Double(f64),
     Bool(bool),
@@ -20,18 +138,18 @@ pub enum AnyValue {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyValue {
-    pub key: String,
+    pub key: Str,
     pub value: AnyValue,
 }
 
 impl KeyValue {
-    pub fn str(key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn str(key: impl Into<Str>, value: impl Into<Str>) -> Self {
         Self { key: key.into(), value: AnyValue::Str(value.into()) }
     }
-    pub fn int(key: impl Into<String>, value: i64) -> Self {
+    pub fn int(key: impl Into<Str>, value: i64) -> Self {
         Self { key: key.into(), value: AnyValue::Int(value) }
     }
-    pub fn bool(key: impl Into<String>, value: bool) -> Self {
+    pub fn bool(key: impl Into<Str>, value: bool) -> Self {
         Self { key: key.into(), value: AnyValue::Bool(value) }
     }
 }
@@ -70,7 +188,7 @@ pub struct Status {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanEvent {
-    pub name: String,
+    pub name: Str,
     pub time_unix_ns: u64,
     pub attributes: Vec<KeyValue>,
 }
@@ -106,7 +224,7 @@ pub struct SpanRecord {
     pub flags: u8,
     /// Not exported: how the sampling decision is made.
     pub origin: TraceOrigin,
-    pub name: String,
+    pub name: Str,
     pub kind: SpanKind,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,

@@ -3,7 +3,8 @@
 //! Used to build a service's Resource (executable, command line, container, runtime) and
 //! to recognise services that already carry an OpenTelemetry SDK (`OTEL_*` environment).
 
-use std::{collections::HashMap, sync::Arc};
+use hashbrown::HashMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessInfo {

@@ -12,7 +12,8 @@
 //! (annotation over label) < the first matching `services` rule < nothing else; the
 //! program's name only when none of them set `service.name`.
 
-use std::{collections::HashMap, sync::Arc};
+use hashbrown::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -61,7 +62,7 @@ pub fn parse_resource_attributes(s: &str) -> Vec<KeyValue> {
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             let (k, v) = (k.trim(), v.trim());
-            (!k.is_empty()).then(|| KeyValue::str(k, percent_decode(v)))
+            (!k.is_empty()).then(|| KeyValue::str(k.to_string(), percent_decode(v)))
         })
         .collect()
 }
@@ -126,7 +127,7 @@ impl ResourceResolver {
     pub fn node_attributes_from_env() -> Vec<KeyValue> {
         let mut node = Vec::new();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        node.push(KeyValue::str("host.name", host.trim()));
+        node.push(KeyValue::str("host.name", host.trim().to_string()));
         if let Ok(v) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
             node.extend(parse_resource_attributes(&v));
         }
@@ -155,7 +156,7 @@ impl ResourceResolver {
         let mut attrs: Vec<KeyValue> = self.node.clone();
         let mut set = |k: &str, v: String| {
             attrs.retain(|a| a.key != k);
-            attrs.push(KeyValue::str(k, v));
+            attrs.push(KeyValue::str(k.to_string(), v));
         };
         set("telemetry.distro.name", "hoptrace".into());
         set("telemetry.distro.version", env!("CARGO_PKG_VERSION").into());

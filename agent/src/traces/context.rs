@@ -179,19 +179,40 @@ fn hex_field<const N: usize>(digits: &[u8]) -> Result<[u8; N], ContextError> {
         return Err(ContextError::TraceparentLength);
     }
     let mut out = [0u8; N];
+    // One table lookup per digit (this runs for every traced request and call); any
+    // digit outside 0-9a-f sets a high bit, checked once at the end.
+    let mut bad = 0u8;
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        for &d in pair {
-            let nibble = match d {
-                b'0'..=b'9' => d - b'0',
-                b'a'..=b'f' => d - b'a' + 10,
-                b'A'..=b'F' => return Err(ContextError::TraceparentUppercase),
-                _ => return Err(ContextError::TraceparentHex),
-            };
-            *byte = (*byte << 4) | nibble;
-        }
+        let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *byte = (hi << 4) | (lo & 0x0f);
+    }
+    if bad & 0xf0 != 0 {
+        // The first digit that is not lowercase hex names the error, as before.
+        let first = digits.iter().find(|&&d| HEX[usize::from(d)] & 0xf0 != 0);
+        return Err(match first {
+            Some(d) if d.is_ascii_hexdigit() => ContextError::TraceparentUppercase,
+            _ => ContextError::TraceparentHex,
+        });
     }
     Ok(out)
 }
+
+/// Lowercase hex digit → its value; anything else → a value with high bits set.
+static HEX: [u8; 256] = {
+    let mut t = [0xf0u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Parses the `tracestate` header lines of one message (combined with ',' as HTTP
 /// does) and returns the normalized list: members joined by ',' without whitespace.

@@ -6,17 +6,22 @@
 use super::{http, judge::outbound_context, Call, ConnView, Ctx, SpanSink, TraceConfig, TracePipeline};
 use crate::{
     gaps::GapKind,
-    model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanRecord, TraceOrigin},
+    model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanRecord, Str, TraceOrigin},
     policy::{redact::Detector, sampling::Decision},
 };
 
 /// A string attribute of a Resource (`service.name`, `zone`), empty when absent.
 pub(super) fn resource_attr(r: &Resource, key: &str) -> String {
+    resource_str(r, key).to_string()
+}
+
+/// [`resource_attr`] borrowed, for the per-span path.
+pub(super) fn resource_str<'r>(r: &'r Resource, key: &str) -> &'r str {
     r.attributes
         .iter()
         .find(|a| a.key == key)
         .and_then(|a| match &a.value {
-            AnyValue::Str(v) => Some(v.clone()),
+            AnyValue::Str(v) => Some(v.as_str()),
             _ => None,
         })
         .unwrap_or_default()
@@ -63,9 +68,10 @@ impl TracePipeline {
         };
         let span_id = self.ids.span_id();
         let resource = self.resource_for(view.pid, &view.comm);
-        let service = resource_attr(&resource, "service.name");
-        let route = self.route(&service, &x.request.target);
-        let mut span = http::client_span(&self.cfg, &self.clock, &x, &route, &view.addrs(), resource, ctx.ids(span_id));
+        let route = self.route(resource_str(&resource, "service.name"), x.request.target());
+        let named = http::Named { name: self.span_name(&x.request.method, &route), route };
+        let addrs = view.addrs(&mut self.ip_names);
+        let mut span = http::client_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         self.mark_parent_link(&mut span, linked, unresolved, gap);
         self.stats.spans_client += 1;
         self.submit(span, sink);
@@ -89,7 +95,7 @@ impl TracePipeline {
         let span_id = self.ids.span_id();
         let resource = self.resource_for(view.pid, &view.comm);
         let t = self.clock.to_unix_ns(start_ns);
-        let mut span = http::connect_failed_span(&view.addrs(), resource, ctx.ids(span_id), t, error);
+        let mut span = http::connect_failed_span(&view.addrs(&mut self.ip_names), resource, ctx.ids(span_id), t, error);
         self.mark_parent_link(&mut span, linked, unresolved, None);
         self.stats.spans_client += 1;
         self.stats.connect_failures += 1;
@@ -103,13 +109,15 @@ impl TracePipeline {
     fn redact(&mut self, span: &mut SpanRecord) {
         let mut hits: Vec<(Detector, usize)> = Vec::new();
         for attr in span.attributes.iter_mut() {
-            if !from_traffic(&attr.key, &self.cfg) {
+            // Built-in keys are static; keys from the configuration or from traffic
+            // (mapped headers, baggage) are not: a pointer test skips most attributes.
+            if matches!(attr.key, Str::Static(_)) || !from_traffic(&attr.key, &self.cfg) {
                 continue;
             }
             if let AnyValue::Str(v) = &attr.value {
                 let r = self.redactor.redact_value(v);
                 if !r.hits.is_empty() {
-                    attr.value = AnyValue::Str(r.text);
+                    attr.value = AnyValue::Str(r.text.into());
                     hits.extend(r.hits);
                 }
             }
@@ -131,8 +139,7 @@ impl TracePipeline {
     /// counted by decision and feeds the RED metrics; only kept ones reach the sink.
     pub(super) fn submit(&mut self, mut span: SpanRecord, sink: &mut dyn SpanSink) {
         self.redact(&mut span);
-        let service = resource_attr(&span.resource, "service.name");
-        let decision = self.sampler.decide(&span, &service);
+        let decision = self.sampler.decide(&span, resource_str(&span.resource, "service.name"));
         *self.stats.sampling.entry(decision).or_default() += 1;
         if decision == Decision::DroppedParentNotSampled {
             self.stats.spans_not_sampled += 1;

@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
-    model::span::{KeyValue, Resource, SpanEvent, SpanId, SpanKind, SpanRecord, Status, StatusCode, TraceId},
+    model::span::{KeyValue, Resource, SpanEvent, SpanId, SpanKind, SpanRecord, Status, StatusCode, Str, TraceId},
     protocols::{
         http1::{HttpRequest, Outcome},
         HttpExchange,
@@ -23,6 +23,9 @@ use crate::policy::redact::Redactor;
 pub struct Addrs {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The addresses as text, shared from the pipeline's cache (see `TracePipeline::addrs`).
+    pub local_ip: Str,
+    pub remote_ip: Str,
 }
 
 /// A path segment that is a plain word (letters, dashes, underscores, dots, with at most
@@ -114,28 +117,28 @@ fn safe_header_value(v: &[u8]) -> Option<String> {
     (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
 }
 
-/// Attributes shared by server and client spans. `route` is already templated and
-/// bounded by the pipeline (see `TracePipeline::route`).
-fn common(
-    cfg: &TraceConfig,
-    req: &HttpRequest,
-    route: &str,
-    addrs: &Addrs,
-    peer: SocketAddr,
-) -> (String, Vec<KeyValue>) {
-    let route = route.to_string();
-    let name = format!("{} {}", req.method, route);
-    let mut a = vec![
+/// The route and name of an HTTP span, both templated and bounded by the pipeline (see
+/// `TracePipeline::route` and `TracePipeline::span_name`), shared from its caches.
+pub struct Named {
+    pub route: Str,
+    pub name: Str,
+}
+
+/// Attributes shared by server and client spans; the peer is the connection's remote end.
+fn common(cfg: &TraceConfig, req: &HttpRequest, named: &Named, addrs: &Addrs) -> Vec<KeyValue> {
+    // Room for the attributes server and client spans add after these, so the vector is
+    // allocated once.
+    let mut a = Vec::with_capacity(14);
+    a.extend([
         KeyValue::str("http.request.method", req.method.clone()),
-        KeyValue::str("url.path", route.clone()),
-        KeyValue::str("http.route", route),
+        KeyValue::str("url.path", named.route.clone()),
+        KeyValue::str("http.route", named.route.clone()),
         KeyValue::str("network.protocol.name", "http"),
         KeyValue::str("network.protocol.version", version(req.version)),
         KeyValue::str("network.transport", "tcp"),
-        KeyValue::str("network.peer.address", ip_string(peer.ip())),
-        KeyValue::int("network.peer.port", peer.port() as i64),
-    ];
-    let _ = addrs;
+        KeyValue::str("network.peer.address", addrs.remote_ip.clone()),
+        KeyValue::int("network.peer.port", addrs.remote.port() as i64),
+    ]);
     for (header, attr) in &cfg.request_header_attributes {
         if let Some(v) = req.header(header).and_then(safe_header_value) {
             a.push(KeyValue::str(attr.clone(), v));
@@ -162,7 +165,7 @@ fn common(
             a.push(KeyValue::str("user_agent.original", v));
         }
     }
-    (name, a)
+    a
 }
 
 fn response_attributes(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, span: &mut SpanRecord) {
@@ -181,7 +184,7 @@ fn response_attributes(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, span:
             span.events.push(SpanEvent {
                 name: "risk_signal".into(),
                 time_unix_ns: clock.to_unix_ns(resp.timing.first_exit_ns),
-                attributes: vec![KeyValue::str("hoptrace.risk.signal", signal)],
+                attributes: vec![KeyValue::str("hoptrace.risk.signal", signal.to_string())],
             });
         }
     }
@@ -203,7 +206,7 @@ fn outcome_status(x: &HttpExchange, error_from: u16) -> Status {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn span(
     kind: SpanKind,
-    name: String,
+    name: impl Into<Str>,
     resource: Arc<Resource>,
     ids: Ids,
     start: u64,
@@ -219,7 +222,7 @@ pub(super) fn span(
         trace_state: ids.trace_state,
         flags: ids.flags,
         origin: ids.origin,
-        name,
+        name: name.into(),
         kind,
         start_unix_ns: start,
         end_unix_ns: end.max(start),
@@ -235,17 +238,17 @@ pub fn server_span(
     cfg: &TraceConfig,
     clock: &Clock,
     x: &HttpExchange,
-    route: &str,
+    named: Named,
     addrs: &Addrs,
     resource: Arc<Resource>,
     ids: Ids,
 ) -> SpanRecord {
-    let (name, mut attrs) = common(cfg, &x.request, route, addrs, addrs.remote);
-    attrs.push(KeyValue::str("server.address", ip_string(addrs.local.ip())));
+    let mut attrs = common(cfg, &x.request, &named, addrs);
+    attrs.push(KeyValue::str("server.address", addrs.local_ip.clone()));
     attrs.push(KeyValue::int("server.port", addrs.local.port() as i64));
-    attrs.push(KeyValue::str("client.address", ip_string(addrs.remote.ip())));
+    attrs.push(KeyValue::str("client.address", addrs.remote_ip.clone()));
     let start = clock.to_unix_ns(x.request.timing.first_exit_ns);
-    finish(cfg, clock, x, SpanKind::Server, name, resource, ids, start, attrs, 500)
+    finish(cfg, clock, x, SpanKind::Server, named.name, resource, ids, start, attrs, 500)
 }
 
 /// Identity of a span in its trace.
@@ -267,7 +270,7 @@ fn finish(
     clock: &Clock,
     x: &HttpExchange,
     kind: SpanKind,
-    name: String,
+    name: Str,
     resource: Arc<Resource>,
     ids: Ids,
     start: u64,
@@ -286,18 +289,19 @@ pub fn client_span(
     cfg: &TraceConfig,
     clock: &Clock,
     x: &HttpExchange,
-    route: &str,
+    named: Named,
     addrs: &Addrs,
     resource: Arc<Resource>,
     ids: Ids,
 ) -> SpanRecord {
-    let (name, mut attrs) = common(cfg, &x.request, route, addrs, addrs.remote);
+    let mut attrs = common(cfg, &x.request, &named, addrs);
     let host = x.request.header("host").and_then(safe_header_value);
     let host_name = host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string());
-    attrs.push(KeyValue::str("server.address", host_name.unwrap_or_else(|| ip_string(addrs.remote.ip()))));
+    let server_address = host_name.map_or_else(|| addrs.remote_ip.clone(), Str::from);
+    attrs.push(KeyValue::str("server.address", server_address));
     attrs.push(KeyValue::int("server.port", addrs.remote.port() as i64));
     let start = clock.to_unix_ns(x.request.timing.first_enter_ns);
-    finish(cfg, clock, x, SpanKind::Client, name, resource, ids, start, attrs, 400)
+    finish(cfg, clock, x, SpanKind::Client, named.name, resource, ids, start, attrs, 400)
 }
 
 /// The server of a client span known only by its address (a failed connect, a message
@@ -323,7 +327,7 @@ pub fn connect_failed_span(
     let mut attrs = Vec::from(remote_server_attributes(addrs.remote));
     attrs.push(KeyValue::str("error.type", error));
     let status = Status { code: StatusCode::Error, message: format!("connect failed: {error}") };
-    span(SpanKind::Client, "connect".into(), resource, ids, time, time, attrs, status)
+    span(SpanKind::Client, "connect", resource, ids, time, time, attrs, status)
 }
 
 #[cfg(test)]

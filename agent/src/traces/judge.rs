@@ -8,15 +8,15 @@
 //!   (`dropped_outbound_context`) or another trace's (`restarted_context`);
 //! * a publish or a consumed message without context: `mq_message_without_context`.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use serde_json::json;
 
-use super::{context, pipeline::Inbound, Call, ConnView, Held, TracePipeline};
+use super::{context, finish::resource_str, pipeline::Inbound, Call, ConnView, Held, TracePipeline};
 use crate::{
     capture::conntrack::Connection,
-    gaps::{Gap, GapKey, GapKind},
-    model::span::{KeyValue, SpanEvent, SpanRecord},
+    gaps::{GapKeyRef, GapKind},
+    model::span::{hex, KeyValue, Resource, SpanEvent, SpanId, SpanRecord, Str, TraceId},
     protocols::{http1::header_values, HttpExchange},
     traces::context::TraceParent,
     util::logging,
@@ -26,17 +26,29 @@ use crate::{
 const MAX_PEERS: usize = 65536;
 
 /// The served side of one hop: who, where, which route, and the span it belongs to.
+///
+/// Built for every inbound request, but gaps are rare: it holds only what the span needs
+/// anyway (shared), and the caller's name and the ids as text are worked out when a gap
+/// is actually recorded. Cloning copies pointers (kept in the served-request history).
 #[derive(Clone)]
 pub(super) struct Hop {
-    pub service: String,
-    pub zone: String,
-    pub route: String,
-    /// The caller as a service name (a process on this node) or an address.
-    pub caller: String,
-    /// The caller is on this node or in an internal network.
-    pub internal: bool,
-    pub trace_hex: String,
-    pub span_hex: String,
+    /// The served process's Resource (`service.name`, `zone`).
+    pub resource: Arc<Resource>,
+    pub route: Str,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
+impl Hop {
+    pub fn service(&self) -> &str {
+        resource_str(&self.resource, "service.name")
+    }
+
+    pub fn zone(&self) -> &str {
+        resource_str(&self.resource, "zone")
+    }
 }
 
 /// The valid `traceparent` an outbound request carries, if any.
@@ -75,7 +87,7 @@ impl TracePipeline {
         if peers.len() >= MAX_PEERS {
             peers.clear();
         }
-        peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.clone()));
+        peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.to_string()));
     }
 
     /// The service at the other end of a hop: a process on this node when it was seen,
@@ -94,32 +106,40 @@ impl TracePipeline {
     }
 
     /// The served side of the hop of an inbound request on `view`.
-    pub(super) fn hop(&mut self, view: &ConnView, target: &[u8], (trace_hex, span_hex): (String, String)) -> Hop {
-        let (service, zone) = self.service_zone(view.pid, &view.comm);
-        let route = self.route(&service, target);
-        let seen = self.client_peers.get(&(view.remote, view.local)).cloned();
-        let internal = seen.is_some() || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&view.remote.ip()));
-        let caller = self.peer_name(seen, view.remote);
-        Hop { service, zone, route, caller, internal, trace_hex, span_hex }
+    pub(super) fn hop(&mut self, view: &ConnView, target: &[u8], (trace_id, span_id): (TraceId, SpanId)) -> Hop {
+        let resource = self.resource_for(view.pid, &view.comm);
+        let route = self.route(resource_str(&resource, "service.name"), target);
+        Hop { resource, route, local: view.local, remote: view.remote, trace_id, span_id }
+    }
+
+    /// The caller of a hop as a service name (a process on this node) or an address, and
+    /// whether it is on this node or in an internal network.
+    fn caller(&mut self, hop: &Hop) -> (String, bool) {
+        let seen = self.client_peers.get(&(hop.remote, hop.local)).cloned();
+        let internal = seen.is_some() || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&hop.remote.ip()));
+        (self.peer_name(seen, hop.remote), internal)
     }
 
     /// The inbound side of a hop: invalid context, or none from an internal caller.
     pub(super) fn judge_inbound(&mut self, hop: &Hop, inbound: &Inbound) -> Option<GapKind> {
+        if inbound.invalid.is_none() && inbound.parent.is_some() {
+            return None;
+        }
+        let (caller, internal) = self.caller(hop);
         let g = &self.cfg.gaps;
         let kind = match inbound.invalid {
             Some(_) => GapKind::InvalidContext,
-            None if inbound.parent.is_none()
-                && hop.internal
-                && !g.entry_services.contains(&hop.service)
-                && !g.entry_zones.contains(&hop.zone)
-                && !g.ignore_services.contains(&hop.caller) =>
+            None if internal
+                && !g.entry_services.iter().any(|s| s == hop.service())
+                && !g.entry_zones.iter().any(|z| z == hop.zone())
+                && !g.ignore_services.contains(&caller) =>
             {
                 GapKind::MissingInboundContext
             }
             None => return None,
         };
         let detail = inbound.invalid.unwrap_or("");
-        self.record_hop_gap(kind, hop, &hop.caller.clone(), &hop.route.clone(), detail);
+        self.record_hop_gap(kind, hop, &caller, &hop.route, detail);
         Some(kind)
     }
 
@@ -145,7 +165,7 @@ impl TracePipeline {
                     Some(o) if o.trace_id != i.trace_id => GapKind::RestartedContext,
                     Some(_) => return None,
                 };
-                (kind, self.route(&hop.service, &cx.request.target))
+                (kind, self.route(hop.service(), cx.request.target()).to_string())
             }
             Call::Failed { .. } => return None,
         };
@@ -155,7 +175,8 @@ impl TracePipeline {
     }
 
     fn record_hop_gap(&mut self, kind: GapKind, hop: &Hop, peer: &str, route: &str, detail: &str) {
-        self.record_gap(kind, &hop.service, &hop.zone, peer, route, &hop.trace_hex, &hop.span_hex, detail);
+        let key = GapKeyRef { kind, service: hop.service(), zone: hop.zone(), peer_service: peer, route };
+        self.record_gap_at(key, detail, &|| (hex(&hop.trace_id), hex(&hop.span_id)));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -170,46 +191,41 @@ impl TracePipeline {
         span_id: &str,
         detail: &str,
     ) {
+        let key = GapKeyRef { kind, service, zone, peer_service: peer, route };
+        self.record_gap_at(key, detail, &|| (trace_id.to_string(), span_id.to_string()));
+    }
+
+    /// Counts a broken hop in the table and logs it (rate-limited). Called for every
+    /// request on a broken hop, so a hop already in the table costs a lookup: no string
+    /// is built unless the hop is new or its log line is due (`ids`: the trace and span
+    /// ids as hex, only worked out then).
+    fn record_gap_at(&mut self, key: GapKeyRef<'_>, detail: &str, ids: &dyn Fn() -> (String, String)) {
+        let GapKeyRef { kind, service, zone, peer_service: peer, route } = key;
         if self.cfg.gaps.ignore_routes.iter().any(|r| r == route)
             || self.cfg.gaps.ignore_services.iter().any(|s| s == service || s == peer)
         {
             return;
         }
-        let gap = Gap {
-            key: GapKey {
-                kind,
-                service: service.to_string(),
-                zone: zone.to_string(),
-                peer_service: peer.to_string(),
-                route: route.to_string(),
-            },
-            time_unix_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-            trace_id: trace_id.to_string(),
-            span_id: span_id.to_string(),
-            detail: detail.to_string(),
-        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         self.stats.propagation_gaps += 1;
-        let first = self.gaps.lock().map(|mut t| t.record(&gap)).unwrap_or(false);
-        let key = format!("gap/{}/{service}/{peer}/{route}", kind.as_str());
-        if let Some(suppressed) = self.log_limit.allow(&key) {
-            logging::log(
-                "warn",
-                "trace context lost on a hop",
-                json!({
-                    "kind": kind.as_str(),
-                    "service": service,
-                    "zone": zone,
-                    "peer_service": peer,
-                    "route": route,
-                    "detail": detail,
-                    "trace_id": trace_id,
-                    "span_id": span_id,
-                    "first_of_its_kind": first,
-                    "suppressed_since_last": suppressed,
-                }),
-            );
-        }
+        let first = self.gaps.lock().map(|mut t| t.record_ref(&key, now, detail, || ids().0)).unwrap_or(false);
+        let Some(suppressed) = self.log_limit.allow_parts(("gap", key)) else { return };
+        let (trace_id, span_id) = ids();
+        logging::log(
+            "warn",
+            "trace context lost on a hop",
+            json!({
+                "kind": kind.as_str(),
+                "service": service,
+                "zone": zone,
+                "peer_service": peer,
+                "route": route,
+                "detail": detail,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "first_of_its_kind": first,
+                "suppressed_since_last": suppressed,
+            }),
+        );
     }
 }

@@ -161,7 +161,7 @@ impl TracePipeline {
                         if o.trace_id != i.trace_id {
                             let (service, zone) = self.service_zone(conn.pid, &conn.comm);
                             let callee = self.callee_name(&h.conn);
-                            let route = self.route(&service, &x.request.target);
+                            let route = self.route(&service, x.request.target());
                             let trace = hex(&i.trace_id);
                             self.record_gap(
                                 GapKind::RestartedContext,

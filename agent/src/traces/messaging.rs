@@ -362,7 +362,7 @@ mod tests {
         p.on_segments(&server, Direction::Ingress, &seg(10, req), &mut spans);
         p.handle_events(
             &broker,
-            vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", None)]))],
+            &mut vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", None)]))],
             &mut spans,
         );
         assert!(spans.is_empty(), "held for its request");
@@ -390,7 +390,7 @@ mod tests {
         let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:5672");
         p.handle_events(
             &broker,
-            vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))],
+            &mut vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))],
             &mut spans,
         );
         assert!(spans.is_empty());
@@ -399,7 +399,7 @@ mod tests {
         let mut p = TracePipeline::new(cfg, ResourceResolver::new(Vec::new(), Vec::new()));
         p.handle_events(
             &broker,
-            vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))],
+            &mut vec![L7Event::Messaging(op(MqKind::Publish, "publish", 20, vec![msg("", Some(TP))]))],
             &mut spans,
         );
         assert_eq!(hex(&spans[0].trace_id), "4bf92f3577b34da6a3ce929d0e0e4736", "the message's own context");
@@ -413,7 +413,7 @@ mod tests {
         let broker = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:4222");
         let mut one = op(MqKind::Receive, "HMSG", 20, vec![msg("orders.4711.created", Some(TP))]);
         one.system = "nats";
-        p.handle_events(&broker, vec![L7Event::Messaging(one)], &mut spans);
+        p.handle_events(&broker, &mut vec![L7Event::Messaging(one)], &mut spans);
         let c = &spans[0];
         assert_eq!(
             (c.kind, hex(&c.trace_id), hex(&c.parent_span_id)),
@@ -433,7 +433,7 @@ mod tests {
             30,
             vec![msg("q", Some(TP)), with_state, msg("q", None), msg("q", Some(b"00-garbage"))],
         );
-        p.handle_events(&broker, vec![L7Event::Messaging(batch)], &mut spans);
+        p.handle_events(&broker, &mut vec![L7Event::Messaging(batch)], &mut spans);
         let b = &spans[1];
         assert!(b.is_root(), "a batch starts its own trace");
         assert_eq!(b.links.len(), 2);
@@ -459,7 +459,7 @@ mod tests {
         fetch.error = Some("NOT_LEADER_OR_FOLLOWER".into());
         fetch.messages[0].partition = Some(3);
         fetch.messages[1].partition = Some(3);
-        p.handle_events(&broker, vec![L7Event::Messaging(fetch)], &mut spans);
+        p.handle_events(&broker, &mut vec![L7Event::Messaging(fetch)], &mut spans);
         let s = &spans[0];
         assert_eq!(s.name, "fetch");
         assert!(attr(s, "messaging.destination.name").is_none());
@@ -475,7 +475,7 @@ mod tests {
         let broker_end = conn(3, Role::Server, "127.0.0.1:5672", "127.0.0.1:50001");
         p.handle_events(
             &broker_end,
-            vec![L7Event::Messaging(op(MqKind::Receive, "deliver", 20, vec![msg("", None)]))],
+            &mut vec![L7Event::Messaging(op(MqKind::Receive, "deliver", 20, vec![msg("", None)]))],
             &mut spans,
         );
         assert!(spans.is_empty());

@@ -42,8 +42,10 @@ mod routes;
 mod served;
 pub mod stats;
 
+// hashbrown's default hasher (foldhash): several times cheaper per lookup than std's
+// SipHash, still seeded per process, so crafted keys (routes, tenants) cannot aim at it.
+use hashbrown::{HashMap, HashSet};
 use std::{
-    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Instant,
@@ -58,7 +60,7 @@ use self::{context::TraceParent, ids::IdGenerator, instrumented::Instrumented, l
 use crate::{
     capture::conntrack::Connection,
     gaps::GapTable,
-    model::span::{SpanId, SpanRecord, TraceId, TraceOrigin},
+    model::span::{SpanId, SpanRecord, Str, TraceId, TraceOrigin},
     policy::{redact::Redactor, sampling::Sampler},
     protocols::{HttpExchange, MqOperation, Protocol},
     resource::{process::ProcessCache, resolver::ResourceResolver},
@@ -105,12 +107,18 @@ pub struct TracePipeline {
     sampler: Sampler,
     redactor: Redactor,
     /// Distinct routes seen per service (bounded by `max_routes_per_service`).
-    routes: HashMap<String, HashSet<String>>,
+    routes: HashMap<String, HashSet<Str>>,
     /// Request path (query and fragment cut off) → its template. Templating runs every
     /// PII detector over every segment; services repeat their paths, so the answer is
     /// remembered. Bounded: emptied when full. Raw paths stay in this process's memory
     /// only, like the request bytes they come from.
-    route_cache: HashMap<Box<[u8]>, String>,
+    route_cache: HashMap<Box<[u8]>, Str>,
+    /// HTTP span names by (method, route), bounded like `route_cache`.
+    span_names: HashMap<(Str, Str), Str>,
+    /// Addresses as text (span attributes), bounded like `route_cache`.
+    ip_names: HashMap<std::net::IpAddr, Str>,
+    /// Parser events of one `on_segments` call, kept to reuse the allocation.
+    events_scratch: Vec<crate::protocols::L7Event>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
     client_peers: HashMap<(SocketAddr, SocketAddr), (u32, String)>,
     /// Server sockets on this node by (local, remote): who answered a client call. Kept
@@ -161,7 +169,7 @@ struct ConnView {
     pid: u32,
     /// Process name from the kernel: the service name of last resort when the process is
     /// gone before /proc could be read (short-lived clients).
-    comm: String,
+    comm: Str,
     local: SocketAddr,
     remote: SocketAddr,
 }
@@ -171,8 +179,15 @@ impl ConnView {
         Self { pid: c.pid, comm: c.comm.clone(), local: c.tuple.local, remote: c.tuple.remote }
     }
 
-    fn addrs(&self) -> http::Addrs {
-        http::Addrs { local: self.local, remote: self.remote }
+    fn addrs(&self, ips: &mut HashMap<std::net::IpAddr, Str>) -> http::Addrs {
+        let mut text = |ip: std::net::IpAddr| {
+            if ips.len() >= 4096 && !ips.contains_key(&ip) {
+                ips.clear();
+            }
+            ips.entry(ip).or_insert_with(|| Str::from(http::ip_string(ip))).clone()
+        };
+        let (local_ip, remote_ip) = (text(self.local.ip()), text(self.remote.ip()));
+        http::Addrs { local: self.local, remote: self.remote, local_ip, remote_ip }
     }
 }
 

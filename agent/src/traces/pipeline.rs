@@ -3,7 +3,6 @@
 //! [`super::instrumented`] and [`super::finish`].
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -59,22 +58,25 @@ impl TracePipeline {
             cfg,
             clock: Clock::now(),
             ids: IdGenerator::new(),
-            conns: HashMap::new(),
-            busy: HashMap::new(),
+            conns: Default::default(),
+            busy: Default::default(),
             served: ServedHistory::default(),
-            held: HashMap::new(),
-            held_by_pid: HashMap::new(),
-            instrumented: HashMap::new(),
+            held: Default::default(),
+            held_by_pid: Default::default(),
+            instrumented: Default::default(),
             processes: ProcessCache::default(),
             resources,
             close_ns: None,
             log_limit: RateLimiter::new(Duration::from_secs(10)),
             sampler,
             redactor,
-            routes: HashMap::new(),
-            route_cache: HashMap::new(),
-            client_peers: HashMap::new(),
-            server_peers: HashMap::new(),
+            routes: Default::default(),
+            route_cache: Default::default(),
+            span_names: Default::default(),
+            ip_names: Default::default(),
+            events_scratch: Vec::new(),
+            client_peers: Default::default(),
+            server_peers: Default::default(),
             gaps: Arc::new(Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
             red: super::red::RedRecorder::default(),
@@ -95,11 +97,13 @@ impl TracePipeline {
         if conn.role == Role::Server && dir == Direction::Ingress {
             self.mark_serving(conn, segs);
         }
-        let mut events = Vec::new();
+        // A buffer kept across calls: most segments produce no event, the rest one.
+        let mut events = std::mem::take(&mut self.events_scratch);
         if let Some(proto) = self.conns.get_mut(&conn.id).and_then(|s| s.proto.as_mut()) {
             proto.feed(dir, segs, &mut events);
         }
-        self.handle_events(conn, events, sink);
+        self.handle_events(conn, &mut events, sink);
+        self.events_scratch = events;
     }
 
     /// Finds the connection's parser from its first bytes; false while there is none.
@@ -138,13 +142,14 @@ impl TracePipeline {
             proto.close(&mut events);
         }
         self.close_ns = close_ns;
-        self.handle_events(conn, events, sink);
+        self.handle_events(conn, &mut events, sink);
         self.close_ns = None;
         self.forget_serving(conn.id);
     }
 
-    pub(super) fn handle_events(&mut self, conn: &Connection, events: Vec<L7Event>, sink: &mut dyn SpanSink) {
-        for ev in events {
+    /// Handles (and drains) `events`.
+    pub(super) fn handle_events(&mut self, conn: &Connection, events: &mut Vec<L7Event>, sink: &mut dyn SpanSink) {
+        for ev in events.drain(..) {
             match ev {
                 L7Event::Http(x) => {
                     self.stats.exchanges += 1;
@@ -182,7 +187,7 @@ impl TracePipeline {
         ts_ns: u64,
         sink: &mut dyn SpanSink,
     ) {
-        let view = ConnView { pid, comm: comm.to_string(), local, remote };
+        let view = ConnView { pid, comm: crate::model::span::Str::from(comm.to_string()), local, remote };
         let call = super::Call::Failed { error, start_ns: ts_ns };
         match tid {
             Some(tid) => self.client_call(view, tid, call, sink),
@@ -213,7 +218,7 @@ impl TracePipeline {
             None => self.new_trace(),
         };
         // Propagation gaps: judged for every service, instrumented or not.
-        let hop = self.hop(&view, &x.request.target, (hex(&ctx.trace_id), hex(&span_id)));
+        let hop = self.hop(&view, x.request.target(), (ctx.trace_id, span_id));
         let inbound_gap = self.judge_inbound(&hop, &inbound);
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
@@ -222,10 +227,11 @@ impl TracePipeline {
             return;
         }
         self.emit_children(children, child_gaps, overlapped, &ctx, span_id, sink);
-        let resource = self.resource_for(view.pid, &view.comm);
+        let resource = hop.resource.clone();
         let child = ctx.child_of(span_id);
-        let mut span =
-            http::server_span(&self.cfg, &self.clock, &x, &hop.route, &view.addrs(), resource, ctx.ids(span_id));
+        let named = http::Named { route: hop.route.clone(), name: self.span_name(&x.request.method, &hop.route) };
+        let addrs = view.addrs(&mut self.ip_names);
+        let mut span = http::server_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         // Calls of this request that complete later are linked by their start time.
         self.served.push(key, Served { start, end, overlapped, child, inbound: inbound.parent, hop });
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));

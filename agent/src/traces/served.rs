@@ -126,14 +126,14 @@ mod tests {
     fn served(start: u64, end: u64, overlapped: bool) -> Served {
         let child =
             Ctx { trace_id: [1; 16], parent: [2; 8], flags: 1, trace_state: String::new(), origin: TraceOrigin::Agent };
+        let addr = "127.0.0.1:8080".parse().unwrap();
         let hop = Hop {
-            service: "svc".into(),
-            zone: String::new(),
+            resource: std::sync::Arc::new(crate::model::span::Resource::default()),
             route: "/".into(),
-            caller: String::new(),
-            internal: true,
-            trace_hex: String::new(),
-            span_hex: String::new(),
+            local: addr,
+            remote: addr,
+            trace_id: [1; 16],
+            span_id: [2; 8],
         };
         Served { start, end, overlapped, child, inbound: None, hop }
     }

@@ -6,9 +6,11 @@
 //! was suppressed is counted in the next line that gets through.
 
 use std::{
-    collections::HashMap,
+    hash::{BuildHasher, Hash},
     time::{Duration, Instant},
 };
+
+use hashbrown::{DefaultHashBuilder, HashMap};
 
 use serde_json::{json, Value};
 
@@ -24,20 +26,33 @@ pub fn log(level: &str, msg: &str, fields: Value) {
 /// At most one line per key per window; suppressed lines are counted.
 pub struct RateLimiter {
     window: Duration,
-    last: HashMap<String, (Instant, u64)>,
+    /// By the key's hash: callers on the per-request path (a broken hop logs at most once
+    /// per window, but is checked on every request) hash their key's parts instead of
+    /// formatting a string. A collision only merges two keys' rate limits.
+    last: HashMap<u64, (Instant, u64)>,
+    hasher: DefaultHashBuilder,
 }
 
 const MAX_KEYS: usize = 4096;
 
 impl RateLimiter {
     pub fn new(window: Duration) -> Self {
-        Self { window, last: HashMap::new() }
+        Self { window, last: HashMap::default(), hasher: DefaultHashBuilder::default() }
     }
 
     /// `Some(suppressed_since_last)` when a line for `key` may be written now.
     pub fn allow(&mut self, key: &str) -> Option<u64> {
+        self.allow_hashed(self.hasher.hash_one(key))
+    }
+
+    /// [`Self::allow`] for a key made of parts (hashed, never joined).
+    pub fn allow_parts(&mut self, key: impl Hash) -> Option<u64> {
+        self.allow_hashed(self.hasher.hash_one(key))
+    }
+
+    fn allow_hashed(&mut self, key: u64) -> Option<u64> {
         let now = Instant::now();
-        if let Some((at, suppressed)) = self.last.get_mut(key) {
+        if let Some((at, suppressed)) = self.last.get_mut(&key) {
             if now.duration_since(*at) < self.window {
                 *suppressed += 1;
                 return None;
@@ -54,7 +69,7 @@ impl RateLimiter {
                 return None;
             }
         }
-        self.last.insert(key.to_string(), (now, 0));
+        self.last.insert(key, (now, 0));
         Some(0)
     }
 }

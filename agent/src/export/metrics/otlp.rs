@@ -47,7 +47,7 @@ fn resource_attrs(s: &Series) -> Vec<pb_common::KeyValue> {
             out.push(kv_str(&a.key, v));
         } else if let crate::model::span::AnyValue::Int(v) = &a.value {
             out.push(pb_common::KeyValue {
-                key: a.key.clone(),
+                key: a.key.to_string(),
                 value: Some(pb_common::AnyValue { value: Some(pb_common::any_value::Value::IntValue(*v)) }),
                 ..Default::default()
             });

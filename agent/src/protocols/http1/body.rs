@@ -1,7 +1,7 @@
 //! Message bodies (RFC 9112 §6): how a message's body is delimited (none, a length,
 //! chunked coding, the connection's end, or a tunnel), and the numbers of its framing.
 
-use super::{header_values, reason, trim_ows, Header};
+use super::{header_values, reason, trim_ows, Headers};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum BodyKind {
@@ -13,7 +13,7 @@ pub(super) enum BodyKind {
     Tunnel,
 }
 
-pub(super) fn request_body(headers: &[Header]) -> Result<BodyKind, &'static str> {
+pub(super) fn request_body(headers: &Headers) -> Result<BodyKind, &'static str> {
     if let Some(chunked) = transfer_encoding_chunked(headers) {
         // A request cannot be delimited by close: any coding but a final chunked is fatal.
         return if chunked { Ok(BodyKind::Chunked) } else { Err(reason::INVALID_TRANSFER_ENCODING) };
@@ -24,7 +24,7 @@ pub(super) fn request_body(headers: &[Header]) -> Result<BodyKind, &'static str>
     })
 }
 
-pub(super) fn response_body(status: u16, method: Option<&str>, headers: &[Header]) -> Result<BodyKind, &'static str> {
+pub(super) fn response_body(status: u16, method: Option<&str>, headers: &Headers) -> Result<BodyKind, &'static str> {
     if status == 101 || (method == Some("CONNECT") && (200..300).contains(&status)) {
         return Ok(BodyKind::Tunnel);
     }
@@ -41,7 +41,7 @@ pub(super) fn response_body(status: u16, method: Option<&str>, headers: &[Header
 }
 
 /// `None` without Transfer-Encoding; otherwise whether its last coding is chunked.
-fn transfer_encoding_chunked(headers: &[Header]) -> Option<bool> {
+fn transfer_encoding_chunked(headers: &Headers) -> Option<bool> {
     let mut present = false;
     let mut last: &[u8] = b"";
     for value in header_values(headers, "transfer-encoding") {
@@ -54,7 +54,7 @@ fn transfer_encoding_chunked(headers: &[Header]) -> Option<bool> {
 }
 
 /// Content-Length; repeated values (several lines or a list) must all agree.
-fn content_length(headers: &[Header]) -> Result<Option<u64>, &'static str> {
+fn content_length(headers: &Headers) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in header_values(headers, "content-length") {
         for item in value.split(|&b| b == b',').map(trim_ows) {

@@ -106,7 +106,7 @@ impl Http1 {
     }
 
     fn request_head(&mut self, out: &mut Vec<L7Event>) -> Result<BodyKind, &'static str> {
-        let head = parse_request_head(&self.requests.buf)?;
+        let head = parse_request_head(&mut self.requests.buf)?;
         let body = if head.method == "CONNECT" {
             // Bytes after CONNECT are the tunnel's; the response says whether it opened.
             BodyKind::Tunnel
@@ -115,7 +115,7 @@ impl Http1 {
         };
         let request = HttpRequest {
             method: head.method,
-            target: head.target,
+            target_at: head.target,
             version: head.version,
             headers: head.headers,
             timing: self.requests.timing,
@@ -126,7 +126,7 @@ impl Http1 {
     }
 
     fn response_head(&mut self, out: &mut Vec<L7Event>) -> Result<BodyKind, &'static str> {
-        let head = parse_response_head(&self.responses.buf)?;
+        let head = parse_response_head(&mut self.responses.buf)?;
         if (100..200).contains(&head.status) && head.status != 101 {
             if let Some(front) = self.pending.front_mut() {
                 if front.informational.len() < MAX_INFORMATIONAL {

@@ -1,22 +1,26 @@
 //! Header blocks (RFC 9112 §2-5): the request or status line and the header fields,
-//! parsed by httparse into owned, lowercased [`Header`]s.
+//! parsed by httparse and kept as one block with an index ([`Headers`]).
 
+use crate::model::span::Str;
+
+use super::headers::{span_in, Headers};
 use super::reader::Kind;
-use super::{reason, Header};
+use super::reason;
 
 const MAX_HEADERS: usize = 256;
 
 pub(super) struct RequestHead {
-    pub method: String,
-    pub target: Vec<u8>,
+    pub method: Str,
+    /// Where the request-target is in `headers`' block.
+    pub target: (u32, u32),
     pub version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
 }
 
 pub(super) struct ResponseHead {
     pub status: u16,
     pub version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
 }
 
 fn httparse_reason(e: httparse::Error) -> &'static str {
@@ -38,8 +42,13 @@ fn response_config() -> httparse::ParserConfig {
     config
 }
 
-fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
-    headers.iter().map(|h| Header { name: h.name.to_ascii_lowercase(), value: h.value.to_vec() }).collect()
+/// The registered methods are shared statics; any other is copied once.
+fn method_str(method: &str) -> Str {
+    const KNOWN: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+    match KNOWN.iter().find(|&&m| m == method) {
+        Some(&m) => Str::from(m),
+        None => Str::from(method.to_owned()),
+    }
 }
 
 /// httparse's header slots, left uninitialized: filling 256 `EMPTY_HEADER`s (8 KiB) on
@@ -48,8 +57,9 @@ fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEA
     [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
-/// Parses a complete header block (`buf` ends with its empty line).
-pub(super) fn parse_request_head(buf: &[u8]) -> Result<RequestHead, &'static str> {
+/// Parses a complete header block (`buf` ends with its empty line). On success the
+/// block moves out of `buf` into the result (no copy); on error `buf` is left as is.
+pub(super) fn parse_request_head(buf: &mut Vec<u8>) -> Result<RequestHead, &'static str> {
     let mut headers = uninit_headers();
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(buf, &mut headers) {
@@ -57,18 +67,15 @@ pub(super) fn parse_request_head(buf: &[u8]) -> Result<RequestHead, &'static str
         Ok(httparse::Status::Partial) => return Err(reason::MALFORMED_HEAD),
         Err(e) => return Err(httparse_reason(e)),
     }
-    match (req.method, req.path, req.version) {
-        (Some(method), Some(path), Some(version)) => Ok(RequestHead {
-            method: method.to_owned(),
-            target: path.as_bytes().to_vec(),
-            version,
-            headers: owned_headers(req.headers),
-        }),
-        _ => Err(reason::MALFORMED_HEAD),
-    }
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(reason::MALFORMED_HEAD);
+    };
+    let (method, target, index) = (method_str(method), span_in(buf, path.as_bytes()), Headers::index(buf, req.headers));
+    Ok(RequestHead { method, target, version, headers: Headers::new(std::mem::take(buf), index) })
 }
 
-pub(super) fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static str> {
+/// Like [`parse_request_head`], for a status line and its fields.
+pub(super) fn parse_response_head(buf: &mut Vec<u8>) -> Result<ResponseHead, &'static str> {
     let mut headers = uninit_headers();
     let mut resp = httparse::Response::new(&mut []);
     match response_config().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
@@ -76,13 +83,15 @@ pub(super) fn parse_response_head(buf: &[u8]) -> Result<ResponseHead, &'static s
         Ok(httparse::Status::Partial) => return Err(reason::MALFORMED_HEAD),
         Err(e) => return Err(httparse_reason(e)),
     }
-    match (resp.code, resp.version) {
+    let (status, version) = match (resp.code, resp.version) {
         // httparse takes any three digits; there is no 0xx class (RFC 9110 §15), and a
         // status below 100 would be exported as if it were a final answer.
-        (Some(status), Some(_)) if status < 100 => Err(reason::INVALID_STATUS),
-        (Some(status), Some(version)) => Ok(ResponseHead { status, version, headers: owned_headers(resp.headers) }),
-        _ => Err(reason::MALFORMED_HEAD),
-    }
+        (Some(status), Some(_)) if status < 100 => return Err(reason::INVALID_STATUS),
+        (Some(status), Some(version)) => (status, version),
+        _ => return Err(reason::MALFORMED_HEAD),
+    };
+    let index = Headers::index(buf, resp.headers);
+    Ok(ResponseHead { status, version, headers: Headers::new(std::mem::take(buf), index) })
 }
 
 /// Checks a header block still arriving, so that garbage is refused before it fills the
@@ -105,9 +114,46 @@ pub(super) fn early_check(kind: Kind, buf: &[u8]) -> Result<(), &'static str> {
 /// httparse accepts them.
 pub(super) fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let tail = buf.get(from..)?;
-    tail.iter().enumerate().filter(|&(_, &b)| b == b'\n').find_map(|(i, _)| match (tail.get(i + 1), tail.get(i + 2)) {
+    // One vectorized search per line, not a loop per byte. (Two prebuilt memmem
+    // searchers, "\n\r\n" and "\n\n", measured 15% more instructions on typical heads.)
+    memchr::memchr_iter(b'\n', tail).find_map(|i| match (tail.get(i + 1), tail.get(i + 2)) {
         (Some(b'\n'), _) => Some(from + i + 2),
         (Some(b'\r'), Some(b'\n')) => Some(from + i + 3),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_head_end;
+
+    /// The definition: the first '\n' followed by "\n" or "\r\n".
+    fn reference(buf: &[u8], from: usize) -> Option<usize> {
+        let tail = buf.get(from..)?;
+        (0..tail.len()).filter(|&i| tail[i] == b'\n').find_map(|i| match (tail.get(i + 1), tail.get(i + 2)) {
+            (Some(b'\n'), _) => Some(from + i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(from + i + 3),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn head_end_matches_its_definition() {
+        // Every string of up to 7 bytes over the alphabet that matters, at every start.
+        let alphabet = [b'a', b'\r', b'\n'];
+        for len in 0..=7u32 {
+            for mut code in 0..3usize.pow(len) {
+                let mut buf = Vec::new();
+                for _ in 0..len {
+                    buf.push(alphabet[code % 3]);
+                    code /= 3;
+                }
+                for from in 0..=buf.len() + 1 {
+                    assert_eq!(find_head_end(&buf, from), reference(&buf, from), "{buf:?} from {from}");
+                }
+            }
+        }
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\n\n";
+        assert_eq!(find_head_end(head, 0), Some(27));
+    }
 }

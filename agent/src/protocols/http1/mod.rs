@@ -20,14 +20,18 @@
 
 use hoptrace_common::{Direction, Role};
 
+use crate::model::span::Str;
+
 use super::{opposite, Protocol};
 
 mod body;
 mod exchange;
 mod head;
+mod headers;
 mod reader;
 
 pub use exchange::Http1;
+pub use headers::Headers;
 
 const PROTOCOL: &str = "http1";
 /// Largest header block (or trailer section) buffered before giving up on a message.
@@ -92,14 +96,6 @@ pub mod reason {
     ];
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    /// Lowercased: HTTP field names are case-insensitive.
-    pub name: String,
-    /// As received (not necessarily UTF-8).
-    pub value: Vec<u8>,
-}
-
 /// Kernel monotonic timestamps of the syscalls carrying the first and last byte of a
 /// message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,12 +109,13 @@ pub struct Timing {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRequest {
-    pub method: String,
-    /// Raw request-target.
-    pub target: Vec<u8>,
+    /// As received; the registered methods are static strings (no allocation).
+    pub method: Str,
+    /// Where the raw request-target is in the header block: see [`HttpRequest::target`].
+    target_at: (u32, u32),
     /// Minor version: 0 = HTTP/1.0, 1 = HTTP/1.1.
     pub version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     pub timing: Timing,
     /// Body bytes (payload only, without chunk framing), including bytes lost in gaps.
     pub body_len: u64,
@@ -128,33 +125,35 @@ pub struct HttpRequest {
 pub struct HttpResponse {
     pub status: u16,
     pub version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     pub timing: Timing,
     pub body_len: u64,
 }
 
 impl HttpRequest {
+    /// The raw request-target.
+    pub fn target(&self) -> &[u8] {
+        let (start, end) = self.target_at;
+        self.headers.block().get(start as usize..end as usize).unwrap_or_default()
+    }
+
     /// First value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        header(&self.headers, name)
+        self.headers.get(name)
     }
 }
 
 impl HttpResponse {
     /// First value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        header(&self.headers, name)
+        self.headers.get(name)
     }
-}
-
-fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
-    headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
 }
 
 /// Every value of header `name` (lowercase), in order: for list headers such as
 /// tracestate and baggage that may be split over several lines.
-pub fn header_values<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-    headers.iter().filter(move |h| h.name == name).map(|h| h.value.as_slice())
+pub fn header_values<'a>(headers: &'a Headers, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    headers.values(name)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -187,6 +187,15 @@ impl Reader {
     fn head(&mut self, rest: &[u8], pos: &mut usize, exit: u64) -> Option<Step> {
         self.timing.last_exit_ns = exit;
         let old = self.buf.len();
+        // The usual case: the whole block is in this segment. Copy just the block, not
+        // the body bytes behind it.
+        if old == 0 {
+            if let Some(end) = find_head_end(rest, 0).filter(|&end| end <= MAX_HEAD_LEN) {
+                self.buf.extend_from_slice(rest.get(..end).unwrap_or_default());
+                *pos += end;
+                return Some(Step::Head);
+            }
+        }
         let take = rest.len().min(MAX_HEAD_LEN.saturating_sub(old));
         self.buf.extend_from_slice(rest.get(..take).unwrap_or_default());
         if let Some(end) = find_head_end(&self.buf, self.scanned.saturating_sub(3)) {

@@ -111,7 +111,7 @@ fn summary(events: Vec<L7Event>) -> Vec<Ev> {
         .into_iter()
         .map(|e| match e {
             L7Event::Http(x) => {
-                let target = String::from_utf8_lossy(&x.request.target).into_owned();
+                let target = String::from_utf8_lossy(x.request.target()).into_owned();
                 Ev::X(Box::leak(target.into_boxed_str()), x.response.map(|r| r.status), x.outcome)
             }
             L7Event::ParseError { protocol, reason } => {
@@ -137,7 +137,7 @@ fn keep_alive_exchanges_pair_in_order_with_timing() {
         let ex = c.exchanges();
         assert_eq!(ex.len(), 2);
         let (req, resp) = (&ex[0].request, ex[0].response.as_ref().expect("response"));
-        assert_eq!((req.method.as_str(), req.target.as_slice(), req.version), ("GET", &b"/a?q=1"[..], 1));
+        assert_eq!((req.method.as_str(), req.target(), req.version), ("GET", &b"/a?q=1"[..], 1));
         assert_eq!(req.header("host"), Some(&b"svc"[..]));
         assert_eq!(header_values(&req.headers, "x-multi").collect::<Vec<_>>(), [&b"1"[..], b"2"]);
         assert_eq!(req.timing, Timing { first_tid: 7, first_enter_ns: e1, first_exit_ns: x1, last_exit_ns: x1 });

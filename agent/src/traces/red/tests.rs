@@ -9,8 +9,8 @@ use crate::model::span::{Resource, SpanRecord, Status, TraceOrigin};
 pub(crate) fn resource(service: &str, zone: &str) -> Arc<Resource> {
     Arc::new(Resource {
         attributes: vec![
-            KeyValue::str("service.name", service),
-            KeyValue::str("zone", zone),
+            KeyValue::str("service.name", service.to_string()),
+            KeyValue::str("zone", zone.to_string()),
             KeyValue::str("host.name", "node-1"),
             KeyValue::int("process.pid", 42),
         ],
@@ -38,9 +38,9 @@ pub(crate) fn span(kind: SpanKind, ms: u64, attrs: Vec<KeyValue>, n: u8) -> Span
 }
 
 pub(crate) fn http(route: &str, tenant: Option<&str>, status: Option<i64>) -> Vec<KeyValue> {
-    let mut a = vec![KeyValue::str("http.request.method", "GET"), KeyValue::str("http.route", route)];
+    let mut a = vec![KeyValue::str("http.request.method", "GET"), KeyValue::str("http.route", route.to_string())];
     if let Some(t) = tenant {
-        a.push(KeyValue::str("tenant", t));
+        a.push(KeyValue::str("tenant", t.to_string()));
     }
     if let Some(s) = status {
         a.push(KeyValue::int("http.response.status_code", s));
@@ -92,8 +92,8 @@ fn messaging_spans_count_published_and_consumed_messages() {
     let msg = |op: &str, dest: &str| {
         vec![
             KeyValue::str("messaging.system", "kafka"),
-            KeyValue::str("messaging.destination.name", dest),
-            KeyValue::str("messaging.operation.type", op),
+            KeyValue::str("messaging.destination.name", dest.to_string()),
+            KeyValue::str("messaging.operation.type", op.to_string()),
         ]
     };
     let mut t = RedTable::new(100);
