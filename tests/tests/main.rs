@@ -8,6 +8,7 @@ mod support;
 
 mod capture;
 mod deploy_vm;
+mod endpoint_guard;
 mod fixtures;
 mod gaps;
 mod http_edges;
