@@ -24,5 +24,6 @@ mod resilience_hostile;
 mod resilience_overload;
 mod resilience_restart;
 mod sampling;
+mod security_profiles;
 mod spans;
 mod tls;
