@@ -2,7 +2,7 @@
 //! agent, installed with libseccomp the way a container runtime installs a Localhost
 //! profile (tests/fixtures/seccomp_exec.py): the agent loads its programs, captures a
 //! request and exports its span under it; what the profile must deny (ptrace attach) is
-//! denied; and the filter is really in force (the same profile without `bpf` stops the
+//! denied (and allowed without it); and the filter is really in force (the same profile without `bpf` stops the
 //! load). The AppArmor profile cannot be enforced on this kernel (no AppArmor LSM); its
 //! syntax is checked by `apparmor_parser -Q` in xtask/check_deploy.py.
 
@@ -59,15 +59,15 @@ fn the_agent_runs_and_exports_under_the_seccomp_profile() {
 #[test]
 fn the_seccomp_profile_denies_ptrace_and_is_really_enforced() {
     require_root();
+    // The same attach, unconfined then confined: allowed to root, refused under the profile.
     let target = Running::spawn(Command::new("sleep").arg("60"));
-    let done =
-        run(confined(&profile(), std::path::Path::new("strace")).args(["-p", &target.pid().to_string()]), TIMEOUT);
-    assert!(!done.status.success(), "strace attached under the profile: {}", done.stderr);
-    assert!(
-        done.stderr.contains("ptrace(PTRACE_ATTACH") && done.stderr.contains("Operation not permitted"),
-        "{}",
-        done.stderr
-    );
+    let attach = |cmd: &mut Command| run(cmd.arg(target.pid().to_string()), TIMEOUT).expect_success().stdout;
+    let free = Running::spawn(Command::new("sleep").arg("60"));
+    let unconfined = run(python("ptrace_attach.py").arg(free.pid().to_string()), TIMEOUT).expect_success().stdout;
+    assert_eq!(unconfined.trim(), "ptrace attach: ok", "the control attach (no profile) failed");
+    let mut cmd = confined(&profile(), std::path::Path::new("python3"));
+    cmd.arg(fixture("ptrace_attach.py"));
+    assert_eq!(attach(&mut cmd).trim(), "ptrace attach: EPERM", "ptrace attach not refused under the profile");
 
     // Without `bpf` in the allow-list the agent cannot load: the filter is what the
     // previous test ran under, not a no-op.
