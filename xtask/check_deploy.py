@@ -212,6 +212,60 @@ def check_pod_security(ds, netpol):
                 fail(where, f"port {p.get('port')} is not a container port of the agent")
 
 
+COLLECTOR = "deploy/collector/config.yaml"
+
+
+def check_collector_auth(cfg):
+    """Every OTLP protocol of every receiver authenticates with a defined, enabled extension."""
+    enabled = set((cfg.get("service") or {}).get("extensions") or [])
+    for rname, receiver in (cfg.get("receivers") or {}).items():
+        for proto, settings in ((receiver or {}).get("protocols") or {}).items():
+            auth = ((settings or {}).get("auth") or {}).get("authenticator")
+            if not auth:
+                fail(COLLECTOR, f"receivers.{rname}.protocols.{proto}: no auth.authenticator (anyone could send)")
+            elif auth not in (cfg.get("extensions") or {}) or auth not in enabled:
+                fail(COLLECTOR, f"receivers.{rname}.protocols.{proto}: authenticator {auth} is not a defined, enabled extension")
+            elif auth.split("/")[0] == "bearertokenauth":
+                ext = cfg["extensions"][auth] or {}
+                if not (ext.get("filename") or ext.get("token")):
+                    fail(COLLECTOR, f"extensions.{auth}: needs filename (or token)")
+
+
+def check_collector_pipeline(cfg, name, pipeline):
+    """The traces pipeline strips command lines and masks personal values, SDK spans included,
+    before tail sampling; the redaction patterns are valid regular expressions (the Python
+    engine accepts the RE2 subset they use)."""
+    procs = pipeline.get("processors") or []
+    kinds = [p.split("/")[0] for p in procs]
+    for kind in ("resource", "redaction"):
+        if kind not in kinds:
+            fail(COLLECTOR, f"pipeline {name}: no {kind} processor")
+    if "tail_sampling" in kinds and any(k in kinds and kinds.index(k) > kinds.index("tail_sampling")
+                                         for k in ("resource", "redaction")):
+        fail(COLLECTOR, f"pipeline {name}: redaction must come before tail_sampling")
+    for p in procs:
+        conf = (cfg.get("processors") or {}).get(p) or {}
+        if p.split("/")[0] == "resource":
+            deleted = {a.get("key") for a in conf.get("attributes") or [] if a.get("action") == "delete"}
+            for key in ("process.command_line", "process.command_args"):
+                if key not in deleted:
+                    fail(COLLECTOR, f"processors.{p}: does not delete {key}")
+        if p.split("/")[0] == "redaction":
+            patterns = conf.get("blocked_values") or []
+            if not patterns:
+                fail(COLLECTOR, f"processors.{p}: no blocked_values")
+            for pat in patterns:
+                try:
+                    re.compile(pat)
+                except re.error as e:
+                    fail(COLLECTOR, f"processors.{p}: pattern {pat!r}: {e}")
+            samples = {"CPF": "123.456.789-09", "CNPJ": "12.345.678/0001-95", "card": "4111 1111 1111 1111",
+                       "email": "maria@example.com", "token": "Bearer abc.def-123"}
+            for what, value in samples.items():
+                if not any(re.search(pat, value) for pat in patterns):
+                    fail(COLLECTOR, f"processors.{p}: no pattern masks a {what} ({value})")
+
+
 def main():
     root, out = Path(sys.argv[1]), Path(sys.argv[2])
     docs = {}  # (kind, name) -> document
@@ -317,6 +371,8 @@ def main():
                 for c in p.get(section) or []:
                     if c not in (cfg.get(section) or {}):
                         fail("deploy/collector/config.yaml", f"pipeline {name}: {section[:-1]} {c} is not defined")
+            check_collector_pipeline(cfg, name, p)
+        check_collector_auth(cfg)
 
     if errors:
         print("\n".join(errors), file=sys.stderr)
