@@ -1,7 +1,7 @@
 //! "Run on a VM" (README): `deploy/systemd/install.sh` into a staging root (DESTDIR), the
 //! installed binary checking the installed configuration, `systemd-analyze verify` on the
-//! installed unit, and the unit's ExecStart run with the unit's own capability set and
-//! NoNewPrivileges (through `setpriv`), capturing real traffic. systemd is not PID 1 on
+//! installed unit, and the unit's ExecStart run with the unit's own capability set,
+//! NoNewPrivileges and an unprivileged uid (through `setpriv`), capturing real traffic. systemd is not PID 1 on
 //! the test machines, so `systemctl enable --now` itself is the one step not run here.
 
 use std::{fs, os::unix::fs::PermissionsExt, path::PathBuf, process::Command};
@@ -82,7 +82,7 @@ fn vm_install_then_the_units_command_runs_with_the_units_capabilities() {
     );
 
     // ExecStart with CapabilityBoundingSet / AmbientCapabilities / NoNewPrivileges as
-    // systemd would apply them (uid 0 with a reduced bounding set gets exactly that set).
+    // systemd would apply them (an unprivileged uid with exactly that set, ambient).
     let caps: Vec<&str> = unit_value(&unit, "CapabilityBoundingSet").split_whitespace().collect();
     assert_eq!(caps, unit_value(&unit, "AmbientCapabilities").split_whitespace().collect::<Vec<_>>());
     assert!(!caps.contains(&"CAP_SYS_ADMIN"), "the unit must not need CAP_SYS_ADMIN");
@@ -105,6 +105,10 @@ fn vm_install_then_the_units_command_runs_with_the_units_capabilities() {
     let exec = staged(unit_value(&unit, "ExecStart"));
     let mut cmd = Command::new("setpriv");
     cmd.args(["--no-new-privs", "--bounding-set", &set, "--inh-caps", &set, "--ambient-caps", &set]);
+    // DynamicUser: systemd runs it as an unprivileged uid of its own; `nobody` stands in
+    // for it, so the capabilities above are all the agent has (ambient, not uid 0's).
+    assert_eq!(unit_value(&unit, "DynamicUser"), "yes", "the unit runs as its own user");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
     cmd.args(exec.split_whitespace());
     without_otel_env(&mut cmd);
     let mut agent = Running::spawn(&mut cmd);

@@ -265,47 +265,96 @@ fn running_agent_serves_gaps_and_metrics_and_marks_spans() {
     );
 }
 
-/// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default). Panics
-/// unless Alertmanager answers with a list: an unreachable or failing Alertmanager must
-/// not read as "no alerts", which is what the resolve check waits for.
-fn am_alerts(port: u16) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{port}/api/v2/alerts?active=true");
-    let done = run(Command::new("curl").args(["-sS", "--fail", "-m", "3", &url]), TIMEOUT);
-    assert!(done.status.success(), "Alertmanager did not answer GET {url}: {}", done.stderr);
-    let alerts: Value = serde_json::from_str(&done.stdout)
-        .unwrap_or_else(|e| panic!("Alertmanager answered GET {url} with non-JSON ({e}): {}", done.stdout));
-    alerts.as_array().cloned().unwrap_or_else(|| panic!("Alertmanager answered GET {url} with {alerts}, not a list"))
+/// A real Alertmanager on a free port, plain HTTP or HTTPS (its `--web.config.file` TLS
+/// with a self-signed certificate, trusted by the agent through `--alertmanager-ca-file`).
+struct Alertmanager {
+    _process: Running,
+    url: String,
+    /// curl's trust for HTTPS.
+    curl_tls: Vec<String>,
+}
+
+impl Alertmanager {
+    fn start(dir: &TempDir, tls: bool) -> Alertmanager {
+        let am_config = dir.join("alertmanager.yml");
+        fs::write(&am_config, "route:\n  receiver: blackhole\n  group_wait: 0s\nreceivers:\n  - name: blackhole\n")
+            .unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("prometheus-alertmanager");
+        cmd.arg(format!("--config.file={}", am_config.display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=");
+        let mut curl_tls = Vec::new();
+        if tls {
+            let (cert, key) = (dir.join("am-cert.pem"), dir.join("am-key.pem"));
+            self_signed_cert(&cert, &key);
+            let web = dir.join("web.yml");
+            let yaml = format!("tls_server_config:\n  cert_file: {}\n  key_file: {}\n", cert.display(), key.display());
+            fs::write(&web, yaml).unwrap();
+            cmd.arg(format!("--web.config.file={}", web.display()));
+            curl_tls = vec!["--cacert".into(), cert.display().to_string()];
+        }
+        let url = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
+        let am = Alertmanager { _process: Running::spawn(&mut cmd), url, curl_tls };
+        assert!(
+            wait_until(TIMEOUT, || am
+                .curl(&["-sf", "-m", "1", &format!("{}/-/ready", am.url)])
+                .is_ok_and(|o| o.status.success())),
+            "alertmanager never became ready on {}",
+            am.url
+        );
+        am
+    }
+
+    fn curl(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new("curl").args(&self.curl_tls).args(args).output()
+    }
+
+    /// Alertmanager's current alerts (`GET /api/v2/alerts`, active ones by default).
+    /// Panics unless Alertmanager answers with a list: an unreachable or failing
+    /// Alertmanager must not read as "no alerts", which is what the resolve check waits for.
+    fn alerts(&self) -> Vec<Value> {
+        let url = format!("{}/api/v2/alerts?active=true", self.url);
+        let mut cmd = Command::new("curl");
+        cmd.args(&self.curl_tls).args(["-sS", "--fail", "-m", "3", &url]);
+        let done = run(&mut cmd, TIMEOUT);
+        assert!(done.status.success(), "Alertmanager did not answer GET {url}: {}", done.stderr);
+        let alerts: Value = serde_json::from_str(&done.stdout)
+            .unwrap_or_else(|e| panic!("Alertmanager answered GET {url} with non-JSON ({e}): {}", done.stdout));
+        alerts
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("Alertmanager answered GET {url} with {alerts}, not a list"))
+    }
 }
 
 #[test]
 fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
+    alert_fires_and_resolves(false);
+}
+
+/// The same over HTTPS: rustls, trusting the Alertmanager's certificate via
+/// `--alertmanager-ca-file` (without it the handshake fails and nothing arrives).
+#[test]
+fn gap_alert_reaches_alertmanager_over_https() {
+    alert_fires_and_resolves(true);
+}
+
+fn alert_fires_and_resolves(tls: bool) {
     require_root();
     let dir = TempDir::new("alertmanager");
-    let am_config = dir.join("alertmanager.yml");
-    fs::write(&am_config, "route:\n  receiver: blackhole\n  group_wait: 0s\nreceivers:\n  - name: blackhole\n")
-        .unwrap();
-    let am_port = free_port();
-    let _am = Running::spawn(
-        Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", am_config.display()))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
-            .arg("--cluster.listen-address="),
-    );
-    assert!(
-        wait_until(TIMEOUT, || Command::new("curl")
-            .args(["-sf", "-m", "1", &format!("http://127.0.0.1:{am_port}/-/ready")])
-            .output()
-            .is_ok_and(|o| o.status.success())),
-        "alertmanager never became ready"
-    );
+    let am = Alertmanager::start(&dir, tls);
 
     let inventory = PyServer::start("chain_service.py", &["0"]);
     let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port())]);
     let config = mesh_config(&dir, front.port(), inventory.port());
     let mut cmd = Command::new(hoptrace_bin());
     cmd.args(["run", "--listen", "off", "--output", "/dev/null", "--config"]).arg(&config);
-    cmd.args(["--alertmanager", &format!("http://127.0.0.1:{am_port}"), "--alert-window", "4", "--alert-resend", "1"]);
+    cmd.args(["--alertmanager", &am.url, "--alert-window", "4", "--alert-resend", "1"]);
+    if tls {
+        cmd.args(["--alertmanager-ca-file", &dir.join("am-cert.pem").display().to_string()]);
+    }
     cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string()]);
     let mut agent = Running::spawn(&mut cmd);
     agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
@@ -327,7 +376,7 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
     let mut seen = Vec::new();
     assert!(
         wait_until(Duration::from_secs(20), || {
-            seen = am_alerts(am_port);
+            seen = am.alerts();
             seen.iter().any(|a| is_ours(a) && a["status"]["state"] == "active")
         }),
         "the gap alert never became active in Alertmanager: {seen:?}\nagent stderr:\n{}",
@@ -339,9 +388,29 @@ fn gap_alert_reaches_a_real_alertmanager_and_resolves() {
 
     // No new gaps for a whole window: the agent resolves it and Alertmanager drops it.
     assert!(
-        wait_until(Duration::from_secs(30), || !am_alerts(am_port).iter().any(&is_ours)),
+        wait_until(Duration::from_secs(30), || !am.alerts().iter().any(&is_ours)),
         "the alert never resolved: {:?}",
-        am_alerts(am_port)
+        am.alerts()
     );
-    stop(agent);
+    let done = stop(agent);
+    assert!(!done.stderr.contains("alert push to alertmanager failed"), "{}", done.stderr);
+}
+
+/// A CA file that holds no certificate, or one given for a plain-HTTP URL, stops the agent
+/// at startup with a message naming the option (not as failed pushes later).
+#[test]
+fn a_bad_alertmanager_ca_file_is_refused_at_startup() {
+    let dir = TempDir::new("alertmanager-ca");
+    let junk = dir.join("junk.pem");
+    fs::write(&junk, "not a certificate\n").unwrap();
+    for (url, expect) in [("https://127.0.0.1:1", "no PEM certificate"), ("http://127.0.0.1:1", "is not https")] {
+        let done = run(
+            Command::new(hoptrace_bin())
+                .args(["run", "--listen", "off", "--output", "/dev/null", "--alertmanager", url])
+                .args(["--alertmanager-ca-file", junk.to_str().unwrap()]),
+            TIMEOUT,
+        );
+        assert!(!done.status.success(), "{url}: {}", done.stderr);
+        assert!(done.stderr.contains(expect) && done.stderr.contains("alertmanager"), "{url}: {}", done.stderr);
+    }
 }

@@ -8,6 +8,7 @@ mod support;
 
 mod capture;
 mod deploy_vm;
+mod endpoint_guard;
 mod fixtures;
 mod gaps;
 mod http_edges;
@@ -24,5 +25,6 @@ mod resilience_hostile;
 mod resilience_overload;
 mod resilience_restart;
 mod sampling;
+mod security_profiles;
 mod spans;
 mod tls;

@@ -33,6 +33,10 @@ pub const TEST_APT: &[&str] = &[
     // The VM install test runs `systemd-analyze verify`; TLS and fake-API fixtures need openssl.
     "systemd",
     "openssl",
+    // The security profiles: `apparmor_parser -Q` checks deploy/security/hoptrace.apparmor,
+    // and the seccomp e2e test installs deploy/security/hoptrace-seccomp.json with libseccomp.
+    "apparmor",
+    "libseccomp2",
     // `cargo xtask bench`: the load generator.
     "wrk",
     // The tests' Python venv (target/pyenv).

@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{BufWriter, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -96,7 +96,7 @@ impl<W: Write> Printer<W> {
                             "{conn_id}-{}.bin",
                             direction_name(if dir == 1 { Direction::Ingress } else { Direction::Egress })
                         ));
-                        e.insert(File::create(&path).with_context(|| format!("creating {}", path.display()))?)
+                        e.insert(create_dump_file(&path)?)
                     }
                 };
                 file.write_all(bytes)?;
@@ -206,10 +206,59 @@ impl<W: Write> Consumer for Printer<W> {
     }
 }
 
+/// The dump directory holds raw payloads (personal data, credentials): created 0700 when
+/// missing; an existing one must be a real directory (not a symlink) owned by us and
+/// writable by nobody else, or another local user could plant symlinks at the predictable
+/// file names or swap the files.
+fn prepare_dump_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating dump dir {}", dir.display()))?;
+    }
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("dump dir {}", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "--dump-dir {} is not a directory (a symlink is refused too)", dir.display());
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        meta.uid() == euid,
+        "--dump-dir {} belongs to uid {}, not to this process (uid {euid}): refused, it will hold raw payloads",
+        dir.display(),
+        meta.uid()
+    );
+    anyhow::ensure!(
+        meta.mode() & 0o022 == 0,
+        "--dump-dir {} is writable by group or others (mode {:o}): use a private directory, it will hold raw payloads",
+        dir.display(),
+        meta.mode() & 0o7777
+    );
+    Ok(())
+}
+
+/// One dump file, readable by its owner only (0600 whatever the umask, also when a
+/// previous run left the file with wider permissions); a symlink in its place is refused.
+fn create_dump_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to 0600", path.display()))?;
+    Ok(file)
+}
+
 pub fn run(args: CaptureArgs) -> Result<()> {
     install_signal_handlers();
     if let Some(dir) = &args.dump_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating dump dir {}", dir.display()))?;
+        prepare_dump_dir(dir)?;
     }
     let mut capture = Capture::load(&capture_options(&args.probe))?;
     let drops = capture.loaded.drops_reader()?;
@@ -239,4 +288,69 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     p.line(v)?;
     p.out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hoptrace-dump-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn dump_files_are_0600_even_over_a_wider_leftover() {
+        let dir = scratch("files");
+        prepare_dump_dir(&dir.join("nested")).unwrap();
+        assert_eq!(std::fs::metadata(dir.join("nested")).unwrap().mode() & 0o777, 0o700);
+        let fresh = dir.join("nested/1-ingress.bin");
+        create_dump_file(&fresh).unwrap().write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o600);
+        let leftover = dir.join("nested/2-egress.bin");
+        std::fs::write(&leftover, b"old").unwrap();
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o666)).unwrap();
+        create_dump_file(&leftover).unwrap();
+        let meta = std::fs::metadata(&leftover).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.len()), (0o600, 0), "restricted and truncated");
+        let link = dir.join("nested/3-egress.bin");
+        std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
+        let err = format!("{:#}", create_dump_file(&link).unwrap_err());
+        assert!(err.contains("3-egress.bin"), "{err}");
+        assert!(!dir.join("elsewhere").exists(), "nothing written through the symlink");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shared_or_foreign_dump_dirs_are_refused() {
+        let dir = scratch("shared");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = prepare_dump_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("writable by group or others (mode 1777)"), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_dump_dir(&dir).unwrap();
+        let link = scratch("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = prepare_dump_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        std::fs::remove_file(&link).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, b"").unwrap();
+        assert!(prepare_dump_dir(&file).unwrap_err().to_string().contains("not a directory"));
+        // Another owner (root can hand it over; as a user, a directory we do not own).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            let err = prepare_dump_dir(&dir).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        } else {
+            let err = prepare_dump_dir(Path::new("/")).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 0"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

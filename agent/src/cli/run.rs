@@ -7,11 +7,7 @@
 //! Settings come from the command line, the environment, and `--config FILE` (see
 //! [`crate::config`] for which wins).
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -32,7 +28,7 @@ use crate::{
         metrics::exporter::{metrics_exporter_config, MetricsExporter},
         ExporterConfig, JsonOutput, SpanExporter,
     },
-    gaps::{alerting::AlertConfig, GapTable},
+    gaps::alerting::AlertConfig,
     model::sample::Sample,
     model::span::SpanRecord,
     ops::components::Components,
@@ -71,6 +67,9 @@ pub struct RunArgs {
     /// Push propagation-gap alerts to this Alertmanager (e.g. http://alertmanager:9093).
     #[arg(long)]
     pub alertmanager: Option<String>,
+    /// PEM CA certificate(s) trusted for an https --alertmanager, besides the built-in roots.
+    #[arg(long)]
+    pub alertmanager_ca_file: Option<PathBuf>,
     /// Gaps on one hop within --alert-window that fire its alert.
     #[arg(long, default_value_t = 1)]
     pub alert_threshold: u64,
@@ -238,17 +237,21 @@ fn pipeline(args: &RunArgs, config: &Config, k8s: Option<Arc<Kubernetes>>) -> Re
     Ok(pipeline)
 }
 
-fn start_alerts(args: &RunArgs, gaps: Arc<Mutex<GapTable>>, services: &mut Components) -> Result<()> {
-    if let Some(url) = &args.alertmanager {
-        let cfg = AlertConfig {
-            url: url.clone(),
-            threshold: args.alert_threshold,
-            window: Duration::from_secs_f64(args.alert_window),
-            resend_every: Duration::from_secs_f64(args.alert_resend),
-        };
-        services.push(crate::gaps::alerting::spawn(cfg, gaps)?);
-    }
-    Ok(())
+/// The Alertmanager push, checked (URL, CA file) with the rest of the configuration.
+fn alerts_config(args: &RunArgs) -> Result<Option<(AlertConfig, crate::gaps::alerting::Push)>> {
+    let Some(url) = &args.alertmanager else {
+        anyhow::ensure!(args.alertmanager_ca_file.is_none(), "--alertmanager-ca-file needs --alertmanager");
+        return Ok(None);
+    };
+    let cfg = AlertConfig {
+        url: url.clone(),
+        ca_file: args.alertmanager_ca_file.clone(),
+        threshold: args.alert_threshold,
+        window: Duration::from_secs_f64(args.alert_window),
+        resend_every: Duration::from_secs_f64(args.alert_resend),
+    };
+    let push = crate::gaps::alerting::Push::new(&cfg)?;
+    Ok(Some((cfg, push)))
 }
 
 /// `hoptrace run`. Start order: configuration (all of it checked before anything
@@ -266,6 +269,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut probe = args.probe.clone();
     probe.apply_config(&config);
     let exporter_cfg = exporter_config(&args, &config)?;
+    let alerts = alerts_config(&args)?;
     let collector = exporter_cfg.endpoint.clone();
     let metrics_cfg = metrics_exporter_config(&exporter_cfg, |k| std::env::var(k).ok())
         .context("metrics exporter configuration")?
@@ -290,7 +294,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let listening = start_endpoint(&args.listen, endpoint.clone(), &mut services)?;
-    start_alerts(&args, pipeline.gaps.clone(), &mut services)?;
+    if let Some((cfg, push)) = alerts {
+        services.push(crate::gaps::alerting::spawn(cfg, push, pipeline.gaps.clone())?);
+    }
     let mut traces = Traces {
         inner: TraceConsumer::new(pipeline, exporter),
         endpoint: endpoint.clone(),

@@ -490,8 +490,11 @@ fn sampling_section_is_validated_and_applied() {
     let ok = from_str("sampling:\n  ratio: 0.25\n  slow_ms: 250\n  keep_errors: false\n").unwrap();
     let s = ok.trace_config().sampling;
     assert_eq!((s.ratio, s.slow_ms, s.keep_errors, s.keep_risk_signals), (0.25, Some(250), false, true));
-    let bad = check("sampling:\n  ratio: 1.5\n  keep_errors: maybe\n");
-    assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![2, 3], "{bad:?}");
+    assert!(!s.trust_external_sampled_flag, "an outside sampled=0 is not trusted by default");
+    let trusting = from_str("sampling:\n  trust_external_sampled_flag: true\n").unwrap();
+    assert!(trusting.trace_config().sampling.trust_external_sampled_flag);
+    let bad = check("sampling:\n  ratio: 1.5\n  keep_errors: maybe\n  trust_external_sampled_flag: 1\n");
+    assert_eq!(bad.iter().map(|d| d.line).collect::<Vec<_>>(), vec![2, 3, 4], "{bad:?}");
 }
 
 #[test]

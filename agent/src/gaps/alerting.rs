@@ -9,13 +9,16 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use serde_json::{json, Value};
 
 use crate::{
@@ -26,8 +29,10 @@ use crate::{
 
 #[derive(Clone, Debug)]
 pub struct AlertConfig {
-    /// Alertmanager base URL, e.g. `http://alertmanager:9093`.
+    /// Alertmanager base URL, e.g. `http://alertmanager:9093` or `https://…`.
     pub url: String,
+    /// Extra PEM CA certificates trusted for an `https` URL (besides the built-in roots).
+    pub ca_file: Option<PathBuf>,
     /// Gaps within `window` that make a hop fire.
     pub threshold: u64,
     pub window: Duration,
@@ -133,46 +138,109 @@ impl Alerter {
     }
 }
 
-/// POSTs `body` to `<url>/api/v2/alerts` within `timeout`.
-async fn post(url: &str, body: String, timeout: Duration) -> Result<()> {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let uri: hyper::Uri = format!("{}/api/v2/alerts", url.trim_end_matches('/')).parse().context("alertmanager URL")?;
-    let req =
-        hyper::Request::post(uri).header("content-type", "application/json").body(Full::new(Bytes::from(body)))?;
-    let resp = tokio::time::timeout(timeout, client.request(req))
-        .await
-        .map_err(|_| anyhow!("alertmanager did not answer within {timeout:?}"))??;
-    if !resp.status().is_success() {
-        return Err(anyhow!("alertmanager answered {}", resp.status()));
-    }
-    Ok(())
+/// Changes not yet accepted by Alertmanager: only the latest state per hop. A failed push
+/// is retried with whatever happened since merged in, so a resolve is never lost behind an
+/// older fire of the same hop (nor the reverse). Bounded: the keys are the `Alerter`'s
+/// tracked hops, at most `MAX_TRACKED`.
+#[derive(Default)]
+pub struct Pending {
+    latest: HashMap<GapKey, AlertChange>,
 }
 
-/// Evaluates the shared gap table every second and pushes changes, on its own thread.
-pub fn spawn(cfg: AlertConfig, gaps: Arc<Mutex<GapTable>>) -> Result<Component> {
+impl Pending {
+    /// Merges `changes` (newer than everything held) in.
+    pub fn merge(&mut self, changes: Vec<AlertChange>) {
+        for change in changes {
+            let key = match &change {
+                AlertChange::Firing { key, .. } | AlertChange::Resolved { key, .. } => key.clone(),
+            };
+            self.latest.insert(key, change);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.latest.is_empty()
+    }
+
+    /// What to send now, one change per hop.
+    pub fn changes(&self) -> Vec<AlertChange> {
+        self.latest.values().cloned().collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.latest.clear();
+    }
+}
+
+/// The Alertmanager client: plain HTTP or HTTPS (rustls) by the URL's scheme.
+pub struct Push {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: hyper::Uri,
+}
+
+impl Push {
+    /// Checks the URL and the CA file now, so a typo stops the agent at startup.
+    pub fn new(cfg: &AlertConfig) -> Result<Self> {
+        let uri: hyper::Uri = format!("{}/api/v2/alerts", cfg.url.trim_end_matches('/'))
+            .parse()
+            .with_context(|| format!("--alertmanager {:?} is not a URL", cfg.url))?;
+        match uri.scheme_str() {
+            Some("http" | "https") if uri.host().is_some() => {}
+            _ => bail!("--alertmanager {:?} must be an http:// or https:// URL with a host", cfg.url),
+        }
+        if cfg.ca_file.is_some() && uri.scheme_str() != Some("https") {
+            bail!("--alertmanager-ca-file is given but --alertmanager {:?} is not https", cfg.url);
+        }
+        let tls = crate::util::tls::client_config(cfg.ca_file.as_deref()).context("--alertmanager-ca-file")?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(PUSH_TIMEOUT));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        Ok(Self { client, uri })
+    }
+
+    /// POSTs `body` to `<url>/api/v2/alerts` within `PUSH_TIMEOUT`.
+    async fn post(&self, body: String) -> Result<()> {
+        let req = hyper::Request::post(self.uri.clone())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let resp = tokio::time::timeout(PUSH_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| anyhow!("alertmanager did not answer within {PUSH_TIMEOUT:?}"))??;
+        if !resp.status().is_success() {
+            return Err(anyhow!("alertmanager answered {}", resp.status()));
+        }
+        Ok(())
+    }
+}
+
+const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Evaluates the shared gap table every second and pushes changes through `push` (made by
+/// `Push::new(&cfg)` while the configuration is checked), on its own thread.
+pub fn spawn(cfg: AlertConfig, push: Push, gaps: Arc<Mutex<GapTable>>) -> Result<Component> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let component = Component::spawn("alerts", move |stop| {
-        let url = cfg.url.clone();
         let mut alerter = Alerter::new(cfg);
-        let mut pending: Vec<AlertChange> = Vec::new();
+        let mut pending = Pending::default();
         while !stop.wait(Duration::from_secs(1)) {
             let rows = match gaps.lock() {
                 Ok(t) => t.rows(),
                 Err(_) => return,
             };
-            pending.extend(alerter.evaluate(&rows, Instant::now(), SystemTime::now()));
+            pending.merge(alerter.evaluate(&rows, Instant::now(), SystemTime::now()));
             if pending.is_empty() {
                 continue;
             }
-            let body = alerter.payload(&pending).to_string();
-            match runtime.block_on(post(&url, body, Duration::from_secs(3))) {
+            let body = alerter.payload(&pending.changes()).to_string();
+            match runtime.block_on(push.post(body)) {
                 Ok(()) => pending.clear(),
-                Err(e) => {
-                    // Keep the latest state per hop for the next try; bounded.
-                    pending.truncate(MAX_TRACKED);
-                    log("warn", "alert push to alertmanager failed", json!({ "error": format!("{e:#}") }));
-                }
+                Err(e) => log("warn", "alert push to alertmanager failed", json!({ "error": format!("{e:#}") })),
             }
         }
     })?;
@@ -184,34 +252,102 @@ mod tests {
     use super::*;
     use crate::gaps::GapKind;
 
+    fn cfg() -> AlertConfig {
+        AlertConfig {
+            url: "http://x".into(),
+            ca_file: None,
+            threshold: 2,
+            window: Duration::from_secs(60),
+            resend_every: Duration::from_secs(10),
+        }
+    }
+
+    fn key(peer: &str) -> GapKey {
+        GapKey {
+            kind: GapKind::DroppedOutboundContext,
+            service: "checkout".into(),
+            zone: "Z1".into(),
+            peer_service: peer.into(),
+            route: "/items/{id}".into(),
+        }
+    }
+
     fn row(count: u64) -> Vec<(GapKey, GapEntry)> {
-        vec![(
-            GapKey {
-                kind: GapKind::DroppedOutboundContext,
-                service: "checkout".into(),
-                zone: "Z1".into(),
-                peer_service: "inventory".into(),
-                route: "/items/{id}".into(),
-            },
-            GapEntry {
-                count,
-                first_seen_unix_ns: 1,
-                last_seen_unix_ns: 1,
-                example_trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-                detail: String::new(),
-            },
-        )]
+        rows(&["inventory"], count)
+    }
+
+    fn rows(peers: &[&str], count: u64) -> Vec<(GapKey, GapEntry)> {
+        peers.iter().map(|p| (key(p), entry(count))).collect()
+    }
+
+    fn entry(count: u64) -> GapEntry {
+        GapEntry {
+            count,
+            first_seen_unix_ns: 1,
+            last_seen_unix_ns: 1,
+            example_trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            detail: String::new(),
+        }
+    }
+
+    fn states(p: &Pending) -> Vec<(String, &'static str)> {
+        let mut v: Vec<_> = p
+            .changes()
+            .into_iter()
+            .map(|c| match c {
+                AlertChange::Firing { key, .. } => (key.peer_service, "firing"),
+                AlertChange::Resolved { key, .. } => (key.peer_service, "resolved"),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Alertmanager down while a hop fires and then resolves: the retry carries the
+    /// resolve, not the stale fire (the old queue kept both and could cut the newest).
+    #[test]
+    fn a_failed_push_keeps_the_latest_state_per_hop() {
+        let mut a = Alerter::new(cfg());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let w = SystemTime::now();
+        let mut pending = Pending::default();
+        pending.merge(a.evaluate(&rows(&["inventory", "billing"], 2), at(1), w));
+        assert_eq!(states(&pending), [("billing".into(), "firing"), ("inventory".into(), "firing")]);
+        // Push failed; billing keeps growing (re-sent), inventory goes quiet for a window.
+        let mut r = rows(&["inventory"], 2);
+        r.extend(rows(&["billing"], 9));
+        pending.merge(a.evaluate(&r, at(80), w));
+        assert_eq!(states(&pending), [("billing".into(), "firing"), ("inventory".into(), "resolved")]);
+        let body = a.payload(&pending.changes());
+        assert_eq!(body.as_array().unwrap().len(), 2, "one alert per hop: {body}");
+        // And a hop that fires again after a pending resolve is sent as firing.
+        let mut r = rows(&["inventory"], 5);
+        r.extend(rows(&["billing"], 9));
+        pending.merge(a.evaluate(&r, at(81), w));
+        assert_eq!(states(&pending), [("billing".into(), "firing"), ("inventory".into(), "firing")]);
+        pending.clear();
+        assert!(pending.is_empty());
+    }
+
+    /// However long Alertmanager stays down, the retry holds one change per tracked hop.
+    #[test]
+    fn pending_changes_stay_bounded_by_the_tracked_hops() {
+        let mut a = Alerter::new(cfg());
+        let names: Vec<String> = (0..MAX_TRACKED + 50).map(|i| format!("peer-{i}")).collect();
+        let peers: Vec<&str> = names.iter().map(String::as_str).collect();
+        let t0 = Instant::now();
+        let mut pending = Pending::default();
+        for round in 0..30u64 {
+            let now = t0 + Duration::from_secs(round * 11);
+            pending.merge(a.evaluate(&rows(&peers, 2 + round), now, SystemTime::now()));
+        }
+        assert_eq!(pending.changes().len(), MAX_TRACKED);
     }
 
     #[test]
     fn fires_at_threshold_dedups_resends_and_resolves_once() {
-        let cfg = AlertConfig {
-            url: "http://x".into(),
-            threshold: 2,
-            window: Duration::from_secs(60),
-            resend_every: Duration::from_secs(10),
-        };
-        let mut a = Alerter::new(cfg);
+        let mut a = Alerter::new(cfg());
         let t0 = Instant::now();
         let w = SystemTime::now();
         let at = |s: u64| t0 + Duration::from_secs(s);

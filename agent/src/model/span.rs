@@ -209,6 +209,10 @@ pub enum TraceOrigin {
     Remote,
     /// Started by the agent: sampled by trace-id ratio, then tail rules.
     Agent,
+    /// From the wire, sent by a peer outside `gaps.internal_networks`: a sampled flag is
+    /// honoured, but "not sampled" does not override the error and risk-signal keep rules
+    /// (an outside client must not be able to hide its requests).
+    External,
 }
 
 #[derive(Clone, Debug, PartialEq)]

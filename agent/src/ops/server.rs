@@ -3,9 +3,13 @@
 //!
 //! It runs on its own thread and current-thread runtime and only reads shared state
 //! (the gap table, and a metrics snapshot the capture loop refreshes every second), so a
-//! slow scraper can never stall capture.
+//! slow scraper can never stall capture. It protects itself too: at most
+//! `MAX_CONNECTIONS` connections (the oldest is closed for a new one), a request head
+//! must arrive within `HEADER_READ_TIMEOUT` (idle and slowloris connections are cut),
+//! and failed accepts back off instead of spinning; all counted on /metrics.
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
@@ -13,16 +17,23 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::sync::Notify;
 
-use crate::{gaps::GapTable, model::sample::Sample, util::component::Component};
+use crate::{
+    gaps::GapTable,
+    model::sample::Sample,
+    util::component::Component,
+    util::logging::{log, RateLimiter},
+};
 
 /// What the endpoint serves.
 #[derive(Default)]
@@ -172,19 +183,88 @@ pub fn spawn(addr: SocketAddr, state: Arc<EndpointState>) -> Result<(SocketAddr,
     Ok((local, component))
 }
 
+/// Connections served at once. At the cap the oldest connection is closed to admit the
+/// new one, so a pile of idle or slow connections cannot lock Prometheus out (only a
+/// client that keeps reconnecting could, which is what the NetworkPolicy is for).
+const MAX_CONNECTIONS: usize = 64;
+/// A connection must send a complete request head within this long after it opens or
+/// after its previous response; idle and slowloris connections are cut.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Back-off after a failed accept (EMFILE, ENOBUFS…), doubling up to the maximum, so an
+/// exhausted process does not spin on the listener.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// The open connections, oldest first, each with the signal that closes it.
+type Live = Arc<Mutex<BTreeMap<u64, Arc<Notify>>>>;
+
 async fn serve(listener: tokio::net::TcpListener, state: Arc<EndpointState>) {
+    let live: Live = Arc::default();
+    let mut next_id = 0u64;
+    let mut backoff = Duration::ZERO;
+    let mut logs = RateLimiter::new(Duration::from_secs(60));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(e) => {
+                state.metrics.http.accept_errors.fetch_add(1, Ordering::Relaxed);
+                backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
+                if let Some(suppressed) = logs.allow("accept") {
+                    log(
+                        "warn",
+                        "http endpoint: accept failed, backing off",
+                        json!({
+                        "error": e.to_string(), "backoff_ms": backoff.as_millis() as u64, "suppressed": suppressed }),
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
         };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = handle(&req, &state);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
+        let cut = Arc::new(Notify::new());
+        if let Ok(mut open) = live.lock() {
+            if open.len() >= MAX_CONNECTIONS {
+                if let Some((_, oldest)) = open.pop_first() {
+                    // A stored permit: works even before that task first waits.
+                    oldest.notify_one();
+                    state.metrics.http.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            open.insert(next_id, cut.clone());
+            state.metrics.http.open.store(open.len() as u64, Ordering::Relaxed);
+        }
+        tokio::spawn(connection(stream, state.clone(), cut, (live.clone(), next_id)));
+        next_id += 1;
+    }
+}
+
+/// Serves one connection until it ends, times out reading a request head, or is evicted.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    state: Arc<EndpointState>,
+    cut: Arc<Notify>,
+    (live, id): (Live, u64),
+) {
+    let svc_state = state.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let resp = handle(&req, &svc_state);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    tokio::select! {
+        done = http.serve_connection(TokioIo::new(stream), svc) => {
+            if done.is_err_and(|e| e.is_timeout()) {
+                state.metrics.http.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ = cut.notified() => {}
+    }
+    if let Ok(mut open) = live.lock() {
+        open.remove(&id);
+        state.metrics.http.open.store(open.len() as u64, Ordering::Relaxed);
     }
 }
 

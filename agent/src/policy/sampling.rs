@@ -10,7 +10,11 @@
 //! Local tail rules then rescue agent-started spans the ratio dropped when they matter: an
 //! error, a request slower than its threshold, a risk signal. (A context whose upstream
 //! said "not sampled" is not rescued: half a trace the caller chose not to keep helps no
-//! one.) RED metrics and gap detection run before this, on every request.
+//! one.) At the edge it is different: a "not sampled" flag from a peer outside
+//! `gaps.internal_networks` (`TraceOrigin::External`) does not override the error and
+//! risk-signal rules, or any client could hide its own requests by sending `-00`
+//! (`sampling.trust_external_sampled_flag: true` restores plain parent-based sampling).
+//! RED metrics and gap detection run before this, on every request.
 
 use std::collections::HashMap;
 
@@ -36,13 +40,24 @@ pub struct SamplingConfig {
     pub slow_ms: Option<u64>,
     pub keep_errors: bool,
     pub keep_risk_signals: bool,
+    /// Let a "not sampled" flag from a peer outside `gaps.internal_networks` drop spans
+    /// that the error and risk-signal rules would keep (off: an outside client cannot
+    /// hide its own errors or risky requests).
+    pub trust_external_sampled_flag: bool,
     /// First match wins.
     pub rules: Vec<SamplingRule>,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { ratio: 1.0, slow_ms: Some(1000), keep_errors: true, keep_risk_signals: true, rules: Vec::new() }
+        Self {
+            ratio: 1.0,
+            slow_ms: Some(1000),
+            keep_errors: true,
+            keep_risk_signals: true,
+            trust_external_sampled_flag: false,
+            rules: Vec::new(),
+        }
     }
 }
 
@@ -110,6 +125,10 @@ fn str_attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
     })
 }
 
+fn is_risk_signal(e: &crate::model::span::SpanEvent) -> bool {
+    e.name == "risk_signal"
+}
+
 pub struct Sampler {
     cfg: SamplingConfig,
     pub counts: HashMap<Decision, u64>,
@@ -134,8 +153,16 @@ impl Sampler {
     }
 
     fn decision(&self, span: &SpanRecord, service: &str) -> Decision {
-        if span.origin == TraceOrigin::Remote {
-            return if span.flags & 1 == 1 { Decision::KeptParentSampled } else { Decision::DroppedParentNotSampled };
+        let sampled = span.flags & 1 == 1;
+        match span.origin {
+            TraceOrigin::Remote if sampled => return Decision::KeptParentSampled,
+            TraceOrigin::Remote => return Decision::DroppedParentNotSampled,
+            TraceOrigin::External if sampled => return Decision::KeptParentSampled,
+            TraceOrigin::External if self.cfg.trust_external_sampled_flag => return Decision::DroppedParentNotSampled,
+            TraceOrigin::External => {
+                return self.keep_signal(span).unwrap_or(Decision::DroppedParentNotSampled);
+            }
+            TraceOrigin::Agent => {}
         }
         let route = str_attr(span, "http.route").unwrap_or("");
         let rule = self.rule(service, route);
@@ -152,10 +179,21 @@ impl Sampler {
                 return Decision::KeptSlow;
             }
         }
-        if self.cfg.keep_risk_signals && span.events.iter().any(|e| e.name == "risk_signal") {
+        if self.cfg.keep_risk_signals && span.events.iter().any(is_risk_signal) {
             return Decision::KeptRiskSignal;
         }
         Decision::DroppedRatio
+    }
+
+    /// The keep rules an outside "not sampled" flag cannot override: errors, risk signals.
+    fn keep_signal(&self, span: &SpanRecord) -> Option<Decision> {
+        if self.cfg.keep_errors && span.status.code == StatusCode::Error {
+            return Some(Decision::KeptError);
+        }
+        if self.cfg.keep_risk_signals && span.events.iter().any(is_risk_signal) {
+            return Some(Decision::KeptRiskSignal);
+        }
+        None
     }
 }
 
@@ -226,6 +264,30 @@ mod tests {
         let mut remote_err = span(id, TraceOrigin::Remote, 0);
         remote_err.status.code = StatusCode::Error;
         assert_eq!(s.decide(&remote_err, "svc"), Decision::DroppedParentNotSampled);
+    }
+
+    /// An outside client sending `sampled=0` cannot hide its errors or risk signals; its
+    /// plain requests still honour the flag, and the switch restores full trust.
+    #[test]
+    fn external_not_sampled_does_not_override_error_and_risk_rules() {
+        let id = [9; 16];
+        let mut err = span(id, TraceOrigin::External, 0);
+        err.status.code = StatusCode::Error;
+        let mut risky = span(id, TraceOrigin::External, 0);
+        risky.events.push(SpanEvent { name: "risk_signal".into(), time_unix_ns: 0, attributes: vec![] });
+        let mut slow = span(id, TraceOrigin::External, 0);
+        slow.end_unix_ns = 5_000_000_000;
+        let mut s = Sampler::new(SamplingConfig::default());
+        assert_eq!(s.decide(&err, "svc"), Decision::KeptError);
+        assert_eq!(s.decide(&risky, "svc"), Decision::KeptRiskSignal);
+        assert_eq!(s.decide(&slow, "svc"), Decision::DroppedParentNotSampled, "only errors and risk signals");
+        assert_eq!(s.decide(&span(id, TraceOrigin::External, 0), "svc"), Decision::DroppedParentNotSampled);
+        assert_eq!(s.decide(&span(id, TraceOrigin::External, 1), "svc"), Decision::KeptParentSampled);
+        let mut off = Sampler::new(SamplingConfig { keep_errors: false, ..Default::default() });
+        assert_eq!(off.decide(&err, "svc"), Decision::DroppedParentNotSampled, "keep_errors: false still applies");
+        let mut trusting = Sampler::new(SamplingConfig { trust_external_sampled_flag: true, ..Default::default() });
+        assert_eq!(trusting.decide(&err, "svc"), Decision::DroppedParentNotSampled);
+        assert_eq!(trusting.decide(&risky, "svc"), Decision::DroppedParentNotSampled);
     }
 
     #[test]

@@ -115,9 +115,15 @@ impl TracePipeline {
     /// The caller of a hop as a service name (a process on this node) or an address, and
     /// whether it is on this node or in an internal network.
     fn caller(&mut self, hop: &Hop) -> (String, bool) {
+        let internal = self.is_internal(hop);
         let seen = self.client_peers.get(&(hop.remote, hop.local)).cloned();
-        let internal = seen.is_some() || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&hop.remote.ip()));
         (self.peer_name(seen, hop.remote), internal)
+    }
+
+    /// The caller is a process on this node or in an internal network.
+    pub(super) fn is_internal(&self, hop: &Hop) -> bool {
+        self.client_peers.contains_key(&(hop.remote, hop.local))
+            || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&hop.remote.ip()))
     }
 
     /// The inbound side of a hop: invalid context, or none from an internal caller.

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     capture::{conntrack::Connection, stream::Segment},
     gaps::GapTable,
-    model::span::{hex, Resource, SpanId},
+    model::span::{hex, Resource, SpanId, TraceOrigin},
     policy::{
         redact::{Detector, Redactor},
         sampling::Sampler,
@@ -213,12 +213,16 @@ impl TracePipeline {
 
         let view = ConnView::of(conn);
         let span_id = self.ids.span_id();
-        let ctx = match &inbound.parent {
+        let mut ctx = match &inbound.parent {
             Some(tp) => Ctx::remote(tp, inbound.trace_state.clone()),
             None => self.new_trace(),
         };
         // Propagation gaps: judged for every service, instrumented or not.
         let hop = self.hop(&view, x.request.target(), (ctx.trace_id, span_id));
+        if ctx.origin == TraceOrigin::Remote && !self.is_internal(&hop) {
+            // From outside: "not sampled" must not hide errors and risk signals.
+            ctx.origin = TraceOrigin::External;
+        }
         let inbound_gap = self.judge_inbound(&hop, &inbound);
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();

@@ -49,6 +49,16 @@ pub(super) const SETTINGS: &[Setting] = &[
             }
         },
     },
+    Setting {
+        section: "sampling",
+        key: "trust_external_sampled_flag",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = boolean(c, n, "sampling.trust_external_sampled_flag") {
+                c.cfg.traces.sampling.trust_external_sampled_flag = v;
+            }
+        },
+    },
     Setting { section: "sampling", key: "rules", env: Env::No, apply: sampling_rules },
 ];
 

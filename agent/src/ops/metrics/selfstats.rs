@@ -7,7 +7,10 @@
 
 use std::{
     fmt::Write as _,
-    sync::{Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, OnceLock,
+    },
 };
 
 use super::render;
@@ -38,11 +41,48 @@ impl OwnedSample {
 pub struct EndpointMetrics {
     pub red: OnceLock<RedRecorder>,
     pub extra: Mutex<Vec<OwnedSample>>,
+    /// The endpoint's own connection handling (`ops::server`).
+    pub http: HttpStats,
+}
+
+/// What the HTTP endpoint did to protect itself: connections cut and accept failures.
+#[derive(Default)]
+pub struct HttpStats {
+    pub open: AtomicU64,
+    /// Closed at the connection cap, oldest first, to admit a new one.
+    pub evicted: AtomicU64,
+    /// Closed for not sending a complete request head in time (idle or slowloris).
+    pub header_timeouts: AtomicU64,
+    pub accept_errors: AtomicU64,
+}
+
+impl HttpStats {
+    fn samples(&self) -> Vec<OwnedSample> {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        const CUT: &str = "Endpoint connections closed by the agent, by reason.";
+        vec![
+            OwnedSample::new(
+                "hoptrace_http_connections",
+                "Open connections to the agent's HTTP endpoint.",
+                get(&self.open),
+            ),
+            OwnedSample::new("hoptrace_http_connections_closed_total", CUT, get(&self.evicted))
+                .label("reason", "evicted_at_cap"),
+            OwnedSample::new("hoptrace_http_connections_closed_total", CUT, get(&self.header_timeouts))
+                .label("reason", "header_timeout"),
+            OwnedSample::new(
+                "hoptrace_http_accept_errors_total",
+                "Failed accepts on the HTTP endpoint (backed off).",
+                get(&self.accept_errors),
+            ),
+        ]
+    }
 }
 
 impl EndpointMetrics {
     pub fn render(&self, om: bool, out: &mut String) {
-        let extra = self.extra.lock().map(|e| e.clone()).unwrap_or_default();
+        let mut extra = self.extra.lock().map(|e| e.clone()).unwrap_or_default();
+        extra.extend(self.http.samples());
         render_samples(&extra, om, out);
         if let Some(red) = self.red.get() {
             render::render(&red.snapshot(), om, out);
