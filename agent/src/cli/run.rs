@@ -137,6 +137,9 @@ impl Traces {
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
         }
+        for (field, n) in self.inner.pipeline.capped_values() {
+            out.push(s("hoptrace_values_capped_total", vec![("field", field)], n));
+        }
         for d in crate::policy::sampling::Decision::ALL {
             let n = t.sampling.get(&d).copied().unwrap_or(0);
             out.push(s("hoptrace_spans_sampled_total", vec![("decision", d.label())], n));

@@ -11,7 +11,10 @@ use super::{
 use crate::{
     gaps::GapKind,
     model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanRecord, TraceOrigin},
-    policy::{redact::Detector, sampling::Decision},
+    policy::{
+        redact::{Detector, Field},
+        sampling::Decision,
+    },
 };
 
 /// A string attribute of a Resource (`service.name`, `zone`), empty when absent.
@@ -109,8 +112,8 @@ impl TracePipeline {
                 continue;
             }
             if let AnyValue::Str(v) = &attr.value {
-                let r = self.redactor.redact_value(v);
-                if !r.hits.is_empty() {
+                let r = self.redactor.redact_field(Field::HeaderValue, v);
+                if r.changed() {
                     attr.value = AnyValue::Str(r.text);
                     hits.extend(r.hits);
                 }

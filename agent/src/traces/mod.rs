@@ -118,6 +118,14 @@ pub struct TracePipeline {
     pub red: red::RedRecorder,
 }
 
+impl TracePipeline {
+    /// Values from traffic replaced whole because they were past their field's length
+    /// cap, by field (`hoptrace_values_capped_total{field}`).
+    pub fn capped_values(&self) -> Vec<(&'static str, u64)> {
+        self.redactor.capped.snapshot()
+    }
+}
+
 /// Per-connection protocol state.
 struct ConnL7 {
     proto: Option<Box<dyn Protocol>>,
