@@ -102,7 +102,8 @@ impl TracePipeline {
     }
 
     /// Privacy, last step before anything is queued: every attribute value that came from
-    /// traffic (mapped headers, baggage) passes the PII detectors. A hit is replaced by its
+    /// traffic (mapped headers, baggage) passes the PII detectors, and so do the side doors
+    /// (`tracestate`, host, user agent, method: see `sidedoors`). A hit is replaced by its
     /// placeholder and the span gets a `dlp_redacted` event naming the detector and count,
     /// never the value.
     fn redact(&mut self, span: &mut SpanRecord) {
@@ -119,6 +120,7 @@ impl TracePipeline {
                 }
             }
         }
+        super::sidedoors::scrub(&self.redactor, &self.cfg.extra_http_methods, span, &mut hits);
         for (det, n) in hits {
             *self.stats.redactions.entry(det.name()).or_default() += n as u64;
             span.events.push(SpanEvent {

@@ -78,18 +78,21 @@ impl TracePipeline {
     }
 
     /// The service at the other end of a hop: a process on this node when it was seen,
-    /// else the address (bounded by the gap table's size).
-    fn peer_name(&mut self, seen: Option<(u32, String)>, addr: SocketAddr) -> String {
+    /// else the address — for a caller its IP only: its port is ephemeral, and with it
+    /// every call from another node would be a new `/gaps` row (the callee's port is the
+    /// service's, and stays).
+    fn peer_name(&mut self, seen: Option<(u32, String)>, addr: SocketAddr, with_port: bool) -> String {
         match seen {
             Some((pid, comm)) => self.service_zone(pid, &comm).0,
-            None => addr.to_string(),
+            None if with_port => addr.to_string(),
+            None => super::http::ip_string(addr.ip()),
         }
     }
 
     /// Who answered a call made on the connection `view`.
     pub(super) fn callee_name(&mut self, view: &ConnView) -> String {
         let seen = self.server_peers.get(&(view.remote, view.local)).cloned();
-        self.peer_name(seen, view.remote)
+        self.peer_name(seen, view.remote, true)
     }
 
     /// The served side of the hop of an inbound request on `view`.
@@ -98,7 +101,7 @@ impl TracePipeline {
         let route = self.route(&service, target);
         let seen = self.client_peers.get(&(view.remote, view.local)).cloned();
         let internal = seen.is_some() || self.cfg.gaps.internal_networks.iter().any(|n| n.contains(&view.remote.ip()));
-        let caller = self.peer_name(seen, view.remote);
+        let caller = self.peer_name(seen, view.remote, false);
         Hop { service, zone, route, caller, internal, trace_hex, span_hex }
     }
 

@@ -37,10 +37,11 @@ pub mod messaging;
 mod pipeline;
 pub mod red;
 mod routes;
+mod sidedoors;
 pub mod stats;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Instant,
@@ -99,8 +100,9 @@ pub struct TracePipeline {
     log_limit: RateLimiter,
     sampler: Sampler,
     redactor: Redactor,
-    /// Distinct routes seen per service (bounded by `max_routes_per_service`).
-    routes: HashMap<String, HashSet<String>>,
+    /// Distinct routes in use per service (bounded by `max_routes_per_service`; idle
+    /// ones give way, see `routes`).
+    routes: HashMap<String, routes::RouteSet>,
     /// Request path (query and fragment cut off) → its template. Templating runs every
     /// PII detector over every segment; services repeat their paths, so the answer is
     /// remembered. Bounded: emptied when full. Raw paths stay in this process's memory

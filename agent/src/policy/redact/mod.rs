@@ -86,6 +86,14 @@ impl Detector {
         }
     }
 
+    /// Personal data or a secret, as opposed to an identifier of no particular kind
+    /// (numbers, UUIDs, hex and base64 tokens). Values that legitimately carry ids — a
+    /// `tracestate` member's span id, a host name's digits, a user agent's version — are
+    /// scanned for these only (see [`Redactor::redact_personal`]).
+    pub fn is_personal(&self) -> bool {
+        !matches!(self, Detector::Number | Detector::Uuid | Detector::HexToken | Detector::Base64Token)
+    }
+
     /// The placeholder for a URL path segment: identifiers of no particular kind are
     /// `id`, anything with a meaning of its own keeps its name.
     pub fn path_placeholder(&self) -> &'static str {
@@ -212,6 +220,18 @@ impl Redactor {
         self.redact_value_uncapped(s)
     }
 
+    /// A value of `field` that legitimately carries identifiers: capped as in
+    /// [`Self::redact_field`], then only the personal detectors (and configured patterns)
+    /// run, so `rojo=00f067aa0ba902b7` or `api-2.example.com` pass and `acme=maria@x.com`
+    /// does not.
+    pub fn redact_personal(&self, field: Field, s: &str) -> Redacted {
+        if s.len() > field.cap() {
+            self.capped.count(field);
+            return Redacted { text: CAPPED.to_string(), hits: Vec::new(), capped: true };
+        }
+        self.run(s, Detector::is_personal)
+    }
+
     /// A value of no particular field ([`Field::Value`]'s cap).
     pub fn redact_value(&self, s: &str) -> Redacted {
         self.redact_field(Field::Value, s)
@@ -220,6 +240,11 @@ impl Redactor {
     /// Every enabled detector over the whole of `s`, whatever its length (benchmarks and
     /// tests of the detectors themselves; traffic goes through [`Self::redact_field`]).
     pub fn redact_value_uncapped(&self, s: &str) -> Redacted {
+        self.run(s, |_| true)
+    }
+
+    /// The configured patterns, then the enabled detectors that `wanted` accepts.
+    fn run(&self, s: &str, wanted: fn(&Detector) -> bool) -> Redacted {
         let mut text = s.to_string();
         let mut hits: Vec<(Detector, usize)> = Vec::new();
         // Configured patterns first: they say what the operator knows is sensitive.
@@ -231,7 +256,7 @@ impl Redactor {
             }
         }
         for (det, find) in PIPELINE {
-            if !self.is_enabled(det) {
+            if !self.is_enabled(det) || !wanted(&det) {
                 continue;
             }
             let ranges = find(&text);
