@@ -10,6 +10,8 @@ mod capture;
 mod deploy_vm;
 mod fixtures;
 mod gaps;
+mod health;
+mod hostile_corpus;
 mod http_edges;
 mod kafka;
 mod kernel_log;
