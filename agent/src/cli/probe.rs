@@ -47,7 +47,8 @@ pub struct ProbeArgs {
     /// Seconds without traffic after which a connection is forgotten.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
-    /// Seconds without a capture-loop tick (one a second) after which /healthz answers 503.
+    /// Seconds without a capture-loop tick (one a second) after which the /healthz of
+    /// `hoptrace run` answers 503 (at least 2).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..))]
     pub stall_timeout: u64,
     /// Do not mount tracefs when it is missing; fail instead.
