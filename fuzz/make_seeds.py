@@ -3,7 +3,9 @@
 
 seeds/http/<conn>-<direction>.bin are one connection's reassembled streams as the agent
 captured them (`hoptrace capture --dump-dir`, curl against tests/fixtures/chain_service.py).
-They are encoded in the script format of `hoptrace_fuzz::fuzz_protocol` (src/lib.rs).
+The AMQP, NATS and Kafka seeds are the parsers' recorded unit-test fixtures
+(agent/src/protocols/testdata: real client libraries against real brokers). All are
+encoded in the script format of `hoptrace_fuzz::fuzz_protocol` (src/lib.rs).
 Run from fuzz/: python3 make_seeds.py
 """
 import glob
@@ -69,6 +71,39 @@ for i, (req, resp) in enumerate(EXTRA):
 for f in glob.glob("corpus/http1/*"):
     write("protocols", os.path.basename(f), open(f, "rb").read())
 
+# AMQP, NATS, Kafka: the client's view of the recorded connections (role 1: client;
+# egress = client to broker). Each goes to its protocol's target and to `protocols`.
+TESTDATA = "../agent/src/protocols/testdata"
+
+
+def read(path):
+    return open(path, "rb").read() if os.path.exists(path) else b""
+
+
+mq = 0
+for c2s in sorted(glob.glob(f"{TESTDATA}/*.c2s")):
+    name = os.path.basename(c2s)[:-4]
+    target = name.split("_")[0]  # amqp_publish -> amqp, nats_sub -> nats
+    sent, received = read(c2s), read(c2s[:-4] + ".s2c")
+    # Whole syscalls, and the same cut into 3-byte segments.
+    whole = data_ops(0, sent) + data_ops(1, received) + b"\x06"
+    split = data_ops(0, sent, 3) + data_ops(1, received, 3) + b"\x06"
+    for suffix, blob in (("", whole), ("-split", split)):
+        write(target, f"real-{name}{suffix}", bytes([1]) + blob)
+        write("protocols", f"real-{name}{suffix}", bytes([1]) + blob)
+    mq += 1
+for conn in sorted(glob.glob(f"{TESTDATA}/kafka/*/conn-*.txt")):
+    run = os.path.basename(os.path.dirname(conn))
+    ops = b""
+    for line in open(conn):
+        arrow, _, hexbytes = line.strip().partition(" ")
+        if arrow in (">", "<") and hexbytes:
+            ops += data_ops(0 if arrow == ">" else 1, bytes.fromhex(hexbytes))
+    name = f"real-{run}-{os.path.basename(conn)[:-4]}"
+    write("kafka", name, bytes([1]) + ops + b"\x06")
+    write("protocols", name, bytes([1]) + ops + b"\x06")
+    mq += 1
+
 CONTEXT = [
     b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-future",
@@ -89,4 +124,4 @@ ROUTES = [
 ]
 for i, r in enumerate(ROUTES):
     write("redact_route", f"seed-{i}", r)
-print(f"{n} captured connections; corpora written under corpus/")
+print(f"{n} captured HTTP connections, {mq} AMQP/NATS/Kafka connections; corpora written under corpus/")

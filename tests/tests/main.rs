@@ -11,6 +11,8 @@ mod deploy_vm;
 mod endpoint_guard;
 mod fixtures;
 mod gaps;
+mod health;
+mod hostile_corpus;
 mod http_edges;
 mod kafka;
 mod kernel_log;

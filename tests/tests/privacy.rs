@@ -64,7 +64,10 @@ fn planted_personal_data_never_leaves_the_agent() {
     let query_secret = "qs-sup3r-s3cr3t";
     let header_secret = "hdr-t0p-s3cr3t";
     let order = "ACME-123456";
-    let planted = [email, &cpf, &cnpj, card, phone, jwt, session, query_secret, header_secret, order];
+    // A method nobody defined: exported as _OTHER, never as itself.
+    let method = "MARIASOUZAEXAMPLE";
+    let planted = [email, &cpf, &cnpj, card, phone, jwt, session, query_secret, header_secret, order, method];
+    let vendor_state = "rojo=00f067aa0ba902b7";
 
     let requests: Vec<Vec<String>> = vec![
         // Personal data in the path, secrets in the query string.
@@ -89,6 +92,25 @@ fn planted_personal_data_never_leaves_the_agent() {
             format!("baggage: user.email={email},user.cpf={}", cpf.replace(['.', '-'], "")),
             format!("http://127.0.0.1:{port}/customers/42/orders"),
         ],
+        // Side doors: tracestate members; the Host header (→ the client span's
+        // server.address; a client that sends traceparent counts as instrumented, so not
+        // here); a method nobody defined, on a connection already known as HTTP (the
+        // detector only claims connections opening with a known method).
+        vec![
+            "-H".into(),
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            "-H".into(),
+            format!("tracestate: acme={email},{vendor_state},bank=cpf:{cpf}"),
+            format!("http://127.0.0.1:{port}/ok"),
+        ],
+        vec!["-H".into(), format!("Host: {email}"), format!("http://127.0.0.1:{port}/ok")],
+        vec![
+            format!("http://127.0.0.1:{port}/ok"),
+            "--next".into(),
+            "-X".into(),
+            method.into(),
+            format!("http://127.0.0.1:{port}/ok"),
+        ],
         // A body full of it.
         vec![
             "-d".into(),
@@ -101,7 +123,7 @@ fn planted_personal_data_never_leaves_the_agent() {
     }
     // Scan only once everything is out: every request's span written, and a /metrics
     // refresh that counted them all (a scan of an earlier one would prove nothing).
-    let n = requests.len();
+    let n = requests.len() + 1;
     wait_for_spans_in(&out, &format!("{n} SERVER spans"), |s| s.iter().filter(|s| s.kind == SERVER).count() >= n);
     let metrics = wait_metrics(listen, TIMEOUT, &format!("{n} SERVER spans"), |m| {
         m.get("hoptrace_spans_total{kind=\"server\"}") >= n as u64
@@ -139,7 +161,8 @@ fn planted_personal_data_never_leaves_the_agent() {
     );
     assert!(routes.iter().any(|r| r.starts_with("/cards/{") && r.ends_with("}/charge")), "{routes:?}");
     assert!(routes.contains(&"/orders/{custom}"), "{routes:?}");
-    assert_eq!(spans.iter().filter(|s| s.kind == SERVER).count(), requests.len(), "{}", show(&spans));
+    // One server span per request, two for the `--next` pair.
+    assert_eq!(spans.iter().filter(|s| s.kind == SERVER).count(), requests.len() + 1, "{}", show(&spans));
 
     // Mapped and allowlisted values survive as placeholders, and the span says what was
     // redacted (detector and count, never the value).
@@ -160,4 +183,21 @@ fn planted_personal_data_never_leaves_the_agent() {
         assert!(detectors.contains(&d), "no dlp_redacted event for {d}: {:?}", headers.events);
     }
     assert!(!headers.attrs.contains_key("http.request.header.authorization"));
+
+    // Side doors: the tracestate keeps its vendor member and loses the personal ones;
+    // the Host header's email is redacted on the client's span; the unknown method is
+    // _OTHER, and the span is named `HTTP <route>`.
+    assert!(otlp.contains(&format!("\"traceState\":\"{vendor_state}\"")), "no span with traceState {vendor_state}");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.kind == CLIENT && s.attrs.get("server.address").and_then(|v| v.as_str()) == Some("{email}")),
+        "no client span with server.address {{email}}:\n{}",
+        show(&spans)
+    );
+    let other: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.attrs.get("http.request.method").and_then(|v| v.as_str()) == Some("_OTHER"))
+        .collect();
+    assert!(other.iter().any(|s| s.kind == SERVER && s.name == "HTTP /ok"), "{}", show(&spans));
 }

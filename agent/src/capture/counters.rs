@@ -21,6 +21,10 @@ pub struct Counters {
     pub bytes_lost: u64,
     /// Exec records (TLS library discovery).
     pub exec_records: u64,
+    /// Once-a-second ticks of the capture loop (eviction, expiry, publishing).
+    pub loop_ticks: u64,
+    /// Drains of the ring that stopped at their time budget with records left.
+    pub drains_bounded: u64,
     /// OpenSSL probes: libraries attached, processes whose TLS is not visible.
     pub tls: crate::capture::tls::TlsStats,
 }
@@ -31,6 +35,8 @@ impl Counters {
         let mut out = vec![
             s("hoptrace_capture_records_total", self.records_total),
             s("hoptrace_capture_decode_errors_total", self.decode_errors),
+            s("hoptrace_capture_loop_ticks_total", self.loop_ticks),
+            s("hoptrace_capture_drains_bounded_total", self.drains_bounded),
             s("hoptrace_capture_bytes_captured_total", self.bytes_captured),
             s("hoptrace_capture_bytes_not_captured_total", self.bytes_not_captured),
             s("hoptrace_capture_bytes_lost_total", self.bytes_lost),
@@ -94,6 +100,8 @@ impl Counters {
             "close_records": self.close_records,
             "connect_failed_records": self.connect_failed_records,
             "decode_errors": self.decode_errors,
+            "loop_ticks": self.loop_ticks,
+            "drains_bounded": self.drains_bounded,
             "bytes_captured": self.bytes_captured,
             "bytes_not_captured": self.bytes_not_captured,
             "bytes_lost": self.bytes_lost,

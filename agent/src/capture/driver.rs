@@ -4,10 +4,18 @@
 //!
 //! The kernel side rarely wakes the loop (see `ring_flags` in ebpf/programs), so it polls
 //! on a 10 ms timer, which bounds the added latency.
+//!
+//! Each drain of the ring is bounded in time ([`DRAIN_BUDGET`]): under sustained load the
+//! ring never empties, and an unbounded drain would never reach the once-a-second tick
+//! (idle eviction, held-call expiry, counters, the [`Heartbeat`] behind `/healthz`) nor
+//! notice a stop request.
 
 use std::{
     os::fd::AsRawFd,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -17,6 +25,7 @@ use crate::{
     capture::conntrack::{ConnTable, Connection, TableStats},
     capture::counters::Counters,
     capture::events::{decode, Close, ConnectFailed, Data, Event, Open},
+    capture::heartbeat::Heartbeat,
     capture::stream::{GapReason, Segment},
     capture::Capture,
 };
@@ -57,9 +66,39 @@ pub fn install_signal_handlers() {
     }
 }
 
+/// Longest one drain of the ring runs before the loop ticks (if due) and polls again.
+pub const DRAIN_BUDGET: Duration = Duration::from_millis(100);
+/// At shutdown the ring is drained once more, but not forever while producers go on.
+const FINAL_DRAIN_BUDGET: Duration = Duration::from_secs(2);
+/// Records handled between two looks at the clock while draining (a clock read is ~25 ns,
+/// a record at least a few hundred).
+const CLOCK_EVERY: u32 = 16;
+const TICK: Duration = Duration::from_secs(1);
+
+/// When a drain stops: after `budget` from `start`, looked at every [`CLOCK_EVERY`] records.
+struct DrainBudget {
+    start: Instant,
+    budget: Duration,
+    records: u32,
+}
+
+impl DrainBudget {
+    fn new(budget: Duration) -> Self {
+        Self { start: Instant::now(), budget, records: 0 }
+    }
+
+    /// One more record handled; true when the drain must stop.
+    fn spent(&mut self, now: impl FnOnce() -> Instant) -> bool {
+        self.records = self.records.wrapping_add(1);
+        self.records.is_multiple_of(CLOCK_EVERY) && now().saturating_duration_since(self.start) >= self.budget
+    }
+}
+
 pub struct Driver {
     pub table: ConnTable,
     pub counters: Counters,
+    /// Beats at every tick; `/healthz` reads it from the endpoint's thread.
+    pub heartbeat: Arc<Heartbeat>,
     segs: Vec<Segment>,
     /// Work for `tls` found while draining the ring (it needs the loader, which the ring
     /// borrows): exec'd processes, and processes that started a TLS handshake.
@@ -69,7 +108,14 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(table: ConnTable) -> Self {
-        Self { table, counters: Counters::default(), segs: Vec::new(), execs: Vec::new(), handshakes: Vec::new() }
+        Self {
+            table,
+            counters: Counters::default(),
+            heartbeat: Arc::default(),
+            segs: Vec::new(),
+            execs: Vec::new(),
+            handshakes: Vec::new(),
+        }
     }
 
     /// Runs the TLS work collected while draining the ring.
@@ -189,41 +235,90 @@ impl Driver {
         c.tick(&self.counters, &self.table.stats, self.table.len())
     }
 
-    /// Runs until SIGINT/SIGTERM or `duration`, then drains everything.
+    /// Handles ring records until the ring is empty (false) or `budget` is spent (true:
+    /// records are left).
+    fn drain(&mut self, capture: &mut Capture, c: &mut dyn Consumer, budget: Duration) -> Result<bool> {
+        let mut spent = DrainBudget::new(budget);
+        while let Some(item) = capture.loaded.ring.next() {
+            self.record(&item, c)?;
+            if spent.spent(Instant::now) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The once-a-second step: idle connections leave, the consumer ticks (held calls
+    /// expire, counters are published), and the heartbeat beats.
+    fn tick(&mut self, capture: &Capture, c: &mut dyn Consumer) -> Result<()> {
+        let idle = self.table.evict_idle();
+        self.retire(idle, c)?;
+        self.counters.loop_ticks += 1;
+        self.publish(capture, c)?;
+        self.heartbeat.beat();
+        Ok(())
+    }
+
+    /// Runs until SIGINT/SIGTERM or `duration`, then drains what is left (for at most
+    /// [`FINAL_DRAIN_BUDGET`]) and retires every connection.
     pub fn run(&mut self, capture: &mut Capture, duration: Option<Duration>, c: &mut dyn Consumer) -> Result<()> {
         let deadline = duration.map(|d| Instant::now() + d);
         let mut last_tick = Instant::now();
         let fd = capture.loaded.ring.as_raw_fd();
         // Ring fill high-water mark for /metrics; without it only overflows are visible.
         let fill = crate::capture::ringfill::RingFill::open(fd).ok();
+        let mut backlog = false;
         loop {
             if STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 10) };
+            if !backlog {
+                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 10) };
+            }
             if let Some(f) = &fill {
                 f.observe();
             }
-            while let Some(item) = capture.loaded.ring.next() {
-                self.record(&item, c)?;
-            }
+            backlog = self.drain(capture, c, DRAIN_BUDGET)?;
+            self.counters.drains_bounded += u64::from(backlog);
             self.tls_work(capture);
-            if last_tick.elapsed() >= Duration::from_secs(1) {
+            if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
-                let idle = self.table.evict_idle();
-                self.retire(idle, c)?;
-                self.publish(capture, c)?;
+                self.tick(capture, c)?;
             }
         }
-        while let Some(item) = capture.loaded.ring.next() {
-            self.record(&item, c)?;
-        }
+        self.drain(capture, c, FINAL_DRAIN_BUDGET)?;
         if let Some(tls) = &capture.tls {
             self.counters.tls = tls.stats.clone();
         }
         let rest = self.table.drain();
         self.retire(rest, c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_stops_at_its_budget_looking_at_the_clock_every_few_records() {
+        let mut b = DrainBudget::new(Duration::from_millis(100));
+        let start = b.start;
+        let looked = std::cell::Cell::new(0);
+        let clock = |t: u64| {
+            looked.set(looked.get() + 1);
+            start + Duration::from_millis(t)
+        };
+        // Within budget: never spent, and the clock read once per CLOCK_EVERY records.
+        for _ in 0..CLOCK_EVERY * 4 {
+            assert!(!b.spent(|| clock(99)));
+        }
+        assert_eq!(looked.get(), 4);
+        // Past it: spent at the next look, not before.
+        for _ in 1..CLOCK_EVERY {
+            assert!(!b.spent(|| clock(100)));
+        }
+        assert!(b.spent(|| clock(100)));
     }
 }

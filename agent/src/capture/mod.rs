@@ -4,13 +4,15 @@
 //! programs of `ebpf/programs`; [`events`] is the only code that reads kernel record bytes;
 //! [`conntrack`] keeps the connection table with one ordered [`stream`] per direction;
 //! [`tls`] attaches the OpenSSL uprobes and reports processes whose TLS cannot be seen;
-//! [`driver`] runs the loop and hands what happened to a [`driver::Consumer`];
+//! [`driver`] runs the loop and hands what happened to a [`driver::Consumer`], beating a
+//! [`heartbeat`] at every tick;
 //! [`counters`] and [`ringfill`] account for everything captured and dropped.
 
 pub mod conntrack;
 pub mod counters;
 pub mod driver;
 pub mod events;
+pub mod heartbeat;
 pub mod loader;
 pub mod ringfill;
 pub mod stream;

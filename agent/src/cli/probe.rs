@@ -47,6 +47,10 @@ pub struct ProbeArgs {
     /// Seconds without traffic after which a connection is forgotten.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Seconds without a capture-loop tick (one a second) after which the /healthz of
+    /// `hoptrace run` answers 503 (at least 2).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..))]
+    pub stall_timeout: u64,
     /// Do not mount tracefs when it is missing; fail instead.
     #[arg(long)]
     pub no_mount_tracefs: bool,
@@ -88,6 +92,7 @@ impl ProbeArgs {
         value(&mut probe.ringbuf_size, d.ringbuf_size, c.ringbuf_size);
         value(&mut probe.max_connections, d.max_connections, c.max_connections);
         value(&mut probe.idle_timeout, d.idle_timeout.as_secs(), c.idle_timeout.as_secs());
+        value(&mut probe.stall_timeout, d.stall_timeout.as_secs(), c.stall_timeout.as_secs());
     }
 }
 
@@ -137,7 +142,7 @@ mod tests {
     #[test]
     fn command_line_flags_win_over_the_file() {
         let cfg = from_str(
-            "capture:\n  ports: [80]\n  exclude_ports: [22]\n  pids: [7]\n  cgroups: [/sys/fs/cgroup/a]\n  capture_cap: 4096\n  ringbuf_size: 65536\n  max_connections: 10\n  idle_timeout_s: 60\n",
+            "capture:\n  ports: [80]\n  exclude_ports: [22]\n  pids: [7]\n  cgroups: [/sys/fs/cgroup/a]\n  capture_cap: 4096\n  ringbuf_size: 65536\n  max_connections: 10\n  idle_timeout_s: 60\n  stall_timeout_s: 9\n",
         )
         .unwrap();
         let mut p = probe(&["--port", "8080", "--ringbuf-size", "1048576", "--duration", "5"]);
@@ -150,6 +155,7 @@ mod tests {
         assert_eq!(p.ringbuf_size, 1048576);
         assert_eq!(p.max_connections, 10);
         assert_eq!(p.idle_timeout, 60);
+        assert_eq!(p.stall_timeout, 9);
         assert_eq!(p.duration, Some(5.0));
 
         // A default configuration changes nothing.
@@ -162,8 +168,8 @@ mod tests {
     fn capture_defaults_are_the_command_lines() {
         let (p, d) = (probe(&[]), CaptureConfig::default());
         assert_eq!(
-            (p.capture_cap, p.ringbuf_size, p.max_connections, p.idle_timeout),
-            (d.capture_cap, d.ringbuf_size, d.max_connections, d.idle_timeout.as_secs())
+            (p.capture_cap, p.ringbuf_size, p.max_connections, p.idle_timeout, p.stall_timeout),
+            (d.capture_cap, d.ringbuf_size, d.max_connections, d.idle_timeout.as_secs(), d.stall_timeout.as_secs())
         );
     }
 }

@@ -32,7 +32,7 @@ use crate::{
     model::sample::Sample,
     model::span::SpanRecord,
     ops::components::Components,
-    ops::server::{self, EndpointState},
+    ops::server::{self, EndpointState, Health},
     resource::k8s::Kubernetes,
     resource::resolver::ResourceResolver,
     traces::consumer::TraceConsumer,
@@ -135,6 +135,9 @@ impl Traces {
         out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
+        }
+        for (field, n) in self.inner.pipeline.capped_values() {
+            out.push(s("hoptrace_values_capped_total", vec![("field", field)], n));
         }
         for d in crate::policy::sampling::Decision::ALL {
             let n = t.sampling.get(&d).copied().unwrap_or(0);
@@ -284,7 +287,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     });
     let mut capture = Capture::load(&capture_options(&probe))?;
     let pipeline = pipeline(&args, &config, k8s.clone())?;
-    let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), ..Default::default() });
+    let driver = Driver::new(conn_table(&probe));
+    let health =
+        Health { heartbeat: driver.heartbeat.clone(), stall_timeout: Duration::from_secs(probe.stall_timeout) };
+    let endpoint = Arc::new(EndpointState { gaps: pipeline.gaps.clone(), health, ..Default::default() });
     let _ = endpoint.metrics.red.set(pipeline.red.clone());
     let metrics_exporter = match &metrics_cfg {
         Some(c) => Some(
@@ -305,7 +311,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
         ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
     };
-    let mut driver = Driver::new(conn_table(&probe));
+    let mut driver = driver;
     driver.publish(&capture, &mut traces)?;
     endpoint.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     log(

@@ -143,6 +143,8 @@ pub struct CaptureConfig {
     pub ringbuf_size: u32,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// `/healthz` answers 503 when the capture loop has not ticked for longer.
+    pub stall_timeout: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -159,6 +161,7 @@ impl Default for CaptureConfig {
             ringbuf_size: 8 * 1024 * 1024,
             max_connections: 65536,
             idle_timeout: Duration::from_secs(300),
+            stall_timeout: crate::capture::heartbeat::DEFAULT_STALL_TIMEOUT,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's HTTP endpoint: `GET /gaps` (the table of broken hops, JSON), `GET /metrics`
-//! (Prometheus text), `GET /healthz`, `GET /readyz`.
+//! (Prometheus text), `GET /healthz` (503 when the capture loop has stopped ticking),
+//! `GET /readyz`.
 //!
 //! It runs on its own thread and current-thread runtime and only reads shared state
 //! (the gap table, and a metrics snapshot the capture loop refreshes every second), so a
@@ -17,7 +18,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -29,15 +30,31 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::{
+    capture::heartbeat::{Heartbeat, DEFAULT_STALL_TIMEOUT},
     gaps::GapTable,
     model::sample::Sample,
     util::component::Component,
     util::logging::{log, RateLimiter},
 };
 
+/// What `/healthz` decides from: the capture loop's heartbeat and how old its last tick
+/// may be.
+pub struct Health {
+    pub heartbeat: Arc<Heartbeat>,
+    pub stall_timeout: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { heartbeat: Arc::default(), stall_timeout: DEFAULT_STALL_TIMEOUT }
+    }
+}
+
 /// What the endpoint serves.
 #[derive(Default)]
 pub struct EndpointState {
+    /// `/healthz`: the capture loop is ticking.
+    pub health: Health,
     pub gaps: Arc<Mutex<GapTable>>,
     /// Counter samples, refreshed by the capture loop.
     pub samples: Mutex<Vec<Sample>>,
@@ -155,10 +172,27 @@ pub fn respond(
             let ct = if om { render::OPENMETRICS_CONTENT_TYPE } else { render::TEXT_CONTENT_TYPE };
             reply(StatusCode::OK, ct, body)
         }
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/healthz" => healthz(&state.health, Instant::now()),
         "/readyz" if state.ready.load(Ordering::SeqCst) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /gaps, /metrics, /healthz, /readyz\n".into()),
+    }
+}
+
+/// 200 while the capture loop ticks; 503 once its last tick is older than the stall
+/// timeout, so a wedged agent is restarted rather than left blind.
+fn healthz(health: &Health, now: Instant) -> Response<Full<Bytes>> {
+    match health.heartbeat.check_at(now, health.stall_timeout) {
+        Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        Err(age) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!(
+                "capture loop stalled: last tick {:.1} s ago (capture.stall_timeout_s: {} s)\n",
+                age.as_secs_f64(),
+                health.stall_timeout.as_secs()
+            ),
+        ),
     }
 }
 
@@ -272,6 +306,17 @@ async fn connection(
 mod tests {
     use super::*;
     use crate::gaps::{Gap, GapKey, GapKind};
+
+    #[test]
+    fn healthz_is_503_once_the_last_tick_is_older_than_the_stall_timeout() {
+        let health = Health { heartbeat: Arc::default(), stall_timeout: Duration::from_secs(3) };
+        let now = Instant::now();
+        assert_eq!(healthz(&health, now).status(), StatusCode::OK);
+        assert_eq!(healthz(&health, now + Duration::from_secs(2)).status(), StatusCode::OK);
+        assert_eq!(healthz(&health, now + Duration::from_secs(4)).status(), StatusCode::SERVICE_UNAVAILABLE);
+        health.heartbeat.beat();
+        assert_eq!(healthz(&health, Instant::now() + Duration::from_secs(2)).status(), StatusCode::OK);
+    }
 
     #[test]
     fn metrics_text_escapes_and_lists_gaps() {

@@ -29,6 +29,9 @@ const SYSTEM: &str = "nats";
 const MAX_LINE: usize = 64 * 1024;
 /// Largest header block kept; larger ones are skipped (counted) with the payload.
 const MAX_HEADERS: usize = 64 * 1024;
+/// The largest message size a NATS server can be configured to accept (`max_payload`
+/// is at most 64 MiB); a larger size on a message line is garbage, not a message.
+const MAX_PAYLOAD: u64 = 64 * 1024 * 1024;
 
 pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Box<dyn Protocol>> {
     let from_server = first_bytes.starts_with(b"INFO {") || first_bytes.starts_with(b"INFO\t{");
@@ -227,6 +230,13 @@ impl Reader {
             self.dead = true;
             return;
         };
+        // Sizes come from the wire: anything past the largest payload a server accepts
+        // is not NATS (and `size + 2` must not overflow).
+        if sizes.iter().any(|&n| n > MAX_PAYLOAD) {
+            out.push(err("bad_message_line"));
+            self.dead = true;
+            return;
+        }
         let subject = args[0].to_string();
         if !with_headers {
             let msg = MqMessage { destination: subject, body_size: sizes[0], ..MqMessage::default() };
@@ -240,7 +250,7 @@ impl Reader {
             self.dead = true;
             return;
         }
-        if header_len as usize > MAX_HEADERS {
+        if header_len > MAX_HEADERS as u64 {
             out.push(err("headers_too_large"));
             let msg = MqMessage { destination: subject, body_size: total_len - header_len, ..MqMessage::default() };
             self.skip = total_len + 2;
@@ -369,6 +379,24 @@ mod tests {
         let segs = vec![Segment::Gap { offset: 40, len: 4, reason: crate::capture::stream::GapReason::Lost }];
         p.feed(Direction::Ingress, &segs, &mut out);
         assert_eq!(out.last(), Some(&err("gap_lost_sync")));
+    }
+
+    #[test]
+    fn huge_sizes_are_errors_not_overflows() {
+        // `u64::MAX + 2` (the payload and its CRLF) panicked in debug builds and wrapped
+        // to a one-byte skip in release ones.
+        for line in [
+            &b"MSG a 1 18446744073709551615\r\n"[..],
+            b"HMSG a 1 18446744073709551615 18446744073709551615\r\n",
+            b"HMSG a 1 100000 18446744073709551615\r\n",
+            b"PUB a 67108865\r\n",
+        ] {
+            let mut p = client();
+            let mut out = Vec::new();
+            p.feed(Direction::Ingress, &feed_whole(line), &mut out);
+            p.feed(Direction::Ingress, &feed_whole(b"MSG b 1 0\r\n\r\n"), &mut out);
+            assert_eq!(out, vec![err("bad_message_line")], "{}", String::from_utf8_lossy(line));
+        }
     }
 
     #[test]

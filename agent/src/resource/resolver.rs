@@ -67,14 +67,18 @@ pub fn parse_resource_attributes(s: &str) -> Vec<KeyValue> {
         .collect()
 }
 
+/// `%XY` → the byte; anything else as is. Over bytes: a `%` followed by a multi-byte
+/// character must not slice the `str` inside that character (a process's environment is
+/// anyone's to set).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
                 i += 3;
                 continue;
             }
@@ -235,5 +239,22 @@ mod tests {
         assert_eq!(get(&py, "process.runtime.name"), Some(&crate::model::span::AnyValue::Str("python".into())));
         let m = r.resolve(3, Some(&proc("python3", "python3 -m uvicorn main:app")));
         assert_eq!(get(&m, "service.name"), Some(&crate::model::span::AnyValue::Str("uvicorn".into())));
+    }
+
+    #[test]
+    fn percent_before_non_ascii_is_kept_not_a_panic() {
+        // `&s[i + 1..i + 3]` sliced inside the `é` and panicked.
+        let attrs = parse_resource_attributes("a=%é,b=x%C3%A9%,c=%2,d=%zz,e=%41%");
+        let v: Vec<(&str, String)> = attrs
+            .iter()
+            .map(|kv| match &kv.value {
+                crate::model::span::AnyValue::Str(s) => (kv.key.as_str(), s.to_string()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            v,
+            [("a", "%é".into()), ("b", "xé%".into()), ("c", "%2".into()), ("d", "%zz".into()), ("e", "A%".into())]
+        );
     }
 }

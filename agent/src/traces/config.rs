@@ -30,6 +30,9 @@ pub struct TraceConfig {
     pub sampling: SamplingConfig,
     /// Distinct routes kept per service before new ones go to one overflow bucket.
     pub max_routes_per_service: usize,
+    /// HTTP methods exported as they are besides semantic conventions' list (`GET`…);
+    /// any other method is exported as `_OTHER`, its name never leaving.
+    pub extra_http_methods: Vec<String>,
 }
 
 /// Which hops count as broken (see `gaps`).
@@ -99,6 +102,7 @@ impl Default for TraceConfig {
             gaps: GapConfig::default(),
             sampling: SamplingConfig::default(),
             max_routes_per_service: 1000,
+            extra_http_methods: Vec::new(),
         }
     }
 }

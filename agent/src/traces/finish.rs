@@ -7,7 +7,10 @@ use super::{http, judge::outbound_context, Call, ConnView, Ctx, SpanSink, TraceC
 use crate::{
     gaps::GapKind,
     model::span::{AnyValue, KeyValue, Resource, SpanEvent, SpanRecord, Str, TraceOrigin},
-    policy::{redact::Detector, sampling::Decision},
+    policy::{
+        redact::{Detector, Field},
+        sampling::Decision,
+    },
 };
 
 /// A string attribute of a Resource (`service.name`, `zone`), empty when absent.
@@ -103,7 +106,8 @@ impl TracePipeline {
     }
 
     /// Privacy, last step before anything is queued: every attribute value that came from
-    /// traffic (mapped headers, baggage) passes the PII detectors. A hit is replaced by its
+    /// traffic (mapped headers, baggage) passes the PII detectors, and so do the side doors
+    /// (`tracestate`, host, user agent, method: see `sidedoors`). A hit is replaced by its
     /// placeholder and the span gets a `dlp_redacted` event naming the detector and count,
     /// never the value.
     fn redact(&mut self, span: &mut SpanRecord) {
@@ -115,13 +119,14 @@ impl TracePipeline {
                 continue;
             }
             if let AnyValue::Str(v) = &attr.value {
-                let r = self.redactor.redact_value(v);
-                if !r.hits.is_empty() {
+                let r = self.redactor.redact_field(Field::HeaderValue, v);
+                if r.changed() {
                     attr.value = AnyValue::Str(r.text.into());
                     hits.extend(r.hits);
                 }
             }
         }
+        super::sidedoors::scrub(&self.redactor, &self.cfg.extra_http_methods, span, &mut hits);
         for (det, n) in hits {
             *self.stats.redactions.entry(det.name()).or_default() += n as u64;
             span.events.push(SpanEvent {

@@ -18,7 +18,7 @@ use crate::{
 };
 
 use super::TraceConfig;
-use crate::policy::redact::Redactor;
+use crate::policy::redact::{Field, Redactor};
 
 pub struct Addrs {
     pub local: SocketAddr,
@@ -43,7 +43,8 @@ fn is_plain_word(seg: &str) -> bool {
 /// `/customers/12345/orders?token=x` → `/customers/{id}/orders`;
 /// `/mail/maria@example.com` → `/mail/{email}`. A segment holding anything the redactor
 /// detects becomes that detector's placeholder; any other segment that is not a plain word
-/// becomes `{id}`; the query string and fragment are dropped.
+/// becomes `{id}`; the query string and fragment are dropped. Segments past their cap and
+/// segments past the 64th become `{capped}` ([`Field`]).
 pub fn route_template(target: &[u8], redactor: &Redactor) -> String {
     let target = String::from_utf8_lossy(target);
     // Absolute-form targets (proxies): keep only the path.
@@ -55,14 +56,19 @@ pub fn route_template(target: &[u8], redactor: &Redactor) -> String {
     if !path.starts_with('/') {
         return "/".into();
     }
-    let mut out = String::with_capacity(path.len());
-    for seg in path.split('/').skip(1) {
+    let mut out = String::with_capacity(path.len().min(256));
+    for (n, seg) in path.split('/').skip(1).enumerate() {
+        // Past the cap on segments the rest of the path is one placeholder, never scanned.
+        if n >= Field::Path.cap() {
+            redactor.capped.count(Field::Path);
+            out.push_str("/{capped}");
+            break;
+        }
         out.push('/');
         if seg.is_empty() {
             continue;
         }
-        let decoded = seg.replace("%40", "@");
-        match redactor.redact_path_segment(&decoded) {
+        match redactor.redact_path_segment(seg) {
             Some(name) => {
                 out.push('{');
                 out.push_str(name);

@@ -91,18 +91,21 @@ impl TracePipeline {
     }
 
     /// The service at the other end of a hop: a process on this node when it was seen,
-    /// else the address (bounded by the gap table's size).
-    fn peer_name(&mut self, seen: Option<(u32, String)>, addr: SocketAddr) -> String {
+    /// else the address — for a caller its IP only: its port is ephemeral, and with it
+    /// every call from another node would be a new `/gaps` row (the callee's port is the
+    /// service's, and stays).
+    fn peer_name(&mut self, seen: Option<(u32, String)>, addr: SocketAddr, with_port: bool) -> String {
         match seen {
             Some((pid, comm)) => self.service_zone(pid, &comm).0,
-            None => addr.to_string(),
+            None if with_port => addr.to_string(),
+            None => super::http::ip_string(addr.ip()),
         }
     }
 
     /// Who answered a call made on the connection `view`.
     pub(super) fn callee_name(&mut self, view: &ConnView) -> String {
         let seen = self.server_peers.get(&(view.remote, view.local)).cloned();
-        self.peer_name(seen, view.remote)
+        self.peer_name(seen, view.remote, true)
     }
 
     /// The served side of the hop of an inbound request on `view`.
@@ -117,7 +120,7 @@ impl TracePipeline {
     fn caller(&mut self, hop: &Hop) -> (String, bool) {
         let internal = self.is_internal(hop);
         let seen = self.client_peers.get(&(hop.remote, hop.local)).cloned();
-        (self.peer_name(seen, hop.remote), internal)
+        (self.peer_name(seen, hop.remote, false), internal)
     }
 
     /// The caller is a process on this node or in an internal network.

@@ -19,7 +19,7 @@ use crate::{
     capture::conntrack::Connection,
     gaps::GapKind,
     model::span::{KeyValue, SpanKind, SpanLink, SpanRecord, Status, StatusCode},
-    policy::redact::Redactor,
+    policy::redact::{Field, Redactor},
     protocols::{MqKind, MqMessage, MqOperation},
     traces::context,
 };
@@ -33,9 +33,10 @@ const MAX_LINKS: usize = 128;
 /// segment (`.`, `/`, `:` separate segments): `orders.created` stays,
 /// `orders.4711.created` becomes `orders.{id}.created`, `notify/joao@example.com` becomes
 /// `notify/{email}`. The detectors run over the whole name first, so a value
-/// that itself contains separators (an e-mail address) is replaced whole.
+/// that itself contains separators (an e-mail address) is replaced whole. A name past
+/// [`Field::Destination`]'s cap is `{capped}`, never scanned.
 pub fn destination_template(dest: &str, redactor: &Redactor) -> String {
-    let text = redactor.redact_value(dest).text;
+    let text = redactor.redact_field(Field::Destination, dest).text;
     let mut out = String::with_capacity(text.len());
     let mut seg = String::new();
     let flush = |seg: &mut String, out: &mut String| {
@@ -493,5 +494,8 @@ mod tests {
         assert!(!destination_template("user.joao@example.com.events", &r).contains("joao"));
         assert_eq!(destination_template("amq.gen-JzTY20BRgKO-HjmUJj0wLg", &r), "amq.{id}");
         assert_eq!(destination_template("", &r), "");
+        // Past the cap: one placeholder, counted, never scanned.
+        assert_eq!(destination_template(&"a.1".repeat(10_000), &r), "{capped}");
+        assert_eq!(r.capped.get(Field::Destination), 1);
     }
 }

@@ -40,11 +40,12 @@ mod pipeline;
 pub mod red;
 mod routes;
 mod served;
+mod sidedoors;
 pub mod stats;
 
 // hashbrown's default hasher (foldhash): several times cheaper per lookup than std's
 // SipHash, still seeded per process, so crafted keys (routes, tenants) cannot aim at it.
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -106,8 +107,9 @@ pub struct TracePipeline {
     log_limit: RateLimiter,
     sampler: Sampler,
     redactor: Redactor,
-    /// Distinct routes seen per service (bounded by `max_routes_per_service`).
-    routes: HashMap<String, HashSet<Str>>,
+    /// Distinct routes in use per service (bounded by `max_routes_per_service`; idle
+    /// ones give way, see `routes`).
+    routes: HashMap<String, routes::RouteSet>,
     /// Request path (query and fragment cut off) → its template. Templating runs every
     /// PII detector over every segment; services repeat their paths, so the answer is
     /// remembered. Bounded: emptied when full. Raw paths stay in this process's memory
@@ -129,6 +131,14 @@ pub struct TracePipeline {
     pub stats: TraceStats,
     /// RED metrics of every finished span, sampled or not (see [`red`]).
     pub red: red::RedRecorder,
+}
+
+impl TracePipeline {
+    /// Values from traffic replaced whole because they were past their field's length
+    /// cap, by field (`hoptrace_values_capped_total{field}`).
+    pub fn capped_values(&self) -> Vec<(&'static str, u64)> {
+        self.redactor.capped.snapshot()
+    }
 }
 
 /// Per-connection protocol state.

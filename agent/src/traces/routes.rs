@@ -1,6 +1,13 @@
 //! Routes: request targets templated (ids and PII become placeholders) and bounded per
 //! service, so a scan of a million distinct paths cannot blow up memory, spans or metric
-//! labels.
+//! labels. The bound forgets: a route unused for [`ROUTE_IDLE`] gives its place to a new
+//! one (least recently used first), so a service's routes after a deploy or a past scan
+//! are not refused forever.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use super::{http, TracePipeline};
 use crate::model::span::Str;
@@ -11,9 +18,50 @@ pub const ROUTE_OVERFLOW: &str = "/{overflow}";
 /// Paths whose template is remembered at most; full, the cache starts over.
 const ROUTE_CACHE_MAX: usize = 4096;
 
+/// How long a route must go unused before a new one may take its place at the cap.
+const ROUTE_IDLE: Duration = Duration::from_secs(600);
+
+/// One service's routes, each with when it was last used.
+#[derive(Debug, Default)]
+pub(super) struct RouteSet {
+    last_used: HashMap<String, Instant>,
+    /// At the cap: no route can have been idle for [`ROUTE_IDLE`] before this (it is the
+    /// least recent use plus the idle time), so no scan runs before it. A flood of new
+    /// routes at the cap costs a comparison each, not a scan each.
+    no_scan_before: Option<Instant>,
+}
+
+impl RouteSet {
+    /// Whether `route` may be reported as itself at `now`: known, or there is room, or the
+    /// least recently used route has been idle for [`ROUTE_IDLE`] (it is forgotten).
+    pub(super) fn admit(&mut self, route: &str, max: usize, now: Instant) -> bool {
+        if let Some(t) = self.last_used.get_mut(route) {
+            *t = now;
+            return true;
+        }
+        if self.last_used.len() >= max {
+            if self.no_scan_before.is_some_and(|t| now < t) {
+                return false;
+            }
+            let Some((oldest, at)) = self.last_used.iter().min_by_key(|(_, t)| **t).map(|(r, t)| (r.clone(), *t))
+            else {
+                return false;
+            };
+            if now.saturating_duration_since(at) < ROUTE_IDLE {
+                self.no_scan_before = Some(at + ROUTE_IDLE);
+                return false;
+            }
+            self.last_used.remove(&oldest);
+            self.no_scan_before = None;
+        }
+        self.last_used.insert(route.to_string(), now);
+        true
+    }
+}
+
 impl TracePipeline {
     /// The templated route of a request target, bounded per service: past
-    /// `max_routes_per_service` distinct routes, new ones share one overflow bucket.
+    /// `max_routes_per_service` distinct routes in use, new ones share one overflow bucket.
     ///
     /// Returned shared (`Str`): a span carries the route twice (`http.route`, `url.path`)
     /// and in its name, all pointing at the cached text.
@@ -35,11 +83,7 @@ impl TracePipeline {
             self.routes.insert(service.to_string(), Default::default());
         }
         let known = self.routes.get_mut(service).expect("inserted above");
-        if known.contains(&route) {
-            return route;
-        }
-        if known.len() < max {
-            known.insert(route.clone());
+        if known.admit(&route, max, Instant::now()) {
             return route;
         }
         self.stats.routes_overflowed += 1;
@@ -58,5 +102,29 @@ impl TracePipeline {
         let name = Str::from(format!("{method} {route}"));
         self.span_names.insert((method.clone(), route.clone()), name.clone());
         name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_new_routes_overflow_until_the_least_recent_has_been_idle() {
+        let mut s = RouteSet::default();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert!(s.admit("/a", 2, at(0)));
+        assert!(s.admit("/b", 2, at(100)));
+        // Full: a new route is refused while both are in use…
+        assert!(!s.admit("/c", 2, at(200)));
+        assert_eq!(s.no_scan_before, Some(at(600)));
+        assert!(s.admit("/a", 2, at(300)), "known routes stay");
+        assert!(!s.admit("/c", 2, at(650)), "/a was used at 300: the next scan finds /b, idle 550 s");
+        // …and admitted in place of the least recently used once it has been idle long enough.
+        assert!(s.admit("/c", 2, at(700)));
+        assert!(!s.last_used.contains_key("/b"));
+        assert!(s.admit("/a", 2, at(701)) && s.admit("/c", 2, at(702)));
+        assert!(!s.admit("/b", 2, at(703)), "/b was forgotten: new again, and the set is full");
     }
 }

@@ -222,3 +222,24 @@ fn a_late_call_from_overlapping_requests_is_unresolved() {
     );
     assert_eq!((p.stats.parents_linked_same_thread, p.stats.parents_unresolved_concurrent), (0, 1));
 }
+
+/// Callers from another node (not seen here, in an internal network) without context: one
+/// `/gaps` row per caller IP, not one per ephemeral port.
+#[test]
+fn an_off_node_caller_is_one_gap_row_by_ip() {
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    const NO_CONTEXT: &[u8] = b"GET /in HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (i, port) in [41000, 41001, 41002].into_iter().enumerate() {
+        let server = conn(10 + i as u64, Role::Server, "10.0.0.1:8000", &format!("10.0.0.9:{port}"));
+        p.on_segments(&server, Direction::Ingress, &seg(10, NO_CONTEXT), &mut spans);
+        p.on_segments(&server, Direction::Egress, &seg(20, OK), &mut spans);
+    }
+    assert_eq!(p.stats.propagation_gaps, 3);
+    let gaps = p.gaps.lock().unwrap().rows();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(
+        (gaps[0].0.kind, gaps[0].0.peer_service.as_str(), gaps[0].1.count),
+        (GapKind::MissingInboundContext, "10.0.0.9", 3)
+    );
+}

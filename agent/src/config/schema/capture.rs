@@ -116,6 +116,17 @@ pub(super) const SETTINGS: &[Setting] = &[
             }
         },
     },
+    Setting {
+        section: "capture",
+        key: "stall_timeout_s",
+        env: Env::Scalar,
+        apply: |c, n| {
+            // Below two ticks (one a second) a healthy loop would flap.
+            if let Some(v) = uint(c, n, "capture.stall_timeout_s", 2, MAX_MS / 1000) {
+                c.cfg.capture.stall_timeout = Duration::from_secs(v);
+            }
+        },
+    },
 ];
 
 /// cgroup v2 directories. Absolute, since a relative path would depend on the directory

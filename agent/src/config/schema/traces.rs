@@ -79,6 +79,29 @@ pub(super) const SETTINGS: &[Setting] = &[
             }
         },
     },
+    Setting {
+        section: "traces",
+        key: "http_methods",
+        env: Env::List,
+        apply: |c, n| {
+            // HTTP methods are tokens; anything else could never match one on the wire.
+            if let Some(v) = string_list(c, n, "traces.http_methods", |c, item, v| {
+                let token =
+                    v.len() <= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    c.error(
+                        item,
+                        format!(
+                            "`traces.http_methods`: {v:?} is not an HTTP method (a token of at most 32 characters)"
+                        ),
+                    );
+                }
+                token
+            }) {
+                c.cfg.traces.extra_http_methods = v;
+            }
+        },
+    },
 ];
 
 /// Header name → span attribute name.

@@ -471,3 +471,76 @@ fn configured_patterns_are_redacted_first() {
     assert_eq!(r.redact_path_segment("ACME-654321"), Some("custom"));
     assert!(Redactor::default().with_patterns(&["(".to_string()]).is_err());
 }
+
+// ---- linear in the input, bounded per value (issue 15) ----
+
+/// Shapes that made a detector superlinear, or could: digit groups (card numbers),
+/// `%40` chains (emails), `bearer/` chains (bearer tokens), and mixtures that start
+/// every detector's look ahead at every position.
+fn hostile(unit: &str, size: usize) -> String {
+    unit.repeat(size / unit.len() + 1)[..size].to_string()
+}
+
+const HOSTILE_UNITS: [&str; 12] =
+    ["1-", "1 ", "4111 ", "4111-", "a%40", "%40", "bearer/", "eyJ-", "eyJa.", "+1 ", "ab1+55(11)9.12@x-", ".a@b."];
+
+#[test]
+fn every_detector_is_linear_on_hostile_inputs() {
+    let r = Redactor::default();
+    for unit in HOSTILE_UNITS {
+        let _ = detect::steps();
+        r.redact_value_uncapped(&hostile(unit, 16 * 1024));
+        let small = detect::steps();
+        r.redact_value_uncapped(&hostile(unit, 64 * 1024));
+        let large = detect::steps();
+        // Linear: four times the input, about four times the work (quadratic would be 16).
+        assert!(large <= 5 * small, "{unit:?}: 16 KiB took {small} steps, 64 KiB {large}");
+        // And a small constant per byte: every detector looks at a byte a bounded number of times.
+        assert!(large <= 200 * 64 * 1024, "{unit:?}: {large} steps for 64 KiB");
+    }
+}
+
+#[test]
+fn card_numbers_in_long_digit_group_runs_are_found() {
+    // The window of five groups still finds a card anywhere in a long run.
+    let s = format!("{}4111 1111 1111 1111", "1-".repeat(5000));
+    let found = matched(&s, &find_card_numbers(&s));
+    assert_eq!(found, ["4111 1111 1111 1111"]);
+    let s = format!("{} 4111-1111-1111-1111 {}", "1-".repeat(5000), "1-".repeat(5000));
+    assert!(matched(&s, &find_card_numbers(&s)).contains(&"4111-1111-1111-1111"));
+}
+
+#[test]
+fn emails_after_percent_encoded_chains_are_found() {
+    let s = format!("{}maria@example.com", "a%40".repeat(5000));
+    let found = find_emails(&s);
+    assert_eq!(found.len(), 1);
+    assert!(s[found[0].clone()].ends_with("maria@example.com"));
+    assert_eq!(
+        matched("x ..joao.silva@example.com.", &find_emails("x ..joao.silva@example.com.")),
+        ["joao.silva@example.com"]
+    );
+}
+
+#[test]
+fn values_past_their_cap_are_replaced_whole_and_counted() {
+    let r = Redactor::default();
+    let long = "maria@example.com ".repeat(1000);
+    let out = r.redact_field(Field::HeaderValue, &long);
+    assert_eq!(out.text, CAPPED);
+    assert!(out.capped && out.changed() && out.hits.is_empty());
+    assert_eq!(r.capped.get(Field::HeaderValue), 1);
+    // At the cap it is still scanned.
+    let at_cap = format!("{:<1$}", "maria@example.com", Field::HeaderValue.cap());
+    let out = r.redact_field(Field::HeaderValue, &at_cap);
+    assert!(!out.capped && out.text.starts_with("{email}"));
+    // Clones count into the same counters.
+    let clone = r.clone();
+    assert_eq!(clone.redact_path_segment(&"1-".repeat(200)), Some("capped"));
+    assert_eq!(r.capped.get(Field::PathSegment), 1);
+    assert!(r.capped.snapshot().iter().any(|(f, n)| *f == "path_segment" && *n == 1));
+    // Nothing is scanned past the cap.
+    let _ = detect::steps();
+    r.redact_field(Field::Value, &"1-".repeat(64 * 1024));
+    assert_eq!(detect::steps(), 0);
+}
