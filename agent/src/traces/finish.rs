@@ -126,7 +126,7 @@ impl TracePipeline {
                 }
             }
         }
-        super::sidedoors::scrub(&self.redactor, &self.cfg.extra_http_methods, span, &mut hits);
+        super::sidedoors::scrub(&self.redactor, &mut self.scrub_cache, &self.cfg.extra_http_methods, span, &mut hits);
         for (det, n) in hits {
             *self.stats.redactions.entry(det.name()).or_default() += n as u64;
             span.events.push(SpanEvent {

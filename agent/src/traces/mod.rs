@@ -119,6 +119,8 @@ pub struct TracePipeline {
     span_names: HashMap<(Str, Str), Str>,
     /// Addresses as text (span attributes), bounded like `route_cache`.
     ip_names: HashMap<std::net::IpAddr, Str>,
+    /// Side-door verdicts of repeated `Host`/`User-Agent` values (see `sidedoors`).
+    scrub_cache: sidedoors::ScrubCache,
     /// Parser events of one `on_segments` call, kept to reuse the allocation.
     events_scratch: Vec<crate::protocols::L7Event>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.

@@ -74,6 +74,7 @@ impl TracePipeline {
             route_cache: Default::default(),
             span_names: Default::default(),
             ip_names: Default::default(),
+            scrub_cache: Default::default(),
             events_scratch: Vec::new(),
             client_peers: Default::default(),
             server_peers: Default::default(),

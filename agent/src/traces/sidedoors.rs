@@ -8,10 +8,52 @@
 //! host name's digits) are scanned for personal data and secrets only
 //! ([`Redactor::redact_personal`]).
 
+use hashbrown::HashMap;
+
 use crate::{
-    model::span::{AnyValue, SpanRecord},
+    model::span::{AnyValue, SpanRecord, Str},
     policy::redact::{Detector, Field, Redactor},
 };
+
+/// Distinct values remembered per field, at most; full, the cache starts over.
+const CACHE_MAX: usize = 4096;
+/// Longer values are scanned every time: below every side door's cap, so a cached value
+/// was never capped (and capping, which counts, runs for every capped value).
+const CACHE_VALUE_MAX: usize = 256;
+
+/// What the detectors made of a value: its replacement and hits, `None` when clean.
+type Verdict = Option<(Str, Vec<(Detector, usize)>)>;
+
+/// Side-door verdicts for `Host` and `User-Agent` values, which repeat on almost every
+/// request: scanning them with every detector was 8k instructions per request, a lookup
+/// is about a hundred. Bounded; values only, in memory.
+#[derive(Default)]
+pub(super) struct ScrubCache {
+    host: HashMap<Box<str>, Verdict>,
+    header: HashMap<Box<str>, Verdict>,
+}
+
+impl ScrubCache {
+    fn verdict(&mut self, redactor: &Redactor, field: Field, v: &str) -> Verdict {
+        let scan = || {
+            let r = redactor.redact_personal(field, v);
+            r.changed().then(|| (Str::from(r.text), r.hits))
+        };
+        if v.len() > CACHE_VALUE_MAX {
+            return scan();
+        }
+        let map = if field == Field::Host { &mut self.host } else { &mut self.header };
+        if let Some(verdict) = map.get(v) {
+            return verdict.clone();
+        }
+        let verdict = scan();
+        if map.len() >= CACHE_MAX {
+            map.clear();
+        }
+        map.insert(v.into(), verdict.clone());
+        verdict
+    }
+}
 
 /// The methods semantic conventions name (`http.request.method`); any other becomes
 /// [`OTHER_METHOD`], plus the configured extras.
@@ -23,6 +65,7 @@ pub const OTHER_METHOD: &str = "_OTHER";
 /// Every side door of `span`; detector hits are added to `hits`.
 pub(super) fn scrub(
     redactor: &Redactor,
+    cache: &mut ScrubCache,
     extra_methods: &[String],
     span: &mut SpanRecord,
     hits: &mut Vec<(Detector, usize)>,
@@ -37,10 +80,9 @@ pub(super) fn scrub(
         match attr.key.as_str() {
             "server.address" | "user_agent.original" => {
                 let field = if attr.key == "server.address" { Field::Host } else { Field::HeaderValue };
-                let r = redactor.redact_personal(field, v);
-                if r.changed() {
-                    attr.value = AnyValue::Str(r.text.into());
-                    hits.extend(r.hits);
+                if let Some((text, found)) = cache.verdict(redactor, field, v) {
+                    attr.value = AnyValue::Str(text);
+                    hits.extend(found);
                 }
             }
             "http.request.method" if !known_method(v, extra_methods) => {
@@ -134,14 +176,14 @@ mod tests {
         let mut s =
             span("GET", "api-2.example.com", "rojo=00f067aa0ba902b7,acme=maria@x.com,congo=t61rcWkgMzE,dd=s:1;t.dm:-0");
         let mut hits = Vec::new();
-        scrub(&r, &[], &mut s, &mut hits);
+        scrub(&r, &mut ScrubCache::default(), &[], &mut s, &mut hits);
         assert_eq!(s.trace_state, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,dd=s:1;t.dm:-0");
         assert_eq!(s.links[0].trace_state, s.trace_state);
         assert_eq!(hits, vec![(Detector::Email, 1), (Detector::Email, 1)]);
         // Nothing personal: untouched (and the host name's digits stay).
         assert_eq!(attr(&s, "server.address"), "api-2.example.com");
         let mut clean = span("GET", "10.0.0.7", "rojo=00f067aa0ba902b7");
-        scrub(&r, &[], &mut clean, &mut hits);
+        scrub(&r, &mut ScrubCache::default(), &[], &mut clean, &mut hits);
         assert_eq!((clean.trace_state.as_str(), attr(&clean, "server.address")), ("rojo=00f067aa0ba902b7", "10.0.0.7"));
     }
 
@@ -149,7 +191,7 @@ mod tests {
     fn a_tracestate_member_past_its_cap_is_dropped_and_counted() {
         let r = Redactor::default();
         let mut s = span("GET", "h", &format!("a=1,big={},b=2", "v".repeat(600)));
-        scrub(&r, &[], &mut s, &mut Vec::new());
+        scrub(&r, &mut ScrubCache::default(), &[], &mut s, &mut Vec::new());
         assert_eq!(s.trace_state, "a=1,b=2");
         assert_eq!(r.capped.get(Field::TraceState), 2, "the span's and the link's");
     }
@@ -160,12 +202,12 @@ mod tests {
         let mut s = span("GET", "maria@x.com", "");
         s.attributes.push(KeyValue::str("user_agent.original", "curl/8.5.0 (cpf 111.444.777-35)"));
         let mut hits = Vec::new();
-        scrub(&r, &[], &mut s, &mut hits);
+        scrub(&r, &mut ScrubCache::default(), &[], &mut s, &mut hits);
         assert_eq!(attr(&s, "server.address"), "{email}");
         assert_eq!(attr(&s, "user_agent.original"), "curl/8.5.0 (cpf {cpf})");
         assert_eq!(hits, vec![(Detector::Email, 1), (Detector::Cpf, 1)]);
         let mut long = span("GET", &"h".repeat(300), "");
-        scrub(&r, &[], &mut long, &mut hits);
+        scrub(&r, &mut ScrubCache::default(), &[], &mut long, &mut hits);
         assert_eq!(attr(&long, "server.address"), "{capped}");
     }
 
@@ -174,19 +216,35 @@ mod tests {
         let r = Redactor::default();
         for m in KNOWN_METHODS {
             let mut s = span(m, "h", "");
-            scrub(&r, &[], &mut s, &mut Vec::new());
+            scrub(&r, &mut ScrubCache::default(), &[], &mut s, &mut Vec::new());
             assert_eq!((attr(&s, "http.request.method"), s.name.to_string()), (m, format!("{m} /items/{{id}}")));
         }
         let mut s = span("MARIA_SILVA", "h", "");
-        scrub(&r, &[], &mut s, &mut Vec::new());
+        scrub(&r, &mut ScrubCache::default(), &[], &mut s, &mut Vec::new());
         assert_eq!((attr(&s, "http.request.method"), s.name.as_str()), (OTHER_METHOD, "HTTP /items/{id}"));
         // Case matters: methods are case-sensitive tokens.
         let mut s = span("get", "h", "");
-        scrub(&r, &[], &mut s, &mut Vec::new());
+        scrub(&r, &mut ScrubCache::default(), &[], &mut s, &mut Vec::new());
         assert_eq!(attr(&s, "http.request.method"), OTHER_METHOD);
         // Configured extras are kept.
         let mut s = span("PROPFIND", "h", "");
-        scrub(&r, &["PROPFIND".into()], &mut s, &mut Vec::new());
+        scrub(&r, &mut ScrubCache::default(), &["PROPFIND".into()], &mut s, &mut Vec::new());
         assert_eq!((attr(&s, "http.request.method"), s.name.as_str()), ("PROPFIND", "PROPFIND /items/{id}"));
+    }
+
+    /// A repeated value is answered from the cache with the same replacement and hits, so
+    /// every span is redacted and counted alike.
+    #[test]
+    fn repeated_values_get_the_same_verdict_from_the_cache() {
+        let r = Redactor::default();
+        let mut cache = ScrubCache::default();
+        for _ in 0..3 {
+            let mut s = span("GET", "maria@example.com", "");
+            let mut hits = Vec::new();
+            scrub(&r, &mut cache, &[], &mut s, &mut hits);
+            assert_eq!(attr(&s, "server.address"), "{email}");
+            assert_eq!(hits.len(), 1, "{hits:?}");
+        }
+        assert_eq!(cache.host.len(), 1);
     }
 }
