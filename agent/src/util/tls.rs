@@ -14,17 +14,29 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.with_context(|| format!("{}: not a PEM certificate", path.display()))?;
-            roots.add(cert).with_context(|| format!("{}: unusable certificate", path.display()))?;
-            added += 1;
-        }
-        if added == 0 {
-            bail!("{}: no PEM certificate in the CA file", path.display());
-        }
+        add_pem_roots(&mut roots, path, "the CA file")?;
     }
+    with_roots(roots)
+}
+
+/// Adds every certificate of the PEM file `path` (`what` names it in errors) to `roots`;
+/// a file without one is an error.
+pub fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path, what: &str) -> Result<()> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let mut added = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.with_context(|| format!("{}: not a PEM certificate", path.display()))?;
+        roots.add(cert).with_context(|| format!("{}: unusable certificate", path.display()))?;
+        added += 1;
+    }
+    if added == 0 {
+        bail!("{}: no PEM certificate in {what}", path.display());
+    }
+    Ok(())
+}
+
+/// A client configuration on the ring provider trusting `roots`.
+pub fn with_roots(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -34,7 +34,6 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -113,24 +112,10 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         // The cluster's own CA only: the API server's certificate is not a public one.
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read the API CA file {}", path.display()))?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.with_context(|| format!("{}: not a PEM certificate", path.display()))?;
-                roots.add(cert).with_context(|| format!("{}: unusable certificate", path.display()))?;
-            }
-            if roots.is_empty() {
-                bail!("{}: no PEM certificate in the API CA file", path.display());
-            }
-        }
+        Some(path) => crate::util::tls::add_pem_roots(&mut roots, path, "the API CA file")?,
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS configuration")?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::util::tls::with_roots(roots)
 }
 
 impl Api {
