@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::TracePipeline;
-use crate::model::span::{AnyValue, SpanKind, SpanRecord};
+use crate::model::span::{SpanKind, SpanRecord};
 
 /// Services with their own row; the rest share the overflow row.
 pub const MAX_SERVICES: usize = 1000;
@@ -116,16 +116,7 @@ impl TracePipeline {
         gap: Option<crate::gaps::GapKind>,
     ) {
         super::judge::mark_parent_link(span, unresolved, gap);
-        let service = span
-            .resource
-            .attributes
-            .iter()
-            .find(|a| a.key == "service.name")
-            .and_then(|a| match &a.value {
-                AnyValue::Str(v) => Some(v.as_str()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let service = super::finish::resource_str(&span.resource, "service.name");
         self.stats.parent_links.record(service, span.kind, LinkOutcome::of(linked, unresolved));
     }
 }
