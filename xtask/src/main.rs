@@ -12,6 +12,7 @@ mod agent;
 mod bench;
 mod checks;
 mod fuzz;
+mod kernels;
 mod links;
 mod prereq;
 mod progress;
@@ -43,6 +44,9 @@ Other commands:
   build-ebpf          build the kernel object on its own and print its size
   gen-rules           regenerate deploy/alerts/prometheusrule.yaml from hoptrace-rules.yaml
   bench [OPTIONS]     what the agent costs nginx under wrk (root; `cargo xtask bench --help`)
+  kernels [--kernel 5.10|6.1|6.12|all]
+                      boot Debian's kernels under QEMU and run the agent's capture-to-span
+                      check on each (part of the full `test`; README: kernel support)
   fuzz [--seconds N] [TARGET...]
                       run the parser fuzz targets (default 20 s each, all targets)
   help                this text
@@ -97,6 +101,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             Ok(())
         }),
         "bench" => bench::main(&root, rest),
+        "kernels" => kernels::main(&root, rest),
         "fuzz" => {
             let (seconds, targets) = fuzz_args(rest)?;
             fuzz::fuzz(&root, seconds, &targets)
@@ -187,7 +192,7 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
     }
     let full = filter.is_empty();
     let prereq_steps = prereq::TEST_PREREQ_STEPS - usize::from(!full);
-    let total = prereq_steps + 6 + usize::from(full);
+    let total = prereq_steps + 6 + 3 * usize::from(full);
     let what = if full { "the whole suite" } else { "a filtered run" };
     let mut p = Progress::new("test", total, what);
     prereq::test_prereqs(root, &mut p, full)?;
@@ -227,8 +232,9 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
     run(agent_cargo_test(root, filter).env("HOPTRACE_BIN", &bin))?;
     step.done();
 
-    // The parsers' fuzz smoke run, only for the whole suite (not a filtered run).
+    // The other kernels and the parsers' fuzz smoke run, only for the whole suite.
     if full {
+        kernels::matrix(root, &mut p, &bin, &kernels::KERNELS.iter().collect::<Vec<_>>())?;
         let mut step = p.step(format!("fuzz smoke run ({} s per target)", fuzz::CI_SECONDS));
         step.begin("running", "~1 min once built; the first build ~3 min");
         fuzz::fuzz(root, fuzz::CI_SECONDS, &[])?;

@@ -41,6 +41,9 @@ pub const TEST_APT: &[&str] = &[
     "wrk",
     // The tests' Python venv (target/pyenv).
     "python3-venv",
+    // The kernel matrix (`cargo xtask kernels`): guests under QEMU, busybox in their initramfs.
+    "qemu-system-x86",
+    "busybox-static",
 ];
 
 /// The Kafka-protocol broker of the Kafka e2e test: `tansu`, with only the `dynostore`
