@@ -24,14 +24,19 @@ use crate::{
 };
 
 /// What the matrix needs from apt, on top of the agent's build.
-pub const KERNELS_APT: &[&str] = &["qemu-system-x86", "busybox-static"];
+pub const KERNELS_APT: &[&str] = &["qemu-system-x86", "busybox-static", "openssl"];
 
-pub const USAGE: &str = "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12|all]";
+pub const USAGE: &str = "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12|all] [-- HOPTRACE_RUN_ARGS...]
+  arguments after `--` are added to the guest's `hoptrace run` (e.g. `-- --kernel-log`)";
 
 /// `cargo xtask kernels [--kernel X]`: installs QEMU and busybox, builds the release agent,
 /// then runs the matrix.
 pub fn main(root: &Path, args: &[String]) -> Result<()> {
-    let kernels = parse_args(args)?;
+    let (ours, agent_args) = match args.iter().position(|a| a == "--") {
+        Some(at) => (&args[..at], &args[at + 1..]),
+        None => (args, &[][..]),
+    };
+    let kernels = parse_args(ours)?;
     if !prereq::is_root() {
         bail!("the kernel matrix fetches packages with apt: run it as root");
     }
@@ -42,7 +47,7 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     prereq::apt_step(root, &mut p, "apt packages (LLVM 22, QEMU, busybox-static)", &apt, "~1 min when missing")?;
     prereq::bpf_linker(root, &mut p)?;
     let bin = agent::build_release(root, &mut p, None)?;
-    matrix(root, &mut p, &bin, &kernels)?;
+    matrix(root, &mut p, &bin, &kernels, agent_args)?;
     p.finish("every kernel passed");
     Ok(())
 }
@@ -70,7 +75,13 @@ fn parse_args(args: &[String]) -> Result<Vec<&'static Kernel>> {
 
 /// Two steps: fetch what is not cached, then boot each kernel. Fails when any kernel fails,
 /// after all of them ran.
-pub fn matrix(root: &Path, p: &mut Progress, agent_bin: &Path, kernels: &[&Kernel]) -> Result<()> {
+pub fn matrix(
+    root: &Path,
+    p: &mut Progress,
+    agent_bin: &Path,
+    kernels: &[&Kernel],
+    agent_args: &[String],
+) -> Result<()> {
     let labels: Vec<&str> = kernels.iter().map(|k| k.label).collect();
     let mut step = p.step(format!("Debian kernels {} (cached in target/kernels)", labels.join(", ")));
     if kernels.iter().all(|k| fetch::cached(root, k.label).is_some()) {
@@ -87,10 +98,14 @@ pub fn matrix(root: &Path, p: &mut Progress, agent_bin: &Path, kernels: &[&Kerne
     step.begin("running", "~15 s per kernel");
     let mut failed = Vec::new();
     for k in kernels {
-        match check(root, agent_bin, k) {
+        match check(root, agent_bin, k, agent_args) {
             Ok(line) => say(&line),
             Err(e) => {
-                say(&format!("kernel {}: FAIL: {e:#}", k.label));
+                let text = format!("{e:#}");
+                // A result line already names the kernel; other errors (no boot) do not.
+                let prefix =
+                    if text.starts_with("kernel ") { String::new() } else { format!("kernel {}: FAIL: ", k.label) };
+                say(&format!("{prefix}{text}"));
                 failed.push(k.label);
             }
         }
@@ -104,19 +119,23 @@ pub fn matrix(root: &Path, p: &mut Progress, agent_bin: &Path, kernels: &[&Kerne
 
 /// One kernel: initramfs, boot, verdict. `Ok` is the result line of a pass; `Err` says what
 /// failed, with the agent's error (a verifier log in full) when it printed one.
-fn check(root: &Path, agent_bin: &Path, k: &Kernel) -> Result<String> {
+fn check(root: &Path, agent_bin: &Path, k: &Kernel, agent_args: &[String]) -> Result<String> {
     let cached = fetch::cached(root, k.label).context("kernel not fetched")?;
     let dir = fetch::cache_dir(root, k.label);
     let (trace, parent) = ids();
+    let (tls_trace, tls_parent) = ids();
+    let tls_dir = root.join("target/kernels/tls");
+    guest::tls_files(&tls_dir)?;
     let initrd = dir.join("initramfs.cpio");
-    guest::initramfs(agent_bin, &initrd, &trace, &parent)?;
+    let plan = guest::Plan { ids: guest::Ids { trace, parent, tls_trace, tls_parent }, agent_args };
+    guest::initramfs(agent_bin, &tls_dir, &initrd, &plan)?;
     let log = dir.join("serial.log");
     let (serial, took) = guest::boot(&cached.vmlinuz, &initrd, &log)?;
     let _ = std::fs::remove_file(&initrd);
     let Some(o) = guest::parse(&serial) else {
         bail!("the guest ({}) printed no result line; serial log: {}", cached.release, log.display());
     };
-    let line = result_line(k, &o, took, &trace);
+    let line = result_line(k, &o, took, &plan.ids.trace);
     if o.passed() {
         return Ok(line);
     }
@@ -130,15 +149,18 @@ fn result_line(k: &Kernel, o: &guest::Outcome, took: Duration, trace: &str) -> S
     let load =
         o.load_ms.map_or("never ready".to_string(), |ms| format!("agent ready after {:.1} s", ms as f64 / 1000.0));
     let programs = o.programs.map_or("-".to_string(), |n| n.to_string());
-    let joined = if o.joined { "yes" } else { "no" };
+    let yes = |b: bool| if b { "yes" } else { "no" };
     let error = o.error_line().map_or("none".to_string(), str::to_string);
     format!(
         "kernel {} ({}, {}): {verdict}: boot+check {:.1} s under TCG, {load}, {programs} tracepoint attachments, \
-         SERVER span joined to trace {trace}: {joined}, agent exit {}, error: {error}",
+         SERVER span joined to trace {trace}: {}, HTTPS CLIENT span through the OpenSSL uprobes: {}, \
+         agent exit {}, error: {error}",
         k.label,
         o.kernel,
         k.shipped_by,
         took.as_secs_f64(),
+        yes(o.joined),
+        yes(o.tls),
         o.agent_exit,
     )
 }

@@ -44,7 +44,7 @@ Other commands:
   build-ebpf          build the kernel object on its own and print its size
   gen-rules           regenerate deploy/alerts/prometheusrule.yaml from hoptrace-rules.yaml
   bench [OPTIONS]     what the agent costs nginx under wrk (root; `cargo xtask bench --help`)
-  kernels [--kernel 5.10|6.1|6.12|all]
+  kernels [--kernel 5.10|6.1|6.12|all] [-- HOPTRACE_RUN_ARGS]
                       boot Debian's kernels under QEMU and run the agent's capture-to-span
                       check on each (part of the full `test`; README: kernel support)
   fuzz [--seconds N] [TARGET...]
@@ -234,7 +234,7 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
 
     // The other kernels and the parsers' fuzz smoke run, only for the whole suite.
     if full {
-        kernels::matrix(root, &mut p, &bin, &kernels::KERNELS.iter().collect::<Vec<_>>())?;
+        kernels::matrix(root, &mut p, &bin, &kernels::KERNELS.iter().collect::<Vec<_>>(), &[])?;
         let mut step = p.step(format!("fuzz smoke run ({} s per target)", fuzz::CI_SECONDS));
         step.begin("running", "~1 min once built; the first build ~3 min");
         fuzz::fuzz(root, fuzz::CI_SECONDS, &[])?;

@@ -27,11 +27,19 @@ pub const MARK: &str = "HOPTRACE-KERNELS";
 /// 2-core machine; the margin is for a busy one.
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The init script. `@TRACE@` and `@PARENT@` are the traceparent's ids; every wait polls an
+/// The init script. `@TRACE@`/`@PARENT@` are the ids of the plain HTTP request's
+/// traceparent, `@TRACE2@`/`@PARENT2@` those of the HTTPS one; every wait polls an
 /// observable file with its own deadline (tenths of a second), never a fixed sleep.
+///
+/// Plain HTTP: busybox `httpd` must give a SERVER span joined to the caller's trace.
+/// HTTPS: `openssl s_client` talks to `openssl s_server`; the wire is encrypted, so a
+/// CLIENT span named after the request (`GET /tls`) proves the OpenSSL uprobes attached and
+/// delivered the plaintext (the agent runs with `--no-suppress-instrumented`, since the
+/// client sends its own traceparent). The `s_server -www` side gives no span on any kernel
+/// (it reads through a buffered BIO), so the client side is the one checked.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin
+export PATH=/bin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
@@ -42,13 +50,13 @@ M=HOPTRACE-KERNELS
 up() { cut -d' ' -f1 /proc/uptime | tr -d .; }
 echo "$M booted $(uname -r)"
 t0=$(up)
-hoptrace run > /tmp/spans 2> /tmp/agent.log &
+hoptrace run --no-suppress-instrumented @AGENT_ARGS@ > /tmp/spans 2> /tmp/agent.log &
 pid=$!
 i=0
 while [ $i -lt 1800 ] && ! grep -q '"msg":"ready"' /tmp/agent.log && kill -0 $pid 2>/dev/null; do
   sleep 0.1; i=$((i+1))
 done
-ready=no; load_ms=-; programs=-; joined=no; code=-
+ready=no; load_ms=-; programs=-; joined=no; tls=no; code=-
 if grep -q '"msg":"ready"' /tmp/agent.log; then
   ready=yes
   load_ms=$(( ($(up) - t0) * 10 ))
@@ -62,15 +70,24 @@ if grep -q '"msg":"ready"' /tmp/agent.log; then
   i=0
   while [ $i -lt 600 ] && ! grep -q -E "$span" /tmp/spans; do sleep 0.1; i=$((i+1)); done
   grep -q -E "$span" /tmp/spans && joined=yes
+  openssl s_server -accept 127.0.0.1:8443 -cert /tls/cert.pem -key /tls/key.pem -www -quiet >/dev/null 2>&1 &
+  i=0
+  while [ $i -lt 300 ] && ! grep -q '0100007F:20FB 00000000:0000 0A' /proc/net/tcp; do sleep 0.1; i=$((i+1)); done
+  printf 'GET /tls HTTP/1.0\r\ntraceparent: 00-@TRACE2@-@PARENT2@-01\r\n\r\n' \
+    | openssl s_client -connect 127.0.0.1:8443 -quiet >/dev/null 2>&1 || echo "$M s_client failed"
+  tspan='"traceId":"@TRACE2@"[^{}]*"parentSpanId":"@PARENT2@"[^{}]*"name":"GET /tls","kind":3'
+  i=0
+  while [ $i -lt 600 ] && ! grep -q -E "$tspan" /tmp/spans; do sleep 0.1; i=$((i+1)); done
+  grep -q -E "$tspan" /tmp/spans && tls=yes
   kill -INT $pid
 fi
 i=0
 while [ $i -lt 600 ] && kill -0 $pid 2>/dev/null; do sleep 0.1; i=$((i+1)); done
 if kill -0 $pid 2>/dev/null; then kill -KILL $pid; code=killed; else wait $pid; code=$?; fi
-if [ $ready != yes ] || [ $joined != yes ] || [ $code != 0 ]; then
+if [ $ready != yes ] || [ $joined != yes ] || [ $tls != yes ] || [ $code != 0 ]; then
   sed "s/^/$M agent: /" /tmp/agent.log
 fi
-echo "$M result kernel=$(uname -r) ready=$ready load_ms=$load_ms programs=$programs joined=$joined agent_exit=$code"
+echo "$M result kernel=$(uname -r) ready=$ready load_ms=$load_ms programs=$programs joined=$joined tls=$tls agent_exit=$code"
 poweroff -f
 "#;
 
@@ -82,6 +99,8 @@ pub struct Outcome {
     pub load_ms: Option<u64>,
     pub programs: Option<u32>,
     pub joined: bool,
+    /// The HTTPS request's CLIENT span, seen through the OpenSSL uprobes.
+    pub tls: bool,
     pub agent_exit: String,
     /// The agent's stderr, when the check failed.
     pub agent_log: Vec<String>,
@@ -89,7 +108,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn passed(&self) -> bool {
-        self.ready && self.joined && self.agent_exit == "0"
+        self.ready && self.joined && self.tls && self.agent_exit == "0"
     }
 
     /// The agent's one-line error (`hoptrace: error: ...`), if it printed one.
@@ -120,6 +139,7 @@ pub fn parse(serial: &[String]) -> Option<Outcome> {
             "load_ms" => o.load_ms = v.parse().ok(),
             "programs" => o.programs = v.parse().ok(),
             "joined" => o.joined = v == "yes",
+            "tls" => o.tls = v == "yes",
             "agent_exit" => o.agent_exit = v.to_string(),
             _ => {}
         }
@@ -127,32 +147,94 @@ pub fn parse(serial: &[String]) -> Option<Outcome> {
     Some(o)
 }
 
-/// Builds the initramfs for `agent` (the release binary), with the check for this trace.
-pub fn initramfs(agent: &Path, out: &Path, trace: &str, parent: &str) -> Result<()> {
-    let init = INIT.replace("@TRACE@", trace).replace("@PARENT@", parent);
+/// The traceparent ids of the guest's two requests.
+pub struct Ids {
+    pub trace: String,
+    pub parent: String,
+    pub tls_trace: String,
+    pub tls_parent: String,
+}
+
+/// What the guest runs: the ids of its requests and extra `hoptrace run` arguments.
+pub struct Plan<'a> {
+    pub ids: Ids,
+    pub agent_args: &'a [String],
+}
+
+/// `arg` as one single-quoted shell word.
+pub fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', "'\\''"))
+}
+
+/// Builds the initramfs for `agent` (the release binary); `tls_dir` holds the HTTPS
+/// server's `cert.pem` and `key.pem`.
+pub fn initramfs(agent: &Path, tls_dir: &Path, out: &Path, plan: &Plan) -> Result<()> {
+    let ids = &plan.ids;
+    let args: Vec<String> = plan.agent_args.iter().map(|a| shell_quote(a)).collect();
+    let init = INIT
+        .replace("@AGENT_ARGS@", &args.join(" "))
+        .replace("@TRACE2@", &ids.tls_trace)
+        .replace("@PARENT2@", &ids.tls_parent)
+        .replace("@TRACE@", &ids.trace)
+        .replace("@PARENT@", &ids.parent);
     let mut cpio = Cpio::default();
-    for dir in ["bin", "dev", "proc", "sys", "tmp", "www"] {
+    for dir in ["bin", "dev", "proc", "sys", "tmp", "www", "tls"] {
         cpio.dir(dir);
     }
     cpio.console();
     cpio.file("init", init.as_bytes(), 0o755);
-    cpio.file("bin/busybox", &std::fs::read(BUSYBOX).with_context(|| format!("cannot read {BUSYBOX}"))?, 0o755);
-    cpio.file(
-        "bin/hoptrace",
-        &std::fs::read(agent).with_context(|| format!("cannot read {}", agent.display()))?,
-        0o755,
-    );
-    for lib in shared_libraries(agent)? {
-        let data = std::fs::read(&lib).with_context(|| format!("cannot read {}", lib.display()))?;
-        let path = lib.to_string_lossy().trim_start_matches('/').to_string();
-        cpio.parents(&path);
-        cpio.file(&path, &data, 0o755);
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    cpio.file("bin/busybox", &read(Path::new(BUSYBOX))?, 0o755);
+    cpio.file("bin/hoptrace", &read(agent)?, 0o755);
+    for name in ["cert.pem", "key.pem"] {
+        cpio.file(&format!("tls/{name}"), &read(&tls_dir.join(name))?, 0o644);
+    }
+    let openssl = Path::new(OPENSSL);
+    let mut copied: Vec<PathBuf> = Vec::new();
+    let wanted = [openssl.to_path_buf(), PathBuf::from(OPENSSL_CNF)]
+        .into_iter()
+        .chain(shared_libraries(agent)?)
+        .chain(shared_libraries(openssl)?);
+    for path in wanted {
+        if copied.contains(&path) {
+            continue;
+        }
+        let name = path.to_string_lossy().trim_start_matches('/').to_string();
+        cpio.parents(&name);
+        cpio.file(&name, &read(&path)?, 0o755);
+        copied.push(path);
     }
     std::fs::write(out, cpio.finish()).with_context(|| format!("cannot write {}", out.display()))
 }
 
 /// busybox-static from Debian: no shared libraries of its own.
 pub const BUSYBOX: &str = "/bin/busybox";
+/// The HTTPS client and server of the TLS check, and their configuration (read through
+/// its symlink, stored as a file).
+const OPENSSL: &str = "/usr/bin/openssl";
+const OPENSSL_CNF: &str = "/usr/lib/ssl/openssl.cnf";
+
+/// A self-signed certificate for the guest's HTTPS server, made once.
+pub fn tls_files(dir: &Path) -> Result<()> {
+    if dir.join("cert.pem").is_file() && dir.join("key.pem").is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let status = Command::new(OPENSSL)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-days", "3650", "-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run openssl (apt-get install openssl)")?;
+    if !status.success() {
+        bail!("openssl req could not make the guest's test certificate in {}", dir.display());
+    }
+    Ok(())
+}
 
 /// The libraries `ldd` lists for `binary`, the dynamic loader included.
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
@@ -313,13 +395,23 @@ mod tests {
         assert_eq!(o.agent_log.len(), 2);
         assert!(o.error_line().unwrap().contains("verifier rejected program exit_data"));
 
-        let ok = ["HOPTRACE-KERNELS result kernel=6.1.0 ready=yes load_ms=4460 programs=29 joined=yes agent_exit=0"]
-            .map(String::from);
+        let ok =
+            ["HOPTRACE-KERNELS result kernel=6.1.0 ready=yes load_ms=4460 programs=29 joined=yes tls=yes agent_exit=0"]
+                .map(String::from);
         let o = parse(&ok).unwrap();
         assert!(o.passed());
         assert_eq!((o.load_ms, o.programs), (Some(4460), Some(29)));
+        // Everything but TLS is not a pass.
+        let no_tls = [ok[0].replace("tls=yes", "tls=no")];
+        assert!(!parse(&no_tls).unwrap().passed());
         // No result line: the guest never got to the end.
         assert_eq!(parse(&serial[..2]), None);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("--capture-cap"), "'--capture-cap'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 
     #[test]
