@@ -16,6 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use fetch::Kernel;
+use fetch::BACKPORTS;
 pub use fetch::KERNELS;
 
 use crate::{
@@ -26,7 +27,8 @@ use crate::{
 /// What the matrix needs from apt, on top of the agent's build.
 pub const KERNELS_APT: &[&str] = &["qemu-system-x86", "busybox-static", "openssl"];
 
-pub const USAGE: &str = "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12|all] [-- HOPTRACE_RUN_ARGS...]
+pub const USAGE: &str = "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12|all|backports] [-- HOPTRACE_RUN_ARGS...]
+  all (the default) is the CI matrix; backports is Debian's newest backported kernel
   arguments after `--` are added to the guest's `hoptrace run` (e.g. `-- --kernel-log`)";
 
 /// `cargo xtask kernels [--kernel X]`: installs QEMU and busybox, builds the release agent,
@@ -67,7 +69,7 @@ fn parse_args(args: &[String]) -> Result<Vec<&'static Kernel>> {
     if choice == "all" {
         return Ok(KERNELS.iter().collect());
     }
-    match KERNELS.iter().find(|k| k.label == choice) {
+    match KERNELS.iter().chain([&BACKPORTS]).find(|k| k.label == choice) {
         Some(k) => Ok(vec![k]),
         None => bail!("no kernel `{choice}` in the matrix\n{USAGE}"),
     }
@@ -192,6 +194,7 @@ mod tests {
         assert_eq!(all.iter().map(|k| k.label).collect::<Vec<_>>(), ["5.10", "6.1", "6.12"]);
         assert_eq!(parse_args(&["--kernel".into(), "6.1".into()]).unwrap()[0].suite, "bookworm");
         assert_eq!(parse_args(&["--kernel=5.10".into()]).unwrap()[0].suite, "bullseye");
+        assert_eq!(parse_args(&["--kernel=backports".into()]).unwrap()[0].suite, "trixie-backports");
         assert!(parse_args(&["--kernel".into(), "4.19".into()]).unwrap_err().to_string().contains("no kernel `4.19`"));
     }
 

@@ -35,6 +35,11 @@ pub const KERNELS: [Kernel; 3] = [
     Kernel { label: "6.12", suite: "trixie", shipped_by: "Debian 13" },
 ];
 
+/// Not in the CI matrix: Debian's newest backported kernel, which moves with every
+/// backports upload (a look ahead, asked for with `--kernel backports`).
+pub const BACKPORTS: Kernel =
+    Kernel { label: "backports", suite: "trixie-backports", shipped_by: "Debian 13 backports" };
+
 /// A kernel ready to boot.
 pub struct Cached {
     pub vmlinuz: PathBuf,
@@ -240,39 +245,51 @@ pub fn fetch(root: &Path, kernels: &[&Kernel]) -> Result<Vec<String>> {
     let mut fetched = Vec::new();
     for k in missing {
         let package = apt.image_package(k.suite)?;
-        let deb = apt.download(&package, k.suite)?;
-        extract(&deb, &cache_dir(root, k.label), &package)?;
-        std::fs::remove_file(&deb)?;
+        let release = package.trim_start_matches("linux-image-").to_string();
+        let dir = cache_dir(root, k.label);
+        let unpack = dir.join("unpack");
+        let _ = std::fs::remove_dir_all(&unpack);
+        std::fs::create_dir_all(&unpack)?;
+        unpack_deb(&apt.download(&package, k.suite)?, &unpack)?;
+        // Newer packaging (7.x backports) splits the image: the kernel in linux-binary-*,
+        // its config in linux-base-*; linux-image-* only depends on them.
+        if find_boot_file(&unpack, &release, "vmlinuz").is_none() {
+            for part in ["linux-binary", "linux-base"] {
+                unpack_deb(&apt.download(&format!("{part}-{release}"), k.suite)?, &unpack)?;
+            }
+        }
+        keep_boot_files(&unpack, &dir, &release).with_context(|| format!("{package} from {}", k.suite))?;
+        std::fs::remove_dir_all(&unpack)?;
         fetched.push(package);
     }
     Ok(fetched)
 }
 
-/// Keeps `boot/vmlinuz-*` and `boot/config-*` of the package as `vmlinuz` and `config`,
-/// and the release in `release` (written last: it marks the cache complete).
-fn extract(deb: &Path, dir: &Path, package: &str) -> Result<()> {
-    let release = package.trim_start_matches("linux-image-").to_string();
-    let tmp = dir.join("unpack");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let status = Command::new("sh")
-        .args([
-            "-c",
-            "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards './boot/vmlinuz-*' './boot/config-*'",
-        ])
-        .arg("sh")
-        .arg(deb)
-        .arg(&tmp)
-        .status()
-        .context("cannot run dpkg-deb")?;
+/// `dpkg-deb -x`, then the .deb goes (the cache keeps only what is booted).
+fn unpack_deb(deb: &Path, into: &Path) -> Result<()> {
+    let status = Command::new("dpkg-deb").arg("-x").arg(deb).arg(into).status().context("cannot run dpkg-deb")?;
     if !status.success() {
-        bail!("cannot unpack boot/ from {}", deb.display());
+        bail!("dpkg-deb -x {} failed with {status}", deb.display());
     }
-    std::fs::rename(tmp.join(format!("boot/vmlinuz-{release}")), dir.join("vmlinuz"))
-        .with_context(|| format!("{} has no boot/vmlinuz-{release}", deb.display()))?;
-    std::fs::rename(tmp.join(format!("boot/config-{release}")), dir.join("config"))
-        .with_context(|| format!("{} has no boot/config-{release}", deb.display()))?;
-    std::fs::remove_dir_all(&tmp)?;
+    std::fs::remove_file(deb)?;
+    Ok(())
+}
+
+/// `boot/<name>-<release>` (Debian up to 13) or `usr/lib/modules/<release>/<name>` (later).
+fn find_boot_file(unpacked: &Path, release: &str, name: &str) -> Option<PathBuf> {
+    [unpacked.join(format!("boot/{name}-{release}")), unpacked.join(format!("usr/lib/modules/{release}/{name}"))]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Keeps the kernel and its config as `vmlinuz` and `config`, and the release in `release`
+/// (written last: it marks the cache complete).
+fn keep_boot_files(unpacked: &Path, dir: &Path, release: &str) -> Result<()> {
+    for name in ["vmlinuz", "config"] {
+        let found = find_boot_file(unpacked, release, name)
+            .with_context(|| format!("no {name} for {release} in the downloaded packages"))?;
+        std::fs::rename(found, dir.join(name))?;
+    }
     std::fs::write(dir.join("release"), format!("{release}\n"))?;
     Ok(())
 }
