@@ -4,6 +4,12 @@
 //! kernel's `trace_event_raw_sys_enter`: args start at byte 16, 8 bytes each; the return
 //! value of `sys_exit_*` at byte 16). That layout is described by each tracepoint's
 //! `format` file; if a kernel ever disagrees, refuse to load instead of reading garbage.
+//!
+//! Newer kernels (seen on Debian's 7.3.4; not on 6.18) append `__data_loc` fields after the
+//! arguments of some syscalls (`sys_enter_write` has `__data_loc char[] __buf_val`: the
+//! user buffer's content, copied for ftrace). They are dynamic data placed after the fixed
+//! arguments, which keep their offsets, and are not in what a BPF program's context holds;
+//! they are accepted as long as they come after the last argument.
 
 use std::path::Path;
 
@@ -13,6 +19,8 @@ struct Field {
     name: String,
     offset: usize,
     size: usize,
+    /// `__data_loc`/`__rel_loc`: a reference to data appended after the fixed fields.
+    dynamic: bool,
 }
 
 fn parse_format(text: &str) -> Vec<Field> {
@@ -34,8 +42,9 @@ fn parse_format(text: &str) -> Vec<Field> {
                 size = v.parse().ok();
             }
         }
+        let dynamic = decl.starts_with("__data_loc ") || decl.starts_with("__rel_loc ");
         if let (Some(offset), Some(size)) = (offset, size) {
-            fields.push(Field { name, offset, size });
+            fields.push(Field { name, offset, size, dynamic });
         }
     }
     fields
@@ -52,10 +61,19 @@ pub fn check_syscall_layout(tracefs: &Path, name: &str) -> Result<()> {
 
 fn check_layout_text(name: &str, text: &str) -> Result<()> {
     let fields = parse_format(text);
-    let args: Vec<&Field> =
-        fields.iter().filter(|f| !f.name.starts_with("common_") && f.name != "__syscall_nr").collect();
+    let own = fields.iter().filter(|f| !f.name.starts_with("common_") && f.name != "__syscall_nr");
+    let (dynamic, args): (Vec<&Field>, Vec<&Field>) = own.partition(|f| f.dynamic);
     if args.is_empty() {
         bail!("tracepoint syscalls/{name} has no argument fields in its format file");
+    }
+    let args_end = 16 + 8 * args.len();
+    if let Some(f) = dynamic.iter().find(|f| f.offset < args_end) {
+        bail!(
+            "tracepoint syscalls/{name}: dynamic field {} is at offset {}, among the arguments \
+             (they end at {args_end}); this kernel's syscall tracepoint layout is not supported",
+            f.name,
+            f.offset
+        );
     }
     for (i, f) in args.iter().enumerate() {
         if f.offset != 16 + 8 * i || f.size != 8 {
@@ -113,5 +131,20 @@ format:
         let moved = ENTER_READ.replace("offset:24;", "offset:28;");
         let err = check_layout_text("sys_enter_read", &moved).unwrap_err().to_string();
         assert!(err.contains("buf") && err.contains("not supported"), "{err}");
+    }
+
+    /// Debian's 7.3.4 kernel: the user buffer's content appended after the arguments.
+    #[test]
+    fn accepts_dynamic_fields_after_the_arguments() {
+        let write = ENTER_READ.replace("sys_enter_read", "sys_enter_write")
+            + "\tfield:__data_loc char[] __buf_val;\toffset:40;\tsize:4;\tsigned:0;\n";
+        check_layout_text("sys_enter_write", &write).unwrap();
+        // Among the arguments it would move them: refused.
+        let inside = write.replace("offset:40;", "offset:32;");
+        let err = check_layout_text("sys_enter_write", &inside).unwrap_err().to_string();
+        assert!(err.contains("dynamic field __buf_val") && err.contains("not supported"), "{err}");
+        // A fixed field of another size is still refused.
+        let wide = write.replace("__data_loc char[] __buf_val;\toffset:40;\tsize:4", "int extra;\toffset:40;\tsize:4");
+        assert!(check_layout_text("sys_enter_write", &wide).is_err());
     }
 }
