@@ -42,7 +42,7 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if !prereq::is_root() {
         bail!("the kernel matrix fetches packages with apt: run it as root");
     }
-    let mut p = Progress::new("kernels", 5 + 2, "the agent on other kernels, under QEMU");
+    let mut p = Progress::new("kernels", 4 + 2, "the agent on other kernels, under QEMU");
     prereq::rust_src(root, &mut p)?;
     let mut apt: Vec<&'static str> = prereq::RUN_APT.to_vec();
     apt.extend_from_slice(KERNELS_APT);
