@@ -24,6 +24,9 @@ use crate::{
     progress::{say, Progress},
 };
 
+/// The steps [`matrix`] adds to a command's progress: fetch, boot.
+pub const MATRIX_STEPS: usize = 2;
+
 /// What the matrix needs from apt, on top of the agent's build.
 pub const KERNELS_APT: &[&str] = &["qemu-system-x86", "busybox-static", "openssl"];
 
@@ -42,7 +45,7 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if !prereq::is_root() {
         bail!("the kernel matrix fetches packages with apt: run it as root");
     }
-    let mut p = Progress::new("kernels", 4 + 2, "the agent on other kernels, under QEMU");
+    let mut p = Progress::new("kernels", 4 + MATRIX_STEPS, "the agent on other kernels, under QEMU");
     prereq::rust_src(root, &mut p)?;
     let mut apt: Vec<&'static str> = prereq::RUN_APT.to_vec();
     apt.extend_from_slice(KERNELS_APT);

@@ -44,7 +44,7 @@ Other commands:
   build-ebpf          build the kernel object on its own and print its size
   gen-rules           regenerate deploy/alerts/prometheusrule.yaml from hoptrace-rules.yaml
   bench [OPTIONS]     what the agent costs nginx under wrk (root; `cargo xtask bench --help`)
-  kernels [--kernel 5.10|6.1|6.12|all] [-- HOPTRACE_RUN_ARGS]
+  kernels [--kernel 5.10|6.1|6.12|all|backports] [-- HOPTRACE_RUN_ARGS]
                       boot Debian's kernels under QEMU and run the agent's capture-to-span
                       check on each (part of the full `test`; README: kernel support)
   fuzz [--seconds N] [TARGET...]
@@ -192,7 +192,8 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
     }
     let full = filter.is_empty();
     let prereq_steps = prereq::TEST_PREREQ_STEPS - usize::from(!full);
-    let total = prereq_steps + 6 + 3 * usize::from(full);
+    // The full run adds the kernel matrix and the fuzz smoke run.
+    let total = prereq_steps + 6 + usize::from(full) * (kernels::MATRIX_STEPS + 1);
     let what = if full { "the whole suite" } else { "a filtered run" };
     let mut p = Progress::new("test", total, what);
     prereq::test_prereqs(root, &mut p, full)?;
