@@ -81,6 +81,7 @@ impl TracePipeline {
             gaps: Arc::new(Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
             red: super::red::RedRecorder::default(),
+            jobs: Default::default(),
         }
     }
 
