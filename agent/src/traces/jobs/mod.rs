@@ -329,3 +329,6 @@ impl TracePipeline {
         &self.jobs.stats
     }
 }
+
+#[cfg(test)]
+mod tests;
