@@ -27,10 +27,10 @@ fn agent(receiver: &OtlpReceiver, ports: &[u16], config: &str, dir: &TempDir, li
     RunAgent::start(ports, &args, env)
 }
 
-/// A span as the receiver recorded it (for `status` and `links`, which `OtlpSpan` omits).
+/// A span as the receiver recorded it (for `status`, which `OtlpSpan` omits).
 fn raw_span(receiver: &OtlpReceiver, span_id: &str) -> Value {
     for req in receiver.requests() {
-        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
+        for rs in req["request"]["resourceSpans"].as_array().into_iter().flatten() {
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for s in ss["spans"].as_array().into_iter().flatten() {
                     if s["spanId"] == span_id {
@@ -195,5 +195,62 @@ fn job_killed_mid_request_ends_its_open_call_with_an_error() {
     assert_eq!(status_code(&raw_run), STATUS_ERROR, "{raw_run}");
     assert_eq!(raw_run["status"]["message"], "killed by signal 9");
     assert_eq!(int(run.attrs.get("hoptrace.process.exit.signal")), Some(9));
+    drop(agent);
+}
+
+/// `target/airflow-venv/bin/airflow` (made by `cargo xtask setup` from
+/// tests/requirements-airflow.txt), with AIRFLOW_HOME in `home` (SQLite metadata DB).
+fn real_airflow(home: &TempDir, url: &str) -> Command {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/airflow-venv/bin/airflow");
+    assert!(bin.exists(), "no Airflow at {}: run `cargo xtask setup`", bin.display());
+    let mut cmd = Command::new(bin);
+    cmd.env("AIRFLOW_HOME", home.path()).env("AIRFLOW__CORE__LOAD_EXAMPLES", "False");
+    cmd.env("AIRFLOW__CORE__DAGS_FOLDER", home.join("dags")).env("JOB_URL", url);
+    without_otel_env(&mut cmd);
+    cmd
+}
+
+/// Real Apache Airflow: `airflow tasks test` of a DAG whose task scores two partitions
+/// through an HTTP service. The run is one job root span named after the DAG and task,
+/// with the run's id from the command line; both partition calls are its children.
+#[test]
+fn real_airflow_tasks_test_is_one_job_span_with_its_calls_as_children() {
+    require_root();
+    let server = PyServer::start("chain_service.py", &["0"]);
+    let url = format!("http://127.0.0.1:{}", server.port());
+    let home = TempDir::new("jobs-real-airflow");
+    std::fs::create_dir_all(home.join("dags")).unwrap();
+    std::fs::copy(fixture("jobs/scoring_dag.py"), home.join("dags/scoring.py")).unwrap();
+    // The metadata DB first (not a task run: no job).
+    run(real_airflow(&home, &url).args(["db", "migrate"]), Duration::from_secs(180)).expect_success();
+    let receiver = OtlpReceiver::start();
+    let agent = agent(&receiver, &[server.port()], "jobs:\n  airflow: true\n", &home, free_port());
+    let run_id = "2026-12-03";
+    let done = run(
+        real_airflow(&home, &url).args(["tasks", "test", "scoring", "score_partitions", run_id]),
+        Duration::from_secs(180),
+    );
+    assert!(done.stdout.contains("score_partitions") || done.stderr.contains("score_partitions"), "{done:#?}");
+    let name = "batch-run scoring.score_partitions";
+    let spans = receiver.wait_for_spans(DELIVERY, "the task run and its two calls", |s| {
+        jobs(s, name).len() == 1 && calls_to(s, server.port()).len() == 2
+    });
+    let all = show_spans(&spans);
+    let job = jobs(&spans, name)[0];
+    assert_eq!(job.parent_span_id, "", "{all}");
+    assert_eq!(job.attrs.get("job.run_id"), Some(&Value::from(run_id)), "{all}");
+    assert_eq!(job.attrs.get("airflow.dag.id"), Some(&Value::from("scoring")));
+    let code = done.status.code().expect("exited");
+    assert_eq!(int(job.attrs.get("process.exit.code")), Some(code.into()), "the exit status is the process's");
+    let expected_status = if code == 0 { 0 } else { STATUS_ERROR };
+    assert_eq!(status_code(&raw_span(&receiver, &job.span_id)), expected_status);
+    for call in calls_to(&spans, server.port()) {
+        assert_eq!(
+            (call.trace_id.as_str(), call.parent_span_id.as_str()),
+            (job.trace_id.as_str(), job.span_id.as_str()),
+            "{all}"
+        );
+        assert!(job.start <= call.start && call.end <= job.end, "{all}");
+    }
     drop(agent);
 }

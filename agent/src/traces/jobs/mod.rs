@@ -30,7 +30,7 @@ use crate::{
     capture::events::Exit,
     gaps::GapKind,
     model::span::{hex, KeyValue, SpanId, SpanKind, SpanLink, SpanRecord, Status, StatusCode, TraceId},
-    policy::redact::Field,
+    policy::redact::{Detector, Field, Redactor},
     resource::process::{self, ProcessInfo},
 };
 
@@ -61,6 +61,24 @@ pub struct JobStats {
 pub(super) struct Jobs {
     procs: HashMap<u32, Tracked>,
     pub stats: JobStats,
+    /// The detectors job attribute values pass (see [`job_redactor`]).
+    redactor: Redactor,
+}
+
+impl Jobs {
+    pub(super) fn new(base: &Redactor) -> Self {
+        Self { redactor: job_redactor(base), ..Default::default() }
+    }
+}
+
+/// Job attribute values are run ids, DAG and task names, versions: identifiers by design
+/// (`manual__2026-12-03T05:00:00+00:00`, a UUID), which the identifier-shaped detectors
+/// (UUID, hex and base64 tokens, numbers) would erase. Personal data and credentials are
+/// still found and replaced: email, CPF, CNPJ, card and phone numbers, JWTs, bearer tokens.
+pub(super) fn job_redactor(base: &Redactor) -> Redactor {
+    [Detector::Uuid, Detector::HexToken, Detector::Base64Token, Detector::Number]
+        .into_iter()
+        .fold(base.clone(), |r, d| r.without(d))
 }
 
 struct Tracked {
@@ -237,7 +255,7 @@ impl TracePipeline {
         let from_env = self.cfg.jobs.env_attributes.iter().zip(values).filter_map(|((_, a), v)| Some((a.clone(), v?)));
         let mut out = vec![KeyValue::str("hoptrace.job.rule", m.rule.clone())];
         for (k, v) in m.attributes.iter().cloned().chain(from_env.collect::<Vec<_>>()) {
-            let r = self.redactor.redact_field(Field::HeaderValue, &v);
+            let r = self.jobs.redactor.redact_field(Field::HeaderValue, &v);
             out.push(KeyValue::str(k, r.text));
         }
         out

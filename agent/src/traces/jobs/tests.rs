@@ -24,7 +24,8 @@ fn children(pid: u32, n: usize) -> Vec<u32> {
         let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         let kids: Vec<u32> = list.split_whitespace().filter_map(|p| p.parse().ok()).collect();
         // Forked but not yet exec'd children still show the shell's command line.
-        let execd = kids.iter().all(|k| std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim() == "sleep"));
+        let execd =
+            kids.iter().all(|k| std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim() == "sleep"));
         if kids.len() == n && execd {
             return kids;
         }
@@ -67,4 +68,19 @@ fn fan_out_past_the_limit_links_and_missing_context_is_a_gap() {
     assert_eq!(p.job_stats().jobs_fanned_out, 1);
     assert!(p.gaps.lock().unwrap().len() >= 1);
     assert!(!p.follows(parent), "forgotten at exit");
+}
+
+#[test]
+fn job_values_keep_run_ids_and_lose_personal_data() {
+    let r = job_redactor(&crate::policy::redact::Redactor::default());
+    for id in [
+        "manual__2026-12-03T05:00:00+00:00",
+        "scheduled__2026-12-03T06:00:00+00:00",
+        "fraud-7.3.1",
+        "0af76519-16cd-43dd-8448-eb211c80319c",
+    ] {
+        assert_eq!(r.redact_field(Field::HeaderValue, id).text, id);
+    }
+    let leaked = r.redact_field(Field::HeaderValue, "run-for-ana@example.com").text;
+    assert!(!leaked.contains("ana@example.com"), "{leaked}");
 }
