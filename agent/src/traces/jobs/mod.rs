@@ -146,7 +146,13 @@ impl TracePipeline {
         }
         let env_ids = env.map(|(_, ids)| ids).or_else(|| ancestor.as_ref().and_then(|a| a.env));
         let (calls, job, parent_job) = match matched {
-            Some(m) => self.start_job(pid, m, base, ancestor.as_ref(), ts_ns),
+            Some(m) => {
+                let (calls, mut job, parent_job) = self.start_job(pid, m, base, ancestor.as_ref(), ts_ns);
+                if let Some(j) = job.as_mut() {
+                    j.attributes.extend(self.env_baggage(&info));
+                }
+                (calls, job, parent_job)
+            }
             None => (base.expect("checked above"), None, None),
         };
         let t = Tracked { start_time: info.start_time, calls, env: env_ids, job, parent_job };
@@ -189,6 +195,18 @@ impl TracePipeline {
         };
         self.jobs.stats.env_context_valid += 1;
         Some((Ctx::remote(&tp, trace_state), (tp.trace_id, tp.parent_id)))
+    }
+
+    /// Allow-listed `BAGGAGE` members of the environment, as `baggage.<key>` attributes of
+    /// the job span (redacted like the baggage of a request, see `finish`).
+    fn env_baggage(&self, info: &ProcessInfo) -> Vec<KeyValue> {
+        let allow = &self.cfg.baggage_allowlist;
+        let Some(b) = info.env_context.as_deref().and_then(|c| c.baggage.as_deref()) else { return Vec::new() };
+        if allow.is_empty() || !self.cfg.jobs.environment_context {
+            return Vec::new();
+        }
+        let members = context::parse_baggage(&[b.as_bytes()], |k| allow.iter().any(|a| a == k)).unwrap_or_default();
+        members.into_iter().map(|(k, v)| KeyValue::str(format!("baggage.{k}"), v)).collect()
     }
 
     /// The nearest followed process among `ppid` and its parents.
