@@ -63,15 +63,19 @@ pub(super) struct Jobs {
     pub stats: JobStats,
     /// The detectors job attribute values pass (see [`job_redactor`]).
     redactor: Redactor,
-    /// The built-in Airflow rule, compiled once (a regex per exec cost more than the rest
-    /// of the exec's work).
-    airflow: Option<JobRule>,
 }
 
 impl Jobs {
     pub(super) fn new(base: &Redactor) -> Self {
-        Self { redactor: job_redactor(base), airflow: Some(airflow_rule()), ..Default::default() }
+        Self { redactor: job_redactor(base), ..Default::default() }
     }
+}
+
+/// The built-in Airflow rule, compiled once (a regex per exec cost more than the rest of
+/// the exec's work).
+fn builtin_airflow() -> &'static JobRule {
+    static RULE: std::sync::OnceLock<JobRule> = std::sync::OnceLock::new();
+    RULE.get_or_init(airflow_rule)
 }
 
 /// Job attribute values are run ids, DAG and task names, versions: identifiers by design
@@ -171,7 +175,7 @@ impl TracePipeline {
         let names: Vec<&str> = jobs.rules.iter().flat_map(|r| r.env.iter().map(String::as_str)).collect();
         let values = process::env_values(info.pid, &names);
         let set = |v: &str| names.iter().zip(&values).any(|(n, val)| *n == v && val.is_some());
-        let builtin = self.jobs.airflow.as_ref().filter(|_| jobs.airflow);
+        let builtin = jobs.airflow.then(builtin_airflow);
         jobs.rules.iter().chain(builtin).find_map(|r| r.matches(info, &set))
     }
 
