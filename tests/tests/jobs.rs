@@ -172,7 +172,13 @@ fn job_killed_mid_request_ends_its_open_call_with_an_error() {
     let port: u16 = hang.wait_for_line("READY ", TIMEOUT)["READY ".len()..].parse().unwrap();
     let receiver = OtlpReceiver::start();
     let dir = TempDir::new("jobs-killed");
-    let agent = agent(&receiver, &[port], "jobs:\n  airflow: true\n", &dir, free_port());
+    // A configured rule for the same command line, tried before the built-in one, says the
+    // run must have trace context: started without, it is a gap of the job.
+    let config = "jobs:\n  rules:\n    - name: strict\n      match:\n        cmdline: 'airflow tasks run \
+                  (?P<dag>\\S+) (?P<task>\\S+) (?P<run>\\S+)'\n      span_name: 'batch-run {dag}.{task}'\n      \
+                  attributes:\n        job.run_id: '{run}'\n      require_context: true\n";
+    let listen = free_port();
+    let agent = agent(&receiver, &[port], config, &dir, listen);
     let mut job = Running::spawn(&mut airflow("manual__killed", &format!("http://127.0.0.1:{port}"), "hang"));
     job.wait_for_line("CALLING", TIMEOUT);
     hang.wait_for_line("GOT", TIMEOUT);
@@ -195,6 +201,15 @@ fn job_killed_mid_request_ends_its_open_call_with_an_error() {
     assert_eq!(status_code(&raw_run), STATUS_ERROR, "{raw_run}");
     assert_eq!(raw_run["status"]["message"], "killed by signal 9");
     assert_eq!(int(run.attrs.get("hoptrace.process.exit.signal")), Some(9));
+    assert_eq!(run.attrs.get("hoptrace.job.rule"), Some(&Value::from("strict")));
+    assert_eq!(run.attrs.get("hoptrace.gap.kind"), Some(&Value::from("missing_inbound_context")), "{all}");
+    let gaps: Value = serde_json::from_str(&http_get_body(listen, "/gaps")).unwrap();
+    let rows = gaps["gaps"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "missing_inbound_context" && r["route"] == "batch-run scoring.score_partitions"),
+        "{gaps}"
+    );
     drop(agent);
 }
 
