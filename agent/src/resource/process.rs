@@ -95,6 +95,20 @@ pub fn env_values(pid: u32, names: &[&str]) -> Vec<Option<String>> {
     out
 }
 
+/// The command line as [`ProcessInfo::cmdline`] has it (arguments joined by spaces).
+pub fn read_cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<std::borrow::Cow<'_, str>> =
+        raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect();
+    Some(args.join(" "))
+}
+
+/// Whether a process's environment (its first [`ENVIRON_CAP`] bytes) sets `name`
+/// (`b"TRACEPARENT="`), without copying any of it.
+pub fn environ_sets(pid: u32, name: &[u8]) -> bool {
+    read_environ(pid).split(|&b| b == 0).any(|var| var.starts_with(name))
+}
+
 /// What the agent takes from an environment: whether it configures an OpenTelemetry SDK,
 /// `OTEL_SERVICE_NAME`, and the trace context carrier. Every other variable is skipped
 /// without being copied.

@@ -130,6 +130,11 @@ impl TracePipeline {
         }
         // exec keeps the pid and start time: the cached info is the previous image's.
         self.processes.forget(pid);
+        // Most execs concern no job: a look at the command line and the environment
+        // settles them without caching anything about the process.
+        if self.jobs.procs.is_empty() && !self.exec_may_matter(pid) {
+            return;
+        }
         let Some(info) = self.processes.get(pid) else { return };
         let matched = self.match_job(&info);
         if let Some(t) = self.jobs.procs.get(&pid) {
@@ -164,6 +169,25 @@ impl TracePipeline {
         };
         let t = Tracked { start_time: info.start_time, calls, env: env_ids, job, parent_job };
         self.jobs.procs.insert(pid, t);
+    }
+
+    /// Whether a process just exec'd could be a job or carries a trace context (no process
+    /// is followed, so it has no followed ancestor).
+    fn exec_may_matter(&self, pid: u32) -> bool {
+        let jobs = &self.cfg.jobs;
+        // Rules without a command-line pattern need the full look.
+        if jobs.rules.iter().any(|r| r.cmdline.is_none()) {
+            return true;
+        }
+        if jobs.airflow || !jobs.rules.is_empty() {
+            let Some(cmdline) = process::read_cmdline(pid) else { return false };
+            let builtin = jobs.airflow.then(builtin_airflow);
+            let patterns = jobs.rules.iter().chain(builtin).filter_map(|r| r.cmdline.as_ref());
+            if patterns.into_iter().any(|re| re.is_match(&cmdline)) {
+                return true;
+            }
+        }
+        jobs.environment_context && process::environ_sets(pid, b"TRACEPARENT=")
     }
 
     /// The first job rule (configured ones, then the built-in) matching the process.
