@@ -14,6 +14,7 @@ mod gaps;
 mod health;
 mod hostile_corpus;
 mod http_edges;
+mod jobs;
 mod kafka;
 mod kernel_log;
 mod kubernetes;

@@ -288,10 +288,23 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 /// whenever that file's content differs from the last successful install (a stamp file
 /// inside the venv holds the hash of what was installed).
 pub fn python_env(root: &Path, p: &mut Progress) -> Result<()> {
-    let mut step = p.step("the tests' Python venv (target/pyenv, tests/requirements.txt)");
-    let venv = root.join("target/pyenv");
+    let title = "the tests' Python venv (target/pyenv, tests/requirements.txt)";
+    venv_step(root, p, title, "target/pyenv", "tests/requirements.txt", "~1 min")
+}
+
+/// Apache Airflow for the real-Airflow job test, in its own venv (`target/airflow-venv`):
+/// its dependencies would fight the fixtures' pins.
+pub fn airflow_env(root: &Path, p: &mut Progress) -> Result<()> {
+    let title = "Apache Airflow for the job test (target/airflow-venv, tests/requirements-airflow.txt)";
+    venv_step(root, p, title, "target/airflow-venv", "tests/requirements-airflow.txt", "~2 min")
+}
+
+/// A venv at `dir` with `requirements` installed, redone when that file changes.
+fn venv_step(root: &Path, p: &mut Progress, title: &str, dir: &str, requirements: &str, usually: &str) -> Result<()> {
+    let mut step = p.step(title);
+    let venv = root.join(dir);
     let python = venv.join("bin/python");
-    let requirements = root.join("tests/requirements.txt");
+    let requirements = root.join(requirements);
     let stamp = venv.join(".requirements-stamp");
     let content = std::fs::read(&requirements).with_context(|| format!("cannot read {}", requirements.display()))?;
     let wanted = format!("{:016x}\n", fnv1a64(&content));
@@ -302,7 +315,6 @@ pub fn python_env(root: &Path, p: &mut Progress) -> Result<()> {
         step.skip("up to date");
         return Ok(());
     }
-    let usually = "~1 min";
     step.begin("installing", usually);
     if !usable {
         if venv.exists() {
@@ -327,7 +339,7 @@ pub fn python_env(root: &Path, p: &mut Progress) -> Result<()> {
 }
 
 /// Everything the tests need, in order; `fuzz` adds cargo-fuzz (full runs and `setup`).
-pub const TEST_PREREQ_STEPS: usize = 6;
+pub const TEST_PREREQ_STEPS: usize = 7;
 
 pub fn test_prereqs(root: &Path, p: &mut Progress, fuzz: bool) -> Result<()> {
     let mut all: Vec<&'static str> = RUN_APT.to_vec();
@@ -337,6 +349,7 @@ pub fn test_prereqs(root: &Path, p: &mut Progress, fuzz: bool) -> Result<()> {
     bpf_linker(root, p)?;
     kafka_broker(p)?;
     python_env(root, p)?;
+    airflow_env(root, p)?;
     if fuzz {
         cargo_fuzz(p)?;
     }

@@ -351,6 +351,14 @@ impl ConnTable {
         idle.into_iter().filter_map(|id| self.conns.remove(&id)).collect()
     }
 
+    /// Removes the connections (and TLS views) owned by process `pid`: it exited, so the
+    /// kernel closed its sockets without a close() the programs could see.
+    pub fn take_process(&mut self, pid: u32) -> Vec<Connection> {
+        let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.pid == pid).map(|(id, _)| *id).collect();
+        self.stats.conns_closed += ids.len() as u64;
+        ids.into_iter().filter_map(|id| self.conns.remove(&id)).collect()
+    }
+
     /// Empties the table (agent shutdown).
     pub fn drain(&mut self) -> Vec<Connection> {
         self.conns.drain().map(|(_, c)| c).collect()

@@ -24,7 +24,7 @@ use anyhow::Result;
 use crate::{
     capture::conntrack::{ConnTable, Connection, TableStats},
     capture::counters::Counters,
-    capture::events::{decode, Close, ConnectFailed, Data, Event, Open},
+    capture::events::{decode, Close, ConnectFailed, Data, Event, Exec, Exit, Open},
     capture::heartbeat::Heartbeat,
     capture::stream::{GapReason, Segment},
     capture::Capture,
@@ -39,6 +39,19 @@ pub trait Consumer {
     fn closed(&mut self, conn: &Connection, ev: Option<&Close>, flushed: &[Vec<Segment>; 2]) -> Result<()>;
     /// An outgoing connection attempt failed (`conn` when connect() had returned already).
     fn connect_failed(&mut self, _ev: &ConnectFailed, _conn: Option<&Connection>) -> Result<()> {
+        Ok(())
+    }
+    /// A process called exec() (jobs and environment trace context are read then).
+    fn exec(&mut self, _ev: &Exec) -> Result<()> {
+        Ok(())
+    }
+    /// A process is exiting. True asks for its connections to leave the table now (their
+    /// open calls end at the exit), for processes whose calls the consumer follows.
+    fn exiting(&mut self, _ev: &Exit) -> bool {
+        false
+    }
+    /// A process exited (after its connections were retired, when asked).
+    fn exited(&mut self, _ev: &Exit) -> Result<()> {
         Ok(())
     }
     /// Once a second, with the capture counters and the connection table's.
@@ -161,6 +174,15 @@ impl Driver {
                 if self.execs.len() < 4096 {
                     self.execs.push(ev.pid);
                 }
+                c.exec(&ev)?;
+            }
+            Event::Exit(ev) => {
+                self.counters.exit_records += 1;
+                if c.exiting(&ev) {
+                    let conns = self.table.take_process(ev.pid);
+                    self.retire_at(conns, Some(ev.ts_ns), c)?;
+                }
+                c.exited(&ev)?;
             }
             Event::Data(d) => self.data(&d, c)?,
             Event::ConnectFailed(ev) => {
@@ -214,13 +236,29 @@ impl Driver {
     }
 
     fn retire(&mut self, conns: Vec<Connection>, c: &mut dyn Consumer) -> Result<()> {
+        self.retire_at(conns, None, c)
+    }
+
+    /// Retires `conns`; `at` (kernel time) is when they ended, when known: a process exit
+    /// closes its sockets without a close() record, so the agent makes one, with no byte
+    /// totals (the kernel sent none).
+    fn retire_at(&mut self, conns: Vec<Connection>, at: Option<u64>, c: &mut dyn Consumer) -> Result<()> {
         for mut conn in conns {
             let mut flushed: [Vec<Segment>; 2] = Default::default();
             conn.streams[0].flush(&mut flushed[0]);
             conn.streams[1].flush(&mut flushed[1]);
             self.count(&flushed[0]);
             self.count(&flushed[1]);
-            c.closed(&conn, None, &flushed)?;
+            let made = at.map(|ts_ns| Close {
+                conn_id: conn.id,
+                pid: conn.pid,
+                tid: conn.pid,
+                fd: -1,
+                ts_ns,
+                bytes_egress: 0,
+                bytes_ingress: 0,
+            });
+            c.closed(&conn, made.as_ref(), &flushed)?;
         }
         Ok(())
     }

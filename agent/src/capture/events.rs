@@ -11,7 +11,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hoptrace_common::{
-    CloseEvent, ConnectFailedEvent, DataHeader, Direction, EventKind, ExecEvent, OpenEvent, Role, Syscall, COMM_LEN,
+    CloseEvent, ConnectFailedEvent, DataHeader, Direction, EventKind, ExecEvent, ExitEvent, OpenEvent, Role, Syscall,
+    COMM_LEN,
 };
 use thiserror::Error;
 
@@ -107,6 +108,28 @@ pub struct Exec {
     pub ts_ns: u64,
 }
 
+/// A process exited (its thread-group leader did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: u32,
+    /// The status as `wait()` reports it: `code << 8`, or the fatal signal in bits 0..7.
+    pub status: i32,
+    pub ts_ns: u64,
+}
+
+impl Exit {
+    /// The fatal signal, when a signal ended the process.
+    pub fn signal(&self) -> Option<i32> {
+        let sig = self.status & 0x7f;
+        (sig != 0).then_some(sig)
+    }
+
+    /// The exit code, when the process exited by itself.
+    pub fn code(&self) -> Option<i32> {
+        self.signal().is_none().then_some((self.status >> 8) & 0xff)
+    }
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
     Open(Open),
@@ -114,6 +137,7 @@ pub enum Event<'a> {
     Close(Close),
     ConnectFailed(ConnectFailed),
     Exec(Exec),
+    Exit(Exit),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -147,6 +171,8 @@ unsafe impl Record for CloseEvent {}
 unsafe impl Record for ConnectFailedEvent {}
 // SAFETY: as above.
 unsafe impl Record for ExecEvent {}
+// SAFETY: as above.
+unsafe impl Record for ExitEvent {}
 
 fn read<T: Record>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
@@ -277,6 +303,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         k if k == EventKind::Exec as u8 => {
             let ev: ExecEvent = read(bytes, kind)?;
             Ok(Event::Exec(Exec { pid: ev.pid, ts_ns: ev.ts_ns }))
+        }
+        k if k == EventKind::Exit as u8 => {
+            let ev: ExitEvent = read(bytes, kind)?;
+            Ok(Event::Exit(Exit { pid: ev.pid, status: ev.exit_code, ts_ns: ev.ts_ns }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }

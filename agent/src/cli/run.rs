@@ -133,6 +133,21 @@ impl Traces {
         }
         // Parse errors and invalid context are on /metrics through metrics::selfstats.
         out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
+        let j = self.inner.pipeline.job_stats();
+        out.extend([
+            s("hoptrace_jobs_started_total", vec![], j.jobs_started),
+            s("hoptrace_jobs_ended_total", vec![], j.jobs_ended),
+            s("hoptrace_jobs_fanned_out_total", vec![], j.jobs_fanned_out),
+            s("hoptrace_jobs_calls_parented_total", vec![], j.calls_parented),
+            s("hoptrace_jobs_not_tracked_total", vec![("reason", "table_full")], j.not_tracked_table_full),
+            s("hoptrace_env_context_total", vec![("result", "valid")], j.env_context_valid),
+            s("hoptrace_env_context_total", vec![("result", "invalid")], j.env_context_invalid),
+            s(
+                "hoptrace_environ_truncated_total",
+                vec![],
+                crate::resource::process::ENVIRON_TRUNCATED.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ]);
         for (det, n) in &t.redactions {
             out.push(s("hoptrace_redactions_total", vec![("detector", det)], *n));
         }
@@ -162,6 +177,18 @@ impl Consumer for Traces {
 
     fn connect_failed(&mut self, ev: &ConnectFailed, conn: Option<&Connection>) -> Result<()> {
         self.inner.connect_failed(ev, conn)
+    }
+
+    fn exec(&mut self, ev: &crate::capture::events::Exec) -> Result<()> {
+        self.inner.exec(ev)
+    }
+
+    fn exiting(&mut self, ev: &crate::capture::events::Exit) -> bool {
+        self.inner.exiting(ev)
+    }
+
+    fn exited(&mut self, ev: &crate::capture::events::Exit) -> Result<()> {
+        self.inner.exited(ev)
     }
 
     fn tick(&mut self, counters: &Counters, table: &TableStats, tracked: usize) -> Result<()> {

@@ -33,6 +33,8 @@ pub struct TraceConfig {
     /// HTTP methods exported as they are besides semantic conventions' list (`GET`…);
     /// any other method is exported as `_OTHER`, its name never leaving.
     pub extra_http_methods: Vec<String>,
+    /// Batch jobs and the environment trace context (the `jobs` section).
+    pub jobs: super::jobs::JobsConfig,
 }
 
 /// Which hops count as broken (see `gaps`).
@@ -103,6 +105,7 @@ impl Default for TraceConfig {
             sampling: SamplingConfig::default(),
             max_routes_per_service: 1000,
             extra_http_methods: Vec::new(),
+            jobs: Default::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::capture::{
     conntrack::{Connection, TableStats},
     counters::Counters,
     driver::Consumer,
-    events::{Close, ConnectFailed, Data, Open},
+    events::{Close, ConnectFailed, Data, Exec, Exit, Open},
     stream::Segment,
 };
 
@@ -71,6 +71,20 @@ impl<S: SpanSink> Consumer for TraceConsumer<S> {
                 &mut self.sink,
             ),
         }
+        Ok(())
+    }
+
+    fn exec(&mut self, ev: &Exec) -> Result<()> {
+        self.pipeline.on_exec(ev.pid, ev.ts_ns);
+        Ok(())
+    }
+
+    fn exiting(&mut self, ev: &Exit) -> bool {
+        self.pipeline.follows(ev.pid)
+    }
+
+    fn exited(&mut self, ev: &Exit) -> Result<()> {
+        self.pipeline.on_exit(ev, &mut self.sink);
         Ok(())
     }
 

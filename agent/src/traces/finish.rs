@@ -49,6 +49,11 @@ impl TracePipeline {
         gap: Option<GapKind>,
         sink: &mut dyn SpanSink,
     ) {
+        // Not linked to a request: the process's own job or environment context, if any.
+        let parent = match parent {
+            None if unresolved.is_none() => self.process_parent(view.pid),
+            p => p,
+        };
         let linked = parent.is_some();
         let x = match call {
             Call::Mq(op) => return self.emit_publish(op, view, parent, unresolved, gap, sink),

@@ -23,7 +23,9 @@
 //! * [`finish`] — every span's last steps: redact → sample → RED metrics → sink;
 //! * [`http`], [`messaging`] — span building per protocol family; [`context`] — W3C
 //!   `traceparent`/`tracestate`/`baggage` parsing; [`red`] — RED metric aggregation;
-//!   [`consumer`] — the pipeline as a capture consumer.
+//!   [`consumer`] — the pipeline as a capture consumer;
+//! * [`jobs`] — batch jobs (a root span per run, from exec to exit) and processes started
+//!   with trace context in their environment: the parent of their calls.
 
 pub mod config;
 pub mod consumer;
@@ -33,6 +35,7 @@ mod finish;
 pub mod http;
 pub(crate) mod ids;
 mod instrumented;
+pub mod jobs;
 mod judge;
 mod linking;
 pub mod messaging;
@@ -133,6 +136,8 @@ pub struct TracePipeline {
     pub stats: TraceStats,
     /// RED metrics of every finished span, sampled or not (see [`red`]).
     pub red: red::RedRecorder,
+    /// Batch jobs and processes started with trace context (see [`jobs`]).
+    jobs: jobs::Jobs,
 }
 
 impl TracePipeline {

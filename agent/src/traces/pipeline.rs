@@ -54,6 +54,7 @@ impl TracePipeline {
         }
         // Patterns were validated with the configuration; a bad one here is skipped whole.
         let redactor = redactor.clone().with_patterns(&cfg.redact_patterns).unwrap_or(redactor);
+        let jobs = super::jobs::Jobs::new(&redactor);
         Self {
             cfg,
             clock: Clock::now(),
@@ -81,6 +82,7 @@ impl TracePipeline {
             gaps: Arc::new(Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
             red: super::red::RedRecorder::default(),
+            jobs,
         }
     }
 

@@ -34,6 +34,8 @@ pub enum EventKind {
     ConnectFailed = 4,
     /// A process called exec(): userspace looks at its mappings for TLS libraries.
     Exec = 5,
+    /// A process (its whole thread group) exited: job spans end, open calls are cut.
+    Exit = 6,
 }
 
 /// Direction of a data event, from the point of view of the socket owner.
@@ -250,6 +252,19 @@ pub struct ExecEvent {
     pub ts_ns: u64,
 }
 
+/// A process's last thread-group leader exited, with its exit status as `wait()` reports
+/// it (`code << 8`, or the fatal signal in the low 7 bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub kind: u8,
+    pub _pad0: [u8; 3],
+    pub pid: u32,
+    pub exit_code: i32,
+    pub _pad1: u32,
+    pub ts_ns: u64,
+}
+
 /// Why the kernel side lost or cut something; index into the `DROPS` per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,6 +353,8 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_err: u32,
+    /// `task_struct.exit_code`: set by do_exit() before the sched_process_exit tracepoint.
+    pub task_exit_code: u32,
     /// Fields of the `sock/inet_sock_set_state` tracepoint record (from its format file).
     pub tp_skaddr: u32,
     pub tp_oldstate: u32,
@@ -395,8 +412,9 @@ const _: () = {
     assert!(core::mem::size_of::<OpenEvent>() == 104);
     assert!(core::mem::size_of::<DataHeader>() == 64);
     assert!(core::mem::size_of::<CloseEvent>() == 48);
-    assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
-    assert!(core::mem::size_of::<Config>() == 20 + 30 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
+    assert!(core::mem::size_of::<ExitEvent>() == 24);
+    assert!(core::mem::size_of::<Config>() == 20 + 31 * 4);
     assert!(core::mem::size_of::<ConnectFailedEvent>() == 72);
     assert!(core::mem::size_of::<ExecEvent>() == 16);
 };

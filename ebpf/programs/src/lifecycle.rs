@@ -9,7 +9,7 @@ use crate::{
     conn::attach_fd,
     fd::{resolve_fd, Resolved, AF_INET, IPPROTO_TCP},
     filter::{port_filtered, process_filtered},
-    helpers::{arg, kread, ktime_ns, pid_tgid, tp_field},
+    helpers::{arg, current_task, kread, ktime_ns, pid_tgid, tp_field},
     inflight,
     maps::{
         conns::conn,
@@ -155,14 +155,23 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
 }
 
 /// Process exit: only when the whole thread group goes (the leader exits), not per thread,
-/// so thread-per-request servers keep their descriptor cache.
+/// so thread-per-request servers keep their descriptor cache. Userspace learns the exit
+/// status (job spans end with it; calls the process left open are cut).
 #[tracepoint]
 pub fn exit_process(_ctx: TracePointContext) -> u32 {
     let pid_tgid = pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid == pid_tgid as u32 {
-        bump_gen(tgid, ktime_ns());
+    if tgid != pid_tgid as u32 {
+        return 0;
     }
+    let ts = ktime_ns();
+    bump_gen(tgid, ts);
+    if process_filtered(tgid) {
+        return 0;
+    }
+    // do_exit() stored the status in the task before this tracepoint fires.
+    let exit_code = kread::<i32>(current_task() + config().offsets.task_exit_code as u64).unwrap_or(0);
+    send_control(&ExitEvent { kind: EventKind::Exit as u8, _pad0: [0; 3], pid: tgid, exit_code, _pad1: 0, ts_ns: ts });
     0
 }
 

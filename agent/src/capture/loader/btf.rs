@@ -109,6 +109,7 @@ impl KernelBtf {
             sk_v6_rcv_saddr: self.offset_of("sock", "__sk_common.skc_v6_rcv_saddr")?,
             sk_v6_daddr: self.offset_of("sock", "__sk_common.skc_v6_daddr")?,
             sk_err: self.offset_of("sock", "sk_err")?,
+            task_exit_code: self.offset_of("task_struct", "exit_code")?,
             ..Default::default()
         })
     }
