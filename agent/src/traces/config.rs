@@ -33,6 +33,9 @@ pub struct TraceConfig {
     /// HTTP methods exported as they are besides semantic conventions' list (`GET`…);
     /// any other method is exported as `_OTHER`, its name never leaving.
     pub extra_http_methods: Vec<String>,
+    /// Same-node stitching: a request between two processes of this node that carried no
+    /// trace context joins the caller's trace (see `stitch`). The gap is still reported.
+    pub stitch: bool,
 }
 
 /// Which hops count as broken (see `gaps`).
@@ -103,6 +106,7 @@ impl Default for TraceConfig {
             sampling: SamplingConfig::default(),
             max_routes_per_service: 1000,
             extra_http_methods: Vec::new(),
+            stitch: true,
         }
     }
 }
