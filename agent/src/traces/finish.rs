@@ -78,6 +78,7 @@ impl TracePipeline {
         let mut span = http::client_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         self.mark_parent_link(&mut span, linked, unresolved, gap);
         self.stats.spans_client += 1;
+        self.client_edge(view, &span);
         // A call without context to a server of this node: its server span may join it.
         if self.cfg.stitch
             && self.server_peers.contains_key(&(view.remote, view.local))

@@ -29,6 +29,7 @@ pub mod config;
 pub mod consumer;
 pub mod context;
 pub mod coverage;
+mod edges;
 mod finish;
 pub mod http;
 pub(crate) mod ids;
@@ -126,10 +127,12 @@ pub struct TracePipeline {
     /// Parser events of one `on_segments` call, kept to reuse the allocation.
     events_scratch: Vec<crate::protocols::L7Event>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
-    client_peers: HashMap<(SocketAddr, SocketAddr), (u32, String)>,
+    client_peers: HashMap<(SocketAddr, SocketAddr), (u32, Str)>,
     /// Server sockets on this node by (local, remote): who answered a client call. Kept
     /// after close (the hop is judged when the caller's request completes), bounded.
-    server_peers: HashMap<(SocketAddr, SocketAddr), (u32, String)>,
+    server_peers: HashMap<(SocketAddr, SocketAddr), (u32, Str)>,
+    /// Remote addresses as `ip:port` text (service-graph virtual nodes), bounded.
+    addr_names: HashMap<SocketAddr, Str>,
     /// Same-node stitching: offers, held traces, rewrites (see [`stitch`]).
     stitch: stitch::Stitcher,
     /// Broken hops, shared with the HTTP endpoint and `hoptrace check`.

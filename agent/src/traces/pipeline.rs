@@ -78,6 +78,7 @@ impl TracePipeline {
             events_scratch: Vec::new(),
             client_peers: Default::default(),
             server_peers: Default::default(),
+            addr_names: Default::default(),
             stitch: Default::default(),
             gaps: Arc::new(Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
@@ -251,6 +252,7 @@ impl TracePipeline {
         if stitched {
             span.attributes.push(crate::model::span::KeyValue::bool("hoptrace.context.stitched", true));
         }
+        self.server_edge(&view, &span);
         if let Some(reason) = inbound.invalid {
             self.log_invalid_context(reason, &span.trace_id, &span_id, view.pid, &span.name);
         }

@@ -86,6 +86,7 @@ impl EndpointMetrics {
         render_samples(&extra, om, out);
         if let Some(red) = self.red.get() {
             render::render(&red.snapshot(), om, out);
+            super::graph::render(&red.graph_snapshot(), om, out);
         }
     }
 }

@@ -80,6 +80,13 @@ fn server_span_held_then_joins_the_client_span_in_the_callers_trace() {
     assert!(kinds.contains(&GapKind::MissingInboundContext), "the hop is still a gap: {kinds:?}");
     let back_gap = back.attributes.iter().find(|a| a.key == "hoptrace.gap.kind").map(|a| a.value.clone());
     assert_eq!(back_gap, Some(AnyValue::Str("missing_inbound_context".into())));
+    // The service graph: the pair is one request (counted by the server side) with both
+    // durations; curl's request to the front comes from an unnamed caller (a virtual node).
+    let g = p.red.graph_snapshot();
+    let pair = g.edges.iter().find(|e| e.labels[2].is_empty()).expect("same-node edge");
+    assert_eq!((pair.total, pair.server.count, pair.client.count), (1, 1, 1));
+    let entry = g.edges.iter().find(|e| &*e.labels[0] == "127.0.0.1").expect("caller by address");
+    assert_eq!((&*entry.labels[2], entry.total), ("virtual_node", 1));
 }
 
 /// Records from two CPUs can arrive out of order: the client span first leaves an offer
