@@ -108,3 +108,15 @@ fn service_graph_metrics_have_the_connectors_names_and_labels() {
         ]
     );
 }
+
+#[test]
+fn cpu_seconds_reads_this_process() {
+    let before = super::selfstats::cpu_seconds().expect("/proc/self/stat");
+    let mut x = 0u64;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(50) {
+        x = x.wrapping_add(std::hint::black_box(1));
+    }
+    let after = super::selfstats::cpu_seconds().unwrap();
+    assert!(after >= before && before >= 0.0, "{before} {after} {x}");
+}
