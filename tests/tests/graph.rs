@@ -89,6 +89,15 @@ fn backend_span_is_stitched_under_the_front_call_and_the_gap_stays() {
             })
             .unwrap_or_else(|| panic!("no missing_inbound_context gap for inventory:\n{}", m.0));
     assert!(gap.contains("peer_service=\"front\"") && gap.ends_with(" 1"), "{gap}");
+    // /gaps names the trace the backend's span is in now: the investigation starts there.
+    let gaps: Value = serde_json::from_str(&http_get_body(listen, "/gaps")).unwrap();
+    let row = gaps["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["kind"] == "missing_inbound_context" && g["service"] == "inventory")
+        .unwrap_or_else(|| panic!("{gaps}"));
+    assert_eq!(row["example_trace_id"], TRACE, "{row}");
     stop(agent);
 }
 

@@ -218,6 +218,7 @@ impl TracePipeline {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         self.stats.propagation_gaps += 1;
         let first = self.gaps.lock().map(|mut t| t.record_ref(&key, now, detail, || ids().0)).unwrap_or(false);
+        self.gap_was_first = first;
         let Some(suppressed) = self.log_limit.allow_parts(("gap", key)) else { return };
         let (trace_id, span_id) = ids();
         logging::log(

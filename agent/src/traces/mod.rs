@@ -135,6 +135,8 @@ pub struct TracePipeline {
     addr_names: HashMap<SocketAddr, Str>,
     /// Same-node stitching: offers, held traces, rewrites (see [`stitch`]).
     stitch: stitch::Stitcher,
+    /// The last gap recorded was the first of its hop (its trace is the `/gaps` example).
+    gap_was_first: bool,
     /// Broken hops, shared with the HTTP endpoint and `hoptrace check`.
     pub gaps: Arc<Mutex<GapTable>>,
     pub stats: TraceStats,

@@ -80,6 +80,7 @@ impl TracePipeline {
             server_peers: Default::default(),
             addr_names: Default::default(),
             stitch: Default::default(),
+            gap_was_first: false,
             gaps: Arc::new(Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
             red: super::red::RedRecorder::default(),
@@ -230,7 +231,11 @@ impl TracePipeline {
             // From outside: "not sampled" must not hide errors and risk signals.
             ctx.origin = TraceOrigin::External;
         }
+        self.gap_was_first = false;
         let inbound_gap = self.judge_inbound(&hop, &inbound);
+        if inbound_gap.is_some() && self.gap_was_first {
+            self.stitch_example_gap(ctx.trace_id);
+        }
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
         if suppressed {

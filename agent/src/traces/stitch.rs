@@ -68,6 +68,8 @@ struct Pending {
     resp_write: u64,
     spans: Vec<SpanRecord>,
     since: Instant,
+    /// Its trace is the example id of a `/gaps` row: renamed when stitched.
+    gap_example: bool,
 }
 
 /// The context a stitched trace's spans are moved into.
@@ -227,7 +229,15 @@ impl TracePipeline {
     /// Starts holding the trace `trace_id` of SERVER span `span_id` for `key`.
     pub(super) fn stitch_hold(&mut self, key: StitchKey, trace_id: TraceId, span_id: SpanId, x: &HttpExchange) {
         let (req_read, resp_write) = server_times(x);
-        let p = Pending { key, server_span: span_id, req_read, resp_write, spans: Vec::new(), since: Instant::now() };
+        let p = Pending {
+            key,
+            server_span: span_id,
+            req_read,
+            resp_write,
+            spans: Vec::new(),
+            since: Instant::now(),
+            gap_example: false,
+        };
         if let Some(old) = self.stitch.by_key.insert(key, trace_id) {
             // The same exchange twice cannot happen on one connection; a reused 4-tuple
             // whose first trace is still held: that one goes unstitched at expiry.
@@ -271,6 +281,11 @@ impl TracePipeline {
             return self.release(pending.spans, sink);
         }
         self.stitch.stats.stitched += 1;
+        if pending.gap_example {
+            if let Ok(mut g) = self.gaps.lock() {
+                g.retrace(&crate::model::span::hex(&trace), &crate::model::span::hex(&ctx.trace_id));
+            }
+        }
         let mut spans = pending.spans;
         for s in spans.iter_mut().filter(|s| s.span_id == pending.server_span) {
             s.parent_span_id = ctx.parent;
@@ -284,6 +299,13 @@ impl TracePipeline {
     fn release(&mut self, spans: Vec<SpanRecord>, sink: &mut dyn SpanSink) {
         for s in spans {
             self.submit(s, sink);
+        }
+    }
+
+    /// The held trace `trace_id` is the example of a `/gaps` row.
+    pub(super) fn stitch_example_gap(&mut self, trace_id: TraceId) {
+        if let Some(p) = self.stitch.pending.get_mut(&trace_id) {
+            p.gap_example = true;
         }
     }
 

@@ -78,6 +78,8 @@ fn server_span_held_then_joins_the_client_span_in_the_callers_trace() {
     let gaps = p.gaps.lock().unwrap().rows();
     let kinds: Vec<GapKind> = gaps.iter().map(|g| g.0.kind).collect();
     assert!(kinds.contains(&GapKind::MissingInboundContext), "the hop is still a gap: {kinds:?}");
+    let missing = gaps.iter().find(|g| g.0.kind == GapKind::MissingInboundContext).unwrap();
+    assert_eq!(missing.1.example_trace_id, crate::model::span::hex(&CURL_TRACE), "/gaps names the stitched trace");
     let back_gap = back.attributes.iter().find(|a| a.key == "hoptrace.gap.kind").map(|a| a.value.clone());
     assert_eq!(back_gap, Some(AnyValue::Str("missing_inbound_context".into())));
     // The service graph: the pair is one request (counted by the server side) with both
