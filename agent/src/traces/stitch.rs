@@ -37,6 +37,8 @@ const MAX_OFFERS: usize = 4096;
 const MAX_PENDING: usize = 1024;
 /// Spans held per trace (the SERVER span and the calls it made); more go out unstitched.
 const MAX_SPANS_PER_PENDING: usize = 64;
+/// Same-node hops without context followed in a row (a → b → c …).
+const MAX_CHAIN: usize = 16;
 /// Rewritten traces remembered (for calls linked to a stitched request after it ended).
 const MAX_REMAPS: usize = 4096;
 
@@ -129,16 +131,20 @@ impl Stitcher {
 
     /// A span about to be finished: held when its trace waits for a client span,
     /// moved into the client's trace when it was stitched already, else returned.
+    ///
+    /// Stitches chain (a → b → c on one node, none forwarding context): the trace a span
+    /// moves into may itself be held or moved, so this follows up to [`MAX_CHAIN`] steps.
     fn intercept(&mut self, mut span: SpanRecord) -> Option<SpanRecord> {
-        if let Some(p) = self.pending.get_mut(&span.trace_id) {
-            if p.spans.len() < MAX_SPANS_PER_PENDING {
-                p.spans.push(span);
-                return None;
+        for _ in 0..MAX_CHAIN {
+            if let Some(p) = self.pending.get_mut(&span.trace_id) {
+                if p.spans.len() < MAX_SPANS_PER_PENDING {
+                    p.spans.push(span);
+                    return None;
+                }
+                self.stats.overflow += 1;
+                return Some(span);
             }
-            self.stats.overflow += 1;
-            return Some(span);
-        }
-        if let Some(r) = self.remaps.get(&span.trace_id) {
+            let Some(r) = self.remaps.get(&span.trace_id) else { return Some(span) };
             span.trace_id = r.ctx.trace_id;
             span.flags = r.ctx.flags;
             span.trace_state.clone_from(&r.ctx.trace_state);

@@ -212,3 +212,33 @@ fn contradicting_timestamps_are_not_stitched() {
     assert!(spans.iter().all(|s| !stitched(s)));
     assert_eq!(p.stitch_stats().mismatched, 1);
 }
+
+/// A chain on one node where nobody sends context (curl without a header → front →
+/// inventory): the inventory span moves into the front's new trace while that trace is
+/// itself held for curl's span; everything ends in curl's trace.
+#[test]
+fn chained_stitches_end_in_the_first_callers_trace() {
+    let mut p = pipeline(TraceConfig::default());
+    let mut spans = Vec::new();
+    let (front_in, call, back_in) = ends();
+    let curl = conn_of(5050, 9, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000");
+    let plain = b"GET /in HTTP/1.1\r\nHost: a\r\n\r\n";
+    p.on_segments(&curl, Direction::Egress, &seg(5, 3, 0, plain), &mut spans);
+    p.on_segments(&front_in, Direction::Ingress, &seg(10, 7, 0, plain), &mut spans);
+    p.on_segments(&call, Direction::Egress, &seg(20, 7, 0, CALL), &mut spans);
+    p.on_segments(&back_in, Direction::Ingress, &seg(21, 9, 0, CALL), &mut spans);
+    p.on_segments(&back_in, Direction::Egress, &seg(30, 9, 0, OK), &mut spans);
+    p.on_segments(&call, Direction::Ingress, &seg(31, 7, 0, OK), &mut spans);
+    p.on_segments(&front_in, Direction::Egress, &seg(40, 7, 0, OK), &mut spans);
+    assert!(spans.is_empty(), "both server traces wait for curl's span: {spans:#?}");
+    p.on_segments(&curl, Direction::Ingress, &seg(41, 3, 0, OK), &mut spans);
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let c = one(&spans, 5050, SpanKind::Client);
+    let fs = one(&spans, FRONT, SpanKind::Server);
+    let fc = one(&spans, FRONT, SpanKind::Client);
+    let b = one(&spans, BACK, SpanKind::Server);
+    assert!(spans.iter().all(|s| s.trace_id == c.trace_id), "{spans:#?}");
+    assert_eq!((fs.parent_span_id, fc.parent_span_id, b.parent_span_id), (c.span_id, fs.span_id, fc.span_id));
+    assert!(stitched(fs) && stitched(b));
+    assert_eq!(p.stitch_stats().stitched, 2);
+}
