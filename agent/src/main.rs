@@ -27,6 +27,8 @@ enum Command {
     Check(hoptrace::cli::check::CheckArgs),
     /// Print TCP connection open/data/close events seen by the kernel as JSON lines.
     Capture(hoptrace::cli::capture::CaptureArgs),
+    /// Reports from a running agent: `report cardinality`.
+    Report(hoptrace::cli::report::ReportArgs),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         (_, Some(path)) => check_config(&path),
         (Some(Command::Run(args)), None) => hoptrace::cli::run::run(args),
         (Some(Command::Capture(args)), None) => hoptrace::cli::capture::run(args),
+        (Some(Command::Report(args)), None) => hoptrace::cli::report::run(args),
         (Some(Command::Check(args)), None) => match hoptrace::cli::check::run(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),

@@ -11,6 +11,7 @@ mod deploy_vm;
 mod endpoint_guard;
 mod fixtures;
 mod gaps;
+mod graph;
 mod health;
 mod hostile_corpus;
 mod http_edges;

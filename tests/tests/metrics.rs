@@ -398,3 +398,153 @@ fn otlp_metrics_over_http_protobuf() {
 fn otlp_metrics_over_grpc() {
     otlp_metrics_roundtrip(true);
 }
+
+/// Every PromQL expression of the Grafana dashboards (deploy/grafana/dashboards, panel
+/// targets and variable queries) and of the alert rules (deploy/alerts) as Prometheus
+/// runs it, against the traffic this test makes: each must evaluate, and return data.
+/// Dashboard variables become `.*` and `$__rate_interval` 1m; Grafana's
+/// `label_values(m, l)` becomes `count by (l) (m)`. An alert's expression must evaluate
+/// whole; what must return data is the part before its threshold (`… > 0`), since a
+/// healthy agent's drop alerts do not fire, and the sampling alert's comparison with an
+/// hour ago has no past in a fresh Prometheus.
+#[test]
+fn every_dashboard_and_alert_query_returns_data() {
+    require_root();
+    let inventory = PyServer::start("chain_service.py", &["0"]);
+    let front = PyServer::start("chain_service.py", &["0", &format!("http://127.0.0.1:{}", inventory.port())]);
+    let dir = TempDir::new("dashboards");
+    let cfg = dir.join("hoptrace.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "services:\n  - match: {{ port: {} }}\n    attributes: {{ service.name: front, zone: Z1 }}\n  \
+             - match: {{ port: {} }}\n    attributes: {{ service.name: inventory, zone: Z6 }}\n",
+            front.port(),
+            inventory.port()
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(hoptrace_bin());
+    cmd.args(["run", "--listen", &listen, "--config"]).arg(&cfg);
+    cmd.args(["--port", &front.port().to_string(), "--port", &inventory.port().to_string(), "--output"]);
+    cmd.arg(dir.join("otlp.jsonl"));
+    without_otel_env(&mut cmd);
+    let mut agent = Running::spawn(&mut cmd);
+    agent.wait_for_stderr("\"msg\":\"ready\"", READY_TIMEOUT);
+    let prom = Prometheus::start(&listen);
+    let traffic = || {
+        let url = format!("http://127.0.0.1:{}/orders/1", front.port());
+        for tp in ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "not-a-traceparent"] {
+            let done = run(
+                Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-m", "10", "-H", "x-tenant-id: acme", "-H"])
+                    .arg(format!("traceparent: {tp}"))
+                    .arg(&url),
+                TIMEOUT,
+            );
+            assert!(done.status.success(), "curl: {done:?}");
+        }
+    };
+    let queries = dashboard_queries().into_iter().chain(alert_queries()).collect::<Vec<_>>();
+    assert!(queries.len() >= 30, "{queries:?}");
+    let mut empty: Vec<String> = queries.clone();
+    let ok = wait_until(Duration::from_secs(60), || {
+        traffic();
+        empty.retain(|q| prom.query(q).is_empty());
+        empty.is_empty()
+    });
+    assert!(ok, "queries without data after 60 s of traffic:\n{}", empty.join("\n"));
+    for q in &queries {
+        eprintln!("ok: {q}");
+    }
+    // The full alert expressions (thresholds included) evaluate.
+    for q in alert_exprs() {
+        prom.api("/api/v1/query", &[("query", q)]);
+    }
+    drop(prom);
+    agent.signal(libc::SIGINT);
+    agent.finish(TIMEOUT);
+}
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Panel targets and variable queries of every dashboard, variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let mut out = Vec::new();
+    let dir = repo_file("deploy/grafana/dashboards");
+    let mut files: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let d: Value = serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                out.push(fill(t["expr"].as_str().unwrap()));
+            }
+        }
+        for v in d["templating"]["list"].as_array().unwrap().iter().filter(|v| v["type"] == "query") {
+            let q = v["query"]["query"].as_str().unwrap();
+            let inner = q.strip_prefix("label_values(").and_then(|s| s.strip_suffix(')')).expect(q);
+            let (metric, label) = inner.rsplit_once(',').unwrap();
+            out.push(fill(&format!("count by ({}) ({metric})", label.trim())));
+        }
+    }
+    out
+}
+
+fn fill(expr: &str) -> String {
+    let mut e = expr.replace("$__rate_interval", "1m");
+    for v in ["$service", "$route", "$tenant", "$client"] {
+        e = e.replace(v, ".*");
+    }
+    assert!(!e.contains('$'), "unknown variable in {expr}");
+    e
+}
+
+/// Every alert rule's expression (deploy/alerts/hoptrace-rules.yaml, read with PyYAML).
+fn alert_exprs() -> Vec<String> {
+    let python = repo_file("target/pyenv/bin/python");
+    let rules = repo_file("deploy/alerts/hoptrace-rules.yaml");
+    let done = run(
+        Command::new(python)
+            .args(["-c", "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
+            .arg(rules),
+        TIMEOUT,
+    );
+    let v: Value = serde_json::from_str(&done.stdout).unwrap_or_else(|e| panic!("{e}: {done:?}"));
+    let exprs: Vec<String> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .map(|r| r["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 7, "{exprs:?}");
+    exprs
+}
+
+/// The alert expressions up to their last top-level comparison.
+fn alert_queries() -> Vec<String> {
+    alert_exprs().iter().map(|e| before_threshold(e).to_string()).collect()
+}
+
+/// `expr` up to its last comparison operator outside (), {}, [] and quotes.
+fn before_threshold(expr: &str) -> &str {
+    let b = expr.as_bytes();
+    let (mut depth, mut quoted, mut cut) = (0i32, false, None);
+    for i in 0..b.len() {
+        match b[i] {
+            b'"' => quoted = !quoted,
+            _ if quoted => {}
+            b'(' | b'{' | b'[' => depth += 1,
+            b')' | b'}' | b']' => depth -= 1,
+            b'>' | b'<' if depth == 0 => cut = Some(i),
+            b'=' | b'!' if depth == 0 && b.get(i + 1) == Some(&b'=') => cut = Some(i),
+            _ => {}
+        }
+    }
+    cut.map_or(expr, |i| expr[..i].trim_end())
+}

@@ -158,6 +158,17 @@ impl Traces {
             let n = t.sampling.get(&d).copied().unwrap_or(0);
             out.push(s("hoptrace_spans_sampled_total", vec![("decision", d.label())], n));
         }
+        let st = self.inner.pipeline.stitch_stats();
+        for (outcome, n) in [
+            ("stitched", st.stitched),
+            ("ambiguous", st.ambiguous),
+            ("mismatched", st.mismatched),
+            ("expired", st.expired),
+            ("offer_expired", st.offers_expired),
+            ("overflow", st.overflow),
+        ] {
+            out.push(s("hoptrace_stitch_total", vec![("outcome", outcome)], n));
+        }
         out
     }
 }

@@ -176,6 +176,14 @@ impl GapTable {
         true
     }
 
+    /// A trace was moved (same-node stitching): example ids naming `old` name `new`.
+    /// Called only when a hop's first gap was in a trace that is being stitched.
+    pub fn retrace(&mut self, old: &str, new: &str) {
+        for e in self.entries.values_mut().filter(|e| e.example_trace_id == old) {
+            e.example_trace_id = new.to_string();
+        }
+    }
+
     /// Every broken hop, most frequent first.
     pub fn rows(&self) -> Vec<(GapKey, GapEntry)> {
         let mut rows: Vec<(GapKey, GapEntry)> = self.entries.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -172,10 +172,21 @@ pub fn respond(
             let ct = if om { render::OPENMETRICS_CONTENT_TYPE } else { render::TEXT_CONTENT_TYPE };
             reply(StatusCode::OK, ct, body)
         }
+        "/cardinality" => {
+            let body = match state.metrics.red.get() {
+                Some(red) => crate::ops::cardinality::json(&red.snapshot(), &red.graph_snapshot(), None).to_string(),
+                None => serde_json::json!({ "series": [], "attributes": [] }).to_string(),
+            };
+            reply(StatusCode::OK, "application/json", body)
+        }
         "/healthz" => healthz(&state.health, Instant::now()),
         "/readyz" if state.ready.load(Ordering::SeqCst) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /gaps, /metrics, /healthz, /readyz\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /gaps, /metrics, /cardinality, /healthz, /readyz\n".into(),
+        ),
     }
 }
 

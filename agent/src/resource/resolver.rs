@@ -138,6 +138,19 @@ impl ResourceResolver {
         node
     }
 
+    /// The `service.name` a rule matching only on `port` gives: how a peer that is not on
+    /// this node is named by its address (service-graph virtual nodes).
+    pub fn service_for_port(&self, port: u16) -> Option<&str> {
+        self.rules.iter().find_map(|r| {
+            let m = &r.matches;
+            let only_port = m.port == Some(port) && m.exe.is_none() && m.cmdline_contains.is_none();
+            (only_port && m.cgroup_contains.is_none())
+                .then(|| r.attributes.get("service.name"))
+                .flatten()
+                .map(String::as_str)
+        })
+    }
+
     fn rule_matches(m: &Match, p: &ProcessInfo) -> bool {
         m.exe.as_ref().is_none_or(|e| *e == p.exe_name)
             && m.cmdline_contains.as_ref().is_none_or(|c| p.cmdline.contains(c.as_str()))

@@ -35,6 +35,9 @@ pub struct TraceConfig {
     pub extra_http_methods: Vec<String>,
     /// Batch jobs and the environment trace context (the `jobs` section).
     pub jobs: super::jobs::JobsConfig,
+    /// Same-node stitching: a request between two processes of this node that carried no
+    /// trace context joins the caller's trace (see `stitch`). The gap is still reported.
+    pub stitch: bool,
 }
 
 /// Which hops count as broken (see `gaps`).
@@ -106,6 +109,7 @@ impl Default for TraceConfig {
             max_routes_per_service: 1000,
             extra_http_methods: Vec::new(),
             jobs: Default::default(),
+            stitch: true,
         }
     }
 }

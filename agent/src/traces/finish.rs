@@ -11,6 +11,7 @@ use crate::{
         redact::{Detector, Field},
         sampling::Decision,
     },
+    protocols::http1::header_values,
 };
 
 /// A string attribute of a Resource (`service.name`, `zone`), empty when absent.
@@ -82,6 +83,15 @@ impl TracePipeline {
         let mut span = http::client_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         self.mark_parent_link(&mut span, linked, unresolved, gap);
         self.stats.spans_client += 1;
+        self.client_edge(view, &span);
+        // A call without context to a server of this node: its server span may join it.
+        if self.cfg.stitch
+            && self.server_peers.contains_key(&(view.remote, view.local))
+            && header_values(&x.request.headers, "traceparent").next().is_none()
+        {
+            let key = super::stitch::StitchKey { client: view.local, server: view.remote, seq: view.seq };
+            self.stitch_client(key, &x, &span, sink);
+        }
         self.submit(span, sink);
     }
 
@@ -147,7 +157,8 @@ impl TracePipeline {
 
     /// Redaction, then head and tail sampling (see `policy::sampling`): every span is
     /// counted by decision and feeds the RED metrics; only kept ones reach the sink.
-    pub(super) fn submit(&mut self, mut span: SpanRecord, sink: &mut dyn SpanSink) {
+    pub(super) fn submit(&mut self, span: SpanRecord, sink: &mut dyn SpanSink) {
+        let Some(mut span) = self.stitch_intercept(span) else { return };
         self.redact(&mut span);
         let decision = self.sampler.decide(&span, resource_str(&span.resource, "service.name"));
         *self.stats.sampling.entry(decision).or_default() += 1;

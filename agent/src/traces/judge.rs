@@ -87,14 +87,14 @@ impl TracePipeline {
         if peers.len() >= MAX_PEERS {
             peers.clear();
         }
-        peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.to_string()));
+        peers.insert((conn.tuple.local, conn.tuple.remote), (conn.pid, conn.comm.clone()));
     }
 
     /// The service at the other end of a hop: a process on this node when it was seen,
     /// else the address — for a caller its IP only: its port is ephemeral, and with it
     /// every call from another node would be a new `/gaps` row (the callee's port is the
     /// service's, and stays).
-    fn peer_name(&mut self, seen: Option<(u32, String)>, addr: SocketAddr, with_port: bool) -> String {
+    fn peer_name(&mut self, seen: Option<(u32, Str)>, addr: SocketAddr, with_port: bool) -> String {
         match seen {
             Some((pid, comm)) => self.service_zone(pid, &comm).0,
             None if with_port => addr.to_string(),
@@ -218,6 +218,7 @@ impl TracePipeline {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         self.stats.propagation_gaps += 1;
         let first = self.gaps.lock().map(|mut t| t.record_ref(&key, now, detail, || ids().0)).unwrap_or(false);
+        self.gap_was_first = first;
         let Some(suppressed) = self.log_limit.allow_parts(("gap", key)) else { return };
         let (trace_id, span_id) = ids();
         logging::log(

@@ -233,6 +233,7 @@ impl TracePipeline {
     pub fn tick(&mut self, sink: &mut dyn SpanSink) {
         let timeout = self.cfg.hold_timeout;
         self.served.expire(timeout);
+        self.stitch_tick(sink);
         let mut expired = Vec::new();
         for list in self.held.values_mut().chain(self.held_by_pid.values_mut()) {
             let (old, keep): (Vec<Held>, Vec<Held>) = list.drain(..).partition(|h| h.since.elapsed() > timeout);
@@ -261,5 +262,6 @@ impl TracePipeline {
         for h in held {
             self.emit_call(h.call, &h.conn, None, Some(NOT_COMPLETED), None, sink);
         }
+        self.stitch_flush(sink);
     }
 }

@@ -31,6 +31,7 @@ pub mod config;
 pub mod consumer;
 pub mod context;
 pub mod coverage;
+mod edges;
 mod finish;
 pub mod http;
 pub(crate) mod ids;
@@ -45,6 +46,7 @@ mod routes;
 mod served;
 mod sidedoors;
 pub mod stats;
+mod stitch;
 
 // hashbrown's default hasher (foldhash): several times cheaper per lookup than std's
 // SipHash, still seeded per process, so crafted keys (routes, tenants) cannot aim at it.
@@ -59,6 +61,7 @@ pub use self::{
     config::{GapConfig, TraceConfig},
     routes::ROUTE_OVERFLOW,
     stats::TraceStats,
+    stitch::StitchStats,
 };
 use self::{context::TraceParent, ids::IdGenerator, instrumented::Instrumented, linking::Busy};
 use crate::{
@@ -127,10 +130,16 @@ pub struct TracePipeline {
     /// Parser events of one `on_segments` call, kept to reuse the allocation.
     events_scratch: Vec<crate::protocols::L7Event>,
     /// Client sockets on this node by (local, remote): who the peer of a server socket is.
-    client_peers: HashMap<(SocketAddr, SocketAddr), (u32, String)>,
+    client_peers: HashMap<(SocketAddr, SocketAddr), (u32, Str)>,
     /// Server sockets on this node by (local, remote): who answered a client call. Kept
     /// after close (the hop is judged when the caller's request completes), bounded.
-    server_peers: HashMap<(SocketAddr, SocketAddr), (u32, String)>,
+    server_peers: HashMap<(SocketAddr, SocketAddr), (u32, Str)>,
+    /// Remote addresses as `ip:port` text (service-graph virtual nodes), bounded.
+    addr_names: HashMap<SocketAddr, Str>,
+    /// Same-node stitching: offers, held traces, rewrites (see [`stitch`]).
+    stitch: stitch::Stitcher,
+    /// The last gap recorded was the first of its hop (its trace is the `/gaps` example).
+    gap_was_first: bool,
     /// Broken hops, shared with the HTTP endpoint and `hoptrace check`.
     pub gaps: Arc<Mutex<GapTable>>,
     pub stats: TraceStats,
@@ -141,6 +150,11 @@ pub struct TracePipeline {
 }
 
 impl TracePipeline {
+    /// What same-node stitching did (`hoptrace_stitch_total{outcome}`).
+    pub fn stitch_stats(&self) -> &StitchStats {
+        &self.stitch.stats
+    }
+
     /// Values from traffic replaced whole because they were past their field's length
     /// cap, by field (`hoptrace_values_capped_total{field}`).
     pub fn capped_values(&self) -> Vec<(&'static str, u64)> {
@@ -153,6 +167,8 @@ struct ConnL7 {
     proto: Option<Box<dyn Protocol>>,
     /// Detection was attempted and failed in these directions; give up after both.
     tried: [bool; 2],
+    /// HTTP exchanges reported so far: the next one's order on the connection.
+    exchanges: u32,
 }
 
 /// An outbound call: an HTTP exchange, a message publish, or a connection attempt that
@@ -189,11 +205,13 @@ struct ConnView {
     comm: Str,
     local: SocketAddr,
     remote: SocketAddr,
+    /// The HTTP exchange's order on its connection (same-node stitching pairs by it).
+    seq: u32,
 }
 
 impl ConnView {
     fn of(c: &Connection) -> Self {
-        Self { pid: c.pid, comm: c.comm.clone(), local: c.tuple.local, remote: c.tuple.remote }
+        Self { pid: c.pid, comm: c.comm.clone(), local: c.tuple.local, remote: c.tuple.remote, seq: 0 }
     }
 
     fn addrs(&self, ips: &mut HashMap<std::net::IpAddr, Str>) -> http::Addrs {

@@ -79,6 +79,9 @@ impl TracePipeline {
             events_scratch: Vec::new(),
             client_peers: Default::default(),
             server_peers: Default::default(),
+            addr_names: Default::default(),
+            stitch: Default::default(),
+            gap_was_first: false,
             gaps: Arc::new(Mutex::new(GapTable::default())),
             stats: TraceStats::default(),
             red: super::red::RedRecorder::default(),
@@ -111,7 +114,7 @@ impl TracePipeline {
 
     /// Finds the connection's parser from its first bytes; false while there is none.
     fn detect(&mut self, conn: &Connection, dir: Direction, segs: &[Segment]) -> bool {
-        let state = self.conns.entry(conn.id).or_insert(ConnL7 { proto: None, tried: [false; 2] });
+        let state = self.conns.entry(conn.id).or_insert(ConnL7 { proto: None, tried: [false; 2], exchanges: 0 });
         if state.proto.is_some() {
             return true;
         }
@@ -137,7 +140,7 @@ impl TracePipeline {
     /// The connection left the table (`close_ns`: kernel time of the close, when known):
     /// report what its parser still holds. An exchange cut short by the close ends then.
     pub fn on_close(&mut self, conn: &Connection, close_ns: Option<u64>, sink: &mut dyn SpanSink) {
-        let Some(mut state) = self.conns.remove(&conn.id) else {
+        let Some(state) = self.conns.get_mut(&conn.id) else {
             return;
         };
         let mut events = Vec::new();
@@ -145,7 +148,9 @@ impl TracePipeline {
             proto.close(&mut events);
         }
         self.close_ns = close_ns;
+        // Still in the table while its last events are handled: they keep their order.
         self.handle_events(conn, &mut events, sink);
+        self.conns.remove(&conn.id);
         self.close_ns = None;
         self.forget_serving(conn.id);
     }
@@ -156,9 +161,13 @@ impl TracePipeline {
             match ev {
                 L7Event::Http(x) => {
                     self.stats.exchanges += 1;
+                    let seq = self.conns.get_mut(&conn.id).map_or(0, |s| {
+                        s.exchanges = s.exchanges.wrapping_add(1);
+                        s.exchanges - 1
+                    });
                     match conn.role {
-                        Role::Server => self.server_exchange(conn, x, sink),
-                        Role::Client => self.client_exchange(conn, x, sink),
+                        Role::Server => self.server_exchange(conn, seq, x, sink),
+                        Role::Client => self.client_exchange(conn, seq, x, sink),
                         Role::Unknown => {}
                     }
                 }
@@ -171,9 +180,10 @@ impl TracePipeline {
         }
     }
 
-    fn client_exchange(&mut self, conn: &Connection, x: HttpExchange, sink: &mut dyn SpanSink) {
+    fn client_exchange(&mut self, conn: &Connection, seq: u32, x: HttpExchange, sink: &mut dyn SpanSink) {
         let tid = x.request.timing.first_tid;
-        self.client_call(ConnView::of(conn), tid, super::Call::Http(x), sink);
+        let view = ConnView { seq, ..ConnView::of(conn) };
+        self.client_call(view, tid, super::Call::Http(x), sink);
     }
 
     /// An outgoing connection attempt failed: an error CLIENT span, linked like any call.
@@ -190,7 +200,7 @@ impl TracePipeline {
         ts_ns: u64,
         sink: &mut dyn SpanSink,
     ) {
-        let view = ConnView { pid, comm: crate::model::span::Str::from(comm.to_string()), local, remote };
+        let view = ConnView { pid, comm: crate::model::span::Str::from(comm.to_string()), local, remote, seq: 0 };
         let call = super::Call::Failed { error, start_ns: ts_ns };
         match tid {
             Some(tid) => self.client_call(view, tid, call, sink),
@@ -200,7 +210,7 @@ impl TracePipeline {
 
     /// An inbound request and its response: the SERVER span, with the calls made while
     /// it was served as its children, and the hops judged for lost context.
-    fn server_exchange(&mut self, conn: &Connection, x: HttpExchange, sink: &mut dyn SpanSink) {
+    fn server_exchange(&mut self, conn: &Connection, seq: u32, x: HttpExchange, sink: &mut dyn SpanSink) {
         let key = (conn.pid, x.request.timing.first_tid);
         let overlapped = self.end_serving(key, conn.id);
         let start = x.request.timing.first_exit_ns;
@@ -214,19 +224,20 @@ impl TracePipeline {
         self.settle_other_threads(conn, start, end, inbound.parent.as_ref(), sink);
         let suppressed = self.cfg.suppress_instrumented && self.is_instrumented(conn.pid);
 
-        let view = ConnView::of(conn);
+        let view = ConnView { seq, ..ConnView::of(conn) };
         let span_id = self.ids.span_id();
-        let mut ctx = match &inbound.parent {
-            Some(tp) => Ctx::remote(tp, inbound.trace_state.clone()),
-            None => self.new_trace(),
-        };
+        let (mut ctx, stitched) = self.server_context(&view, &x, &inbound, span_id);
         // Propagation gaps: judged for every service, instrumented or not.
         let hop = self.hop(&view, x.request.target(), (ctx.trace_id, span_id));
         if ctx.origin == TraceOrigin::Remote && !self.is_internal(&hop) {
             // From outside: "not sampled" must not hide errors and risk signals.
             ctx.origin = TraceOrigin::External;
         }
+        self.gap_was_first = false;
         let inbound_gap = self.judge_inbound(&hop, &inbound);
+        if inbound_gap.is_some() && self.gap_was_first {
+            self.stitch_example_gap(ctx.trace_id);
+        }
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
         if suppressed {
@@ -245,11 +256,37 @@ impl TracePipeline {
         if let Some(kind) = inbound_gap {
             super::judge::mark_gap(&mut span, kind);
         }
+        if stitched {
+            span.attributes.push(crate::model::span::KeyValue::bool("hoptrace.context.stitched", true));
+        }
+        self.server_edge(&view, &span);
         if let Some(reason) = inbound.invalid {
             self.log_invalid_context(reason, &span.trace_id, &span_id, view.pid, &span.name);
         }
         self.stats.spans_server += 1;
         self.submit(span, sink);
+    }
+
+    /// The context a SERVER span continues: the inbound one, the client span's of the same
+    /// exchange on this node (stitched: true), or a new trace — held until that client
+    /// span comes when this is a same-node hop without context (see `stitch`).
+    fn server_context(&mut self, view: &ConnView, x: &HttpExchange, inbound: &Inbound, span_id: SpanId) -> (Ctx, bool) {
+        if let Some(tp) = &inbound.parent {
+            return (Ctx::remote(tp, inbound.trace_state.clone()), false);
+        }
+        // Any traceparent at all, even an invalid one: the caller tried; never stitched.
+        if inbound.invalid.is_some() || header_values(&x.request.headers, "traceparent").next().is_some() {
+            return (self.new_trace(), false);
+        }
+        match self.stitch_server(view.local, view.remote, view.seq, x) {
+            super::stitch::ServerStitch::Linked(ctx) => (ctx, true),
+            super::stitch::ServerStitch::Hold(key) => {
+                let ctx = self.new_trace();
+                self.stitch_hold(key, ctx.trace_id, span_id, x);
+                (ctx, false)
+            }
+            super::stitch::ServerStitch::No => (self.new_trace(), false),
+        }
     }
 
     /// The request's trace context; invalid headers are counted, and their reason kept so

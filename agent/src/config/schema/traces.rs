@@ -26,6 +26,16 @@ pub(super) const SETTINGS: &[Setting] = &[
     },
     Setting {
         section: "traces",
+        key: "stitch_same_node",
+        env: Env::Scalar,
+        apply: |c, n| {
+            if let Some(v) = boolean(c, n, "traces.stitch_same_node") {
+                c.cfg.traces.stitch = v;
+            }
+        },
+    },
+    Setting {
+        section: "traces",
         key: "record_user_agent",
         env: Env::Scalar,
         apply: |c, n| {

@@ -109,7 +109,28 @@ impl ExportLoop {
 
     fn export_once(&mut self, budget: Duration) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let Some(req) = otlp::to_request(&self.red.snapshot(), now) else { return };
+        let snap = self.red.snapshot();
+        // The node's attributes, from any series' resource (edges belong to no service).
+        let node: Vec<_> = snap.series.first().map_or_else(Vec::new, |s| {
+            s.resource
+                .attributes
+                .iter()
+                .filter(|a| a.key == "host.name" || a.key == "k8s.node.name")
+                .filter_map(|a| match &a.value {
+                    crate::model::span::AnyValue::Str(v) => Some((a.key.to_string(), v.to_string())),
+                    _ => None,
+                })
+                .map(|(k, v)| opentelemetry_proto::tonic::common::v1::KeyValue {
+                    key: k,
+                    value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                        value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v)),
+                    }),
+                    ..Default::default()
+                })
+                .collect()
+        });
+        let req = super::graph::append(otlp::to_request(&snap, now), &self.red.graph_snapshot(), node, now);
+        let Some(req) = req else { return };
         let started = Instant::now();
         let client = &mut self.client;
         let result = self.rt.block_on(async {

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod exporter;
+pub mod graph;
 pub mod otlp;
 
 #[cfg(test)]

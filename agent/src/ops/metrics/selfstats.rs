@@ -86,6 +86,7 @@ impl EndpointMetrics {
         render_samples(&extra, om, out);
         if let Some(red) = self.red.get() {
             render::render(&red.snapshot(), om, out);
+            super::graph::render(&red.graph_snapshot(), om, out);
         }
     }
 }
@@ -115,6 +116,18 @@ pub fn rss_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
+}
+
+/// CPU time the agent used (user + system), from `/proc/self/stat`.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace().skip(11);
+    let (user, system): (u64, u64) = (f.next()?.parse().ok()?, f.next()?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (user + system) as f64 / ticks as f64)
 }
 
 /// Self-metrics the capture counters do not carry: parse errors and invalid trace context
@@ -147,6 +160,13 @@ pub fn extra_samples(
             "hoptrace_process_resident_memory_bytes",
             "Resident memory of the agent.",
             rss as f64,
+        ));
+    }
+    if let Some(cpu) = cpu_seconds() {
+        out.push(OwnedSample::new(
+            "hoptrace_process_cpu_seconds_total",
+            "CPU time the agent used, user and system.",
+            cpu,
         ));
     }
     out

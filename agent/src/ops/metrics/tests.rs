@@ -69,3 +69,54 @@ fn endpoint_readyz_and_openmetrics_negotiation() {
     assert!(text.contains("# TYPE hoptrace_capture_records_total counter"), "{text}");
     assert!(!text.contains("# EOF") && !text.contains(" # {"), "{text}");
 }
+
+/// The service graph with the connector's names, `client`/`server`/`connection_type`
+/// always present, the zones when known, on the endpoint beside the RED metrics.
+#[test]
+fn service_graph_metrics_have_the_connectors_names_and_labels() {
+    use crate::traces::red::graph::{Observation, Side};
+    let red = RedRecorder::new(&MetricsConfig::default());
+    let labels = ["front", "back", "", "Z1", "Z6"];
+    red.record_edge(&Observation { side: Side::Server, labels, seconds: 0.02, failed: true, counts: true });
+    red.record_edge(&Observation { side: Side::Client, labels, seconds: 0.03, failed: false, counts: false });
+    let ext = ["front", "10.1.2.3:5432", "virtual_node", "Z1", ""];
+    red.record_edge(&Observation { side: Side::Client, labels: ext, seconds: 0.5, failed: false, counts: true });
+    let mut out = String::new();
+    super::graph::render(&red.graph_snapshot(), false, &mut out);
+    let pair = "client=\"front\",server=\"back\",connection_type=\"\",client_zone=\"Z1\",server_zone=\"Z6\"";
+    for line in [
+        format!("traces_service_graph_request_total{{{pair}}} 1"),
+        format!("traces_service_graph_request_failed_total{{{pair}}} 1"),
+        format!("traces_service_graph_request_server_seconds_count{{{pair}}} 1"),
+        format!("traces_service_graph_request_client_seconds_count{{{pair}}} 1"),
+        format!("traces_service_graph_request_server_seconds_bucket{{{pair},le=\"0.025\"}} 1"),
+        "traces_service_graph_request_total{client=\"front\",server=\"10.1.2.3:5432\",connection_type=\"virtual_node\",client_zone=\"Z1\"} 1".into(),
+        "hoptrace_service_graph_edges 2".into(),
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
+    }
+    assert_eq!(out.matches("# TYPE traces_service_graph_request_total counter").count(), 1);
+    let req = crate::export::metrics::graph::append(None, &red.graph_snapshot(), Vec::new(), 5).unwrap();
+    let names: Vec<&str> = req.resource_metrics[0].scope_metrics[0].metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "traces_service_graph_request_total",
+            "traces_service_graph_request_failed_total",
+            "traces_service_graph_request_server_seconds",
+            "traces_service_graph_request_client_seconds"
+        ]
+    );
+}
+
+#[test]
+fn cpu_seconds_reads_this_process() {
+    let before = super::selfstats::cpu_seconds().expect("/proc/self/stat");
+    let mut x = 0u64;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(50) {
+        x = x.wrapping_add(std::hint::black_box(1));
+    }
+    let after = super::selfstats::cpu_seconds().unwrap();
+    assert!(after >= before && before >= 0.0, "{before} {after} {x}");
+}

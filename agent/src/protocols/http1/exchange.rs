@@ -44,6 +44,8 @@ pub(super) struct Pending {
     /// the responses after it paired right.
     request: Option<HttpRequest>,
     informational: Vec<u16>,
+    /// Sent while another request on the connection was still unanswered.
+    pipelined: bool,
 }
 
 #[derive(Debug)]
@@ -175,7 +177,9 @@ impl Http1 {
         if let Some(Answer { pending, mut response }) = self.inflight.take() {
             response.timing = self.responses.timing;
             response.body_len = self.responses.body_len;
-            emit(out, pending, Some(response), Outcome::Complete);
+            // A request queued behind this one was sent before this response ended.
+            let behind = !self.pending.is_empty();
+            emit(out, pending, Some(response), Outcome::Complete, behind);
         }
     }
 
@@ -192,7 +196,8 @@ impl Http1 {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.push_back(Pending { id, request, informational: Vec::new() });
+        let pipelined = !self.pending.is_empty() || self.inflight.is_some();
+        self.pending.push_back(Pending { id, request, informational: Vec::new(), pipelined });
         Some(id)
     }
 
@@ -227,12 +232,12 @@ impl Http1 {
                 Some(Answer { pending, mut response }) => {
                     response.timing = self.responses.timing;
                     response.body_len = self.responses.body_len;
-                    emit(out, pending, Some(response), Outcome::Desync);
+                    emit(out, pending, Some(response), Outcome::Desync, false);
                 }
                 None if began => {
                     // A response started here: it answered the oldest request.
                     if let Some(pending) = self.pending.pop_front() {
-                        emit(out, pending, None, Outcome::Desync);
+                        emit(out, pending, None, Outcome::Desync, false);
                     } else {
                         self.overflow = self.overflow.saturating_sub(1);
                     }
@@ -298,18 +303,21 @@ impl Protocol for Http1 {
                 } else {
                     Outcome::ClosedMidResponse
                 };
-                emit(out, pending, Some(response), outcome);
+                let behind = !self.pending.is_empty();
+                emit(out, pending, Some(response), outcome, behind);
             }
             None => {
                 if self.responses.state == State::Head {
                     if let Some(pending) = self.pending.pop_front() {
-                        emit(out, pending, None, Outcome::ClosedMidResponse);
+                        let behind = !self.pending.is_empty();
+                        emit(out, pending, None, Outcome::ClosedMidResponse, behind);
                     }
                 }
             }
         }
+        let several = self.pending.len() > 1;
         for pending in std::mem::take(&mut self.pending) {
-            emit(out, pending, None, Outcome::ClosedBeforeResponse);
+            emit(out, pending, None, Outcome::ClosedBeforeResponse, several);
         }
         self.overflow = 0;
         self.requests.reset(State::Opaque);
@@ -317,9 +325,11 @@ impl Protocol for Http1 {
     }
 }
 
-fn emit(out: &mut Vec<L7Event>, p: Pending, response: Option<HttpResponse>, outcome: Outcome) {
+/// `behind`: another request was queued behind this one when it was answered (or cut).
+fn emit(out: &mut Vec<L7Event>, p: Pending, response: Option<HttpResponse>, outcome: Outcome, behind: bool) {
     if let Some(request) = p.request {
-        out.push(L7Event::Http(HttpExchange { request, response, informational: p.informational, outcome }));
+        let pipelined = p.pipelined || behind;
+        out.push(L7Event::Http(HttpExchange { request, response, informational: p.informational, outcome, pipelined }));
     }
 }
 

@@ -174,6 +174,9 @@ pub struct HttpExchange {
     /// 1xx statuses seen before the final response.
     pub informational: Vec<u16>,
     pub outcome: Outcome,
+    /// Another request on the connection was in flight while this one was (HTTP/1
+    /// pipelining): pairing this exchange with the other end's by order is not trusted.
+    pub pipelined: bool,
 }
 
 /// HTTP/1 detection: a request line in the request direction, or a status line in the

@@ -189,6 +189,32 @@ fn pipelined_requests_pair_fifo() {
     });
 }
 
+/// Stitching pairs exchanges by order only when no request was in flight behind another:
+/// every exchange of a pipelined burst says so, sequential ones do not.
+#[test]
+fn pipelined_exchanges_are_flagged_sequential_ones_not() {
+    both(|split| {
+        let mut c = Conn::server(split);
+        c.send(REQ, b"GET /a HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        c.send(REQ, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        c.send(REQ, b"GET /b HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let flags: Vec<bool> = c.exchanges().iter().map(|x| x.pipelined).collect();
+        assert_eq!(flags, [false, true, true, false]);
+        // A request sent while the previous response was still being read.
+        c.send(REQ, b"GET /c HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\na");
+        c.send(REQ, b"GET /d HTTP/1.1\r\n\r\n");
+        c.send(RESP, b"b");
+        c.send(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let flags: Vec<bool> = c.exchanges().iter().map(|x| x.pipelined).collect();
+        assert_eq!(flags, [true, true]);
+    });
+}
+
 #[test]
 fn chunked_bodies_with_extensions_and_trailers() {
     both(|split| {

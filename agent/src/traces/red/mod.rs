@@ -356,10 +356,11 @@ fn classify(span: &SpanRecord) -> Option<(Family, [&str; 6], u64)> {
     Some((family, [service, zone, route, tenant, method, status_class(status)], 0))
 }
 
-/// The pipeline's handle on the shared table.
+/// The pipeline's handle on the shared tables (RED series and service-graph edges).
 #[derive(Clone)]
 pub struct RedRecorder {
     table: Arc<Mutex<RedTable>>,
+    graph: Arc<Mutex<graph::GraphTable>>,
     exemplars: bool,
 }
 
@@ -371,7 +372,22 @@ impl Default for RedRecorder {
 
 impl RedRecorder {
     pub fn new(cfg: &MetricsConfig) -> Self {
-        Self { table: Arc::new(Mutex::new(RedTable::new(cfg.max_series))), exemplars: cfg.exemplars }
+        Self {
+            table: Arc::new(Mutex::new(RedTable::new(cfg.max_series))),
+            graph: Arc::new(Mutex::new(graph::GraphTable::new(cfg.max_series))),
+            exemplars: cfg.exemplars,
+        }
+    }
+
+    /// Called by the trace pipeline for every finished HTTP SERVER or CLIENT span.
+    pub fn record_edge(&self, o: &graph::Observation<'_>) {
+        if let Ok(mut g) = self.graph.lock() {
+            g.record(o);
+        }
+    }
+
+    pub fn graph_snapshot(&self) -> graph::GraphSnapshot {
+        self.graph.lock().map(|g| g.snapshot()).unwrap_or_default()
     }
 
     /// Called by the trace pipeline for every finished span, kept (`exported`) or not.
@@ -390,5 +406,6 @@ impl RedRecorder {
     }
 }
 
+pub mod graph;
 #[cfg(test)]
 pub(crate) mod tests;
