@@ -35,6 +35,7 @@ pub(crate) mod ids;
 mod instrumented;
 mod judge;
 mod linking;
+pub mod logs;
 pub mod messaging;
 mod pipeline;
 pub mod red;
@@ -71,6 +72,11 @@ use crate::{
 /// Where finished spans go (the exporter's queue, or a test's Vec).
 pub trait SpanSink {
     fn submit(&mut self, span: SpanRecord);
+    /// Where log records go, when they are exported at all (access records and app lines
+    /// are only built then).
+    fn logs(&mut self) -> Option<&mut dyn logs::LogSink> {
+        None
+    }
 }
 
 impl SpanSink for Vec<SpanRecord> {
@@ -133,6 +139,8 @@ pub struct TracePipeline {
     pub stats: TraceStats,
     /// RED metrics of every finished span, sampled or not (see [`red`]).
     pub red: red::RedRecorder,
+    /// Access records and app log lines (see [`logs`]).
+    pub app_logs: logs::app::AppLogs,
 }
 
 impl TracePipeline {

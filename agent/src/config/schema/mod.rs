@@ -18,6 +18,7 @@ mod capture;
 mod exporter;
 mod gaps;
 mod kubernetes;
+mod logs;
 mod metrics;
 mod privacy;
 mod resource;
@@ -34,8 +35,19 @@ pub(crate) use suggest::{closest, edit_distance};
 use values::entries;
 
 /// The top-level keys, in the order the documentation presents them.
-pub(crate) const SECTIONS: [&str; 10] =
-    ["exporter", "capture", "traces", "privacy", "gaps", "sampling", "metrics", "resource", "kubernetes", "services"];
+pub(crate) const SECTIONS: [&str; 11] = [
+    "exporter",
+    "capture",
+    "traces",
+    "privacy",
+    "gaps",
+    "sampling",
+    "metrics",
+    "logs",
+    "resource",
+    "kubernetes",
+    "services",
+];
 
 /// Longest duration any timeout accepts. Durations are added to `Instant`s, which panics on
 /// overflow; anything longer than a day is a typo anyway.
@@ -95,7 +107,7 @@ pub(crate) fn env_var(section: &str, key: &str) -> String {
 
 /// Every setting, section by section in [`SECTIONS`] order (`services` is a list of rules,
 /// not settings).
-static TABLES: [&[Setting]; 9] = [
+static TABLES: [&[Setting]; 10] = [
     exporter::SETTINGS,
     capture::SETTINGS,
     traces::SETTINGS,
@@ -103,6 +115,7 @@ static TABLES: [&[Setting]; 9] = [
     gaps::SETTINGS,
     sampling::SETTINGS,
     metrics::SETTINGS,
+    logs::SETTINGS,
     resource::SETTINGS,
     kubernetes::SETTINGS,
 ];

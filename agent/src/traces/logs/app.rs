@@ -1,0 +1,257 @@
+//! App log lines in the pipeline: captured stdout/stderr writes of selected processes
+//! become lines, each linked to the request its thread was serving when it was written
+//! (the thread rules of parent linking: the thread's request in flight, or the finished
+//! request whose window holds the line's time; several requests in flight on the thread
+//! means no ids, counted), redacted and rate limited, then records for the log sink.
+//!
+//! A line written while its thread serves a request waits (bounded, at most the hold
+//! timeout) for that request's SERVER span, whose ids it takes.
+
+use std::time::Instant;
+
+use hashbrown::HashMap;
+
+use super::line::{self, AttrValue, Line, Splitter};
+use super::{LogStats, LogsConfig};
+use crate::model::log::LogRecord;
+use crate::model::span::{AnyValue, KeyValue, SpanId, Str, TraceId};
+use crate::policy::redact::Redactor;
+use crate::traces::{served::Match, SpanSink, TracePipeline};
+
+/// Lines waiting for their request at most (beyond: the oldest go, counted).
+const MAX_PENDING: usize = 4096;
+/// Outputs (process × stream) with a partial line at most.
+const MAX_SPLITTERS: usize = 4096;
+/// A partial line is emitted as it is after this long without its newline.
+const PARTIAL_FLUSH_NS: u64 = 2_000_000_000;
+
+/// One captured write to a process's stdout (1) or stderr (2), or a file opened on them.
+pub struct AppWrite<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    /// 1 or 2: which stream the descriptor shares a file with.
+    pub stream: u8,
+    pub ts_ns: u64,
+    pub bytes: &'a [u8],
+    /// The kernel could not copy all of the write (cap, ring full).
+    pub incomplete: bool,
+}
+
+struct Pending {
+    pid: u32,
+    stream: u8,
+    line: Line,
+    since: Instant,
+}
+
+/// App log state of the pipeline.
+#[derive(Default)]
+pub struct AppLogs {
+    pub cfg: LogsConfig,
+    pub stats: LogStats,
+    splitters: HashMap<(u32, u8), Splitter>,
+    pending: Vec<Pending>,
+    /// Per process: the current second and the lines let through in it.
+    rate: HashMap<u32, (u64, u32)>,
+    scratch: Vec<Line>,
+}
+
+impl AppLogs {
+    /// Nothing waiting: the periodic step has nothing to do.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.splitters.is_empty()
+    }
+}
+
+/// What linking says about a line.
+enum Link {
+    Ids(TraceId, SpanId, u8),
+    None,
+    Ambiguous,
+    Wait,
+}
+
+impl TracePipeline {
+    /// A captured write of a selected process.
+    pub fn on_app_write(&mut self, w: &AppWrite, sink: &mut dyn SpanSink) {
+        if sink.logs().is_none() {
+            return;
+        }
+        let a = &mut self.app_logs;
+        if w.incomplete {
+            a.stats.app_writes_incomplete += 1;
+        }
+        if a.splitters.len() >= MAX_SPLITTERS && !a.splitters.contains_key(&(w.pid, w.stream)) {
+            a.splitters.clear();
+        }
+        let max = a.cfg.app.max_line_bytes;
+        let mut lines = std::mem::take(&mut a.scratch);
+        a.splitters.entry((w.pid, w.stream)).or_default().feed(w.bytes, w.ts_ns, w.tid, max, &mut lines);
+        for line in lines.drain(..) {
+            self.accept_line(w.pid, w.stream, line, sink);
+        }
+        self.app_logs.scratch = lines;
+    }
+
+    /// Rate limit, then link now or wait for the request.
+    fn accept_line(&mut self, pid: u32, stream: u8, line: Line, sink: &mut dyn SpanSink) {
+        let a = &mut self.app_logs;
+        let second = line.ts_ns / 1_000_000_000;
+        let slot = a.rate.entry(pid).or_insert((second, 0));
+        if slot.0 != second {
+            *slot = (second, 0);
+        }
+        if slot.1 >= a.cfg.app.lines_per_second {
+            a.stats.app_lines_rate_limited += 1;
+            return;
+        }
+        slot.1 += 1;
+        if line.truncated {
+            a.stats.app_lines_truncated += 1;
+        }
+        match self.link(pid, &line) {
+            Link::Wait => {
+                let a = &mut self.app_logs;
+                if a.pending.len() >= MAX_PENDING {
+                    a.pending.remove(0);
+                    a.stats.app_lines_dropped_pending += 1;
+                }
+                a.pending.push(Pending { pid, stream, line, since: Instant::now() });
+            }
+            link => self.emit_line(pid, stream, line, link, sink),
+        }
+    }
+
+    /// The request thread (pid, line.tid) was serving when the line was written.
+    fn link(&self, pid: u32, line: &Line) -> Link {
+        let key = (pid, line.tid);
+        match self.served.find(key, line.ts_ns) {
+            Some(Match::One(s)) => return Link::Ids(s.child.trace_id, s.child.parent, s.child.flags),
+            Some(Match::Overlapped) => return Link::Ambiguous,
+            None => {}
+        }
+        if self.serving_since(key).is_some_and(|since| line.ts_ns >= since) {
+            return Link::Wait;
+        }
+        Link::None
+    }
+
+    /// Periodic: lines whose request has completed (or that waited the hold timeout) go
+    /// out; partial lines held too long are emitted as they are.
+    pub(crate) fn app_logs_tick(&mut self, now_ns: u64, sink: &mut dyn SpanSink) {
+        let timeout = self.cfg.hold_timeout;
+        let pending = std::mem::take(&mut self.app_logs.pending);
+        for p in pending {
+            match self.link(p.pid, &p.line) {
+                Link::Wait if p.since.elapsed() < timeout => self.app_logs.pending.push(p),
+                Link::Wait => self.emit_line(p.pid, p.stream, p.line, Link::None, sink),
+                link => self.emit_line(p.pid, p.stream, p.line, link, sink),
+            }
+        }
+        let mut out = std::mem::take(&mut self.app_logs.scratch);
+        let mut flushed = Vec::new();
+        for (&(pid, stream), s) in self.app_logs.splitters.iter_mut() {
+            s.flush_if_older(now_ns.saturating_sub(PARTIAL_FLUSH_NS), &mut out);
+            flushed.extend(out.drain(..).map(|l| (pid, stream, l)));
+        }
+        self.app_logs.scratch = out;
+        self.app_logs.rate.retain(|_, (second, _)| *second + 2 >= now_ns / 1_000_000_000);
+        for (pid, stream, line) in flushed {
+            self.accept_line(pid, stream, line, sink);
+        }
+    }
+
+    /// Shutdown: everything pending goes out with what is known now.
+    pub(crate) fn app_logs_flush(&mut self, sink: &mut dyn SpanSink) {
+        for p in std::mem::take(&mut self.app_logs.pending) {
+            let link = match self.link(p.pid, &p.line) {
+                Link::Wait => Link::None,
+                l => l,
+            };
+            self.emit_line(p.pid, p.stream, p.line, link, sink);
+        }
+    }
+
+    fn emit_line(&mut self, pid: u32, stream: u8, line: Line, link: Link, sink: &mut dyn SpanSink) {
+        let resource = self.resource_for(pid, "");
+        let observed = super::unix_now_ns();
+        let a = &mut self.app_logs;
+        let parsed = line::parse(&line.text);
+        let (mut trace_id, mut span_id, mut flags) = ([0; 16], [0; 8], 0);
+        match link {
+            Link::Ids(t, s, f) => {
+                a.stats.app_lines_linked += 1;
+                (trace_id, span_id, flags) = (t, s, f);
+            }
+            Link::Ambiguous => a.stats.app_lines_ambiguous += 1,
+            Link::None | Link::Wait => {}
+        }
+        if let Some(own) = parsed.trace_id {
+            // The line's own context (an SDK's logging integration) wins; a disagreement
+            // says the agent's thread rule and the application saw different requests.
+            a.stats.app_lines_own_trace_id += 1;
+            if trace_id != [0; 16] && trace_id != own {
+                a.stats.app_lines_trace_id_disagreed += 1;
+            }
+            if trace_id != own {
+                span_id = parsed.span_id.unwrap_or([0; 8]);
+                flags = 1;
+            }
+            trace_id = own;
+        }
+        let r = &self.redactor;
+        let mut attributes = Vec::with_capacity(parsed.attributes.len() + 2);
+        attributes.push(KeyValue::str("log.iostream", if stream == 2 { "stderr" } else { "stdout" }));
+        if line.truncated {
+            attributes.push(KeyValue::bool("hoptrace.log.truncated", true));
+        }
+        for (key, value) in parsed.attributes {
+            if !plain_key(&key) {
+                continue;
+            }
+            let value = match value {
+                AttrValue::Str(s) => AnyValue::Str(clean(r, &s)),
+                AttrValue::Int(i) => AnyValue::Int(i),
+                AttrValue::Double(d) => AnyValue::Double(d),
+                AttrValue::Bool(b) => AnyValue::Bool(b),
+            };
+            attributes.push(KeyValue { key: key.into(), value });
+        }
+        let record = LogRecord {
+            resource,
+            // The line's own time, else when it was written.
+            time_unix_ns: if parsed.time_unix_ns != 0 {
+                parsed.time_unix_ns
+            } else {
+                self.clock.to_unix_ns(line.ts_ns)
+            },
+            observed_unix_ns: observed,
+            severity: parsed.severity,
+            severity_text: clean(r, &parsed.severity_text),
+            body: clean(r, &parsed.body),
+            attributes,
+            event_name: Str::default(),
+            trace_id,
+            span_id,
+            flags,
+        };
+        self.app_logs.stats.app_lines += 1;
+        if let Some(logs) = sink.logs() {
+            logs.submit_log(record);
+        }
+    }
+}
+
+/// Text from a line through the personal-data detectors and configured patterns.
+fn clean(r: &Redactor, s: &str) -> Str {
+    if s.is_empty() {
+        return Str::default();
+    }
+    Str::from(r.redact_log_text(s).text)
+}
+
+/// Attribute keys are identifiers (at most 64 letters, digits, `_.-`): anything else
+/// (a key that is itself data) is dropped rather than exported.
+fn plain_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
