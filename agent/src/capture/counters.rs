@@ -21,6 +21,8 @@ pub struct Counters {
     pub bytes_lost: u64,
     /// Exec records (TLS library discovery).
     pub exec_records: u64,
+    /// App log records (stdout/stderr writes of `--app-logs` processes).
+    pub app_log_records: u64,
     /// Once-a-second ticks of the capture loop (eviction, expiry, publishing).
     pub loop_ticks: u64,
     /// Drains of the ring that stopped at their time budget with records left.

@@ -24,7 +24,7 @@ use anyhow::Result;
 use crate::{
     capture::conntrack::{ConnTable, Connection, TableStats},
     capture::counters::Counters,
-    capture::events::{decode, Close, ConnectFailed, Data, Event, Open},
+    capture::events::{decode, AppLog, Close, ConnectFailed, Data, Event, Open},
     capture::heartbeat::Heartbeat,
     capture::stream::{GapReason, Segment},
     capture::Capture,
@@ -39,6 +39,10 @@ pub trait Consumer {
     fn closed(&mut self, conn: &Connection, ev: Option<&Close>, flushed: &[Vec<Segment>; 2]) -> Result<()>;
     /// An outgoing connection attempt failed (`conn` when connect() had returned already).
     fn connect_failed(&mut self, _ev: &ConnectFailed, _conn: Option<&Connection>) -> Result<()> {
+        Ok(())
+    }
+    /// A chunk of a selected process's stdout/stderr write (`--app-logs`).
+    fn app_log(&mut self, _ev: &AppLog) -> Result<()> {
         Ok(())
     }
     /// Once a second, with the capture counters and the connection table's.
@@ -163,6 +167,10 @@ impl Driver {
                 }
             }
             Event::Data(d) => self.data(&d, c)?,
+            Event::AppLog(ev) => {
+                self.counters.app_log_records += 1;
+                c.app_log(&ev)?;
+            }
             Event::ConnectFailed(ev) => {
                 self.counters.connect_failed_records += 1;
                 let conn = ev.conn_id.and_then(|id| self.table.get(id));

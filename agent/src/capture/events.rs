@@ -107,6 +107,20 @@ pub struct Exec {
     pub ts_ns: u64,
 }
 
+/// A chunk of a write to a selected process's stdout (`stream` 1) or stderr (2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppLog<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub stream: u8,
+    pub ts_enter_ns: u64,
+    /// Bytes the write moved, and how many the kernel was allowed to copy.
+    pub call_len: u32,
+    pub call_captured: u32,
+    pub chunk_offset: u32,
+    pub payload: &'a [u8],
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
     Open(Open),
@@ -114,6 +128,7 @@ pub enum Event<'a> {
     Close(Close),
     ConnectFailed(ConnectFailed),
     Exec(Exec),
+    AppLog(AppLog<'a>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -277,6 +292,23 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         k if k == EventKind::Exec as u8 => {
             let ev: ExecEvent = read(bytes, kind)?;
             Ok(Event::Exec(Exec { pid: ev.pid, ts_ns: ev.ts_ns }))
+        }
+        k if k == EventKind::AppLog as u8 => {
+            let h: DataHeader = read(bytes, kind)?;
+            let d = data(bytes, kind)?;
+            if h._pad0 != 1 && h._pad0 != 2 {
+                return Err(DecodeError::BadField { kind, field: "stream", value: h._pad0 });
+            }
+            Ok(Event::AppLog(AppLog {
+                pid: d.pid,
+                tid: d.tid,
+                stream: h._pad0,
+                ts_enter_ns: d.ts_enter_ns,
+                call_len: d.call_len,
+                call_captured: d.call_captured,
+                chunk_offset: d.chunk_offset,
+                payload: d.payload,
+            }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }

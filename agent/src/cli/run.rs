@@ -18,8 +18,8 @@ use crate::{
     capture::conntrack::{Connection, TableStats},
     capture::counters::Counters,
     capture::driver::{install_signal_handlers, Consumer, Driver},
-    capture::events::{Close, ConnectFailed, Data, Open},
-    capture::loader::DropsReader,
+    capture::events::{AppLog, Close, ConnectFailed, Data, Open},
+    capture::loader::{applog::AppLogTargets, CaptureOptions, DropsReader},
     capture::stream::Segment,
     capture::Capture,
     cli::probe::{capture_options, conn_table, ProbeArgs},
@@ -38,7 +38,10 @@ use crate::{
     resource::resolver::ResourceResolver,
     traces::consumer::TraceConsumer,
     traces::red::RedRecorder,
-    traces::{logs::LogSink, SpanSink, TracePipeline},
+    traces::{
+        logs::{select::AppLogSelector, LogSink},
+        SpanSink, TracePipeline,
+    },
     util::logging::log,
 };
 
@@ -125,6 +128,8 @@ struct Traces {
     /// The OTLP metrics exporter's counters, when one runs.
     metrics_export: Option<Arc<crate::export::metrics::exporter::MetricsExportStats>>,
     ringbuf_bytes: u64,
+    /// Which processes' stdout/stderr the kernel captures (`--app-logs`).
+    app_logs: Option<crate::traces::logs::select::AppLogSelector>,
 }
 
 impl Traces {
@@ -159,6 +164,10 @@ impl Traces {
         if let Some(logs) = &self.inner.sink.logs {
             out.extend(log_samples(&self.inner.pipeline.app_logs.stats, &logs.stats()));
         }
+        if let Some(sel) = &self.app_logs {
+            out.push(s("hoptrace_app_log_processes", vec![], sel.selected));
+            out.push(s("hoptrace_app_log_processes_refused_total", vec![("reason", "map_full")], sel.map_full));
+        }
         // Parse errors and invalid context are on /metrics through metrics::selfstats.
         out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
         for (det, n) in &t.redactions {
@@ -192,7 +201,14 @@ impl Consumer for Traces {
         self.inner.connect_failed(ev, conn)
     }
 
+    fn app_log(&mut self, ev: &AppLog) -> Result<()> {
+        self.inner.app_log(ev)
+    }
+
     fn tick(&mut self, counters: &Counters, table: &TableStats, tracked: usize) -> Result<()> {
+        if let Some(selector) = &mut self.app_logs {
+            selector.scan(&mut self.inner.pipeline);
+        }
         self.inner.tick(counters, table, tracked)?;
         let samples = self.samples(counters, table, tracked);
         if let Ok(mut s) = self.endpoint.samples.lock() {
@@ -364,7 +380,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         services.push(thread);
         k
     });
-    let mut capture = Capture::load(&capture_options(&probe))?;
+    let app_logs = config.logs.app.enabled || args.app_logs;
+    let mut capture = Capture::load(&CaptureOptions { app_logs, ..capture_options(&probe) })?;
     let mut pipeline = pipeline(&args, &config, k8s.clone())?;
     pipeline.app_logs.cfg = config.logs.clone();
     pipeline.app_logs.cfg.access_enabled &= !args.no_access_logs;
@@ -392,6 +409,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         k8s,
         metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
         ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
+        app_logs: match app_logs {
+            true => Some(AppLogSelector::new(AppLogTargets::open(&capture.loaded.ebpf)?)),
+            false => None,
+        },
     };
     let mut driver = driver;
     driver.publish(&capture, &mut traces)?;

@@ -145,6 +145,11 @@ impl ResourceResolver {
             && m.port.is_none_or(|port| crate::resource::procnet::listening_ports(p.pid).contains(&port))
     }
 
+    /// Whether a `services` rule names process `p` (app logs select only such processes).
+    pub fn named_by_rule(&self, p: &ProcessInfo) -> bool {
+        self.rules.iter().any(|r| Self::rule_matches(&r.matches, p))
+    }
+
     pub fn resolve(&mut self, pid: u32, info: Option<&ProcessInfo>) -> Arc<Resource> {
         let key = (pid, info.map_or(0, |i| i.start_time));
         if let Some(k) = &self.k8s {

@@ -34,6 +34,10 @@ pub enum EventKind {
     ConnectFailed = 4,
     /// A process called exec(): userspace looks at its mappings for TLS libraries.
     Exec = 5,
+    /// Bytes a process selected for app logs wrote to its stdout or stderr (or a file
+    /// opened on the same pipe, file or terminal): a `DataHeader` with `conn_id` 0 and
+    /// the stream (1 or 2) in `_pad0`, then the bytes.
+    AppLog = 6,
 }
 
 /// Direction of a data event, from the point of view of the socket owner.

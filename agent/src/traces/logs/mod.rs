@@ -10,6 +10,7 @@
 pub mod access;
 pub mod app;
 pub mod line;
+pub mod select;
 
 use serde::Serialize;
 
