@@ -53,6 +53,7 @@ impl Counters {
             ("data", self.data_records),
             ("close", self.close_records),
             ("connect_failed", self.connect_failed_records),
+            ("app_log", self.app_log_records),
         ] {
             out.push(Sample { name: "hoptrace_capture_records_by_kind_total", labels: vec![("kind", kind)], value: v });
         }

@@ -211,7 +211,8 @@ impl TracePipeline {
             }
             let value = match value {
                 AttrValue::Str(s) => AnyValue::Str(clean(r, &s)),
-                AttrValue::Int(i) => AnyValue::Int(i),
+                // A number can be personal data too (a CPF, card or phone written as one).
+                AttrValue::Int(i) => number(r, i),
                 AttrValue::Double(d) => AnyValue::Double(d),
                 AttrValue::Bool(b) => AnyValue::Bool(b),
             };
@@ -250,8 +251,43 @@ fn clean(r: &Redactor, s: &str) -> Str {
     Str::from(r.redact_log_text(s).text)
 }
 
+/// An integer from a line, or its placeholder when the detectors recognise its digits.
+fn number(r: &Redactor, i: i64) -> AnyValue {
+    if i.unsigned_abs() < 1_000_000_000 {
+        // Fewer than 10 digits: shorter than any CPF, CNPJ, card or phone number.
+        return AnyValue::Int(i);
+    }
+    let text = i.to_string();
+    let red = r.redact_log_text(&text);
+    if red.changed() {
+        AnyValue::Str(red.text.into())
+    } else {
+        AnyValue::Int(i)
+    }
+}
+
 /// Attribute keys are identifiers (at most 64 letters, digits, `_.-`): anything else
 /// (a key that is itself data) is dropped rather than exported.
 fn plain_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_that_are_personal_data_become_placeholders() {
+        let r = Redactor::default();
+        assert_eq!(number(&r, 42), AnyValue::Int(42));
+        assert_eq!(number(&r, 1_700_000_000), AnyValue::Int(1_700_000_000));
+        assert_eq!(number(&r, 52_998_224_725), AnyValue::Str("{cpf}".into()));
+        assert!(matches!(number(&r, 4_111_111_111_111_111), AnyValue::Str(_)));
+    }
+
+    #[test]
+    fn only_identifier_keys_are_kept() {
+        assert!(plain_key("http.route") && plain_key("order_id") && plain_key("x-y"));
+        assert!(!plain_key("") && !plain_key("maria@example.com") && !plain_key("a b") && !plain_key(&"k".repeat(65)));
+    }
 }
