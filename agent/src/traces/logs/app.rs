@@ -7,7 +7,7 @@
 //! A line written while its thread serves a request waits (bounded, at most the hold
 //! timeout) for that request's SERVER span, whose ids it takes.
 
-use std::time::Instant;
+use std::{collections::VecDeque, time::Instant};
 
 use hashbrown::HashMap;
 
@@ -50,7 +50,7 @@ pub struct AppLogs {
     pub cfg: LogsConfig,
     pub stats: LogStats,
     splitters: HashMap<(u32, u8), Splitter>,
-    pending: Vec<Pending>,
+    pending: VecDeque<Pending>,
     /// Per process: the current second and the lines let through in it.
     rate: HashMap<u32, (u64, u32)>,
     scratch: Vec<Line>,
@@ -113,10 +113,10 @@ impl TracePipeline {
             Link::Wait => {
                 let a = &mut self.app_logs;
                 if a.pending.len() >= MAX_PENDING {
-                    a.pending.remove(0);
+                    a.pending.pop_front();
                     a.stats.app_lines_dropped_pending += 1;
                 }
-                a.pending.push(Pending { pid, stream, line, since: Instant::now() });
+                a.pending.push_back(Pending { pid, stream, line, since: Instant::now() });
             }
             link => self.emit_line(pid, stream, line, link, sink),
         }
@@ -143,7 +143,7 @@ impl TracePipeline {
         let pending = std::mem::take(&mut self.app_logs.pending);
         for p in pending {
             match self.link(p.pid, &p.line) {
-                Link::Wait if p.since.elapsed() < timeout => self.app_logs.pending.push(p),
+                Link::Wait if p.since.elapsed() < timeout => self.app_logs.pending.push_back(p),
                 Link::Wait => self.emit_line(p.pid, p.stream, p.line, Link::None, sink),
                 link => self.emit_line(p.pid, p.stream, p.line, link, sink),
             }
@@ -174,50 +174,9 @@ impl TracePipeline {
 
     fn emit_line(&mut self, pid: u32, stream: u8, line: Line, link: Link, sink: &mut dyn SpanSink) {
         let resource = self.resource_for(pid, "");
-        let observed = super::unix_now_ns();
-        let a = &mut self.app_logs;
         let parsed = line::parse(&line.text);
-        let (mut trace_id, mut span_id, mut flags) = ([0; 16], [0; 8], 0);
-        match link {
-            Link::Ids(t, s, f) => {
-                a.stats.app_lines_linked += 1;
-                (trace_id, span_id, flags) = (t, s, f);
-            }
-            Link::Ambiguous => a.stats.app_lines_ambiguous += 1,
-            Link::None | Link::Wait => {}
-        }
-        if let Some(own) = parsed.trace_id {
-            // The line's own context (an SDK's logging integration) wins; a disagreement
-            // says the agent's thread rule and the application saw different requests.
-            a.stats.app_lines_own_trace_id += 1;
-            if trace_id != [0; 16] && trace_id != own {
-                a.stats.app_lines_trace_id_disagreed += 1;
-            }
-            if trace_id != own {
-                span_id = parsed.span_id.unwrap_or([0; 8]);
-                flags = 1;
-            }
-            trace_id = own;
-        }
+        let (trace_id, span_id, flags) = ids(&mut self.app_logs.stats, link, &parsed);
         let r = &self.redactor;
-        let mut attributes = Vec::with_capacity(parsed.attributes.len() + 2);
-        attributes.push(KeyValue::str("log.iostream", if stream == 2 { "stderr" } else { "stdout" }));
-        if line.truncated {
-            attributes.push(KeyValue::bool("hoptrace.log.truncated", true));
-        }
-        for (key, value) in parsed.attributes {
-            if !plain_key(&key) {
-                continue;
-            }
-            let value = match value {
-                AttrValue::Str(s) => AnyValue::Str(clean(r, &s)),
-                // A number can be personal data too (a CPF, card or phone written as one).
-                AttrValue::Int(i) => number(r, i),
-                AttrValue::Double(d) => AnyValue::Double(d),
-                AttrValue::Bool(b) => AnyValue::Bool(b),
-            };
-            attributes.push(KeyValue { key: key.into(), value });
-        }
         let record = LogRecord {
             resource,
             // The line's own time, else when it was written.
@@ -226,11 +185,11 @@ impl TracePipeline {
             } else {
                 self.clock.to_unix_ns(line.ts_ns)
             },
-            observed_unix_ns: observed,
+            observed_unix_ns: super::unix_now_ns(),
             severity: parsed.severity,
             severity_text: clean(r, &parsed.severity_text),
             body: clean(r, &parsed.body),
-            attributes,
+            attributes: attributes(r, stream, line.truncated, parsed.attributes),
             event_name: Str::default(),
             trace_id,
             span_id,
@@ -241,6 +200,56 @@ impl TracePipeline {
             logs.submit_log(record);
         }
     }
+}
+
+/// The record's trace context: the request the thread was serving, unless the line
+/// carries its own (an SDK's logging integration), which wins; a disagreement says the
+/// agent's thread rule and the application saw different requests, and is counted.
+fn ids(stats: &mut LogStats, link: Link, parsed: &line::Parsed) -> (TraceId, SpanId, u8) {
+    let (mut trace_id, mut span_id, mut flags) = ([0; 16], [0; 8], 0);
+    match link {
+        Link::Ids(t, s, f) => {
+            stats.app_lines_linked += 1;
+            (trace_id, span_id, flags) = (t, s, f);
+        }
+        Link::Ambiguous => stats.app_lines_ambiguous += 1,
+        Link::None | Link::Wait => {}
+    }
+    if let Some(own) = parsed.trace_id {
+        stats.app_lines_own_trace_id += 1;
+        if trace_id != [0; 16] && trace_id != own {
+            stats.app_lines_trace_id_disagreed += 1;
+        }
+        if trace_id != own {
+            span_id = parsed.span_id.unwrap_or([0; 8]);
+            flags = 1;
+        }
+        trace_id = own;
+    }
+    (trace_id, span_id, flags)
+}
+
+/// The stream, the truncation mark, and the line's own fields, redacted.
+fn attributes(r: &Redactor, stream: u8, truncated: bool, fields: Vec<(String, AttrValue)>) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(fields.len() + 2);
+    out.push(KeyValue::str("log.iostream", if stream == 2 { "stderr" } else { "stdout" }));
+    if truncated {
+        out.push(KeyValue::bool("hoptrace.log.truncated", true));
+    }
+    for (key, value) in fields {
+        if !plain_key(&key) {
+            continue;
+        }
+        let value = match value {
+            AttrValue::Str(s) => AnyValue::Str(clean(r, &s)),
+            // A number can be personal data too (a CPF, card or phone written as one).
+            AttrValue::Int(i) => number(r, i),
+            AttrValue::Double(d) => AnyValue::Double(d),
+            AttrValue::Bool(b) => AnyValue::Bool(b),
+        };
+        out.push(KeyValue { key: key.into(), value });
+    }
+    out
 }
 
 /// Text from a line through the personal-data detectors and configured patterns.
@@ -283,6 +292,25 @@ mod tests {
         assert_eq!(number(&r, 1_700_000_000), AnyValue::Int(1_700_000_000));
         assert_eq!(number(&r, 52_998_224_725), AnyValue::Str("{cpf}".into()));
         assert!(matches!(number(&r, 4_111_111_111_111_111), AnyValue::Str(_)));
+    }
+
+    #[test]
+    fn a_lines_own_trace_id_wins_and_disagreements_are_counted() {
+        let mut stats = LogStats::default();
+        let own = line::parse(
+            r#"{"msg": "x", "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331"}"#,
+        );
+        let (t, s, _) = ids(&mut stats, Link::Ids([1; 16], [2; 8], 1), &own);
+        assert_eq!((t[0], s[0]), (0x0a, 0xb7));
+        assert_eq!(
+            (stats.app_lines_linked, stats.app_lines_own_trace_id, stats.app_lines_trace_id_disagreed),
+            (1, 1, 1)
+        );
+        let plain = line::parse("no ids here");
+        assert_eq!(ids(&mut stats, Link::Ambiguous, &plain), ([0; 16], [0; 8], 0));
+        assert_eq!(stats.app_lines_ambiguous, 1);
+        let (t, s, f) = ids(&mut stats, Link::Ids([1; 16], [2; 8], 1), &plain);
+        assert_eq!((t, s, f), ([1; 16], [2; 8], 1));
     }
 
     #[test]
