@@ -141,15 +141,15 @@ fn accepted(partial: Option<ExportLogsPartialSuccess>) -> Accepted {
 
 impl Deliver<LogRecord> for LogTransport {
     async fn export_batch(&mut self, batch: &[LogRecord], timeout: Duration) -> Result<Accepted, ExportFailure> {
-        let request = to_logs_request(batch);
         match self {
-            Self::Grpc(t) => t.export(request, timeout).await,
+            Self::Grpc(t) => t.export(to_logs_request(batch), timeout).await,
             Self::Http(t) => {
-                let body = t.post(request.encode_to_vec(), timeout).await?;
+                // Written straight from the records (`logs_encode`): no message tree.
+                let body = t.post(super::logs_encode::encode_logs_request(batch), timeout).await?;
                 // An empty or undecodable body still means the records were accepted.
                 Ok(accepted(ExportLogsServiceResponse::decode(body).ok().and_then(|r| r.partial_success)))
             }
-            Self::Json(sink) => sink.export_message(&request),
+            Self::Json(sink) => sink.export_message(&to_logs_request(batch)),
         }
     }
 }

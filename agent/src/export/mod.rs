@@ -20,6 +20,7 @@ pub mod encode;
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub mod logs;
+pub mod logs_encode;
 pub mod metrics;
 pub mod otlp;
 mod queue;

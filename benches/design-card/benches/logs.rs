@@ -5,7 +5,8 @@
 //! Every case starts from a batch of 512 access records as the agent makes them (one
 //! resource, 11 attributes, trace context) and ends with the bytes of one export request:
 //!
-//! - `agent/direct`: `to_logs_request` + `encode_to_vec`.
+//! - `agent/direct_encode`: `export::logs_encode::encode_logs_request` (the OTLP/HTTP path).
+//! - `agent/to_request_prost`: `to_logs_request` + `encode_to_vec` (the gRPC path's message).
 //! - `sdk/convert_and_export`: each record made an `SdkLogRecord` through the SDK logger's
 //!   `create_log_record` (timestamps, severity, event name, attributes, trace context),
 //!   then `LogExporter::export` of the batch (OTLP/HTTP protobuf into a client that answers
@@ -18,7 +19,7 @@ use std::{sync::Arc, time::UNIX_EPOCH};
 
 use design_card::{alloc, cpu, otel};
 use hoptrace::{
-    export::logs::to_logs_request,
+    export::{logs::to_logs_request, logs_encode::encode_logs_request},
     model::{
         log::{LogRecord, Severity},
         span::{AnyValue, KeyValue, Resource},
@@ -66,6 +67,12 @@ fn records(resource: &Arc<Resource>) -> Vec<LogRecord> {
             flags: 1,
         })
         .collect()
+}
+
+fn direct_encode(batch: Vec<LogRecord>) -> usize {
+    let n = encode_logs_request(&batch).len();
+    drop(batch);
+    n
 }
 
 fn direct(batch: Vec<LogRecord>) -> usize {
@@ -144,6 +151,7 @@ fn main() {
 
     // Both paths must send the same records: compare the request sizes.
     let direct_bytes = direct(records(&resource));
+    assert_eq!(direct_bytes, direct_encode(records(&resource)));
     sdk.convert_and_export(records(&resource));
     let sdk_bytes = null.0.bytes.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("request bytes per record: agent {:.0}, sdk {:.0}", direct_bytes as f64 / n, sdk_bytes as f64 / n);
@@ -151,10 +159,16 @@ fn main() {
     eprintln!("\nallocations per record (one batch of {RECORDS}, after a warm-up batch):");
     for (name, f) in [
         (
-            "agent/direct",
+            "agent/direct_encode",
+            Box::new(|b| {
+                let _ = direct_encode(b);
+            }) as Box<dyn Fn(Vec<LogRecord>)>,
+        ),
+        (
+            "agent/to_request_prost",
             Box::new(|b| {
                 let _ = direct(b);
-            }) as Box<dyn Fn(Vec<LogRecord>)>,
+            }),
         ),
         ("sdk/convert_and_export", Box::new(|b| sdk.convert_and_export(b))),
     ] {
@@ -166,7 +180,14 @@ fn main() {
 
     let mut cases: Vec<cpu::Case<'_, Vec<LogRecord>>> = vec![
         (
-            "agent/direct",
+            "agent/direct_encode",
+            Box::new(|b| {
+                direct_encode(b);
+                None
+            }),
+        ),
+        (
+            "agent/to_request_prost",
             Box::new(|b| {
                 direct(b);
                 None
