@@ -120,10 +120,10 @@ fn data_exit(ctx: &TracePointContext) {
     if ret <= 0 {
         return;
     }
-    if inf.sk == 0 {
-        if app_logs_on() {
-            app_log_exit(ctx, &inf, ret);
-        }
+    // Only app log writes are stored without a socket; with the feature off (a load-time
+    // constant) the verifier drops this test altogether.
+    if app_logs_on() && inf.sk == 0 {
+        app_log_exit(ctx, &inf, ret);
         return;
     }
     let ts = ktime_ns();
