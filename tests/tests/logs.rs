@@ -10,6 +10,8 @@ use std::{fs, time::Duration};
 
 use hoptrace_e2e::*;
 
+use crate::support::{listen_args, wait_metrics};
+
 /// The agent batches for 1 s and links lines on its 1 s tick; a loaded 2-core VM is slow.
 const DELIVERY: Duration = Duration::from_secs(30);
 
@@ -134,7 +136,9 @@ fn nginx_stdout_access_log_lines_are_bodies_and_its_access_records_carry_the_tra
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
     ];
-    let agent = RunAgent::start(&[port], &["--config", &config], env);
+    let listen = free_port();
+    let [flag, addr] = listen_args(listen);
+    let agent = RunAgent::start(&[port], &["--config", &config, &flag, &addr], env);
     for pid in nginx.worker_pids() {
         wait_selected(&agent, pid);
     }
@@ -164,5 +168,15 @@ fn nginx_stdout_access_log_lines_are_bodies_and_its_access_records_carry_the_tra
     assert_eq!((access.trace_id.as_str(), access.span_id.as_str()), (trace, server.span_id.as_str()));
     assert_eq!(access.service(), "gateway");
     assert!(receiver.logs_requests().iter().all(|r| r["transport"] == "http" && r["path"] == "/v1/logs"));
+    // Both kinds counted on /metrics, delivered, nothing dropped; nginx's master and
+    // workers are the selected processes.
+    let m = wait_metrics(listen, DELIVERY, "both kinds of log records exported", |m| {
+        m.sum("hoptrace_export_log_records_exported_total") >= 2
+    });
+    assert!(m.get("hoptrace_log_records_total{kind=\"access\"}") >= 1);
+    assert!(m.get("hoptrace_log_records_total{kind=\"app\"}") >= 1);
+    assert_eq!(m.get("hoptrace_app_log_processes"), 1 + nginx.worker_pids().len() as u64);
+    assert_eq!(m.sum("hoptrace_export_log_records_dropped_total"), 0);
+    assert!(m.get("hoptrace_capture_records_by_kind_total{kind=\"app_log\"}") >= 1);
     agent.stop();
 }
