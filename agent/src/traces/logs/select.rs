@@ -95,6 +95,7 @@ impl TracePipeline {
         }
         // The pipeline's view of the process is refreshed too (it may have exec'd).
         self.processes.forget(pid);
+        self.resources.forget(pid);
         let services = &self.app_logs.cfg.app.services;
         if services.is_empty() {
             return true;
