@@ -93,6 +93,59 @@ pub fn otlp_spans(request: &Value) -> Vec<OtlpSpan> {
     out
 }
 
+/// One log record from an `ExportLogsServiceRequest` in OTLP/JSON form, flattened with
+/// its resource (attribute values unwrapped as for [`OtlpSpan`]).
+#[derive(Debug, Clone)]
+pub struct OtlpLog {
+    pub resource: BTreeMap<String, Value>,
+    pub time: u64,
+    pub severity_number: u64,
+    pub severity_text: String,
+    /// The body's string value ("" when absent).
+    pub body: String,
+    pub event_name: String,
+    /// "" when the record has none.
+    pub trace_id: String,
+    pub span_id: String,
+    pub attrs: BTreeMap<String, Value>,
+}
+
+impl OtlpLog {
+    pub fn service(&self) -> &str {
+        self.resource.get("service.name").and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn attr_str(&self, key: &str) -> &str {
+        self.attrs.get(key).and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// The log records of one `ExportLogsServiceRequest` in OTLP/JSON form.
+pub fn otlp_logs(request: &Value) -> Vec<OtlpLog> {
+    let mut out = Vec::new();
+    let empty = Vec::new();
+    for rl in request["resourceLogs"].as_array().unwrap_or(&empty) {
+        let resource = attributes(&rl["resource"]["attributes"]);
+        for sl in rl["scopeLogs"].as_array().unwrap_or(&empty) {
+            for r in sl["logRecords"].as_array().unwrap_or(&empty) {
+                let string = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                out.push(OtlpLog {
+                    resource: resource.clone(),
+                    time: json_u64(&r["timeUnixNano"]),
+                    severity_number: r["severityNumber"].as_u64().unwrap_or(0),
+                    severity_text: string("severityText"),
+                    body: r["body"]["stringValue"].as_str().unwrap_or_default().to_string(),
+                    event_name: string("eventName"),
+                    trace_id: string("traceId"),
+                    span_id: string("spanId"),
+                    attrs: attributes(&r["attributes"]),
+                });
+            }
+        }
+    }
+    out
+}
+
 impl OtlpSpan {
     /// A string resource attribute, or "".
     fn resource_str(&self, key: &str) -> &str {
@@ -172,6 +225,8 @@ impl OtlpReceiver {
                 .arg(&out)
                 .arg("--metrics-out")
                 .arg(dir.join("metrics.jsonl"))
+                .arg("--logs-out")
+                .arg(dir.join("logs.jsonl"))
                 .args(["--grpc-port", &grpc_port.to_string()])
                 .args(["--http-port", &http_port.to_string()])
                 .args(extra),
@@ -271,6 +326,43 @@ impl OtlpReceiver {
             "the receiver never got {what} within {timeout:?}; {} metrics requests, the last:\n{}\nreceiver stderr:\n{}",
             got.len(),
             got.last().map(|v| v.to_string()).unwrap_or_default(),
+            self.process.stderr()
+        );
+    }
+
+    /// Every logs export received so far (gRPC `LogsService` or `POST /v1/logs`):
+    /// `{"transport", "path", "content_type", "headers", "log_records", "request"}`.
+    pub fn logs_requests(&self) -> Vec<Value> {
+        let text = fs::read_to_string(self.dir.join("logs.jsonl")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote a non-JSON line ({e}): {l}")))
+            .collect()
+    }
+
+    /// Every log record received so far, in arrival order.
+    pub fn log_records(&self) -> Vec<OtlpLog> {
+        self.logs_requests().iter().flat_map(|r| otlp_logs(&r["request"])).collect()
+    }
+
+    /// The logs files as received (for "nothing planted anywhere" checks).
+    pub fn raw_logs(&self) -> String {
+        fs::read_to_string(self.dir.join("logs.jsonl")).unwrap_or_default()
+    }
+
+    /// Waits until `check` holds for the log records received so far and returns them.
+    pub fn wait_for_logs(&self, timeout: Duration, what: &str, check: impl Fn(&[OtlpLog]) -> bool) -> Vec<OtlpLog> {
+        let mut logs = Vec::new();
+        if wait_until(timeout, || {
+            logs = self.log_records();
+            check(&logs)
+        }) {
+            return logs;
+        }
+        panic!(
+            "the receiver never got {what} within {timeout:?}; it got:\n{}\nreceiver stderr:\n{}",
+            logs.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join("\n"),
             self.process.stderr()
         );
     }

@@ -20,6 +20,7 @@ mod kafka;
 mod kernel_log;
 mod kubernetes;
 mod linking;
+mod logs;
 mod metrics;
 mod mq;
 mod otlp;

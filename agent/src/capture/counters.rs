@@ -23,6 +23,8 @@ pub struct Counters {
     pub exec_records: u64,
     /// Exit records (a process's thread-group leader exited).
     pub exit_records: u64,
+    /// App log records (stdout/stderr writes of `--app-logs` processes).
+    pub app_log_records: u64,
     /// Once-a-second ticks of the capture loop (eviction, expiry, publishing).
     pub loop_ticks: u64,
     /// Drains of the ring that stopped at their time budget with records left.
@@ -53,6 +55,7 @@ impl Counters {
             ("data", self.data_records),
             ("close", self.close_records),
             ("connect_failed", self.connect_failed_records),
+            ("app_log", self.app_log_records),
         ] {
             out.push(Sample { name: "hoptrace_capture_records_by_kind_total", labels: vec![("kind", kind)], value: v });
         }

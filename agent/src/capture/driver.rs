@@ -24,7 +24,7 @@ use anyhow::Result;
 use crate::{
     capture::conntrack::{ConnTable, Connection, TableStats},
     capture::counters::Counters,
-    capture::events::{decode, Close, ConnectFailed, Data, Event, Exec, Exit, Open},
+    capture::events::{decode, AppLog, Close, ConnectFailed, Data, Event, Exec, Exit, Open},
     capture::heartbeat::Heartbeat,
     capture::stream::{GapReason, Segment},
     capture::Capture,
@@ -52,6 +52,10 @@ pub trait Consumer {
     }
     /// A process exited (after its connections were retired, when asked).
     fn exited(&mut self, _ev: &Exit) -> Result<()> {
+        Ok(())
+    }
+    /// A chunk of a selected process's stdout/stderr write (`--app-logs`).
+    fn app_log(&mut self, _ev: &AppLog) -> Result<()> {
         Ok(())
     }
     /// Once a second, with the capture counters and the connection table's.
@@ -185,6 +189,10 @@ impl Driver {
                 c.exited(&ev)?;
             }
             Event::Data(d) => self.data(&d, c)?,
+            Event::AppLog(ev) => {
+                self.counters.app_log_records += 1;
+                c.app_log(&ev)?;
+            }
             Event::ConnectFailed(ev) => {
                 self.counters.connect_failed_records += 1;
                 let conn = ev.conn_id.and_then(|id| self.table.get(id));

@@ -130,6 +130,20 @@ impl Exit {
     }
 }
 
+/// A chunk of a write to a selected process's stdout (`stream` 1) or stderr (2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppLog<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub stream: u8,
+    pub ts_enter_ns: u64,
+    /// Bytes the write moved, and how many the kernel was allowed to copy.
+    pub call_len: u32,
+    pub call_captured: u32,
+    pub chunk_offset: u32,
+    pub payload: &'a [u8],
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
     Open(Open),
@@ -138,6 +152,7 @@ pub enum Event<'a> {
     ConnectFailed(ConnectFailed),
     Exec(Exec),
     Exit(Exit),
+    AppLog(AppLog<'a>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -307,6 +322,23 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         k if k == EventKind::Exit as u8 => {
             let ev: ExitEvent = read(bytes, kind)?;
             Ok(Event::Exit(Exit { pid: ev.pid, status: ev.exit_code, ts_ns: ev.ts_ns }))
+        }
+        k if k == EventKind::AppLog as u8 => {
+            let h: DataHeader = read(bytes, kind)?;
+            let d = data(bytes, kind)?;
+            if h._pad0 != 1 && h._pad0 != 2 {
+                return Err(DecodeError::BadField { kind, field: "stream", value: h._pad0 });
+            }
+            Ok(Event::AppLog(AppLog {
+                pid: d.pid,
+                tid: d.tid,
+                stream: h._pad0,
+                ts_enter_ns: d.ts_enter_ns,
+                call_len: d.call_len,
+                call_captured: d.call_captured,
+                chunk_offset: d.chunk_offset,
+                payload: d.payload,
+            }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }

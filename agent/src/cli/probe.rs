@@ -112,6 +112,7 @@ pub fn capture_options(args: &ProbeArgs) -> CaptureOptions {
         },
         tls: !args.no_tls,
         kernel_log: args.kernel_log,
+        app_logs: false,
     }
 }
 

@@ -18,15 +18,16 @@ use crate::{
     capture::conntrack::{Connection, TableStats},
     capture::counters::Counters,
     capture::driver::{install_signal_handlers, Consumer, Driver},
-    capture::events::{Close, ConnectFailed, Data, Open},
-    capture::loader::DropsReader,
+    capture::events::{AppLog, Close, ConnectFailed, Data, Open},
+    capture::loader::{applog::AppLogTargets, CaptureOptions, DropsReader},
     capture::stream::Segment,
     capture::Capture,
     cli::probe::{capture_options, conn_table, ProbeArgs},
     config::{self, Config},
     export::{
+        logs_exporter_config,
         metrics::exporter::{metrics_exporter_config, MetricsExporter},
-        ExporterConfig, JsonOutput, SpanExporter,
+        ExporterConfig, JsonOutput, LogExporter, SpanExporter,
     },
     gaps::alerting::AlertConfig,
     model::sample::Sample,
@@ -37,7 +38,10 @@ use crate::{
     resource::resolver::ResourceResolver,
     traces::consumer::TraceConsumer,
     traces::red::RedRecorder,
-    traces::{SpanSink, TracePipeline},
+    traces::{
+        logs::{select::AppLogSelector, LogSink},
+        SpanSink, TracePipeline,
+    },
     util::logging::log,
 };
 
@@ -82,17 +86,41 @@ pub struct RunArgs {
     /// HTTP endpoint for /gaps, /metrics, /healthz, /readyz ("off" to disable).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: String,
+    /// Export what selected processes write to stdout/stderr as OTLP log records joined to
+    /// their requests' traces (`logs.app` says which services).
+    #[arg(long)]
+    pub app_logs: bool,
+    /// No access records (one OTLP log record per served request, on by default with an
+    /// endpoint).
+    #[arg(long)]
+    pub no_access_logs: bool,
 }
 
-impl SpanSink for SpanExporter {
+/// Where `run` sends what the pipeline makes: spans, and log records when they are on.
+pub(crate) struct Exporters {
+    spans: SpanExporter,
+    logs: Option<LogExporter>,
+}
+
+impl SpanSink for Exporters {
     fn submit(&mut self, span: SpanRecord) {
-        SpanExporter::submit(self, span);
+        self.spans.submit(span);
+    }
+
+    fn logs(&mut self) -> Option<&mut dyn LogSink> {
+        self.logs.as_mut().map(|l| l as &mut dyn LogSink)
+    }
+}
+
+impl LogSink for LogExporter {
+    fn submit_log(&mut self, record: crate::model::log::LogRecord) {
+        LogExporter::submit(self, record);
     }
 }
 
 /// The `run` consumer: capture → pipeline → exporter, plus the HTTP endpoint's metrics.
 struct Traces {
-    inner: TraceConsumer<SpanExporter>,
+    inner: TraceConsumer<Exporters>,
     endpoint: Arc<EndpointState>,
     drops: DropsReader,
     /// Pod metadata (its counters go on /metrics).
@@ -100,6 +128,8 @@ struct Traces {
     /// The OTLP metrics exporter's counters, when one runs.
     metrics_export: Option<Arc<crate::export::metrics::exporter::MetricsExportStats>>,
     ringbuf_bytes: u64,
+    /// Which processes' stdout/stderr the kernel captures (`--app-logs`).
+    app_logs: Option<crate::traces::logs::select::AppLogSelector>,
 }
 
 impl Traces {
@@ -108,7 +138,7 @@ impl Traces {
         let kernel = self.drops.read().unwrap_or([0; DROP_REASONS]);
         let mut out = counters.samples(table, tracked, &kernel);
         let t = &self.inner.pipeline.stats;
-        let e = self.inner.sink.stats();
+        let e = self.inner.sink.spans.stats();
         let s = |name, labels: Vec<(&'static str, &'static str)>, value| Sample { name, labels, value };
         out.extend([
             s("hoptrace_http_exchanges_total", vec![], t.exchanges),
@@ -130,6 +160,13 @@ impl Traces {
         ]);
         if let Some(k) = &self.k8s {
             out.extend(k.samples());
+        }
+        if let Some(logs) = &self.inner.sink.logs {
+            out.extend(log_samples(&self.inner.pipeline.app_logs.stats, &logs.stats()));
+        }
+        if let Some(sel) = &self.app_logs {
+            out.push(s("hoptrace_app_log_processes", vec![], sel.selected));
+            out.push(s("hoptrace_app_log_processes_refused_total", vec![("reason", "map_full")], sel.map_full));
         }
         // Parse errors and invalid context are on /metrics through metrics::selfstats.
         out.push(s("hoptrace_connections_unknown_protocol_total", vec![], t.connections_unknown_protocol));
@@ -202,7 +239,14 @@ impl Consumer for Traces {
         self.inner.exited(ev)
     }
 
+    fn app_log(&mut self, ev: &AppLog) -> Result<()> {
+        self.inner.app_log(ev)
+    }
+
     fn tick(&mut self, counters: &Counters, table: &TableStats, tracked: usize) -> Result<()> {
+        if let Some(selector) = &mut self.app_logs {
+            selector.scan(&mut self.inner.pipeline);
+        }
         self.inner.tick(counters, table, tracked)?;
         let samples = self.samples(counters, table, tracked);
         if let Ok(mut s) = self.endpoint.samples.lock() {
@@ -210,7 +254,7 @@ impl Consumer for Traces {
         }
         let extra = crate::ops::metrics::selfstats::extra_samples(
             &self.inner.pipeline.stats,
-            &self.inner.sink.stats(),
+            &self.inner.sink.spans.stats(),
             self.metrics_export.as_deref(),
             self.ringbuf_bytes,
         );
@@ -219,6 +263,40 @@ impl Consumer for Traces {
         }
         Ok(())
     }
+}
+
+/// The log records' counters: made (by kind), app line outcomes, export outcomes.
+fn log_samples(t: &crate::traces::logs::LogStats, e: &crate::export::ExportStats) -> Vec<Sample> {
+    let s = |name, labels: Vec<(&'static str, &'static str)>, value| Sample { name, labels, value };
+    vec![
+        s("hoptrace_log_records_total", vec![("kind", "access")], t.access_records),
+        s("hoptrace_log_records_total", vec![("kind", "app")], t.app_lines),
+        s("hoptrace_app_log_lines_linked_total", vec![], t.app_lines_linked),
+        s("hoptrace_app_log_lines_unlinked_total", vec![("reason", "ambiguous_thread")], t.app_lines_ambiguous),
+        s("hoptrace_app_log_lines_truncated_total", vec![], t.app_lines_truncated),
+        s("hoptrace_app_log_lines_dropped_total", vec![("reason", "rate_limited")], t.app_lines_rate_limited),
+        s("hoptrace_app_log_lines_dropped_total", vec![("reason", "pending_full")], t.app_lines_dropped_pending),
+        s("hoptrace_app_log_lines_own_trace_id_total", vec![], t.app_lines_own_trace_id),
+        s("hoptrace_app_log_lines_trace_id_disagreed_total", vec![], t.app_lines_trace_id_disagreed),
+        s("hoptrace_app_log_writes_incomplete_total", vec![], t.app_writes_incomplete),
+        s("hoptrace_export_log_records_exported_total", vec![], e.spans_exported),
+        s("hoptrace_export_log_records_dropped_total", vec![("reason", "queue_full")], e.spans_dropped_queue_full),
+        s(
+            "hoptrace_export_log_records_dropped_total",
+            vec![("reason", "non_retryable")],
+            e.spans_dropped_non_retryable,
+        ),
+        s(
+            "hoptrace_export_log_records_dropped_total",
+            vec![("reason", "retries_exhausted")],
+            e.spans_dropped_retries_exhausted,
+        ),
+        s("hoptrace_export_log_records_dropped_total", vec![("reason", "shutdown")], e.spans_dropped_shutdown),
+        s("hoptrace_export_log_records_rejected_total", vec![], e.spans_rejected_by_collector),
+        s("hoptrace_export_log_queue_depth", vec![], e.queue_depth),
+        s("hoptrace_export_log_requests_total", vec![("outcome", "ok")], e.export_requests_ok),
+        s("hoptrace_export_log_requests_total", vec![("outcome", "failed")], e.export_requests_failed),
+    ]
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -260,6 +338,18 @@ fn exporter_config(args: &RunArgs, config: &Config) -> Result<ExporterConfig> {
         base.batch_max_spans = n;
     }
     ExporterConfig::from_env(base).context("exporter configuration")
+}
+
+/// The log exporter's settings, when log records are exported: access records with an
+/// endpoint (unless turned off), app lines whenever they are asked for (printed as
+/// OTLP/JSON where spans go, without an endpoint).
+fn logs_config(args: &RunArgs, config: &Config, spans: &ExporterConfig) -> Result<Option<ExporterConfig>> {
+    let access = config.logs.access_enabled && !args.no_access_logs && spans.endpoint.is_some();
+    let app = config.logs.app.enabled || args.app_logs;
+    if !access && !app {
+        return Ok(None);
+    }
+    Ok(Some(logs_exporter_config(spans, |k| std::env::var(k).ok()).context("log exporter configuration")?))
 }
 
 /// The trace pipeline as configured, with its resources (and pods, when watched).
@@ -315,7 +405,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     let metrics_cfg = metrics_exporter_config(&exporter_cfg, |k| std::env::var(k).ok())
         .context("metrics exporter configuration")?
         .filter(|_| !config.metrics.export_interval.is_zero());
+    let logs_cfg = logs_config(&args, &config, &exporter_cfg)?;
     let mut services = Components::default();
+    let log_exporter = match &logs_cfg {
+        Some(c) => Some(LogExporter::start(c.clone()).context("starting the log exporter")?),
+        None => None,
+    };
     let exporter = SpanExporter::start(exporter_cfg).context("starting the exporter")?;
     // Before the programs load (seconds): the first LIST runs meanwhile, so the first spans
     // already have their pods, and a Kubernetes misconfiguration fails fast.
@@ -323,8 +418,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         services.push(thread);
         k
     });
-    let mut capture = Capture::load(&capture_options(&probe))?;
-    let pipeline = pipeline(&args, &config, k8s.clone())?;
+    let app_logs = config.logs.app.enabled || args.app_logs;
+    let mut capture = Capture::load(&CaptureOptions { app_logs, ..capture_options(&probe) })?;
+    let mut pipeline = pipeline(&args, &config, k8s.clone())?;
+    pipeline.app_logs.cfg = config.logs.clone();
+    pipeline.app_logs.cfg.access_enabled &= !args.no_access_logs;
+    pipeline.app_logs.cfg.app.enabled |= args.app_logs;
     let driver = Driver::new(conn_table(&probe));
     let health =
         Health { heartbeat: driver.heartbeat.clone(), stall_timeout: Duration::from_secs(probe.stall_timeout) };
@@ -342,12 +441,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         services.push(crate::gaps::alerting::spawn(cfg, push, pipeline.gaps.clone())?);
     }
     let mut traces = Traces {
-        inner: TraceConsumer::new(pipeline, exporter),
+        inner: TraceConsumer::new(pipeline, Exporters { spans: exporter, logs: log_exporter }),
         endpoint: endpoint.clone(),
         drops: capture.loaded.drops_reader()?,
         k8s,
         metrics_export: metrics_exporter.as_ref().map(|m| m.stats.clone()),
         ringbuf_bytes: u64::from(probe.ringbuf_size).max(4096).next_power_of_two(),
+        app_logs: match app_logs {
+            true => Some(AppLogSelector::new(AppLogTargets::open(&capture.loaded.ebpf)?)),
+            false => None,
+        },
     };
     let mut driver = driver;
     driver.publish(&capture, &mut traces)?;
@@ -358,6 +461,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         json!({ "pid": std::process::id(), "programs": capture.loaded.attachments,
                 "exporter": collector.as_deref().unwrap_or("otlp-json"),
                 "metrics_exporter": metrics_cfg.as_ref().and_then(|c| c.endpoint.as_deref()),
+                "logs_exporter": logs_cfg.as_ref().map(|c| c.endpoint.as_deref().unwrap_or("otlp-json")),
                 "config": args.config.as_ref().map(|p| p.display().to_string()),
                 "service_rules": config.services.len(),
                 "listen": listening.map(|a| a.to_string()) }),
@@ -379,8 +483,9 @@ fn shutdown(
     mut services: Components,
 ) -> Result<()> {
     traces.inner.flush();
-    let TraceConsumer { pipeline, sink: exporter } = traces.inner;
+    let TraceConsumer { pipeline, sink: Exporters { spans: exporter, logs: log_exporter } } = traces.inner;
     let export = exporter.shutdown(Duration::from_secs(5));
+    let logs_export = log_exporter.map(|l| l.shutdown(Duration::from_secs(3)));
     let metrics_export = metrics_exporter.map(|m| {
         let stats = m.stats.clone();
         m.shutdown(Duration::from_secs(2));
@@ -397,6 +502,8 @@ fn shutdown(
             "traces": pipeline.stats,
             "gaps": pipeline.gaps.lock().map(|g| server::gaps_json(&g)).unwrap_or_default(),
             "export": export,
+            "logs": pipeline.app_logs.stats,
+            "logs_export": logs_export,
             "metrics_export": metrics_export.map(|s| json!({
                 "requests_ok": s.requests_ok.load(std::sync::atomic::Ordering::Relaxed),
                 "requests_failed": s.requests_failed.load(std::sync::atomic::Ordering::Relaxed),

@@ -123,6 +123,8 @@ pub struct Config {
     pub traces: TraceConfig,
     /// RED metrics: series bound, OTLP export interval, exemplars.
     pub metrics: crate::traces::red::MetricsConfig,
+    /// Access records and application log lines over OTLP logs.
+    pub logs: crate::traces::logs::LogsConfig,
     pub resource: ResourceConfig,
     /// Pod metadata from the Kubernetes API.
     pub kubernetes: crate::resource::k8s::KubernetesConfig,

@@ -167,7 +167,7 @@ traces:
         assert_eq!(cfg.capture, CaptureConfig::default());
         assert!(cfg.services.is_empty());
     }
-    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, privacy, gaps, sampling, metrics, resource, kubernetes, jobs, services), got a list")]);
+    assert_eq!(triples(&check("- a\n")), vec![(1, 1, "the configuration must be a mapping of sections (exporter, capture, traces, privacy, gaps, sampling, metrics, logs, resource, kubernetes, jobs, services), got a list")]);
 }
 
 #[test]

@@ -61,11 +61,11 @@ pub fn encode_request(spans: &[SpanRecord]) -> Vec<u8> {
 
 // ---- sizes ----
 
-fn msg_len(tag: u32, inner: usize) -> usize {
+pub(super) fn msg_len(tag: u32, inner: usize) -> usize {
     key_len(tag) + encoded_len_varint(inner as u64) + inner
 }
 
-fn str_len(tag: u32, s: &[u8]) -> usize {
+pub(super) fn str_len(tag: u32, s: &[u8]) -> usize {
     if s.is_empty() {
         0
     } else {
@@ -73,11 +73,11 @@ fn str_len(tag: u32, s: &[u8]) -> usize {
     }
 }
 
-fn scope_len() -> usize {
+pub(super) fn scope_len() -> usize {
     str_len(1, SCOPE_NAME.as_bytes()) + str_len(2, SCOPE_VERSION.as_bytes())
 }
 
-fn any_len(v: &AnyValue) -> usize {
+pub(super) fn any_len(v: &AnyValue) -> usize {
     match v {
         // A oneof member is written even when it holds its type's default.
         AnyValue::Str(s) => msg_len(1, s.len()),
@@ -91,7 +91,7 @@ fn kv_len(kv: &KeyValue) -> usize {
     str_len(1, kv.key.as_bytes()) + msg_len(2, any_len(&kv.value))
 }
 
-fn attrs_len(tag: u32, kvs: &[KeyValue]) -> usize {
+pub(super) fn attrs_len(tag: u32, kvs: &[KeyValue]) -> usize {
     kvs.iter().map(|kv| msg_len(tag, kv_len(kv))).sum()
 }
 
@@ -103,7 +103,7 @@ fn link_len(l: &SpanLink) -> usize {
     msg_len(1, 16) + msg_len(2, 8) + str_len(3, l.trace_state.as_bytes()) + attrs_len(4, &l.attributes)
 }
 
-fn fixed64_len(tag: u32, v: u64) -> usize {
+pub(super) fn fixed64_len(tag: u32, v: u64) -> usize {
     if v == 0 {
         0
     } else {
@@ -111,7 +111,7 @@ fn fixed64_len(tag: u32, v: u64) -> usize {
     }
 }
 
-fn varint_len(tag: u32, v: u64) -> usize {
+pub(super) fn varint_len(tag: u32, v: u64) -> usize {
     if v == 0 {
         0
     } else {
@@ -144,7 +144,7 @@ fn span_len(s: &SpanRecord) -> usize {
 /// A varint. Most are keys and short lengths (one byte): that case is a single push,
 /// where prost's generic `encode_varint` loops through its `BufMut`.
 #[inline(always)]
-fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
+pub(super) fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
     if v < 0x80 {
         buf.push(v as u8);
         return;
@@ -157,41 +157,41 @@ fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
 }
 
 #[inline(always)]
-fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+pub(super) fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
     encode_varint(u64::from(tag << 3 | wire_type as u32), buf);
 }
 
-fn header(buf: &mut Vec<u8>, tag: u32, len: usize) {
+pub(super) fn header(buf: &mut Vec<u8>, tag: u32, len: usize) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(len as u64, buf);
 }
 
-fn bytes(buf: &mut Vec<u8>, tag: u32, b: &[u8]) {
+pub(super) fn bytes(buf: &mut Vec<u8>, tag: u32, b: &[u8]) {
     if !b.is_empty() {
         header(buf, tag, b.len());
         buf.extend_from_slice(b);
     }
 }
 
-fn string(buf: &mut Vec<u8>, tag: u32, s: &str) {
+pub(super) fn string(buf: &mut Vec<u8>, tag: u32, s: &str) {
     bytes(buf, tag, s.as_bytes());
 }
 
-fn fixed64(buf: &mut Vec<u8>, tag: u32, v: u64) {
+pub(super) fn fixed64(buf: &mut Vec<u8>, tag: u32, v: u64) {
     if v != 0 {
         encode_key(tag, WireType::SixtyFourBit, buf);
         buf.extend_from_slice(&v.to_le_bytes());
     }
 }
 
-fn varint(buf: &mut Vec<u8>, tag: u32, v: u64) {
+pub(super) fn varint(buf: &mut Vec<u8>, tag: u32, v: u64) {
     if v != 0 {
         encode_key(tag, WireType::Varint, buf);
         encode_varint(v, buf);
     }
 }
 
-fn attrs(buf: &mut Vec<u8>, tag: u32, kvs: &[KeyValue]) {
+pub(super) fn attrs(buf: &mut Vec<u8>, tag: u32, kvs: &[KeyValue]) {
     for kv in kvs {
         header(buf, tag, kv_len(kv));
         string(buf, 1, &kv.key);

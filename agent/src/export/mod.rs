@@ -19,34 +19,37 @@ pub mod config;
 pub mod encode;
 pub(crate) mod grpc;
 pub(crate) mod http;
+pub mod logs;
+pub mod logs_encode;
 pub mod metrics;
 pub mod otlp;
 mod queue;
 pub(crate) mod retry;
 mod stats;
 mod stdout;
+mod thread;
 mod tls;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use thiserror::Error;
-use tokio::sync::watch;
 
 pub use config::{Compression, ConfigError, ExporterConfig, JsonOutput, Protocol, RetryConfig, Signal, TlsConfig};
+pub use logs::{logs_exporter_config, LogExporter};
 pub use stats::ExportStats;
 pub use stdout::encode_json;
 
 use crate::model::span::SpanRecord;
-use queue::SpanQueue;
+use queue::BoundedQueue;
 use retry::ExportFailure;
 use stats::Counters;
+use thread::ExportThread;
+use worker::Deliver;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -61,19 +64,15 @@ pub enum StartError {
 }
 
 /// State shared by the submitting side and the worker.
-pub(crate) struct Shared {
-    queue: SpanQueue,
+pub(crate) struct Shared<T = SpanRecord> {
+    queue: BoundedQueue<T>,
     counters: Counters,
 }
 
-/// Handle to the export thread. Dropping it without [`SpanExporter::shutdown`] stops the thread
-/// at once; spans still held are counted as dropped at shutdown.
+/// Handle to the span export thread. Dropping it without [`SpanExporter::shutdown`] stops
+/// the thread at once; spans still held are counted as dropped at shutdown.
 pub struct SpanExporter {
-    shared: Arc<Shared>,
-    shutdown: watch::Sender<Option<Instant>>,
-    /// In a mutex only so that `SpanExporter` is `Sync` (shareable by several capture threads).
-    done: Mutex<mpsc::Receiver<()>>,
-    thread: Option<JoinHandle<()>>,
+    inner: ExportThread<SpanRecord>,
 }
 
 impl SpanExporter {
@@ -81,112 +80,34 @@ impl SpanExporter {
     /// and headers are checked here; the collector itself is only contacted on export, so
     /// one that is down at startup does not fail this).
     pub fn start(config: ExporterConfig) -> Result<Self, StartError> {
-        config.validate()?;
-        let shared = Arc::new(Shared {
-            queue: SpanQueue::new(config.queue_capacity, config.batch_max_spans),
-            counters: Counters::default(),
-        });
-        let (shutdown_tx, shutdown_rx) = watch::channel(None);
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), StartError>>(1);
-        let (done_tx, done_rx) = mpsc::sync_channel::<()>(1);
-        let worker_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("hoptrace-export".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(StartError::Runtime(e)));
-                        return;
-                    }
-                };
-                let transport = {
-                    // The gRPC channel spawns its connection task: needs the runtime context.
-                    let _guard = rt.enter();
-                    Transport::build(&config)
-                };
-                let transport = match transport {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.into()));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let settings = worker::Settings {
-                    batch_timeout: config.batch_timeout,
-                    request_timeout: config.timeout,
-                    retry: config.retry,
-                };
-                rt.block_on(worker::run(worker_shared, transport, settings, shutdown_rx));
-                let _ = done_tx.send(());
-            })
-            .map_err(StartError::Thread)?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { shared, shutdown: shutdown_tx, done: Mutex::new(done_rx), thread: Some(thread) }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(StartError::ThreadExited)
-            }
-        }
+        Ok(Self { inner: ExportThread::start(config, "hoptrace-export", Transport::build)? })
     }
 
     /// Queues `span` for export. Never blocks: when the queue is full the oldest span is
     /// dropped and counted.
     pub fn submit(&self, span: SpanRecord) {
-        let c = &self.shared.counters;
-        Counters::add(&c.spans_submitted, 1);
-        let dropped = self.shared.queue.push(span);
-        if dropped > 0 {
-            Counters::add(&c.spans_dropped_queue_full, dropped);
-        }
+        self.inner.submit(span);
     }
 
     pub fn stats(&self) -> ExportStats {
-        self.shared.counters.snapshot(self.shared.queue.depth())
+        self.inner.stats()
     }
 
     /// Spans dropped for non-retryable errors, by reason ("grpc INVALID_ARGUMENT",
     /// "http 400", ...), sorted by reason.
     pub fn drop_reasons(&self) -> Vec<(String, u64)> {
-        self.shared.counters.drop_reasons()
+        self.inner.drop_reasons()
     }
 
     /// The last export error (or partial-success message), for diagnostics.
     pub fn last_error(&self) -> Option<String> {
-        self.shared.counters.last_error()
+        self.inner.last_error()
     }
 
     /// Flushes what can be delivered within `deadline` (retries included), counts the rest
     /// as dropped, stops the thread and returns the final counters.
-    pub fn shutdown(mut self, deadline: Duration) -> ExportStats {
-        self.shutdown.send_replace(Some(Instant::now() + deadline));
-        // The worker bounds its own work by the deadline; the grace covers tearing down a
-        // request. Should it still not finish, the thread is left to end on its own.
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).recv_timeout(deadline + Duration::from_secs(1));
-        match done {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if let Some(thread) = self.thread.take() {
-                    let _ = thread.join();
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.thread.take();
-            }
-        }
-        self.stats()
-    }
-}
-
-impl Drop for SpanExporter {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.shutdown.send_replace(Some(Instant::now()));
-        }
+    pub fn shutdown(self, deadline: Duration) -> ExportStats {
+        self.inner.shutdown(deadline)
     }
 }
 
@@ -223,7 +144,9 @@ impl Transport {
             },
         })
     }
+}
 
+impl Deliver<SpanRecord> for Transport {
     /// Sends one batch. OTLP/HTTP writes the protobuf straight from the records
     /// ([`encode`]); gRPC and the JSON sink need the generated message.
     async fn export_batch(&mut self, batch: &[SpanRecord], timeout: Duration) -> Result<Accepted, ExportFailure> {

@@ -100,7 +100,7 @@ fn span_to_proto(s: &SpanRecord) -> pb_trace::Span {
     }
 }
 
-fn attributes(kvs: &[KeyValue]) -> Vec<pb_common::KeyValue> {
+pub(crate) fn attributes(kvs: &[KeyValue]) -> Vec<pb_common::KeyValue> {
     kvs.iter()
         .map(|kv| pb_common::KeyValue {
             key: kv.key.to_string(),

@@ -1,4 +1,5 @@
-//! The bounded span queue between the capture thread and the export worker.
+//! The bounded queue between the capture thread and an export worker (spans, and log
+//! records through the same code: `BoundedQueue<T>`).
 //!
 //! The capture loop must never wait on the network, so pushing never blocks: when the
 //! queue is full the *oldest queued* span is dropped (fresh spans are worth more than stale
@@ -13,27 +14,24 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::model::span::SpanRecord;
-
-pub(crate) struct SpanQueue {
-    inner: Mutex<Inner>,
+pub(crate) struct BoundedQueue<T> {
+    inner: Mutex<Inner<T>>,
     capacity: usize,
     /// Queue length at which the worker is woken to send a full batch.
     batch_size: usize,
     notify: Notify,
 }
 
-#[derive(Default)]
-struct Inner {
-    queued: VecDeque<SpanRecord>,
+struct Inner<T> {
+    queued: VecDeque<T>,
     in_flight: usize,
 }
 
-impl SpanQueue {
+impl<T> BoundedQueue<T> {
     /// `batch_size` is clamped to `capacity` (a batch can never be larger than the queue).
     pub fn new(capacity: usize, batch_size: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner { queued: VecDeque::new(), in_flight: 0 }),
             capacity,
             batch_size: batch_size.min(capacity).max(1),
             notify: Notify::new(),
@@ -44,13 +42,13 @@ impl SpanQueue {
         self.batch_size
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         // A panic elsewhere while holding the lock leaves the queue structurally valid.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds `span`; returns how many spans were dropped to make room (0 or 1).
-    pub fn push(&self, span: SpanRecord) -> u64 {
+    pub fn push(&self, span: T) -> u64 {
         let mut q = self.lock();
         let mut dropped = 0;
         if q.queued.len() + q.in_flight >= self.capacity {
@@ -74,10 +72,10 @@ impl SpanQueue {
 
     /// Takes up to a batch from the front; the spans stay counted as in flight until
     /// [`Self::finish`] or [`Self::requeue`].
-    pub fn take_batch(&self) -> Vec<SpanRecord> {
+    pub fn take_batch(&self) -> Vec<T> {
         let mut q = self.lock();
         let n = q.queued.len().min(self.batch_size);
-        let batch: Vec<SpanRecord> = q.queued.drain(..n).collect();
+        let batch: Vec<T> = q.queued.drain(..n).collect();
         q.in_flight += batch.len();
         batch
     }
@@ -89,7 +87,7 @@ impl SpanQueue {
     }
 
     /// Puts an in-flight batch back at the front, in its order, to be retried.
-    pub fn requeue(&self, batch: Vec<SpanRecord>) {
+    pub fn requeue(&self, batch: Vec<T>) {
         let mut q = self.lock();
         q.in_flight = q.in_flight.saturating_sub(batch.len());
         for span in batch.into_iter().rev() {
@@ -125,6 +123,9 @@ impl SpanQueue {
 mod tests {
     use super::*;
     use crate::export::otlp::tests::{resource, span};
+    use crate::model::span::SpanRecord;
+
+    type SpanQueue = BoundedQueue<SpanRecord>;
 
     fn seqs(batch: &[SpanRecord]) -> Vec<u8> {
         batch.iter().map(|s| s.trace_id[0]).collect()

@@ -33,7 +33,12 @@ impl JsonSink {
     }
 
     pub fn export(&mut self, request: &ExportTraceServiceRequest) -> Result<Accepted, ExportFailure> {
-        let mut line = encode_json(request).map_err(|e| ExportFailure::permanent("json", e.to_string()))?;
+        self.export_message(request)
+    }
+
+    /// One OTLP/JSON line of any signal's export request (logs use this too).
+    pub fn export_message<M: serde::Serialize>(&mut self, request: &M) -> Result<Accepted, ExportFailure> {
+        let mut line = serde_json::to_string(request).map_err(|e| ExportFailure::permanent("json", e.to_string()))?;
         line.push('\n');
         let written = match self {
             // One locked write per line: other threads printing to stdout cannot split it.

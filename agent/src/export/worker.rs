@@ -1,15 +1,24 @@
 //! The export loop, on the exporter's own thread and runtime: batches by size and time,
-//! sends, retries, counts, and honours the shutdown deadline.
+//! sends, retries, counts, and honours the shutdown deadline. Generic over what is sent
+//! (spans, log records) and how ([`Deliver`]), so every signal gets the same queueing,
+//! retry classification and drop accounting.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::config::RetryConfig;
-use super::retry::Backoff;
+use super::retry::{Backoff, ExportFailure};
 use super::stats::Counters;
-use super::{Shared, Transport};
+use super::{Accepted, Shared};
+
+/// A transport that sends one batch of `T` and says what the collector accepted.
+pub(crate) trait Deliver<T> {
+    fn export_batch(&mut self, batch: &[T], timeout: Duration)
+        -> impl Future<Output = Result<Accepted, ExportFailure>>;
+}
 
 pub(crate) struct Settings {
     pub batch_timeout: Duration,
@@ -17,9 +26,9 @@ pub(crate) struct Settings {
     pub retry: RetryConfig,
 }
 
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    transport: Transport,
+pub(crate) async fn run<T, D: Deliver<T>>(
+    shared: Arc<Shared<T>>,
+    transport: D,
     settings: Settings,
     shutdown: watch::Receiver<Option<Instant>>,
 ) {
@@ -35,8 +44,8 @@ pub(crate) async fn run(
     worker.run(transport).await
 }
 
-struct Worker {
-    shared: Arc<Shared>,
+struct Worker<T> {
+    shared: Arc<Shared<T>>,
     settings: Settings,
     shutdown: watch::Receiver<Option<Instant>>,
     /// Set once shutdown is requested: flush until then, drop (and count) what is left.
@@ -49,8 +58,8 @@ struct Worker {
     backoff: Backoff,
 }
 
-impl Worker {
-    async fn run(mut self, mut transport: Transport) {
+impl<T> Worker<T> {
+    async fn run<D: Deliver<T>>(mut self, mut transport: D) {
         loop {
             self.refresh_deadline();
             let now = Instant::now();
@@ -85,7 +94,7 @@ impl Worker {
 
     /// Sends one batch and settles its accounting. Returns false when the shutdown deadline
     /// passed while the request was in flight.
-    async fn export_one(&mut self, transport: &mut Transport) -> bool {
+    async fn export_one<D: Deliver<T>>(&mut self, transport: &mut D) -> bool {
         let batch = self.shared.queue.take_batch();
         let n = batch.len() as u64;
         let started = Instant::now();

@@ -1,5 +1,6 @@
 //! The data the agent produces, independent of how it is exported: spans (with their
-//! resources) and metric samples.
+//! resources), log records and metric samples.
 
+pub mod log;
 pub mod sample;
 pub mod span;

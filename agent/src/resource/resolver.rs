@@ -158,6 +158,17 @@ impl ResourceResolver {
             && m.port.is_none_or(|port| crate::resource::procnet::listening_ports(p.pid).contains(&port))
     }
 
+    /// Drops what is cached about `pid` (it exec'd another program: same pid and start
+    /// time, another identity). Scans the cache: for rare events only.
+    pub fn forget(&mut self, pid: u32) {
+        self.cache.retain(|&(p, _), _| p != pid);
+    }
+
+    /// Whether a `services` rule names process `p` (app logs select only such processes).
+    pub fn named_by_rule(&self, p: &ProcessInfo) -> bool {
+        self.rules.iter().any(|r| Self::rule_matches(&r.matches, p))
+    }
+
     pub fn resolve(&mut self, pid: u32, info: Option<&ProcessInfo>) -> Arc<Resource> {
         let key = (pid, info.map_or(0, |i| i.start_time));
         if let Some(k) = &self.k8s {
@@ -252,6 +263,26 @@ mod tests {
         assert_eq!(get(&py, "process.runtime.name"), Some(&crate::model::span::AnyValue::Str("python".into())));
         let m = r.resolve(3, Some(&proc("python3", "python3 -m uvicorn main:app")));
         assert_eq!(get(&m, "service.name"), Some(&crate::model::span::AnyValue::Str("uvicorn".into())));
+    }
+
+    #[test]
+    fn a_process_that_execs_is_named_again_once_forgotten() {
+        let rules = vec![Rule {
+            matches: Match { exe: Some("nginx".into()), ..Default::default() },
+            attributes: [("service.name".into(), "gateway".into())].into(),
+        }];
+        let mut r = ResourceResolver::new(rules, Vec::new());
+        let shell = proc("sh", "sh -c exec nginx");
+        assert!(!r.named_by_rule(&shell));
+        let before = r.resolve(42, Some(&shell));
+        assert_eq!(get(&before, "service.name"), Some(&crate::model::span::AnyValue::Str("sh".into())));
+        // Same pid and start time after exec: the cache answers until told to forget.
+        let nginx = proc("nginx", "nginx: worker process");
+        assert!(r.named_by_rule(&nginx));
+        assert_eq!(r.resolve(42, Some(&nginx)), before);
+        r.forget(42);
+        let after = r.resolve(42, Some(&nginx));
+        assert_eq!(get(&after, "service.name"), Some(&crate::model::span::AnyValue::Str("gateway".into())));
     }
 
     #[test]

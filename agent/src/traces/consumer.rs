@@ -9,7 +9,7 @@ use crate::capture::{
     conntrack::{Connection, TableStats},
     counters::Counters,
     driver::Consumer,
-    events::{Close, ConnectFailed, Data, Exec, Exit, Open},
+    events::{AppLog, Close, ConnectFailed, Data, Exec, Exit, Open},
     stream::Segment,
 };
 
@@ -85,6 +85,19 @@ impl<S: SpanSink> Consumer for TraceConsumer<S> {
 
     fn exited(&mut self, ev: &Exit) -> Result<()> {
         self.pipeline.on_exit(ev, &mut self.sink);
+        Ok(())
+    }
+
+    fn app_log(&mut self, ev: &AppLog) -> Result<()> {
+        let write = super::logs::app::AppWrite {
+            pid: ev.pid,
+            tid: ev.tid,
+            stream: ev.stream,
+            ts_ns: ev.ts_enter_ns,
+            bytes: ev.payload,
+            incomplete: ev.chunk_offset == 0 && ev.call_captured < ev.call_len,
+        };
+        self.pipeline.on_app_write(&write, &mut self.sink);
         Ok(())
     }
 

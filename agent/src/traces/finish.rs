@@ -158,8 +158,28 @@ impl TracePipeline {
     /// Redaction, then head and tail sampling (see `policy::sampling`): every span is
     /// counted by decision and feeds the RED metrics; only kept ones reach the sink.
     pub(super) fn submit(&mut self, span: SpanRecord, sink: &mut dyn SpanSink) {
-        let Some(mut span) = self.stitch_intercept(span) else { return };
+        self.submit_with_access(span, None, sink);
+    }
+
+    /// [`Self::submit`], and the access record of a SERVER span (`access`): made from
+    /// the redacted span, before sampling, so every request has one.
+    pub(super) fn submit_with_access(
+        &mut self,
+        span: SpanRecord,
+        access: Option<super::logs::access::AccessExtra>,
+        sink: &mut dyn SpanSink,
+    ) {
+        let Some((mut span, access)) = self.stitch_intercept(span, access) else { return };
         self.redact(&mut span);
+        if let Some(extra) = access {
+            let cfg = &self.cfg;
+            let record =
+                super::logs::access::record(&span, &extra, |k| from_traffic(k, cfg), super::logs::unix_now_ns());
+            if let Some(logs) = sink.logs() {
+                self.app_logs.stats.access_records += 1;
+                logs.submit_log(record);
+            }
+        }
         let decision = self.sampler.decide(&span, resource_str(&span.resource, "service.name"));
         *self.stats.sampling.entry(decision).or_default() += 1;
         if decision == Decision::DroppedParentNotSampled {

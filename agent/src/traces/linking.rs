@@ -73,6 +73,11 @@ impl TracePipeline {
             || self.served.find(key, start).is_some()
     }
 
+    /// Since when thread `key` has been serving the request(s) in flight on it, if any.
+    pub(super) fn serving_since(&self, key: (u32, u32)) -> Option<u64> {
+        self.busy.get(&key).and_then(Busy::since)
+    }
+
     /// The connection is gone: no thread serves it any more.
     pub(super) fn forget_serving(&mut self, conn_id: u64) {
         for busy in self.busy.values_mut() {
@@ -232,6 +237,9 @@ impl TracePipeline {
     /// emitted on their own; old history goes.
     pub fn tick(&mut self, sink: &mut dyn SpanSink) {
         let timeout = self.cfg.hold_timeout;
+        if !self.app_logs.is_idle() {
+            self.app_logs_tick(crate::util::clock::monotonic_ns(), sink);
+        }
         self.served.expire(timeout);
         self.stitch_tick(sink);
         let mut expired = Vec::new();
@@ -257,6 +265,7 @@ impl TracePipeline {
 
     /// Shutdown: every held call goes out on its own.
     pub fn flush(&mut self, sink: &mut dyn SpanSink) {
+        self.app_logs_flush(sink);
         let mut held: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
         held.extend(self.held_by_pid.drain().flat_map(|(_, l)| l));
         for h in held {

@@ -39,6 +39,7 @@ mod instrumented;
 pub mod jobs;
 mod judge;
 mod linking;
+pub mod logs;
 pub mod messaging;
 mod pipeline;
 pub mod red;
@@ -77,6 +78,11 @@ use crate::{
 /// Where finished spans go (the exporter's queue, or a test's Vec).
 pub trait SpanSink {
     fn submit(&mut self, span: SpanRecord);
+    /// Where log records go, when they are exported at all (access records and app lines
+    /// are only built then).
+    fn logs(&mut self) -> Option<&mut dyn logs::LogSink> {
+        None
+    }
 }
 
 impl SpanSink for Vec<SpanRecord> {
@@ -147,6 +153,8 @@ pub struct TracePipeline {
     pub red: red::RedRecorder,
     /// Batch jobs and processes started with trace context (see [`jobs`]).
     jobs: jobs::Jobs,
+    /// Access records and app log lines (see [`logs`]).
+    pub app_logs: logs::app::AppLogs,
 }
 
 impl TracePipeline {

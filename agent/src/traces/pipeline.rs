@@ -86,6 +86,7 @@ impl TracePipeline {
             stats: TraceStats::default(),
             red: super::red::RedRecorder::default(),
             jobs,
+            app_logs: Default::default(),
         }
     }
 
@@ -264,7 +265,26 @@ impl TracePipeline {
             self.log_invalid_context(reason, &span.trace_id, &span_id, view.pid, &span.name);
         }
         self.stats.spans_server += 1;
-        self.submit(span, sink);
+        let access = self.access_extra(&x, &view, sink);
+        self.submit_with_access(span, access, sink);
+    }
+
+    /// What an access record needs beyond the span, when access records are made.
+    fn access_extra(
+        &mut self,
+        x: &HttpExchange,
+        view: &ConnView,
+        sink: &mut dyn SpanSink,
+    ) -> Option<super::logs::access::AccessExtra> {
+        if !self.app_logs.cfg.access_enabled || sink.logs().is_none() {
+            return None;
+        }
+        let peer = self.client_peers.get(&(view.remote, view.local)).cloned();
+        Some(super::logs::access::AccessExtra {
+            request_body_bytes: x.request.body_len,
+            response_body_bytes: x.response.as_ref().map_or(0, |r| r.body_len),
+            peer: peer.map(|(pid, comm)| self.resource_for(pid, &comm)),
+        })
     }
 
     /// The context a SERVER span continues: the inbound one, the client span's of the same

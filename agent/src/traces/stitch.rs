@@ -25,11 +25,14 @@ use std::{net::SocketAddr, time::Instant};
 
 use hashbrown::HashMap;
 
-use super::{Ctx, SpanSink, TracePipeline};
+use super::{logs::access::AccessExtra, Ctx, SpanSink, TracePipeline};
 use crate::{
     model::span::{KeyValue, SpanId, SpanRecord, TraceId},
     protocols::HttpExchange,
 };
+
+/// A held span and its access record's extra (SERVER spans with access records on).
+type Held = (SpanRecord, Option<AccessExtra>);
 
 /// Offers (client spans waiting for their server span) kept at most.
 const MAX_OFFERS: usize = 4096;
@@ -68,7 +71,8 @@ struct Pending {
     /// When the server read the request, and started writing the response (kernel).
     req_read: u64,
     resp_write: u64,
-    spans: Vec<SpanRecord>,
+    /// With the access record's extra of SERVER spans, made when the span is released.
+    spans: Vec<(SpanRecord, Option<AccessExtra>)>,
     since: Instant,
     /// Its trace is the example id of a `/gaps` row: renamed when stitched.
     gap_example: bool,
@@ -134,23 +138,23 @@ impl Stitcher {
     ///
     /// Stitches chain (a → b → c on one node, none forwarding context): the trace a span
     /// moves into may itself be held or moved, so this follows up to [`MAX_CHAIN`] steps.
-    fn intercept(&mut self, mut span: SpanRecord) -> Option<SpanRecord> {
+    fn intercept(&mut self, mut span: SpanRecord, access: Option<AccessExtra>) -> Option<Held> {
         for _ in 0..MAX_CHAIN {
             if let Some(p) = self.pending.get_mut(&span.trace_id) {
                 if p.spans.len() < MAX_SPANS_PER_PENDING {
-                    p.spans.push(span);
+                    p.spans.push((span, access));
                     return None;
                 }
                 self.stats.overflow += 1;
-                return Some(span);
+                return Some((span, access));
             }
-            let Some(r) = self.remaps.get(&span.trace_id) else { return Some(span) };
+            let Some(r) = self.remaps.get(&span.trace_id) else { return Some((span, access)) };
             span.trace_id = r.ctx.trace_id;
             span.flags = r.ctx.flags;
             span.trace_state.clone_from(&r.ctx.trace_state);
             span.origin = r.ctx.origin;
         }
-        Some(span)
+        Some((span, access))
     }
 
     fn remember_remap(&mut self, from: TraceId, ctx: Ctx) {
@@ -293,7 +297,7 @@ impl TracePipeline {
             }
         }
         let mut spans = pending.spans;
-        for s in spans.iter_mut().filter(|s| s.span_id == pending.server_span) {
+        for (s, _) in spans.iter_mut().filter(|(s, _)| s.span_id == pending.server_span) {
             s.parent_span_id = ctx.parent;
             s.attributes.push(KeyValue::bool("hoptrace.context.stitched", true));
         }
@@ -302,9 +306,9 @@ impl TracePipeline {
     }
 
     /// Finishes spans that were held (rewritten on the way when their trace was stitched).
-    fn release(&mut self, spans: Vec<SpanRecord>, sink: &mut dyn SpanSink) {
-        for s in spans {
-            self.submit(s, sink);
+    fn release(&mut self, spans: Vec<Held>, sink: &mut dyn SpanSink) {
+        for (s, access) in spans {
+            self.submit_with_access(s, access, sink);
         }
     }
 
@@ -316,11 +320,11 @@ impl TracePipeline {
     }
 
     /// First step of [`TracePipeline::submit`]: `None` when the span is held.
-    pub(super) fn stitch_intercept(&mut self, span: SpanRecord) -> Option<SpanRecord> {
+    pub(super) fn stitch_intercept(&mut self, span: SpanRecord, access: Option<AccessExtra>) -> Option<Held> {
         if self.stitch.idle() {
-            return Some(span);
+            return Some((span, access));
         }
-        self.stitch.intercept(span)
+        self.stitch.intercept(span, access)
     }
 
     /// Periodic: held traces whose client span never came go out as they are.

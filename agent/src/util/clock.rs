@@ -7,6 +7,11 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// CLOCK_MONOTONIC now: the kernel timestamps' clock.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     /// realtime − monotonic, sampled back to back.

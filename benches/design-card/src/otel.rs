@@ -32,7 +32,7 @@ pub fn scope() -> InstrumentationScope {
 
 pub fn value(v: AnyValue) -> Value {
     match v {
-        AnyValue::Str(s) => Value::String(StringValue::from(s)),
+        AnyValue::Str(s) => Value::String(StringValue::from(String::from(s))),
         AnyValue::Int(i) => Value::I64(i),
         AnyValue::Double(d) => Value::F64(d),
         AnyValue::Bool(b) => Value::Bool(b),
@@ -41,7 +41,7 @@ pub fn value(v: AnyValue) -> Value {
 
 /// Moves the key and value (no copy when the string's capacity is its length).
 pub fn kv(k: KeyValue) -> opentelemetry::KeyValue {
-    opentelemetry::KeyValue::new(Key::from(k.key), value(k.value))
+    opentelemetry::KeyValue::new(Key::from(String::from(k.key)), value(k.value))
 }
 
 /// An SDK resource with exactly the agent's attributes (no SDK defaults added).
@@ -96,7 +96,7 @@ pub fn span_data(s: SpanRecord, scope: &InstrumentationScope) -> SpanData {
         parent_span_is_remote: !s.is_root(),
         span_kind: kind(s.kind),
         status: status(&s.status),
-        name: Cow::Owned(s.name),
+        name: Cow::Owned(String::from(s.name)),
         start_time: time(s.start_unix_ns),
         end_time: time(s.end_unix_ns),
         attributes: s.attributes.into_iter().map(kv).collect(),
@@ -146,7 +146,7 @@ pub fn via_tracer(tracer: &SdkTracer, s: SpanRecord) {
     NEXT_IDS.with(|c| c.set((TraceId::from_bytes(s.trace_id), SpanId::from_bytes(s.span_id))));
     let st = status(&s.status);
     let b = tracer
-        .span_builder(s.name)
+        .span_builder(String::from(s.name))
         .with_kind(kind(s.kind))
         .with_start_time(time(s.start_unix_ns))
         .with_attributes(s.attributes.into_iter().map(kv));

@@ -146,11 +146,11 @@ pub fn series_spans(template: &SpanRecord, services: usize, series: usize) -> Ve
             let route = format!("/api/v1/resource-{:04}/items", n / services);
             for a in &mut s.attributes {
                 match a.key.as_str() {
-                    "http.route" | "url.path" => a.value = AnyValue::Str(route.clone()),
+                    "http.route" | "url.path" => a.value = AnyValue::Str(route.clone().into()),
                     _ => {}
                 }
             }
-            s.name = format!("GET {route}");
+            s.name = format!("GET {route}").into();
             // 1 ms … 3 s: every bucket gets some.
             s.end_unix_ns = s.start_unix_ns + 1_000_000 * (1 + (n as u64 * 37) % 3000);
             s

@@ -36,6 +36,10 @@ pub enum EventKind {
     Exec = 5,
     /// A process (its whole thread group) exited: job spans end, open calls are cut.
     Exit = 6,
+    /// Bytes a process selected for app logs wrote to its stdout or stderr (or a file
+    /// opened on the same pipe, file or terminal): a `DataHeader` with `conn_id` 0 and
+    /// the stream (1 or 2) in `_pad0`, then the bytes.
+    AppLog = 7,
 }
 
 /// Direction of a data event, from the point of view of the socket owner.

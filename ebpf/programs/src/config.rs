@@ -30,3 +30,15 @@ pub(crate) fn kernel_log() -> bool {
     // SAFETY: reads a static u8, valid and aligned; volatile for the same reason as `config`.
     unsafe { core::ptr::read_volatile(&KERNEL_LOG) != 0 }
 }
+
+/// App log capture (`hoptrace run --app-logs`): on when non-zero. Frozen at load like
+/// `CONFIG`, so with the feature off the verifier prunes the whole path and no syscall
+/// pays for it; a global of its own so the shared `Config` layout is unchanged.
+#[no_mangle]
+static APP_LOGS: u8 = 0;
+
+#[inline(always)]
+pub(crate) fn app_logs_on() -> bool {
+    // SAFETY: as in `kernel_log`.
+    unsafe { core::ptr::read_volatile(&APP_LOGS) != 0 }
+}

@@ -61,6 +61,13 @@ fn record_bytes(ev: &DataEvent, chunk_len: u32) -> &[u8] {
 /// or a `contiguous` call that fits one chunk: sent here) or could not be.
 #[inline(always)]
 pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool, contiguous: bool) -> bool {
+    prepare_record(conn.get().conn_id, 0, call, no_copy, contiguous)
+}
+
+/// [`prepare_emit`] for a record of connection `conn_id`, or, with `app_stream` 1 or 2, an
+/// app log write to stdout or stderr (no connection).
+#[inline(always)]
+pub(crate) fn prepare_record(conn_id: u64, app_stream: u8, call: &CallInfo, no_copy: bool, contiguous: bool) -> bool {
     let pid_tgid = pid_tgid();
     let cap = config().capture_cap as u64;
     let mut captured = if no_copy { 0 } else { call.call_len };
@@ -79,14 +86,14 @@ pub(crate) fn prepare_emit(conn: ConnRef, call: &CallInfo, no_copy: bool, contig
     };
     let Some(scratch) = scratch() else { return false };
     let h = &mut scratch.header;
-    h.kind = EventKind::Data as u8;
+    h.kind = if app_stream != 0 { EventKind::AppLog as u8 } else { EventKind::Data as u8 };
     h.direction = call.direction as u8;
     h.syscall = call.syscall;
-    h._pad0 = 0;
+    h._pad0 = app_stream;
     h.pid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
     h.fd = call.fd;
-    h.conn_id = conn.get().conn_id;
+    h.conn_id = conn_id;
     h.ts_enter_ns = call.ts_enter;
     h.ts_exit_ns = call.ts_exit;
     h.call_offset = call.call_offset;

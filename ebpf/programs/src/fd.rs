@@ -93,3 +93,44 @@ pub(crate) fn socket_of(tgid: u32, fd: i32) -> (u64, bool) {
         },
     }
 }
+
+/// The inode of descriptor `fd` of the current process, 0 when it is not open (or a
+/// kernel read failed).
+#[inline(always)]
+fn file_inode(fd: i32) -> u64 {
+    let o = &config().offsets;
+    let task = current_task();
+    let Some(files) = kread::<u64>(task + o.task_files as u64) else { return 0 };
+    let Some(fdt) = kread::<u64>(files + o.files_fdt as u64) else { return 0 };
+    let Some(max_fds) = kread::<u32>(fdt + o.fdt_max_fds as u64) else { return 0 };
+    if fd < 0 || fd as u32 >= max_fds {
+        return 0;
+    }
+    let Some(fd_array) = kread::<u64>(fdt + o.fdt_fd as u64) else { return 0 };
+    let Some(file) = kread::<u64>(fd_array + 8 * fd as u64) else { return 0 };
+    if file == 0 {
+        return 0;
+    }
+    kread::<u64>(file + o.file_inode as u64).unwrap_or(0)
+}
+
+/// Which standard stream descriptor `fd` writes to: 1 or 2 for the descriptors
+/// themselves, or for another descriptor open on the same inode (nginx's
+/// `access_log /dev/stdout` opens the pipe again); 0 otherwise.
+#[inline(always)]
+pub(crate) fn std_stream(fd: i32) -> u8 {
+    if fd == 1 || fd == 2 {
+        return fd as u8;
+    }
+    let inode = file_inode(fd);
+    if inode == 0 {
+        return 0;
+    }
+    if inode == file_inode(1) {
+        1
+    } else if inode == file_inode(2) {
+        2
+    } else {
+        0
+    }
+}

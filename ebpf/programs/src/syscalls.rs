@@ -7,9 +7,10 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use hoptrace_common::*;
 
 use crate::{
+    config::app_logs_on,
     conn::attach_fd,
-    data::{prepare_emit, CallInfo},
-    fd::socket_of,
+    data::{prepare_emit, prepare_record, CallInfo},
+    fd::{socket_of, std_stream},
     filter::process_filtered,
     helpers::{arg, ktime_ns, pid_tgid, tail_call, uread},
     inflight,
@@ -18,6 +19,7 @@ use crate::{
         conns::conn_mut,
         drops::count_drop,
         emit::{EMITTERS, EMIT_CONTIGUOUS, EMIT_VECTORED},
+        filters::app_log_selected,
         inflight::Inflight,
     },
     tls,
@@ -36,6 +38,11 @@ fn data_enter(fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
     }
     let (sk, known) = socket_of(tgid, fd);
     if sk == 0 {
+        // Not a captured socket: with app logs on (a load-time constant: pruned when
+        // off), a selected process's write to its stdout/stderr.
+        if app_logs_on() && matches!(syscall, Syscall::Write | Syscall::Writev) {
+            app_log_enter(pid_tgid, fd, syscall, buf, count, vectored);
+        }
         return;
     }
     let inflight = Inflight {
@@ -53,6 +60,54 @@ fn data_enter(fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
     inflight::put(pid_tgid as u32, inflight);
 }
 
+/// A write of a process selected for app logs: remembered (`sk` 0, the stream in
+/// `known`) when it goes to its stdout or stderr.
+#[inline(always)]
+fn app_log_enter(pid_tgid: u64, fd: i32, syscall: Syscall, buf: u64, count: u64, vectored: bool) {
+    if !app_log_selected((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let stream = std_stream(fd);
+    if stream == 0 {
+        return;
+    }
+    let inflight = Inflight {
+        tid: 0,
+        buf,
+        count,
+        sk: 0,
+        ts_enter: ktime_ns(),
+        fd,
+        syscall: syscall as u8,
+        vectored: vectored as u8,
+        known: stream,
+        in_ssl: 0,
+    };
+    inflight::put(pid_tgid as u32, inflight);
+}
+
+/// Exit of an app log write: its bytes go out as `AppLog` records.
+#[inline(always)]
+fn app_log_exit(ctx: &TracePointContext, inf: &Inflight, ret: i64) {
+    let call = CallInfo {
+        direction: Direction::Egress,
+        syscall: inf.syscall,
+        fd: inf.fd,
+        ts_enter: inf.ts_enter,
+        ts_exit: ktime_ns(),
+        call_offset: 0,
+        call_len: ret as u64,
+        buf: inf.buf,
+        count: inf.count,
+    };
+    if !prepare_record(0, inf.known, &call, false, inf.vectored == 0) {
+        return;
+    }
+    let index = if inf.vectored != 0 { EMIT_VECTORED } else { EMIT_CONTIGUOUS };
+    tail_call(&EMITTERS, ctx, index);
+    count_drop(DropReason::TailCallFailed, 1);
+}
+
 /// Shared exit program of every data syscall.
 #[inline(always)]
 fn data_exit(ctx: &TracePointContext) {
@@ -63,6 +118,12 @@ fn data_exit(ctx: &TracePointContext) {
     }
     let ret = arg(ctx, 0) as i64;
     if ret <= 0 {
+        return;
+    }
+    // Only app log writes are stored without a socket; with the feature off (a load-time
+    // constant) the verifier drops this test altogether.
+    if app_logs_on() && inf.sk == 0 {
+        app_log_exit(ctx, &inf, ret);
         return;
     }
     let ts = ktime_ns();

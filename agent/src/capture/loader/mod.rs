@@ -3,6 +3,7 @@
 //! Everything that can go wrong here is turned into a one-line error that says what to do:
 //! see `preflight` for the checks that run before the bpf() syscall is ever made.
 
+pub mod applog;
 pub mod btf;
 pub mod kernel_log;
 pub mod preflight;
@@ -83,6 +84,8 @@ pub struct CaptureOptions {
     pub tls: bool,
     /// Turn on the kernel programs' diagnostics (aya-log), drained into the agent's log.
     pub kernel_log: bool,
+    /// Capture selected processes' stdout/stderr writes (see [`applog`]).
+    pub app_logs: bool,
 }
 
 impl Default for CaptureOptions {
@@ -94,6 +97,7 @@ impl Default for CaptureOptions {
             filters: Filters::default(),
             tls: true,
             kernel_log: false,
+            app_logs: false,
         }
     }
 }
@@ -182,6 +186,9 @@ pub fn load(opts: &CaptureOptions) -> Result<Loaded> {
     let log_on = opts.kernel_log || kernel_log::requested()?;
     if log_on {
         loader.override_global(kernel_log::GLOBAL, &1u8, true);
+    }
+    if opts.app_logs {
+        loader.override_global(applog::GLOBAL, &1u8, true);
     }
     let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object into the kernel failed")?;
     let kernel_log = if log_on { Some(kernel_log::KernelLog::start(&mut ebpf)?) } else { None };

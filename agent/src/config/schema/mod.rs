@@ -19,6 +19,7 @@ mod exporter;
 mod gaps;
 mod jobs;
 mod kubernetes;
+mod logs;
 mod metrics;
 mod privacy;
 mod resource;
@@ -35,7 +36,7 @@ pub(crate) use suggest::{closest, edit_distance};
 use values::entries;
 
 /// The top-level keys, in the order the documentation presents them.
-pub(crate) const SECTIONS: [&str; 11] = [
+pub(crate) const SECTIONS: [&str; 12] = [
     "exporter",
     "capture",
     "traces",
@@ -43,6 +44,7 @@ pub(crate) const SECTIONS: [&str; 11] = [
     "gaps",
     "sampling",
     "metrics",
+    "logs",
     "resource",
     "kubernetes",
     "jobs",
@@ -107,7 +109,7 @@ pub(crate) fn env_var(section: &str, key: &str) -> String {
 
 /// Every setting, section by section in [`SECTIONS`] order (`services` is a list of rules,
 /// not settings).
-static TABLES: [&[Setting]; 10] = [
+static TABLES: [&[Setting]; 11] = [
     exporter::SETTINGS,
     capture::SETTINGS,
     traces::SETTINGS,
@@ -115,6 +117,7 @@ static TABLES: [&[Setting]; 10] = [
     gaps::SETTINGS,
     sampling::SETTINGS,
     metrics::SETTINGS,
+    logs::SETTINGS,
     resource::SETTINGS,
     kubernetes::SETTINGS,
     jobs::SETTINGS,

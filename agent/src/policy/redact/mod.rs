@@ -232,6 +232,13 @@ impl Redactor {
         self.run(s, Detector::is_personal)
     }
 
+    /// A log line's body or attribute (already bounded by the line length cap): the
+    /// personal detectors and configured patterns, so ids and hashes in log lines stay
+    /// readable while CPFs, cards, emails, phones and JWTs do not leave.
+    pub fn redact_log_text(&self, s: &str) -> Redacted {
+        self.run(s, Detector::is_personal)
+    }
+
     /// A value of no particular field ([`Field::Value`]'s cap).
     pub fn redact_value(&self, s: &str) -> Redacted {
         self.redact_field(Field::Value, s)

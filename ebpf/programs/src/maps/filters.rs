@@ -28,3 +28,15 @@ pub(crate) fn port_filter(port: u16) -> u8 {
     // SAFETY: as in `pid_filter`.
     unsafe { PORT_FILTER.get(port) }.copied().unwrap_or(0)
 }
+
+/// Processes whose stdout/stderr writes are captured (`--app-logs`), filled by the agent
+/// from its `logs.app` selection; only looked at when that feature is on, and only for
+/// writes to descriptors that are not captured sockets.
+#[map]
+static APP_LOG_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub(crate) fn app_log_selected(tgid: u32) -> bool {
+    // SAFETY: as in `pid_filter`.
+    unsafe { APP_LOG_TGIDS.get(tgid) }.is_some()
+}
