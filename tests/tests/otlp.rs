@@ -203,13 +203,25 @@ fn agent_otlp_over_http_protobuf_exact_attributes() {
         ("network.protocol.name", json!("http")),
         ("network.protocol.version", json!("1.1")),
         ("network.transport", json!("tcp")),
+        // curl is a process of this node and sent no context: the agent saw both ends of
+        // the connection, so the SERVER span is stitched under curl's CLIENT span.
+        ("hoptrace.context.stitched", json!(true)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert_eq!(span.attrs, attrs, "span attributes");
     assert_eq!((span.kind, span.name.as_str()), (SPAN_KIND_SERVER, "GET /items/{id}"));
-    assert!(span.parent_span_id.is_empty(), "no traceparent was sent, yet: {span:#?}");
+    let curl_span = spans
+        .iter()
+        .find(|s| s.from_agent() && s.kind == SPAN_KIND_CLIENT && s.service() == "curl")
+        .unwrap_or_else(|| panic!("no CLIENT span of curl:\n{}", show_spans(&spans)));
+    assert!(curl_span.parent_span_id.is_empty(), "no traceparent was sent, yet: {curl_span:#?}");
+    assert_eq!(
+        (span.trace_id.as_str(), span.parent_span_id.as_str()),
+        (curl_span.trace_id.as_str(), curl_span.span_id.as_str()),
+        "the SERVER span is not under curl's CLIENT span: {span:#?}"
+    );
     assert_eq!(span.trace_id.len(), 32, "{span:#?}");
     assert_eq!(span.span_id.len(), 16, "{span:#?}");
     assert!(span.start > 0 && span.end >= span.start, "{span:#?}");
