@@ -3,7 +3,7 @@
 //! gets lost.
 //!
 //! Data walks one way, and the modules follow it; each module uses only the ones listed
-//! before it (checked by `cargo xtask layers`):
+//! before it (kept by review: no command checks it yet):
 //!
 //! 1. [`util`], [`model`] — leaf helpers (log lines, clock) and the data produced (spans,
 //!    metric samples).
