@@ -7,9 +7,9 @@ use hoptrace::{
     capture::conntrack::{ConnTable, Limits},
     capture::events::{decode, Event},
     capture::stream::Segment,
-    model::span::SpanRecord,
+    model::{log::LogRecord, span::SpanRecord},
     resource::resolver::ResourceResolver,
-    traces::{TraceConfig, TracePipeline},
+    traces::{logs::LogSink, SpanSink, TraceConfig, TracePipeline},
 };
 use hoptrace_common::{DataHeader, Direction, EventKind, OpenEvent, Role, Syscall};
 
@@ -89,7 +89,7 @@ impl Harness {
         }
     }
 
-    pub fn record(&mut self, rec: &[u8], spans: &mut Vec<SpanRecord>) {
+    pub fn record(&mut self, rec: &[u8], spans: &mut impl SpanSink) {
         match decode(rec).expect("valid record") {
             Event::Open(ev) => {
                 self.table.on_open(&ev);
@@ -102,6 +102,23 @@ impl Harness {
             }
             _ => {}
         }
+    }
+}
+
+/// Spans, and access records when `logs` is `Some` (as the agent makes them with an OTLP
+/// endpoint: one per SERVER span).
+#[derive(Default)]
+pub struct Sink {
+    pub spans: Vec<SpanRecord>,
+    pub logs: Option<Vec<LogRecord>>,
+}
+
+impl SpanSink for Sink {
+    fn submit(&mut self, span: SpanRecord) {
+        self.spans.push(span);
+    }
+    fn logs(&mut self) -> Option<&mut dyn LogSink> {
+        self.logs.as_mut().map(|l| l as &mut dyn LogSink)
     }
 }
 

@@ -16,7 +16,7 @@
 //! (`sampling.trust_external_sampled_flag: true` restores plain parent-based sampling).
 //! RED metrics and gap detection run before this, on every request.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use serde::Serialize;
 

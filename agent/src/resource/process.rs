@@ -218,21 +218,24 @@ pub fn read_process(pid: u32) -> Option<ProcessInfo> {
 /// `REVALIDATE` per pid.
 #[derive(Default)]
 pub struct ProcessCache {
-    by_pid: HashMap<u32, (Arc<ProcessInfo>, std::time::Instant)>,
+    /// With when it was last checked (coarse monotonic ns: a precise clock read per span
+    /// cost more than the lookup itself).
+    by_pid: HashMap<u32, (Arc<ProcessInfo>, u64)>,
 }
 
 const MAX_PROCESSES: usize = 65536;
-const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(5);
+const REVALIDATE_NS: u64 = 5_000_000_000;
 
 impl ProcessCache {
     pub fn get(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        let now = crate::util::clock::coarse_monotonic_ns();
         if let Some((p, checked)) = self.by_pid.get_mut(&pid) {
-            if checked.elapsed() < REVALIDATE {
+            if now.saturating_sub(*checked) < REVALIDATE_NS {
                 return Some(p.clone());
             }
             // A reused pid shows a different start time; a gone one keeps its last info.
             if stat_fields(pid).is_none_or(|(_, start)| start == p.start_time) {
-                *checked = std::time::Instant::now();
+                *checked = now;
                 return Some(p.clone());
             }
         }
@@ -240,7 +243,7 @@ impl ProcessCache {
         if self.by_pid.len() >= MAX_PROCESSES {
             self.by_pid.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
         }
-        self.by_pid.insert(pid, (info.clone(), std::time::Instant::now()));
+        self.by_pid.insert(pid, (info.clone(), now));
         Some(info)
     }
 

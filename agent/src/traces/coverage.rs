@@ -12,7 +12,7 @@
 //! Bounded like the RED metrics: at most [`MAX_SERVICES`] services; later ones are
 //! counted in one overflow row (`otel_metric_overflow="true"` on `/metrics`).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use serde::Serialize;
 

@@ -1,13 +1,10 @@
 //! Routes: request targets templated (ids and PII become placeholders) and bounded per
 //! service, so a scan of a million distinct paths cannot blow up memory, spans or metric
-//! labels. The bound forgets: a route unused for [`ROUTE_IDLE`] gives its place to a new
+//! labels. The bound forgets: a route unused for [`ROUTE_IDLE_NS`] (ten minutes) gives its place to a new
 //! one (least recently used first), so a service's routes after a deploy or a past scan
 //! are not refused forever.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use hashbrown::HashMap;
 
 use super::{http, TracePipeline};
 use crate::model::span::Str;
@@ -19,22 +16,23 @@ pub const ROUTE_OVERFLOW: &str = "/{overflow}";
 const ROUTE_CACHE_MAX: usize = 4096;
 
 /// How long a route must go unused before a new one may take its place at the cap.
-const ROUTE_IDLE: Duration = Duration::from_secs(600);
+const ROUTE_IDLE_NS: u64 = 600_000_000_000;
 
-/// One service's routes, each with when it was last used.
+/// One service's routes, each with when it was last used (coarse monotonic ns: per
+/// request, a precise clock read would cost more than the lookup).
 #[derive(Debug, Default)]
 pub(super) struct RouteSet {
-    last_used: HashMap<String, Instant>,
+    last_used: HashMap<String, u64>,
     /// At the cap: no route can have been idle for [`ROUTE_IDLE`] before this (it is the
     /// least recent use plus the idle time), so no scan runs before it. A flood of new
     /// routes at the cap costs a comparison each, not a scan each.
-    no_scan_before: Option<Instant>,
+    no_scan_before: Option<u64>,
 }
 
 impl RouteSet {
     /// Whether `route` may be reported as itself at `now`: known, or there is room, or the
-    /// least recently used route has been idle for [`ROUTE_IDLE`] (it is forgotten).
-    pub(super) fn admit(&mut self, route: &str, max: usize, now: Instant) -> bool {
+    /// least recently used route has been idle for [`ROUTE_IDLE_NS`] (it is forgotten).
+    pub(super) fn admit(&mut self, route: &str, max: usize, now: u64) -> bool {
         if let Some(t) = self.last_used.get_mut(route) {
             *t = now;
             return true;
@@ -47,8 +45,8 @@ impl RouteSet {
             else {
                 return false;
             };
-            if now.saturating_duration_since(at) < ROUTE_IDLE {
-                self.no_scan_before = Some(at + ROUTE_IDLE);
+            if now.saturating_sub(at) < ROUTE_IDLE_NS {
+                self.no_scan_before = Some(at + ROUTE_IDLE_NS);
                 return false;
             }
             self.last_used.remove(&oldest);
@@ -79,11 +77,8 @@ impl TracePipeline {
             }
         };
         let max = self.cfg.max_routes_per_service;
-        if !self.routes.contains_key(service) {
-            self.routes.insert(service.to_string(), Default::default());
-        }
-        let known = self.routes.get_mut(service).expect("inserted above");
-        if known.admit(&route, max, Instant::now()) {
+        let known = self.routes.entry_ref(service).or_default();
+        if known.admit(&route, max, crate::util::clock::coarse_monotonic_ns()) {
             return route;
         }
         self.stats.routes_overflowed += 1;
@@ -112,8 +107,8 @@ mod tests {
     #[test]
     fn at_the_cap_new_routes_overflow_until_the_least_recent_has_been_idle() {
         let mut s = RouteSet::default();
-        let t0 = Instant::now();
-        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let t0 = 1_000_000_000_000u64;
+        let at = |secs: u64| t0 + secs * 1_000_000_000;
         assert!(s.admit("/a", 2, at(0)));
         assert!(s.admit("/b", 2, at(100)));
         // Full: a new route is refused while both are in use…

@@ -17,10 +17,11 @@
 //! on the kernel clock.
 
 use std::{
-    collections::HashMap,
     mem,
     time::{Duration, Instant},
 };
+
+use hashbrown::HashMap;
 
 use super::{judge::Hop, Ctx};
 use crate::traces::context::TraceParent;

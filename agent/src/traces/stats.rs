@@ -1,7 +1,7 @@
 //! What the trace pipeline counted: spans by kind, linking outcomes, gaps, redactions,
 //! sampling decisions, parse errors (`/metrics` and the agent's stop statistics).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use serde::Serialize;
 
