@@ -8,10 +8,7 @@
 //! refused and counted past it) and idle eviction.
 
 use hashbrown::HashMap;
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use hoptrace_common::{Direction, Role, Syscall};
 
@@ -69,7 +66,9 @@ pub struct Connection {
     pub comm: Str,
     pub cgroup_id: u64,
     pub opened_ns: u64,
-    pub last_seen: Instant,
+    /// Last activity, on the kernel timestamps' clock (CLOCK_MONOTONIC ns): the events'
+    /// own times, so the per-syscall path reads no clock.
+    pub last_seen: u64,
     /// Indexed by `Direction as usize` (egress, ingress).
     pub streams: [Stream; 2],
 }
@@ -180,7 +179,7 @@ impl ConnTable {
                 c.ppid = ev.ppid;
                 c.fd = ev.fd;
                 c.comm = ev.comm().into();
-                c.last_seen = Instant::now();
+                c.last_seen = c.last_seen.max(ev.ts_ns);
                 return self.conns.get(&ev.conn_id);
             }
         }
@@ -201,7 +200,7 @@ impl ConnTable {
             comm: ev.comm().into(),
             cgroup_id: ev.cgroup_id,
             opened_ns: ev.ts_ns,
-            last_seen: Instant::now(),
+            last_seen: ev.ts_ns,
             streams: Default::default(),
         };
         self.conns.insert(ev.conn_id, conn);
@@ -244,7 +243,7 @@ impl ConnTable {
                 comm: comm.into(),
                 cgroup_id: 0,
                 opened_ns: h.ts_enter_ns,
-                last_seen: Instant::now(),
+                last_seen: h.ts_exit_ns,
                 streams,
             },
         );
@@ -265,9 +264,9 @@ impl ConnTable {
             return None;
         }
         let tls = h.is_tls_plaintext();
-        let id = if tls { self.tls_view(h.conn_id)? } else { h.conn_id };
+        let id = if tls { self.tls_view(h.conn_id, h.ts_exit_ns)? } else { h.conn_id };
         let c = self.conns.get_mut(&id)?;
-        c.last_seen = Instant::now();
+        c.last_seen = c.last_seen.max(h.ts_exit_ns);
         let dir = h.direction as usize;
         c.streams[dir].push(
             Chunk {
@@ -286,12 +285,12 @@ impl ConnTable {
     }
 
     /// Id of the TLS view of `conn_id`, created from the connection when it is new.
-    fn tls_view(&mut self, conn_id: u64) -> Option<u64> {
+    fn tls_view(&mut self, conn_id: u64, ts_ns: u64) -> Option<u64> {
         let id = conn_id | TLS_VIEW_BIT;
         let exists = self.conns.contains_key(&id);
         let parent = self.conns.get_mut(&conn_id)?;
         // Plaintext traffic keeps the socket's entry alive too (its close ends both).
-        parent.last_seen = Instant::now();
+        parent.last_seen = parent.last_seen.max(ts_ns);
         if exists {
             return Some(id);
         }
@@ -307,7 +306,7 @@ impl ConnTable {
             comm: parent.comm.clone(),
             cgroup_id: parent.cgroup_id,
             opened_ns: parent.opened_ns,
-            last_seen: Instant::now(),
+            last_seen: ts_ns,
             streams: Default::default(),
         };
         if !self.has_room() {
@@ -344,9 +343,10 @@ impl ConnTable {
 
     /// Removes connections idle for longer than the limit.
     pub fn evict_idle(&mut self) -> Vec<Connection> {
-        let timeout = self.limits.idle_timeout;
+        let timeout = self.limits.idle_timeout.as_nanos() as u64;
+        let now = crate::util::clock::monotonic_ns();
         let idle: Vec<u64> =
-            self.conns.iter().filter(|(_, c)| c.last_seen.elapsed() > timeout).map(|(id, _)| *id).collect();
+            self.conns.iter().filter(|(_, c)| now.saturating_sub(c.last_seen) > timeout).map(|(id, _)| *id).collect();
         self.stats.conns_evicted_idle += idle.len() as u64;
         idle.into_iter().filter_map(|id| self.conns.remove(&id)).collect()
     }

@@ -1,5 +1,4 @@
 //! The pipeline on synthetic connections: what the kernel would have delivered.
-use std::time::Instant;
 
 use hoptrace_common::{Direction, Role, Syscall};
 
@@ -34,7 +33,7 @@ pub(super) fn conn_of(pid: u32, id: u64, role: Role, local: &str, remote: &str) 
         comm: "svc".into(),
         cgroup_id: 0,
         opened_ns: 0,
-        last_seen: Instant::now(),
+        last_seen: 0,
         streams: [Stream::default(), Stream::default()],
     }
 }

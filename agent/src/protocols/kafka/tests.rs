@@ -395,7 +395,7 @@ fn fetch_and_produce_through_the_trace_pipeline() {
             comm: "consumer".into(),
             cgroup_id: 0,
             opened_ns: 0,
-            last_seen: std::time::Instant::now(),
+            last_seen: 0,
             streams: [Stream::default(), Stream::default()],
         };
         let mut offsets = [0u64; 2];
