@@ -109,10 +109,80 @@ pub fn ip_string(ip: std::net::IpAddr) -> String {
 }
 
 fn version(v: u8) -> &'static str {
-    if v == 0 {
-        "1.0"
-    } else {
-        "1.1"
+    match v {
+        0 => "1.0",
+        1 => "1.1",
+        _ => "2",
+    }
+}
+
+/// gRPC status codes, by number (`rpc.grpc.status_code` is the number; the name goes in
+/// the status message of an error span).
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Semantic conventions for gRPC: a server span is an error only for codes that say the
+/// server failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS); a client span for any code but OK.
+fn grpc_is_error(code: u32, kind: SpanKind) -> bool {
+    match kind {
+        SpanKind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+        _ => code != 0,
+    }
+}
+
+/// `/package.Service/Method` (templated route) → (`package.Service`, `Method`).
+fn grpc_names(route: &str) -> Option<(&str, &str)> {
+    let (service, method) = route.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+}
+
+/// What HTTP/2 streams add: `hoptrace.h2.partial_headers`, and for gRPC the `rpc.*`
+/// attributes, the `Service/Method` span name and the status from `grpc-status`.
+fn h2_attributes(x: &HttpExchange, route: &str, kind: SpanKind, span: &mut SpanRecord) {
+    let Some(h2) = &x.h2 else { return };
+    if h2.partial_headers {
+        span.attributes.push(KeyValue::bool("hoptrace.h2.partial_headers", true));
+    }
+    if let Some(code) = h2.reset {
+        span.attributes.push(KeyValue::int("hoptrace.h2.reset_error_code", code as i64));
+    }
+    let Some(grpc) = &h2.grpc else { return };
+    span.attributes.push(KeyValue::str("rpc.system", "grpc"));
+    if let Some((service, method)) = grpc_names(route) {
+        span.attributes.push(KeyValue::str("rpc.service", service.to_string()));
+        span.attributes.push(KeyValue::str("rpc.method", method.to_string()));
+        span.name = Str::from(route[1..].to_string());
+    }
+    span.attributes.push(KeyValue::int("hoptrace.rpc.request.messages", grpc.request_messages as i64));
+    span.attributes.push(KeyValue::int("hoptrace.rpc.response.messages", grpc.response_messages as i64));
+    // Without grpc-status (trailers lost, stream reset, connection cut) the HTTP outcome
+    // decides, as for HTTP.
+    if let Some(code) = grpc.status {
+        span.attributes.push(KeyValue::int("rpc.grpc.status_code", code as i64));
+        if grpc_is_error(code, kind) {
+            let name = GRPC_CODES.get(code as usize).copied().unwrap_or("UNKNOWN_CODE");
+            span.status = Status { code: StatusCode::Error, message: name.into() };
+        } else if x.outcome == Outcome::Complete {
+            span.status = Status::default();
+        }
     }
 }
 
@@ -176,7 +246,10 @@ fn common(cfg: &TraceConfig, req: &HttpRequest, named: &Named, addrs: &Addrs) ->
 
 fn response_attributes(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, span: &mut SpanRecord) {
     let Some(resp) = &x.response else { return };
-    span.attributes.push(KeyValue::int("http.response.status_code", resp.status as i64));
+    // 0: an HTTP/2 `:status` that could not be decoded (joined mid-connection).
+    if resp.status != 0 {
+        span.attributes.push(KeyValue::int("http.response.status_code", resp.status as i64));
+    }
     for (header, attr) in &cfg.response_header_attributes {
         if let Some(v) = resp.header(header).and_then(safe_header_value) {
             span.attributes.push(KeyValue::str(attr.clone(), v));
@@ -285,8 +358,15 @@ fn finish(
 ) -> SpanRecord {
     let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
     let status = outcome_status(x, error_from);
+    let route = attrs.get(1).and_then(|a| match &a.value {
+        crate::model::span::AnyValue::Str(r) if a.key == "url.path" => Some(r.clone()),
+        _ => None,
+    });
     let mut s = span(kind, name, resource, ids, start, end, attrs, status);
     response_attributes(cfg, clock, x, &mut s);
+    if let Some(route) = route.filter(|_| x.h2.is_some()) {
+        h2_attributes(x, &route, kind, &mut s);
+    }
     s
 }
 
@@ -301,7 +381,8 @@ pub fn client_span(
     ids: Ids,
 ) -> SpanRecord {
     let mut attrs = common(cfg, &x.request, &named, addrs);
-    let host = x.request.header("host").and_then(safe_header_value);
+    // HTTP/2 carries the host in `:authority` (a `host` field is optional there).
+    let host = x.request.header("host").or_else(|| x.request.header(":authority")).and_then(safe_header_value);
     let host_name = host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string());
     let server_address = host_name.map_or_else(|| addrs.remote_ip.clone(), Str::from);
     attrs.push(KeyValue::str("server.address", server_address));

@@ -329,7 +329,14 @@ impl Protocol for Http1 {
 fn emit(out: &mut Vec<L7Event>, p: Pending, response: Option<HttpResponse>, outcome: Outcome, behind: bool) {
     if let Some(request) = p.request {
         let pipelined = p.pipelined || behind;
-        out.push(L7Event::Http(HttpExchange { request, response, informational: p.informational, outcome, pipelined }));
+        out.push(L7Event::Http(HttpExchange {
+            request,
+            response,
+            informational: p.informational,
+            outcome,
+            pipelined,
+            h2: None,
+        }));
     }
 }
 
