@@ -314,3 +314,43 @@ fn bounds_are_counted() {
     p.close(&mut out);
     assert_eq!(exchanges(&out).len(), MAX_STREAMS);
 }
+
+// ---- recorded traffic -----------------------------------------------------------------
+
+/// grpcio's client and server (tests/fixtures/h2_record.py): SayHello (OK), Missing
+/// (NOT_FOUND, trailers-only), Count (three streamed messages), each with a traceparent
+/// and `tenant` metadata; grpcio's HPACK indexes them and refers back by index.
+#[test]
+fn recorded_grpcio_calls_at_every_split() {
+    let c = include_bytes!("../testdata/h2_grpc.c2s");
+    let s = include_bytes!("../testdata/h2_grpc.s2c");
+    for cut in 0..=c.len().max(s.len()) {
+        let mut p = detect(Role::Client, Direction::Egress, c).expect("preface");
+        let mut out = Vec::new();
+        for (dir, b) in [(Direction::Egress, &c[..]), (Direction::Ingress, &s[..])] {
+            let k = cut.min(b.len());
+            p.feed(dir, &[data(&b[..k], 10)], &mut out);
+            p.feed(dir, &[data(&b[k..], 20)], &mut out);
+        }
+        p.close(&mut out);
+        assert!(!out.iter().any(|e| matches!(e, L7Event::ParseError { .. })), "cut {cut}: {out:?}");
+        let xs = exchanges(&out);
+        let calls: Vec<_> = xs
+            .iter()
+            .map(|x| {
+                let g = x.h2.as_ref().and_then(|h| h.grpc.clone()).expect("grpc");
+                let target = String::from_utf8_lossy(x.request.target()).into_owned();
+                (target, g.status, g.request_messages, g.response_messages, x.outcome)
+            })
+            .collect();
+        let want = |m: &str, status, responses| {
+            (format!("/hoptrace.test.Greeter/{m}"), Some(status), 1, responses, Outcome::Complete)
+        };
+        assert_eq!(calls, vec![want("SayHello", 0, 1), want("Missing", 5, 0), want("Count", 0, 3)], "cut {cut}");
+        for x in &xs {
+            assert_eq!(x.request.header("traceparent"), Some(TP.as_bytes()));
+            assert_eq!(x.request.header("tenant"), Some(b"acme".as_slice()));
+            assert_eq!((x.request.method.as_str(), x.response.as_ref().map(|r| r.status)), ("POST", Some(200)));
+        }
+    }
+}
