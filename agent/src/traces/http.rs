@@ -453,4 +453,89 @@ mod tests {
         assert_eq!(route_template(b"*"), "/");
         assert_eq!(route_template(b"/"), "/");
     }
+
+    /// The recorded grpcio calls (protocols/testdata/h2_grpc.*) as spans: rpc.* attributes,
+    /// `Service/Method` names, HTTP/2 version, and the status per side by the semantic
+    /// conventions (NOT_FOUND: an error for the client, not for the server).
+    #[test]
+    fn grpc_exchanges_become_rpc_spans() {
+        use std::sync::Arc;
+
+        use hoptrace_common::{Direction, Role};
+
+        use super::{client_span, server_span, Addrs, Ids, Named};
+        use crate::capture::stream::Segment;
+        use crate::model::span::{AnyValue, Resource, StatusCode, Str, TraceOrigin};
+        use crate::protocols::{self, L7Event};
+        use crate::traces::TraceConfig;
+        use crate::util::clock::Clock;
+
+        let seg = |b: &[u8]| Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: b.to_vec() };
+        let c = include_bytes!("../protocols/testdata/h2_grpc.c2s");
+        let s = include_bytes!("../protocols/testdata/h2_grpc.s2c");
+        let mut p = protocols::detect(Role::Server, Direction::Ingress, c).expect("http2");
+        let mut out = Vec::new();
+        p.feed(Direction::Ingress, &[seg(c)], &mut out);
+        p.feed(Direction::Egress, &[seg(s)], &mut out);
+        let ip = Str::from("127.0.0.1");
+        let addrs = Addrs {
+            local: "127.0.0.1:50051".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            local_ip: ip.clone(),
+            remote_ip: ip,
+        };
+        let ids = || Ids {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent: [0; 8],
+            flags: 1,
+            trace_state: String::new(),
+            origin: TraceOrigin::Agent,
+        };
+        let (cfg, clock, res) = (TraceConfig::default(), Clock::now(), Arc::new(Resource::default()));
+        let mut seen = Vec::new();
+        for ev in out {
+            let L7Event::Http(x) = ev else { continue };
+            let route = Str::from(String::from_utf8_lossy(x.request.target()).into_owned());
+            let named = || Named { route: route.clone(), name: Str::from("POST route") };
+            let server = server_span(&cfg, &clock, &x, named(), &addrs, res.clone(), ids());
+            let client = client_span(&cfg, &clock, &x, named(), &addrs, res.clone(), ids());
+            let get = |sp: &crate::model::span::SpanRecord, k: &str| {
+                sp.attributes.iter().find(|a| a.key == k).map(|a| match &a.value {
+                    AnyValue::Str(v) => v.to_string(),
+                    AnyValue::Int(v) => v.to_string(),
+                    other => format!("{other:?}"),
+                })
+            };
+            for sp in [&server, &client] {
+                assert_eq!(get(sp, "rpc.system").as_deref(), Some("grpc"));
+                assert_eq!(get(sp, "rpc.service").as_deref(), Some("hoptrace.test.Greeter"));
+                assert_eq!(get(sp, "network.protocol.version").as_deref(), Some("2"));
+            }
+            seen.push((
+                server.name.to_string(),
+                get(&server, "rpc.method").unwrap(),
+                get(&server, "rpc.grpc.status_code").unwrap(),
+                server.status.code == StatusCode::Error,
+                client.status.code == StatusCode::Error,
+                get(&server, "hoptrace.rpc.response.messages").unwrap(),
+            ));
+        }
+        let row = |m: &str, code: &str, client_error, msgs: &str| {
+            (
+                format!("hoptrace.test.Greeter/{m}"),
+                m.to_string(),
+                code.to_string(),
+                false,
+                client_error,
+                msgs.to_string(),
+            )
+        };
+        assert_eq!(
+            seen,
+            vec![row("SayHello", "0", false, "1"), row("Missing", "5", true, "0"), row("Count", "0", false, "3")]
+        );
+        assert!(super::grpc_is_error(14, crate::model::span::SpanKind::Server));
+        assert!(!super::grpc_is_error(1, crate::model::span::SpanKind::Server));
+    }
 }
