@@ -454,7 +454,7 @@ mod tests {
         assert_eq!(route_template(b"/"), "/");
     }
 
-    /// The recorded grpcio calls (protocols/testdata/h2_grpc.*) as spans: rpc.* attributes,
+    /// The recorded grpcio calls (protocols/testdata/http2_grpc.*) as spans: rpc.* attributes,
     /// `Service/Method` names, HTTP/2 version, and the status per side by the semantic
     /// conventions (NOT_FOUND: an error for the client, not for the server).
     #[test]
@@ -471,8 +471,8 @@ mod tests {
         use crate::util::clock::Clock;
 
         let seg = |b: &[u8]| Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: b.to_vec() };
-        let c = include_bytes!("../protocols/testdata/h2_grpc.c2s");
-        let s = include_bytes!("../protocols/testdata/h2_grpc.s2c");
+        let c = include_bytes!("../protocols/testdata/http2_grpc.c2s");
+        let s = include_bytes!("../protocols/testdata/http2_grpc.s2c");
         let mut p = protocols::detect(Role::Server, Direction::Ingress, c).expect("http2");
         let mut out = Vec::new();
         p.feed(Direction::Ingress, &[seg(c)], &mut out);

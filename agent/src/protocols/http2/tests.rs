@@ -1,5 +1,5 @@
 //! HTTP/2 parser tests: RFC 7541 Appendix C vectors (dynamic table across blocks), frames
-//! built here, and traffic recorded from grpcio (testdata/h2_*, recorded by
+//! built here, and traffic recorded from grpcio (testdata/http2_*, recorded by
 //! tests/fixtures/h2_record.py), each fed whole and split at every offset.
 
 use hoptrace_common::{Direction, Role};
@@ -322,8 +322,8 @@ fn bounds_are_counted() {
 /// and `tenant` metadata; grpcio's HPACK indexes them and refers back by index.
 #[test]
 fn recorded_grpcio_calls_at_every_split() {
-    let c = include_bytes!("../testdata/h2_grpc.c2s");
-    let s = include_bytes!("../testdata/h2_grpc.s2c");
+    let c = include_bytes!("../testdata/http2_grpc.c2s");
+    let s = include_bytes!("../testdata/http2_grpc.s2c");
     for cut in 0..=c.len().max(s.len()) {
         let mut p = detect(Role::Client, Direction::Egress, c).expect("preface");
         let mut out = Vec::new();
