@@ -111,8 +111,16 @@ fn grpc_calls_join_the_instrumented_clients_trace() {
     // The instrumented client's calls are not duplicated by agent CLIENT spans.
     assert_eq!(mine.iter().filter(|s| s.kind == CLIENT).count(), 0, "{}", show(&spans));
     assert_eq!(mine.len(), 3, "{}", show(&spans));
+    // The server's connection parses cleanly. The instrumented client's own side may not:
+    // grpcio writes its first frames with one sendmsg of more slices than the kernel
+    // programs walk (MAX_IOVECS), and those bytes are counted lost, never guessed at.
     let log = stopped_log(&done_agent);
-    assert_eq!(log["traces"]["parse_errors"], serde_json::json!({}), "{log}");
+    let errors = log["traces"]["parse_errors"].as_object().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        assert!(log["capture"]["drops"]["iov_limit_bytes"].as_u64() > Some(0), "{log}");
+        let allowed = ["http2/gap_in_frame", "http2/partial_headers", "http2/unmatched_response"];
+        assert!(errors.keys().all(|k| allowed.contains(&k.as_str())), "{log}");
+    }
 }
 
 #[test]
@@ -205,6 +213,51 @@ fn nginx_over_h2c_and_h2_in_tls_gives_http2_server_spans() {
         assert_eq!(attr(s, "url.path"), "/orders/{id}", "{s:?}");
         assert_eq!(int(s.attrs.get("http.response.status_code")), Some(200), "{s:?}");
         assert!(s.attrs.get("rpc.system").is_none(), "not gRPC: {s:?}");
+    }
+    let log = stopped_log(&done);
+    assert_eq!(log["traces"]["parse_errors"], serde_json::json!({}), "{log}");
+}
+
+/// tonic (hyper's h2, its own HPACK choices) on both ends: a call with a traceparent
+/// joins it; a call without gets a CLIENT span and a SERVER span stitched under it.
+#[test]
+fn tonic_client_and_server_give_the_same_rpc_spans() {
+    require_root();
+    let bin = env!("CARGO_BIN_EXE_tonic_grpc");
+    let server = PyServer::start_cmd(Command::new(bin).args(["server", &free_port().to_string()]));
+    let dir = TempDir::new("h2-tonic");
+    let out = dir.join("otlp.jsonl");
+    let config = config_with_tenant_mapping(&dir);
+    let agent = start_run_listening(&[server.port()], &out, free_port(), &["--config", &config]);
+    let (trace, parent) = ("5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8");
+    let addr = format!("127.0.0.1:{}", server.port());
+    for tp in [Some(format!("00-{trace}-{parent}-01")), None] {
+        let mut cmd = Command::new(bin);
+        cmd.args(["client", &addr]).args(tp.as_deref());
+        let done = run(&mut cmd, TIMEOUT).expect_success();
+        assert_eq!(done.stdout, "result SayHello hello world\nresult Missing NotFound\nresult Count 3\n");
+    }
+    wait_for_spans_in(&out, "six SERVER and three CLIENT spans", |s| on_port(s, server.port()).len() >= 9);
+    let done = stop(agent);
+    let spans = parse_spans(&fs::read_to_string(&out).unwrap());
+    let mine = on_port(&spans, server.port());
+    assert_eq!(mine.len(), 9, "{}", show(&spans));
+    for (method, status, responses) in CALLS {
+        let of = |kind| mine.iter().filter(|s| s.kind == kind && s.name.ends_with(method)).copied().collect::<Vec<_>>();
+        let (servers, clients) = (of(SERVER), of(CLIENT));
+        assert_eq!((servers.len(), clients.len()), (2, 1), "{method}: {}", show(&spans));
+        for s in servers.iter().chain(&clients) {
+            check_grpc_attributes(s, method, status, responses);
+        }
+        assert!(servers.iter().any(|s| (s.trace_id.as_str(), s.parent.as_str()) == (trace, parent)), "{servers:?}");
+        let c = clients[0];
+        assert!(
+            servers
+                .iter()
+                .any(|s| (s.trace_id.as_str(), s.parent.as_str()) == (c.trace_id.as_str(), c.span_id.as_str())),
+            "{servers:?} {c:?}"
+        );
+        assert_eq!(c.status, if status == 0 { 0 } else { 2 }, "{c:?}");
     }
     let log = stopped_log(&done);
     assert_eq!(log["traces"]["parse_errors"], serde_json::json!({}), "{log}");

@@ -358,13 +358,14 @@ fn finish(
 ) -> SpanRecord {
     let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
     let status = outcome_status(x, error_from);
-    let route = attrs.get(1).and_then(|a| match &a.value {
-        crate::model::span::AnyValue::Str(r) if a.key == "url.path" => Some(r.clone()),
+    // HTTP/2 only (HTTP/1 pays one branch): the templated route, for the gRPC names.
+    let route = x.h2.as_ref().and_then(|_| match attrs.get(1).map(|a| (&a.key, &a.value)) {
+        Some((k, crate::model::span::AnyValue::Str(r))) if k == "url.path" => Some(r.clone()),
         _ => None,
     });
     let mut s = span(kind, name, resource, ids, start, end, attrs, status);
     response_attributes(cfg, clock, x, &mut s);
-    if let Some(route) = route.filter(|_| x.h2.is_some()) {
+    if let Some(route) = route {
         h2_attributes(x, &route, kind, &mut s);
     }
     s

@@ -24,6 +24,8 @@ pub struct Http2 {
     sides: [Side; 2],
     streams: Vec<Stream>,
     closed: bool,
+    /// Recognised without the preface (see [`Http2::joined`]).
+    joined: bool,
 }
 
 /// One direction: its frames, its HPACK table, the header block being assembled.
@@ -33,6 +35,8 @@ struct Side {
     hpack: Decoder,
     block: Vec<u8>,
     open: Option<OpenBlock>,
+    /// Header blocks decoded so far.
+    blocks: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,15 +111,36 @@ struct Decoded {
 impl Http2 {
     /// A connection seen from its start; `client_dir` is where the preface goes.
     pub fn new(client_dir: Direction) -> Self {
-        let side =
-            |preface| Side { reader: Reader::new(preface), hpack: Decoder::new(), block: Vec::new(), open: None };
-        Self { client_dir, sides: [side(true), side(false)], streams: Vec::new(), closed: false }
+        let side = |preface| Side {
+            reader: Reader::new(preface),
+            hpack: Decoder::new(),
+            block: Vec::new(),
+            open: None,
+            blocks: 0,
+        };
+        Self { client_dir, sides: [side(true), side(false)], streams: Vec::new(), closed: false, joined: false }
+    }
+
+    /// The client's preface came after all: the connection was new, and the server's
+    /// SETTINGS (sent on accept, and seen first) only made it look joined. Both tables
+    /// start empty and fully known, as long as no header block was decoded yet (a server
+    /// sends none before the client's first request).
+    fn fresh_after_all(&mut self) {
+        self.joined = false;
+        if self.sides.iter().any(|side| side.blocks > 0) {
+            return;
+        }
+        self.sides[0].reader = Reader::new(true);
+        for side in &mut self.sides {
+            side.hpack = Decoder::new();
+        }
     }
 
     /// A connection joined mid-flight, recognised by frames seen in `seen`: both HPACK
     /// tables are partly unknown, and the other direction waits for a frame start.
     pub fn joined(client_dir: Direction, seen: Direction) -> Self {
         let mut p = Self::new(client_dir);
+        p.joined = true;
         for (i, side) in p.sides.iter_mut().enumerate() {
             side.hpack = Decoder::joined();
             side.reader = if i == side_of(client_dir, seen) { Reader::new(false) } else { Reader::lost() };
@@ -130,6 +155,10 @@ impl Http2 {
         let s = side_of(self.client_dir, direction);
         for segment in segments {
             match segment {
+                Segment::Data { bytes, .. } if s == 0 && self.joined && starts_preface(bytes) => {
+                    self.fresh_after_all();
+                    self.feed_segments(direction, std::slice::from_ref(segment), out);
+                }
                 Segment::Data { ts_enter_ns, ts_ns, tid, bytes, .. } => {
                     let timing = Timing {
                         first_tid: *tid,
@@ -271,6 +300,7 @@ impl Http2 {
 
     fn decode(&mut self, s: usize, out: &mut Vec<L7Event>) -> Decoded {
         let side = &mut self.sides[s];
+        side.blocks += 1;
         let mut d = Decoded::default();
         let mut too_large = false;
         let result = side.hpack.decode(&side.block, |name, value| {
@@ -417,6 +447,11 @@ impl Stream {
             h2: Some(Box::new(h2)),
         })
     }
+}
+
+/// Whether a segment starts with the client connection preface (or all of it so far).
+fn starts_preface(bytes: &[u8]) -> bool {
+    bytes.len() >= 4 && super::PREFACE.starts_with(&bytes[..bytes.len().min(super::PREFACE.len())])
 }
 
 /// The registered methods are shared statics; any other is copied once.

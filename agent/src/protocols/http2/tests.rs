@@ -273,6 +273,26 @@ fn joined_mid_connection_decodes_what_it_can_and_says_so() {
     assert!(out.contains(&L7Event::ParseError { protocol: "http2", reason: reason::PARTIAL_HEADERS }));
 }
 
+/// A server sends SETTINGS on accept, so the agent may see it before the client's
+/// preface: the connection is recognised as joined, then found new when the preface
+/// comes, and nothing is partial.
+#[test]
+fn server_settings_first_then_the_preface_is_a_fresh_connection() {
+    let (c, s) = (client_bytes(), server_bytes());
+    let settings = frame(0x4, 0, 0, &[]);
+    let mut p = detect(Role::Server, Direction::Egress, &settings).expect("frames recognised");
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, &[data(&settings, 1)], &mut out);
+    p.feed(Direction::Ingress, &[data(&c, 2)], &mut out);
+    p.feed(Direction::Egress, &[data(&s[9..], 3)], &mut out);
+    p.close(&mut out);
+    assert!(!out.iter().any(|e| matches!(e, L7Event::ParseError { .. })), "{out:?}");
+    let xs = exchanges(&out);
+    assert_eq!(xs.len(), 3);
+    assert!(xs.iter().all(|x| !x.h2.as_ref().unwrap().partial_headers), "{xs:?}");
+    assert_eq!(xs[2].request.header("traceparent"), Some(TP.as_bytes()));
+}
+
 #[test]
 fn detection_wants_the_preface_or_frames_from_a_known_role() {
     assert!(detect(Role::Server, Direction::Ingress, PREFACE).is_some());
