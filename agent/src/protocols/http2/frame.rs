@@ -55,11 +55,21 @@ impl Head {
             PRIORITY => self.len == 5,
             RST_STREAM | WINDOW_UPDATE => self.len == 4,
             PING => self.len == 8,
-            SETTINGS => self.len % 6 == 0,
+            SETTINGS => self.len.is_multiple_of(6),
             GOAWAY => self.len >= 8,
-            _ => self.len <= 1 << 20,
+            // SETTINGS_MAX_FRAME_SIZE's default; larger frames need a negotiation first.
+            _ => self.len <= 16_384,
         };
-        self.kind <= CONTINUATION && stream_ok && len_ok
+        // Peers set only the flags a frame type defines (RFC 9113 §6).
+        let flags: u8 = match self.kind {
+            DATA => END_STREAM | PADDED,
+            HEADERS => END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG,
+            SETTINGS | PING => 0x1,
+            PUSH_PROMISE => END_HEADERS | PADDED,
+            CONTINUATION => END_HEADERS,
+            _ => 0,
+        };
+        self.kind <= CONTINUATION && stream_ok && len_ok && self.flags & !flags == 0
     }
 }
 
@@ -70,7 +80,8 @@ pub(super) fn plausible(bytes: &[u8]) -> bool {
     let mut heads = 0;
     while let Some(h) = bytes.get(pos..pos + 9) {
         let head = Head::parse(h.try_into().expect("nine bytes"));
-        if !head.well_formed() {
+        // The reserved bit of the stream id is never set by a sender.
+        if h[5] & 0x80 != 0 || !head.well_formed() {
             return false;
         }
         heads += 1;

@@ -158,7 +158,7 @@ mod tests {
                 bits.push(((codes[s] >> b) & 1) as u8);
             }
         }
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push(1);
         }
         let bytes: Vec<u8> = bits.chunks(8).map(|c| c.iter().fold(0, |a, &b| (a << 1) | b)).collect();
