@@ -262,3 +262,46 @@ fn tonic_client_and_server_give_the_same_rpc_spans() {
     let log = stopped_log(&done);
     assert_eq!(log["traces"]["parse_errors"], serde_json::json!({}), "{log}");
 }
+
+/// An HTTP/2 connection older than the agent: its HPACK tables are unknown. The call
+/// after the agent starts sends its traceparent and content-type by index (h2 indexed
+/// them on the first call) and its path as a literal: the span has the path, says its
+/// headers are partial, never guesses the rest (no gRPC attributes, no trace joined), and
+/// no propagation gap is reported for a traceparent the agent could not read.
+#[test]
+fn a_connection_older_than_the_agent_gives_partial_spans_and_no_false_gap() {
+    require_root();
+    let bin = env!("CARGO_BIN_EXE_tonic_grpc");
+    let server = PyServer::start_cmd(Command::new(bin).args(["server", &free_port().to_string()]));
+    let (trace, parent) = ("6bf92f3577b34da6a3ce929d0e0e4738", "20f067aa0ba902b9");
+    let tp = format!("00-{trace}-{parent}-01");
+    let addr = format!("127.0.0.1:{}", server.port());
+    let mut client = Running::spawn_piped(Command::new(bin).args(["resume", &addr, &tp]));
+    client.wait_for_line("paused", TIMEOUT);
+
+    let dir = TempDir::new("h2-joined");
+    let out = dir.join("otlp.jsonl");
+    let agent = start_run_listening(&[server.port()], &out, free_port(), &[]);
+    client.send_line("go");
+    let done_client = client.finish(TIMEOUT);
+    assert!(done_client.status.success(), "{}", done_client.stderr);
+    assert!(done_client.stdout.contains("result SayHello hello after"), "{}", done_client.stdout);
+    wait_for_spans_in(&out, "the SERVER span of the call made after the agent started", |s| {
+        on_port(s, server.port()).iter().any(|s| s.kind == SERVER)
+    });
+    let done = stop(agent);
+    let spans = parse_spans(&fs::read_to_string(&out).unwrap());
+    let servers: Vec<_> = on_port(&spans, server.port()).into_iter().filter(|s| s.kind == SERVER).collect();
+    assert_eq!(servers.len(), 1, "{}", show(&spans));
+    let s = servers[0];
+    assert_eq!(s.attrs.get("hoptrace.h2.partial_headers"), Some(&Value::Bool(true)), "{s:?}");
+    assert_eq!(attr(s, "network.protocol.version"), "2", "{s:?}");
+    assert_eq!(attr(s, "http.request.method"), "POST", "{s:?}");
+    assert_eq!(attr(s, "http.route"), &format!("/{SERVICE}/SayHello"), "a literal :path is decoded: {s:?}");
+    assert!(!s.attrs.contains_key("rpc.system"), "the indexed content-type is not guessed: {s:?}");
+    assert_ne!(s.trace_id, trace, "the indexed traceparent is not guessed: {s:?}");
+    assert!(!s.attrs.contains_key("hoptrace.gap.kind"), "a false propagation gap: {s:?}");
+    let log = stopped_log(&done);
+    assert!(log["traces"]["parse_errors"]["http2/partial_headers"].as_u64() >= Some(1), "{log}");
+    assert_eq!(log["traces"]["propagation_gaps"], 0, "{log}");
+}

@@ -301,7 +301,9 @@ impl TracePipeline {
             return (Ctx::remote(tp, inbound.trace_state.clone()), false);
         }
         // Any traceparent at all, even an invalid one: the caller tried; never stitched.
-        if inbound.invalid.is_some() || header_values(&x.request.headers, "traceparent").next().is_some() {
+        // Nor when HTTP/2 headers were not all decodable: one of them may have been it.
+        let partial = x.h2.as_ref().is_some_and(|h| h.partial_headers);
+        if partial || inbound.invalid.is_some() || header_values(&x.request.headers, "traceparent").next().is_some() {
             return (self.new_trace(), false);
         }
         match self.stitch_server(view.local, view.remote, view.seq, x) {

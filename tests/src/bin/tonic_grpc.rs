@@ -4,6 +4,11 @@
 //!
 //!   tonic_grpc server PORT                 prints "READY PORT", serves until killed
 //!   tonic_grpc client ADDR [TRACEPARENT]   calls SayHello, Missing, Count; prints results
+//!   tonic_grpc resume ADDR TRACEPARENT     calls SayHello, prints "paused", waits for a
+//!                                          line on stdin, calls SayHello again on the same
+//!                                          connection (the agent joins it in between);
+//!                                          both calls send TRACEPARENT, so the second one
+//!                                          refers to it by HPACK index
 //!
 //! The service is grpc_app.py's `hoptrace.test.Greeter` (raw-bytes messages, no codegen):
 //! SayHello answers OK, Missing answers NOT_FOUND, Count streams three messages. The
@@ -161,12 +166,29 @@ async fn client(addr: &str, traceparent: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One connection: a call before the pause, one after (see the module doc).
+async fn resume(addr: &str, traceparent: &str) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let path: http::uri::PathAndQuery = format!("/{SERVICE}/SayHello").parse()?;
+    grpc.ready().await?;
+    grpc.unary(request(b"before", Some(traceparent))?, path.clone(), Raw).await?;
+    println!("paused");
+    let mut line = String::new();
+    tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
+    grpc.ready().await?;
+    let reply = grpc.unary(request(b"after", Some(traceparent))?, path, Raw).await?;
+    println!("result SayHello {}", String::from_utf8_lossy(reply.get_ref()));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match (args.get(1).map(String::as_str), args.get(2)) {
         (Some("server"), Some(port)) => rt.block_on(serve(port.parse()?)),
         (Some("client"), Some(addr)) => rt.block_on(client(addr, args.get(3).map(String::as_str))),
-        _ => anyhow::bail!("usage: tonic_grpc server PORT | tonic_grpc client ADDR [TRACEPARENT]"),
+        (Some("resume"), Some(addr)) if args.len() == 4 => rt.block_on(resume(addr, &args[3])),
+        _ => anyhow::bail!("usage: tonic_grpc server PORT | client ADDR [TRACEPARENT] | resume ADDR TRACEPARENT"),
     }
 }
