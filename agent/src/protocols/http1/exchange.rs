@@ -332,7 +332,7 @@ fn emit(out: &mut Vec<L7Event>, p: Pending, response: Option<HttpResponse>, outc
         out.push(L7Event::Http(HttpExchange {
             request,
             response,
-            informational: p.informational,
+            informational: p.informational.into_boxed_slice(),
             outcome,
             pipelined,
             h2: None,

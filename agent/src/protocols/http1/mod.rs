@@ -184,7 +184,10 @@ pub struct HttpExchange {
     pub request: HttpRequest,
     pub response: Option<HttpResponse>,
     /// 1xx statuses seen before the final response.
-    pub informational: Vec<u16>,
+    /// A boxed slice, not a `Vec`: 8 bytes less keeps the exchange at 256 bytes, the size
+    /// up to which the moves of an exchange through the pipeline are a few vector copies
+    /// (one more field cost 0.8% more instructions per request, all in `memcpy`).
+    pub informational: Box<[u16]>,
     pub outcome: Outcome,
     /// Another request on the connection was in flight while this one was (HTTP/1
     /// pipelining): pairing this exchange with the other end's by order is not trusted.

@@ -441,7 +441,7 @@ impl Stream {
         Some(HttpExchange {
             request,
             response,
-            informational: self.informational,
+            informational: self.informational.into_boxed_slice(),
             outcome,
             pipelined: false,
             h2: Some(Box::new(h2)),

@@ -393,3 +393,10 @@ fn random_bytes_are_rarely_taken_for_frames() {
     }
     assert!(claimed <= 2, "{claimed} random segments claimed");
 }
+
+/// The exchange stays at 256 bytes (see `HttpExchange::informational`): HTTP/1's cost per
+/// request must not grow because HTTP/2 exists.
+#[test]
+fn an_exchange_is_still_256_bytes() {
+    assert_eq!(std::mem::size_of::<HttpExchange>(), 256);
+}
