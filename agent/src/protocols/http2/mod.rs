@@ -57,9 +57,11 @@ pub mod reason {
     pub const HPACK_HUFFMAN: &str = "hpack_huffman";
     pub const HPACK_STRING_TOO_LONG: &str = "hpack_string_too_long";
     pub const HPACK_BAD_SIZE_UPDATE: &str = "hpack_bad_size_update";
+    /// A response without a usable `:status` (absent, not 100-999, or not decodable).
+    pub const MISSING_STATUS: &str = "missing_status";
 
     /// Every label, so metrics can pre-register them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         BAD_PREFACE,
         GAP_IN_FRAME,
         BAD_FRAME,
@@ -75,6 +77,7 @@ pub mod reason {
         HPACK_HUFFMAN,
         HPACK_STRING_TOO_LONG,
         HPACK_BAD_SIZE_UPDATE,
+        MISSING_STATUS,
     ];
 }
 

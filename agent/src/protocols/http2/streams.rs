@@ -312,7 +312,10 @@ impl Http2 {
             match name {
                 b":method" => d.method = Some(at),
                 b":path" => d.path = Some(at),
-                b":status" => d.status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+                b":status" => {
+                    let status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                    d.status = status.filter(|s| (100..=999).contains(s));
+                }
                 b"content-type" => d.grpc = value.starts_with(b"application/grpc"),
                 b"grpc-status" => d.grpc_status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
                 _ => {}
@@ -375,7 +378,12 @@ impl Http2 {
                 return;
             }
             (None, status) => {
-                // `:status` not decodable (joined mid-connection): 0, never a guess.
+                // `:status` missing, invalid or not decodable (joined mid-connection): 0,
+                // never a guess, and the stream's headers count as partial.
+                if status.is_none() {
+                    out.push(parse_error(reason::MISSING_STATUS));
+                    st.partial = true;
+                }
                 let status = status.unwrap_or(0);
                 st.response =
                     Some(HttpResponse { status, version: 2, headers: d.headers, timing: open.timing, body_len: 0 });

@@ -400,3 +400,24 @@ fn random_bytes_are_rarely_taken_for_frames() {
 fn an_exchange_is_still_256_bytes() {
     assert_eq!(std::mem::size_of::<HttpExchange>(), 256);
 }
+
+/// Found by the fuzzer (fuzz/corpus/http2/regression-status-0): a response whose
+/// `:status` is not a status. It is counted, the status is 0 and the headers partial,
+/// never a made-up status.
+#[test]
+fn a_response_without_a_usable_status_is_counted_not_guessed() {
+    let mut c = PREFACE.to_vec();
+    c.extend(frame(0x1, 0x5, 1, &[0x82, 0x86, 0x84]));
+    for status in ["0", "1000", "abc"] {
+        let mut p: Box<dyn Protocol> = Box::new(Http2::new(Direction::Ingress));
+        let mut out = Vec::new();
+        p.feed(Direction::Ingress, &[data(&c, 1)], &mut out);
+        let mut h = vec![0x08, status.len() as u8]; // :status (static 8), literal value
+        h.extend_from_slice(status.as_bytes());
+        p.feed(Direction::Egress, &[data(&frame(0x1, 0x5, 1, &h), 2)], &mut out);
+        assert!(out.contains(&L7Event::ParseError { protocol: "http2", reason: reason::MISSING_STATUS }), "{out:?}");
+        let x = exchanges(&out)[0];
+        assert_eq!(x.response.as_ref().map(|r| r.status), Some(0));
+        assert!(x.h2.as_ref().unwrap().partial_headers);
+    }
+}
