@@ -176,72 +176,8 @@ impl Reader {
     /// Reads from `bytes[*pos..]`.
     pub fn data(&mut self, bytes: &[u8], pos: &mut usize) -> Step {
         while *pos < bytes.len() {
-            let rest = &bytes[*pos..];
-            match self.state {
-                State::Lost => {
-                    *pos = bytes.len();
-                    return Step::More;
-                }
-                State::Preface(got) => {
-                    let n = rest.len().min(PREFACE.len() - got);
-                    if rest[..n] != PREFACE[got..got + n] {
-                        self.state = State::Lost;
-                        return Step::Error(reason::BAD_PREFACE);
-                    }
-                    *pos += n;
-                    self.state = if got + n == PREFACE.len() { State::Head(0) } else { State::Preface(got + n) };
-                }
-                State::Head(got) => {
-                    let n = rest.len().min(9 - got);
-                    self.head_buf[got..got + n].copy_from_slice(&rest[..n]);
-                    *pos += n;
-                    if got + n < 9 {
-                        self.state = State::Head(got + n);
-                        continue;
-                    }
-                    if let Some(step) = self.begin(Head::parse(&self.head_buf)) {
-                        return step;
-                    }
-                }
-                State::Buffer(left) => {
-                    let n = rest.len().min(left as usize);
-                    if !self.overflow {
-                        self.payload.extend_from_slice(&rest[..n]);
-                    }
-                    *pos += n;
-                    self.state = State::Buffer(left - n as u32);
-                    if left as usize == n {
-                        return self.buffered();
-                    }
-                }
-                State::DataPad => {
-                    let pad = u32::from(rest[0]);
-                    *pos += 1;
-                    let Some(left) = self.head.len.checked_sub(1 + pad) else {
-                        self.state = State::Lost;
-                        return Step::Error(reason::BAD_FRAME);
-                    };
-                    self.state = State::Data { left, pad };
-                }
-                State::Data { left, pad } => {
-                    let n = rest.len().min(left as usize);
-                    let start = *pos;
-                    *pos += n;
-                    self.state = State::Data { left: left - n as u32, pad };
-                    if left as usize == n {
-                        self.state = State::Skip { left: pad, data_end: true };
-                    }
-                    if n > 0 {
-                        return Step::Data { stream: self.head.stream, start, end: start + n };
-                    }
-                }
-                State::Skip { left, data_end } => {
-                    let n = rest.len().min(left as usize);
-                    *pos += n;
-                    if let Some(step) = self.skipped(left - n as u32, data_end) {
-                        return step;
-                    }
-                }
+            if let Some(step) = self.advance(bytes, pos) {
+                return step;
             }
         }
         // A frame that ends exactly at the segment's end still has to say so.
@@ -253,6 +189,76 @@ impl Reader {
             }
             _ => Step::More,
         }
+    }
+
+    /// One move of the state machine over `bytes[*pos..]` (not empty); a step to report.
+    fn advance(&mut self, bytes: &[u8], pos: &mut usize) -> Option<Step> {
+        let rest = &bytes[*pos..];
+        match self.state {
+            State::Lost => {
+                *pos = bytes.len();
+                Some(Step::More)
+            }
+            State::Preface(got) => {
+                let n = rest.len().min(PREFACE.len() - got);
+                if rest[..n] != PREFACE[got..got + n] {
+                    self.state = State::Lost;
+                    return Some(Step::Error(reason::BAD_PREFACE));
+                }
+                *pos += n;
+                self.state = if got + n == PREFACE.len() { State::Head(0) } else { State::Preface(got + n) };
+                None
+            }
+            State::Head(got) => {
+                let n = rest.len().min(9 - got);
+                self.head_buf[got..got + n].copy_from_slice(&rest[..n]);
+                *pos += n;
+                if got + n < 9 {
+                    self.state = State::Head(got + n);
+                    return None;
+                }
+                self.begin(Head::parse(&self.head_buf))
+            }
+            State::Buffer(left) => {
+                let n = rest.len().min(left as usize);
+                if !self.overflow {
+                    self.payload.extend_from_slice(&rest[..n]);
+                }
+                *pos += n;
+                self.state = State::Buffer(left - n as u32);
+                (left as usize == n).then(|| self.buffered())
+            }
+            State::DataPad => {
+                *pos += 1;
+                self.data_pad(u32::from(rest[0]))
+            }
+            State::Data { left, pad } => {
+                let n = rest.len().min(left as usize);
+                let start = *pos;
+                *pos += n;
+                self.state = if left as usize == n {
+                    State::Skip { left: pad, data_end: true }
+                } else {
+                    State::Data { left: left - n as u32, pad }
+                };
+                (n > 0).then_some(Step::Data { stream: self.head.stream, start, end: start + n })
+            }
+            State::Skip { left, data_end } => {
+                let n = rest.len().min(left as usize);
+                *pos += n;
+                self.skipped(left - n as u32, data_end)
+            }
+        }
+    }
+
+    /// A padded DATA frame's pad length: what is left of the payload is data, then padding.
+    fn data_pad(&mut self, pad: u32) -> Option<Step> {
+        let Some(left) = self.head.len.checked_sub(1 + pad) else {
+            self.state = State::Lost;
+            return Some(Step::Error(reason::BAD_FRAME));
+        };
+        self.state = State::Data { left, pad };
+        None
     }
 
     /// After `left` more skipped bytes: the frame's end, if it came.
