@@ -136,6 +136,15 @@ impl Http2 {
         }
     }
 
+    /// A connection upgraded from HTTP/1.1 (`Upgrade: h2c` answered 101): the upgraded
+    /// request is stream 1, already sent; its response comes as HTTP/2 frames right
+    /// after the 101, and the client's preface follows.
+    pub fn upgraded(client_dir: Direction, request: HttpRequest) -> Self {
+        let mut p = Self::new(client_dir);
+        p.streams.push(Stream { id: 1, request: Some(request), ..Default::default() });
+        p
+    }
+
     /// A connection joined mid-flight, recognised by frames seen in `seen`: both HPACK
     /// tables are partly unknown, and the other direction waits for a frame start.
     pub fn joined(client_dir: Direction, seen: Direction) -> Self {

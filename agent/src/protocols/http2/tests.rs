@@ -421,3 +421,42 @@ fn a_response_without_a_usable_status_is_counted_not_guessed() {
         assert!(x.h2.as_ref().unwrap().partial_headers);
     }
 }
+
+/// `Upgrade: h2c` (RFC 7540 §3.2): the HTTP/1.1 request becomes stream 1, answered in
+/// HTTP/2 frames right after the 101 (same segment); the client's preface comes later and
+/// a second request goes on stream 3. No HTTP/1 exchange for the 101.
+#[test]
+fn upgrade_h2c_continues_in_http2_at_every_split() {
+    let request = b"GET /up?secret=1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+    let mut server = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    server.extend(frame(0x4, 0, 0, &[]));
+    server.extend(frame(0x1, 0x5, 1, &[0x88])); // 200, END_STREAM
+    let mut client = PREFACE.to_vec();
+    client.extend(frame(0x4, 0, 0, &[]));
+    let mut h3 = vec![0x82, 0x86];
+    h3.extend(lit(":path", "/second"));
+    client.extend(frame(0x1, 0x5, 3, &h3));
+    let reply3 = frame(0x1, 0x5, 3, &[0x8d]); // 404
+    for cut in 0..=server.len() {
+        let mut p = crate::protocols::detect(Role::Server, Direction::Ingress, request).expect("http1");
+        let mut out = Vec::new();
+        p.feed(Direction::Ingress, &[data(request, 1)], &mut out);
+        p.feed(Direction::Egress, &[data(&server[..cut], 2), data(&server[cut..], 3)], &mut out);
+        p.feed(Direction::Ingress, &[data(&client, 4)], &mut out);
+        p.feed(Direction::Egress, &[data(&reply3, 5)], &mut out);
+        p.close(&mut out);
+        assert!(!out.iter().any(|e| matches!(e, L7Event::ParseError { .. })), "cut {cut}: {out:?}");
+        let xs = exchanges(&out);
+        let got: Vec<_> = xs
+            .iter()
+            .map(|x| {
+                (x.request.target().to_vec(), x.response.as_ref().map(|r| r.status), x.h2.as_ref().map(|h| h.stream_id))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![(b"/up?secret=1".to_vec(), Some(200), Some(1)), (b"/second".to_vec(), Some(404), Some(3))],
+            "cut {cut}"
+        );
+    }
+}
