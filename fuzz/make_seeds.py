@@ -92,6 +92,19 @@ for c2s in sorted(glob.glob(f"{TESTDATA}/*.c2s")):
         write(target, f"real-{name}{suffix}", bytes([1]) + blob)
         write("protocols", f"real-{name}{suffix}", bytes([1]) + blob)
     mq += 1
+# HPACK alone: the recorded HTTP/2 header blocks, framed as the `hpack` target reads them
+# (a mode byte, then length-prefixed blocks), for a decoder from the start and a joined one.
+h2 = read(f"{TESTDATA}/http2_grpc.c2s")
+if h2:
+    blocks, pos = [], 24  # after the connection preface
+    while pos + 9 <= len(h2):
+        length = int.from_bytes(h2[pos:pos + 3], "big")
+        if h2[pos + 3] == 1 and length < 256:  # HEADERS (grpcio sets no padding/priority)
+            blocks.append(h2[pos + 9:pos + 9 + length])
+        pos += 9 + length
+    framed = b"".join(bytes([len(b)]) + b for b in blocks)
+    write("hpack", "real-grpcio-requests", b"\x00" + framed)
+    write("hpack", "real-grpcio-requests-joined", b"\x01" + framed)
 for conn in sorted(glob.glob(f"{TESTDATA}/kafka/*/conn-*.txt")):
     run = os.path.basename(os.path.dirname(conn))
     ops = b""

@@ -10,7 +10,8 @@
 //! 2. [`resource`] — who a process is: executable, container, pod, service rules.
 //! 3. [`capture`] — load the kernel programs, decode ring-buffer records, keep the
 //!    connection table and its ordered byte streams, TLS plaintext via OpenSSL uprobes.
-//! 4. [`protocols`] — detect and parse HTTP/1, AMQP, NATS and Kafka from those streams.
+//! 4. [`protocols`] — detect and parse HTTP/1, HTTP/2 (and gRPC), AMQP, NATS and Kafka
+//!    from those streams.
 //! 5. [`policy`] — PII redaction and route templating; head and tail sampling.
 //! 6. [`gaps`] — where trace context was lost, and the alerts about it.
 //! 7. [`traces`] — exchanges and messages become spans (parent linking, gap judgement,

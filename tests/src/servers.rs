@@ -52,6 +52,9 @@ pub struct Nginx {
     port: u16,
 }
 
+/// Marks a server configuration for [`Nginx::start_http2`] (private to this file).
+const HTTP2_MARK: &str = "#http2\n";
+
 impl Nginx {
     const WORKERS: usize = 2;
 
@@ -68,6 +71,14 @@ impl Nginx {
         Self::start_with(port, server_config, true)
     }
 
+    /// Like [`Nginx::start`] or [`Nginx::start_tls`], speaking HTTP/2 on the port
+    /// (`listen … http2`, the nginx 1.22 syntax): without TLS that is h2c with prior
+    /// knowledge only; with TLS, HTTP/2 by ALPN.
+    pub fn start_http2(port: u16, server_config: &str, tls: bool) -> Nginx {
+        let cfg = format!("{HTTP2_MARK}{server_config}");
+        Self::start_with(port, &cfg, tls)
+    }
+
     /// The TLS variant's certificate (PEM), for clients that verify it.
     pub fn cert(&self) -> PathBuf {
         self.dir.join("cert.pem")
@@ -78,11 +89,17 @@ impl Nginx {
         let template = fs::read_to_string(fixture("nginx.conf.template")).expect("read nginx template");
         let mut server_config = server_config.to_string();
         let mut template = template;
+        let listen = "listen 127.0.0.1:{{PORT}};";
+        if let Some(rest) = server_config.strip_prefix(HTTP2_MARK) {
+            server_config = rest.to_string();
+            assert!(template.contains(listen), "nginx template has no `{listen}` line");
+            template = template.replace(listen, "listen 127.0.0.1:{{PORT}} http2;");
+        }
         if tls {
             self_signed_cert(&dir.join("cert.pem"), &dir.join("key.pem"));
-            let listen = "listen 127.0.0.1:{{PORT}};";
+            let listen = "listen 127.0.0.1:{{PORT}}";
             assert!(template.contains(listen), "nginx template has no `{listen}` line");
-            template = template.replace(listen, "listen 127.0.0.1:{{PORT}} ssl;");
+            template = template.replace(listen, "listen 127.0.0.1:{{PORT}} ssl");
             server_config = format!(
                 "ssl_certificate {}; ssl_certificate_key {}; {server_config}",
                 dir.join("cert.pem").display(),

@@ -14,6 +14,7 @@ mod gaps;
 mod graph;
 mod health;
 mod hostile_corpus;
+mod http2;
 mod http_edges;
 mod jobs;
 mod kafka;

@@ -15,6 +15,7 @@ use crate::capture::stream::Segment;
 
 pub mod amqp;
 pub mod http1;
+pub mod http2;
 pub mod kafka;
 pub(crate) mod mq_common;
 pub mod nats;
@@ -107,8 +108,9 @@ pub struct MqMessage {
 pub type Detector = fn(Role, Direction, &[u8]) -> Option<Box<dyn Protocol>>;
 
 /// Every known protocol, most specific first (NATS before HTTP: `CONNECT {` would
-/// otherwise pass for an HTTP CONNECT request).
-pub const DETECTORS: &[Detector] = &[amqp::detect, nats::detect, http1::detect, kafka::detect];
+/// otherwise pass for an HTTP CONNECT request). HTTP/2 last: without its preface (a
+/// connection joined mid-flight) it is recognised by frame heads, the least specific test.
+pub const DETECTORS: &[Detector] = &[amqp::detect, nats::detect, http1::detect, kafka::detect, http2::detect];
 
 /// Registry: the first protocol whose `detect` accepts the first bytes of a connection wins.
 pub fn detect(role: Role, direction: Direction, first_bytes: &[u8]) -> Option<Box<dyn Protocol>> {

@@ -109,10 +109,80 @@ pub fn ip_string(ip: std::net::IpAddr) -> String {
 }
 
 fn version(v: u8) -> &'static str {
-    if v == 0 {
-        "1.0"
-    } else {
-        "1.1"
+    match v {
+        0 => "1.0",
+        1 => "1.1",
+        _ => "2",
+    }
+}
+
+/// gRPC status codes, by number (`rpc.grpc.status_code` is the number; the name goes in
+/// the status message of an error span).
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Semantic conventions for gRPC: a server span is an error only for codes that say the
+/// server failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS); a client span for any code but OK.
+fn grpc_is_error(code: u32, kind: SpanKind) -> bool {
+    match kind {
+        SpanKind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+        _ => code != 0,
+    }
+}
+
+/// `/package.Service/Method` (templated route) → (`package.Service`, `Method`).
+fn grpc_names(route: &str) -> Option<(&str, &str)> {
+    let (service, method) = route.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+}
+
+/// What HTTP/2 streams add: `hoptrace.h2.partial_headers`, and for gRPC the `rpc.*`
+/// attributes, the `Service/Method` span name and the status from `grpc-status`.
+fn h2_attributes(x: &HttpExchange, route: &str, kind: SpanKind, span: &mut SpanRecord) {
+    let Some(h2) = &x.h2 else { return };
+    if h2.partial_headers {
+        span.attributes.push(KeyValue::bool("hoptrace.h2.partial_headers", true));
+    }
+    if let Some(code) = h2.reset {
+        span.attributes.push(KeyValue::int("hoptrace.h2.reset_error_code", code as i64));
+    }
+    let Some(grpc) = &h2.grpc else { return };
+    span.attributes.push(KeyValue::str("rpc.system", "grpc"));
+    if let Some((service, method)) = grpc_names(route) {
+        span.attributes.push(KeyValue::str("rpc.service", service.to_string()));
+        span.attributes.push(KeyValue::str("rpc.method", method.to_string()));
+        span.name = Str::from(route[1..].to_string());
+    }
+    span.attributes.push(KeyValue::int("hoptrace.rpc.request.messages", grpc.request_messages as i64));
+    span.attributes.push(KeyValue::int("hoptrace.rpc.response.messages", grpc.response_messages as i64));
+    // Without grpc-status (trailers lost, stream reset, connection cut) the HTTP outcome
+    // decides, as for HTTP.
+    if let Some(code) = grpc.status {
+        span.attributes.push(KeyValue::int("rpc.grpc.status_code", code as i64));
+        if grpc_is_error(code, kind) {
+            let name = GRPC_CODES.get(code as usize).copied().unwrap_or("UNKNOWN_CODE");
+            span.status = Status { code: StatusCode::Error, message: name.into() };
+        } else if x.outcome == Outcome::Complete {
+            span.status = Status::default();
+        }
     }
 }
 
@@ -176,7 +246,10 @@ fn common(cfg: &TraceConfig, req: &HttpRequest, named: &Named, addrs: &Addrs) ->
 
 fn response_attributes(cfg: &TraceConfig, clock: &Clock, x: &HttpExchange, span: &mut SpanRecord) {
     let Some(resp) = &x.response else { return };
-    span.attributes.push(KeyValue::int("http.response.status_code", resp.status as i64));
+    // 0: an HTTP/2 `:status` that could not be decoded (joined mid-connection).
+    if resp.status != 0 {
+        span.attributes.push(KeyValue::int("http.response.status_code", resp.status as i64));
+    }
     for (header, attr) in &cfg.response_header_attributes {
         if let Some(v) = resp.header(header).and_then(safe_header_value) {
             span.attributes.push(KeyValue::str(attr.clone(), v));
@@ -285,8 +358,16 @@ fn finish(
 ) -> SpanRecord {
     let end = clock.to_unix_ns(x.response.as_ref().map_or(x.request.timing.last_exit_ns, |r| r.timing.last_exit_ns));
     let status = outcome_status(x, error_from);
+    // HTTP/2 only (HTTP/1 pays one branch): the templated route, for the gRPC names.
+    let route = x.h2.as_ref().and_then(|_| match attrs.get(1).map(|a| (&a.key, &a.value)) {
+        Some((k, crate::model::span::AnyValue::Str(r))) if k == "url.path" => Some(r.clone()),
+        _ => None,
+    });
     let mut s = span(kind, name, resource, ids, start, end, attrs, status);
     response_attributes(cfg, clock, x, &mut s);
+    if let Some(route) = route {
+        h2_attributes(x, &route, kind, &mut s);
+    }
     s
 }
 
@@ -301,7 +382,8 @@ pub fn client_span(
     ids: Ids,
 ) -> SpanRecord {
     let mut attrs = common(cfg, &x.request, &named, addrs);
-    let host = x.request.header("host").and_then(safe_header_value);
+    // HTTP/2 carries the host in `:authority` (a `host` field is optional there).
+    let host = x.request.header("host").or_else(|| x.request.header(":authority")).and_then(safe_header_value);
     let host_name = host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(n, _)| n).to_string());
     let server_address = host_name.map_or_else(|| addrs.remote_ip.clone(), Str::from);
     attrs.push(KeyValue::str("server.address", server_address));
@@ -371,5 +453,90 @@ mod tests {
         assert_eq!(route_template(b"http://svc:8080/a/1?x"), "/a/{id}");
         assert_eq!(route_template(b"*"), "/");
         assert_eq!(route_template(b"/"), "/");
+    }
+
+    /// The recorded grpcio calls (protocols/testdata/http2_grpc.*) as spans: rpc.* attributes,
+    /// `Service/Method` names, HTTP/2 version, and the status per side by the semantic
+    /// conventions (NOT_FOUND: an error for the client, not for the server).
+    #[test]
+    fn grpc_exchanges_become_rpc_spans() {
+        use std::sync::Arc;
+
+        use hoptrace_common::{Direction, Role};
+
+        use super::{client_span, server_span, Addrs, Ids, Named};
+        use crate::capture::stream::Segment;
+        use crate::model::span::{AnyValue, Resource, StatusCode, Str, TraceOrigin};
+        use crate::protocols::{self, L7Event};
+        use crate::traces::TraceConfig;
+        use crate::util::clock::Clock;
+
+        let seg = |b: &[u8]| Segment::Data { offset: 0, ts_enter_ns: 1, ts_ns: 2, tid: 1, bytes: b.to_vec() };
+        let c = include_bytes!("../protocols/testdata/http2_grpc.c2s");
+        let s = include_bytes!("../protocols/testdata/http2_grpc.s2c");
+        let mut p = protocols::detect(Role::Server, Direction::Ingress, c).expect("http2");
+        let mut out = Vec::new();
+        p.feed(Direction::Ingress, &[seg(c)], &mut out);
+        p.feed(Direction::Egress, &[seg(s)], &mut out);
+        let ip = Str::from("127.0.0.1");
+        let addrs = Addrs {
+            local: "127.0.0.1:50051".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            local_ip: ip.clone(),
+            remote_ip: ip,
+        };
+        let ids = || Ids {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent: [0; 8],
+            flags: 1,
+            trace_state: String::new(),
+            origin: TraceOrigin::Agent,
+        };
+        let (cfg, clock, res) = (TraceConfig::default(), Clock::now(), Arc::new(Resource::default()));
+        let mut seen = Vec::new();
+        for ev in out {
+            let L7Event::Http(x) = ev else { continue };
+            let route = Str::from(String::from_utf8_lossy(x.request.target()).into_owned());
+            let named = || Named { route: route.clone(), name: Str::from("POST route") };
+            let server = server_span(&cfg, &clock, &x, named(), &addrs, res.clone(), ids());
+            let client = client_span(&cfg, &clock, &x, named(), &addrs, res.clone(), ids());
+            let get = |sp: &crate::model::span::SpanRecord, k: &str| {
+                sp.attributes.iter().find(|a| a.key == k).map(|a| match &a.value {
+                    AnyValue::Str(v) => v.to_string(),
+                    AnyValue::Int(v) => v.to_string(),
+                    other => format!("{other:?}"),
+                })
+            };
+            for sp in [&server, &client] {
+                assert_eq!(get(sp, "rpc.system").as_deref(), Some("grpc"));
+                assert_eq!(get(sp, "rpc.service").as_deref(), Some("hoptrace.test.Greeter"));
+                assert_eq!(get(sp, "network.protocol.version").as_deref(), Some("2"));
+            }
+            seen.push((
+                server.name.to_string(),
+                get(&server, "rpc.method").unwrap(),
+                get(&server, "rpc.grpc.status_code").unwrap(),
+                server.status.code == StatusCode::Error,
+                client.status.code == StatusCode::Error,
+                get(&server, "hoptrace.rpc.response.messages").unwrap(),
+            ));
+        }
+        let row = |m: &str, code: &str, client_error, msgs: &str| {
+            (
+                format!("hoptrace.test.Greeter/{m}"),
+                m.to_string(),
+                code.to_string(),
+                false,
+                client_error,
+                msgs.to_string(),
+            )
+        };
+        assert_eq!(
+            seen,
+            vec![row("SayHello", "0", false, "1"), row("Missing", "5", true, "0"), row("Count", "0", false, "3")]
+        );
+        assert!(super::grpc_is_error(14, crate::model::span::SpanKind::Server));
+        assert!(!super::grpc_is_error(1, crate::model::span::SpanKind::Server));
     }
 }

@@ -166,6 +166,9 @@ impl TracePipeline {
                         s.exchanges = s.exchanges.wrapping_add(1);
                         s.exchanges - 1
                     });
+                    // HTTP/2: streams end in any order, but both ends of a connection
+                    // number them the same way; same-node stitching pairs by stream id.
+                    let seq = x.h2.as_ref().map_or(seq, |h| h.stream_id);
                     match conn.role {
                         Role::Server => self.server_exchange(conn, seq, x, sink),
                         Role::Client => self.client_exchange(conn, seq, x, sink),
@@ -235,7 +238,10 @@ impl TracePipeline {
             ctx.origin = TraceOrigin::External;
         }
         self.gap_was_first = false;
-        let inbound_gap = self.judge_inbound(&hop, &inbound);
+        // HTTP/2 headers not all decodable: a missing traceparent may just be one the agent
+        // could not read, so it is not judged a propagation gap.
+        let unreadable = x.h2.as_ref().is_some_and(|h| h.partial_headers) && inbound.parent.is_none();
+        let inbound_gap = if unreadable { None } else { self.judge_inbound(&hop, &inbound) };
         if inbound_gap.is_some() && self.gap_was_first {
             self.stitch_example_gap(ctx.trace_id);
         }
@@ -295,7 +301,9 @@ impl TracePipeline {
             return (Ctx::remote(tp, inbound.trace_state.clone()), false);
         }
         // Any traceparent at all, even an invalid one: the caller tried; never stitched.
-        if inbound.invalid.is_some() || header_values(&x.request.headers, "traceparent").next().is_some() {
+        // Nor when HTTP/2 headers were not all decodable: one of them may have been it.
+        let partial = x.h2.as_ref().is_some_and(|h| h.partial_headers);
+        if partial || inbound.invalid.is_some() || header_values(&x.request.headers, "traceparent").next().is_some() {
             return (self.new_trace(), false);
         }
         match self.stitch_server(view.local, view.remote, view.seq, x) {

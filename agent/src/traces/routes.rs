@@ -57,6 +57,10 @@ impl RouteSet {
     }
 }
 
+/// The route of a request whose path the agent could not decode (HTTP/2 joined
+/// mid-connection).
+pub const UNKNOWN_ROUTE: &str = "{unknown}";
+
 impl TracePipeline {
     /// The templated route of a request target, bounded per service: past
     /// `max_routes_per_service` distinct routes in use, new ones share one overflow bucket.
@@ -64,6 +68,10 @@ impl TracePipeline {
     /// Returned shared (`Str`): a span carries the route twice (`http.route`, `url.path`)
     /// and in its name, all pointing at the cached text.
     pub(super) fn route(&mut self, service: &str, target: &[u8]) -> Str {
+        // Only an HTTP/2 `:path` that could not be decoded is empty: said, not guessed.
+        if target.is_empty() {
+            return Str::from(UNKNOWN_ROUTE);
+        }
         let path = target.split(|&b| b == b'?' || b == b'#').next().unwrap_or_default();
         let route = match self.route_cache.get(path) {
             Some(r) => r.clone(),

@@ -15,8 +15,11 @@ pub const MAX_CHUNKS_PER_CALL: u32 = 16;
 pub const MAX_CAPTURE_CAP: u32 = CHUNK_SIZE as u32 * MAX_CHUNKS_PER_CALL;
 /// Default per-syscall capture cap: large enough for real HTTP header blocks (tens of KiB).
 pub const DEFAULT_CAPTURE_CAP: u32 = 64 * 1024;
-/// Most iovec entries walked per readv/writev/recvmsg/sendmsg call.
-pub const MAX_IOVECS: u32 = 16;
+/// Most iovec entries walked per readv/writev/recvmsg/sendmsg call: one tail call each,
+/// and the kernel allows 33 per chain (the syscall exit's own call to the emitter is the
+/// first). 32, not 16: gRPC's C core (grpcio) writes a request's frames as one sendmsg of
+/// 17-30 slices (frame heads and payloads apart), whose tail 16 lost, with its headers.
+pub const MAX_IOVECS: u32 = 32;
 pub const COMM_LEN: usize = 16;
 
 /// First byte of every ring-buffer record.

@@ -151,6 +151,8 @@ fn metrics(series: &[&Series], now: u64) -> Vec<pb::Metric> {
             "hoptrace.http.client.request.errors",
             "HTTP client requests",
         ),
+        (Family::RpcServer, "rpc.server.duration", "hoptrace.rpc.server.errors", "RPC server calls"),
+        (Family::RpcClient, "rpc.client.duration", "hoptrace.rpc.client.errors", "RPC client calls"),
     ] {
         let s = of(&[fam]);
         out.extend(histogram(

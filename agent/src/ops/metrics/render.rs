@@ -94,6 +94,7 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[&Series], value: 
 pub fn render(snap: &Snapshot, om: bool, out: &mut String) {
     render_http(snap, om, out);
     render_messaging(snap, om, out);
+    render_rpc(snap, om, out);
     render_cardinality(snap, om, out);
 }
 
@@ -169,6 +170,19 @@ fn render_messaging(snap: &Snapshot, om: bool, out: &mut String) {
         |s| s.errors,
         om,
     );
+}
+
+fn render_rpc(snap: &Snapshot, om: bool, out: &mut String) {
+    for (fam, side, failed) in [
+        (Family::RpcServer, "server", "server failures: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, or no complete response"),
+        (Family::RpcClient, "client", "any status but OK, or no complete response"),
+    ] {
+        let series = of(snap, &[fam]);
+        let help = format!("Duration of RPC {side} calls (gRPC) seen by hoptrace.");
+        histogram(out, &format!("rpc_{side}_duration_seconds"), &help, &series, om);
+        let help = format!("RPC {side} calls that failed ({failed}).");
+        counter(out, &format!("hoptrace_rpc_{side}_errors_total"), &help, &series, |s| s.errors, om);
+    }
 }
 
 /// The cardinality self-metrics: active series and overflowed spans per metric.

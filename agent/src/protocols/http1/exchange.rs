@@ -11,7 +11,7 @@ use super::head::{parse_request_head, parse_response_head};
 use super::reader::{Kind, Reader, State, Step};
 use super::{reason, HttpExchange, HttpRequest, HttpResponse, Outcome, MAX_PIPELINED, PROTOCOL};
 use crate::capture::stream::Segment;
-use crate::protocols::{L7Event, Protocol};
+use crate::protocols::{http2::Http2, L7Event, Protocol};
 
 /// 1xx statuses remembered per exchange (a peer may send any number).
 const MAX_INFORMATIONAL: usize = 16;
@@ -35,6 +35,9 @@ pub struct Http1 {
     /// responses, during a 1xx, and for a response that answers no known request.
     inflight: Option<Answer>,
     closed: bool,
+    /// `Upgrade: h2c` accepted (101): the connection is HTTP/2 from the byte after the
+    /// 101's head, and everything goes to this parser (the upgraded request is stream 1).
+    upgraded: Option<Box<Http2>>,
 }
 
 #[derive(Debug)]
@@ -67,6 +70,7 @@ impl Http1 {
             current_request: None,
             inflight: None,
             closed: false,
+            upgraded: None,
         }
     }
 
@@ -148,6 +152,13 @@ impl Http1 {
             out.push(parse_error(reason::UNMATCHED_RESPONSE));
             return response_body(head.status, None, &head.headers);
         };
+        if head.status == 101 && pending.request.as_ref().is_some_and(asks_h2c) {
+            if let Some(request) = pending.request {
+                self.upgraded = Some(Box::new(Http2::upgraded(self.request_dir, request)));
+            }
+            self.requests.state = State::Opaque;
+            return Ok(BodyKind::Tunnel);
+        }
         let method = pending.request.as_ref().map(|r| r.method.as_str());
         let body = response_body(head.status, method, &head.headers);
         match body {
@@ -255,18 +266,34 @@ impl Protocol for Http1 {
     }
 
     fn feed(&mut self, direction: Direction, segments: &[Segment], out: &mut Vec<L7Event>) {
+        if let Some(h2) = self.upgraded.as_mut() {
+            return h2.feed(direction, segments, out);
+        }
         if self.closed {
             return;
         }
         let is_request = direction == self.request_dir;
-        for segment in segments {
+        for (i, segment) in segments.iter().enumerate() {
             match segment {
-                Segment::Data { ts_enter_ns, ts_ns, tid, bytes, .. } => {
+                Segment::Data { offset, ts_enter_ns, ts_ns, tid, bytes } => {
                     let mut pos = 0;
                     loop {
                         let step = self.reader(is_request).data(bytes, &mut pos, *ts_enter_ns, *ts_ns, *tid);
                         if !self.handle(is_request, step, out) {
                             break;
+                        }
+                        if let Some(h2) = self.upgraded.as_mut() {
+                            // The rest of this segment and the segments after it are HTTP/2.
+                            let rest = Segment::Data {
+                                offset: offset + pos as u64,
+                                ts_enter_ns: *ts_enter_ns,
+                                ts_ns: *ts_ns,
+                                tid: *tid,
+                                bytes: bytes.get(pos..).unwrap_or_default().to_vec(),
+                            };
+                            h2.feed(direction, std::slice::from_ref(&rest), out);
+                            h2.feed(direction, segments.get(i + 1..).unwrap_or_default(), out);
+                            return;
                         }
                     }
                 }
@@ -284,6 +311,9 @@ impl Protocol for Http1 {
     }
 
     fn close(&mut self, out: &mut Vec<L7Event>) {
+        if let Some(h2) = self.upgraded.as_mut() {
+            return h2.close(out);
+        }
         if self.closed {
             return;
         }
@@ -329,8 +359,22 @@ impl Protocol for Http1 {
 fn emit(out: &mut Vec<L7Event>, p: Pending, response: Option<HttpResponse>, outcome: Outcome, behind: bool) {
     if let Some(request) = p.request {
         let pipelined = p.pipelined || behind;
-        out.push(L7Event::Http(HttpExchange { request, response, informational: p.informational, outcome, pipelined }));
+        out.push(L7Event::Http(HttpExchange {
+            request,
+            response,
+            informational: p.informational.into_boxed_slice(),
+            outcome,
+            pipelined,
+            h2: None,
+        }));
     }
+}
+
+/// A request asking to continue in HTTP/2 over cleartext (`Upgrade: h2c`, RFC 7540 §3.2).
+fn asks_h2c(request: &HttpRequest) -> bool {
+    request
+        .header("upgrade")
+        .is_some_and(|v| v.split(|&b| b == b',').any(|t| super::trim_ows(t).eq_ignore_ascii_case(b"h2c")))
 }
 
 fn parse_error(reason: &'static str) -> L7Event {

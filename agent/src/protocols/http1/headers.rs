@@ -52,6 +52,28 @@ impl Headers {
         Self { block, fields }
     }
 
+    /// Appends one field (HTTP/2: fields come one by one out of HPACK, not as one block);
+    /// the name is lowercased. Returns where the value lies in the block.
+    pub(crate) fn push(&mut self, name: &[u8], value: &[u8]) -> (u32, u32) {
+        let n0 = self.block.len();
+        self.block.extend(name.iter().map(u8::to_ascii_lowercase));
+        let v0 = self.block.len();
+        self.block.extend_from_slice(value);
+        let (n0, v0, end) = (n0 as u32, v0 as u32, self.block.len() as u32);
+        self.fields.push(Field { name: (n0, v0), value: (v0, end) });
+        (v0, end)
+    }
+
+    /// The bytes at `at` (as returned by [`Headers::push`]).
+    pub(crate) fn value_at(&self, at: (u32, u32)) -> &[u8] {
+        self.block.get(range(at)).unwrap_or_default()
+    }
+
+    /// Bytes held by the block (the caller bounds it).
+    pub(crate) fn block_len(&self) -> usize {
+        self.block.len()
+    }
+
     /// The block a message's other parts (method, target) are indexed into.
     pub(super) fn block(&self) -> &[u8] {
         &self.block

@@ -268,7 +268,7 @@ fn continue_then_final_response() {
         );
         let ex = c.exchanges();
         assert_eq!(ex.len(), 1);
-        assert_eq!(ex[0].informational, [100, 103]);
+        assert_eq!(*ex[0].informational, [100, 103]);
         assert_eq!(ex[0].response.as_ref().map(|r| r.status), Some(201));
         assert_eq!((ex[0].request.body_len, ex[0].request.timing.last_exit_ns), (4, body_exit));
         assert_eq!(ex[0].outcome, Complete);

@@ -16,6 +16,14 @@
 //! | `messaging.client.sent.messages` | `messaging_client_sent_messages_total` | counter | same (PRODUCER spans) |
 //! | `messaging.client.consumed.messages` | `messaging_client_consumed_messages_total` | counter | same (CONSUMER spans) |
 //! | `hoptrace.messaging.client.operation.errors` | `hoptrace_messaging_client_operation_errors_total` | counter | same |
+//! | `rpc.server.duration` (s) | `rpc_server_duration_seconds` | histogram | `service.name`, `zone`, `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` |
+//! | `hoptrace.rpc.server.errors` | `hoptrace_rpc_server_errors_total` | counter | same |
+//! | `rpc.client.duration` (s) | `rpc_client_duration_seconds` | histogram | same, for CLIENT spans |
+//! | `hoptrace.rpc.client.errors` | `hoptrace_rpc_client_errors_total` | counter | same |
+//!
+//! A gRPC call (a span with `rpc.system`) feeds the RPC metrics only, not the HTTP ones,
+//! so each call is counted once; an RPC error is a span with status ERROR (server: the
+//! codes the semantic conventions call server failures; client: any code but OK).
 //!
 //! The request count is the histogram's `_count`. An error is a span with status ERROR
 //! (server: 5xx or no complete response; client: 4xx/5xx, no response, connect failure;
@@ -85,17 +93,29 @@ pub enum Family {
     HttpClient,
     MessagingProducer,
     MessagingConsumer,
+    RpcServer,
+    RpcClient,
 }
 
+/// How many families there are.
+pub const FAMILIES: usize = 6;
+
 impl Family {
-    pub const ALL: [Family; 4] =
-        [Family::HttpServer, Family::HttpClient, Family::MessagingProducer, Family::MessagingConsumer];
+    pub const ALL: [Family; FAMILIES] = [
+        Family::HttpServer,
+        Family::HttpClient,
+        Family::MessagingProducer,
+        Family::MessagingConsumer,
+        Family::RpcServer,
+        Family::RpcClient,
+    ];
 
     /// Attribute names of the six label slots, in order.
     pub fn attribute_names(self) -> &'static [&'static str; 6] {
         match self {
             Family::HttpServer | Family::HttpClient => &HTTP_ATTRS,
             Family::MessagingProducer | Family::MessagingConsumer => &MSG_ATTRS,
+            Family::RpcServer | Family::RpcClient => &RPC_ATTRS,
         }
     }
 
@@ -106,6 +126,8 @@ impl Family {
             Family::HttpClient => "http.client.request.duration",
             Family::MessagingProducer => "messaging.client.operation.duration/publish",
             Family::MessagingConsumer => "messaging.client.operation.duration/consume",
+            Family::RpcServer => "rpc.server.duration",
+            Family::RpcClient => "rpc.client.duration",
         }
     }
 }
@@ -114,6 +136,12 @@ const HTTP_ATTRS: [&str; 6] =
     ["service.name", "zone", "http.route", "tenant", "http.request.method", "http.response.status_class"];
 const MSG_ATTRS: [&str; 6] =
     ["service.name", "zone", "messaging.system", "messaging.destination.name", "messaging.operation.type", "tenant"];
+const RPC_ATTRS: [&str; 6] =
+    ["service.name", "zone", "rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code"];
+
+/// gRPC status codes as label values (borrowed, like every label of a span's series).
+const GRPC_CODE_LABELS: [&str; 17] =
+    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
 
 /// A trace that fell into a bucket (the latest exported one).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -153,10 +181,10 @@ pub struct RedTable {
     series: Vec<Series>,
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
-    per_family: [usize; 4],
-    overflow_idx: [Option<u32>; 4],
+    per_family: [usize; FAMILIES],
+    overflow_idx: [Option<u32>; FAMILIES],
     /// Spans recorded in each family's overflow series.
-    pub overflowed: [u64; 4],
+    pub overflowed: [u64; FAMILIES],
     max_series: usize,
 }
 
@@ -166,9 +194,9 @@ impl RedTable {
             series: Vec::new(),
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
-            per_family: [0; 4],
-            overflow_idx: [None; 4],
-            overflowed: [0; 4],
+            per_family: [0; FAMILIES],
+            overflow_idx: [None; FAMILIES],
+            overflowed: [0; FAMILIES],
             max_series: max_series.max(1),
         }
     }
@@ -285,8 +313,8 @@ impl RedTable {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub series: Vec<Series>,
-    pub overflowed: [u64; 4],
-    pub counts: [usize; 4],
+    pub overflowed: [u64; FAMILIES],
+    pub counts: [usize; FAMILIES],
 }
 
 fn now_unix_ns() -> u64 {
@@ -325,6 +353,7 @@ fn classify(span: &SpanRecord) -> Option<(Family, [&str; 6], u64)> {
     let zone = str_attr(res, "zone").unwrap_or("");
     let (mut route, mut tenant, mut method, mut status) = ("", "", "", None);
     let (mut system, mut dest, mut op, mut batch) = (None, "", "", None);
+    let (mut rpc, mut rpc_service, mut rpc_method, mut rpc_code) = (None, "", "", "");
     for a in &span.attributes {
         match (a.key.as_str(), &a.value) {
             ("http.route", AnyValue::Str(v)) => route = v,
@@ -335,8 +364,22 @@ fn classify(span: &SpanRecord) -> Option<(Family, [&str; 6], u64)> {
             ("messaging.destination.name", AnyValue::Str(v)) => dest = v,
             ("messaging.operation.type", AnyValue::Str(v)) => op = v,
             ("messaging.batch.message_count", AnyValue::Int(v)) => batch = Some((*v).max(0) as u64),
+            ("rpc.system", AnyValue::Str(v)) => rpc = Some(v.as_str()),
+            ("rpc.service", AnyValue::Str(v)) => rpc_service = v,
+            ("rpc.method", AnyValue::Str(v)) => rpc_method = v,
+            ("rpc.grpc.status_code", AnyValue::Int(v)) => {
+                rpc_code = usize::try_from(*v).ok().and_then(|i| GRPC_CODE_LABELS.get(i)).copied().unwrap_or("other")
+            }
             _ => {}
         }
+    }
+    if let Some(rpc) = rpc {
+        let family = match span.kind {
+            SpanKind::Server => Family::RpcServer,
+            SpanKind::Client => Family::RpcClient,
+            _ => return None,
+        };
+        return Some((family, [service, zone, rpc, rpc_service, rpc_method, rpc_code], 0));
     }
     if let Some(system) = system {
         let family = match span.kind {

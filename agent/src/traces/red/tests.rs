@@ -189,3 +189,49 @@ fn timing() {
     println!("RedTable::record: {per:?} per span over {} series", t.series().len());
     assert_eq!(t.series().len(), 32);
 }
+
+/// gRPC spans feed the RPC metrics per service, method and status code, and not the HTTP
+/// ones (a call counted once); both formats show them.
+#[test]
+fn grpc_spans_feed_rpc_metrics_by_service_method_status() {
+    let rpc = |method: &str, code: i64| {
+        let mut a = http("/pkg.Svc/x", None, Some(200));
+        a.extend([
+            KeyValue::str("rpc.system", "grpc"),
+            KeyValue::str("rpc.service", "pkg.Svc"),
+            KeyValue::str("rpc.method", method.to_string()),
+            KeyValue::int("rpc.grpc.status_code", code),
+        ]);
+        a
+    };
+    let mut t = RedTable::new(100);
+    t.record(&span(SpanKind::Server, 4, rpc("Get", 0), 1), true, true);
+    t.record(&span(SpanKind::Server, 6, rpc("Get", 0), 2), true, true);
+    let mut failed = span(SpanKind::Client, 8, rpc("Get", 14), 3);
+    failed.status.code = StatusCode::Error;
+    t.record(&failed, true, true);
+    t.record(&span(SpanKind::Server, 5, rpc("Get", 99), 4), true, true);
+    let ok = find(&t, Family::RpcServer, 5, "0");
+    assert_eq!((ok.count, ok.errors, &*ok.labels[2], &*ok.labels[3], &*ok.labels[4]), (2, 0, "grpc", "pkg.Svc", "Get"));
+    assert_eq!(find(&t, Family::RpcServer, 5, "other").count, 1, "codes outside 0-16: one label");
+    let unavailable = find(&t, Family::RpcClient, 5, "14");
+    assert_eq!((unavailable.count, unavailable.errors), (1, 1));
+    assert_eq!(t.series_count(Family::HttpServer) + t.series_count(Family::HttpClient), 0);
+    let mut text = String::new();
+    crate::ops::metrics::render::render(&t.snapshot(), false, &mut text);
+    assert!(text.contains("rpc_server_duration_seconds_count{"), "{text}");
+    assert!(text.contains("rpc_grpc_status_code=\"14\"} 1"), "{text}");
+    assert!(text.contains("hoptrace_rpc_client_errors_total{"), "{text}");
+    let req = crate::export::metrics::otlp::to_request(&t.snapshot(), 2_000_000_000).expect("request");
+    let names: Vec<String> = req
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| m.name.clone())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "rpc.server.duration") && names.iter().any(|n| n == "rpc.client.duration"),
+        "{names:?}"
+    );
+}
