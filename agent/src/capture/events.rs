@@ -11,8 +11,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hoptrace_common::{
-    CloseEvent, ConnectFailedEvent, DataHeader, Direction, EventKind, ExecEvent, ExitEvent, OpenEvent, Role, Syscall,
-    COMM_LEN,
+    CloseEvent, ConnectFailedEvent, DataHeader, Direction, EventKind, ExecEvent, ExitEvent, OpenEvent, PyContextEvent,
+    Role, Syscall, COMM_LEN, PY_CONTEXT_COPIED, PY_CONTEXT_WRITE,
 };
 use thiserror::Error;
 
@@ -144,8 +144,21 @@ pub struct AppLog<'a> {
     pub payload: &'a [u8],
 }
 
+/// What a thread of a selected Python process was running in (see
+/// `traces::pycontext`): Context addresses are only compared, never dereferenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyContext {
+    /// `PyContext_CopyCurrent` returned `context` while the thread was in `parent` (0:
+    /// none yet).
+    Copied { pid: u32, tid: u32, ts_ns: u64, context: u64, parent: u64 },
+    /// The thread wrote on connection `conn_id` while in `context`; `ts_enter_ns` is the
+    /// write's data record's.
+    Write { pid: u32, tid: u32, ts_enter_ns: u64, conn_id: u64, context: u64 },
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
+    PyContext(PyContext),
     Open(Open),
     Data(Data<'a>),
     Close(Close),
@@ -188,6 +201,8 @@ unsafe impl Record for ConnectFailedEvent {}
 unsafe impl Record for ExecEvent {}
 // SAFETY: as above.
 unsafe impl Record for ExitEvent {}
+// SAFETY: as above.
+unsafe impl Record for PyContextEvent {}
 
 fn read<T: Record>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
@@ -297,6 +312,15 @@ fn connect_failed(ev: ConnectFailedEvent) -> ConnectFailed {
     }
 }
 
+fn py_context(ev: PyContextEvent) -> Result<PyContext, DecodeError> {
+    let (pid, tid, context) = (ev.pid, ev.tid, ev.context);
+    match ev.what {
+        PY_CONTEXT_COPIED => Ok(PyContext::Copied { pid, tid, ts_ns: ev.ts_ns, context, parent: ev.parent }),
+        PY_CONTEXT_WRITE => Ok(PyContext::Write { pid, tid, ts_enter_ns: ev.ts_ns, conn_id: ev.conn_id, context }),
+        value => Err(DecodeError::BadField { kind: EventKind::PyContext as u8, field: "what", value }),
+    }
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind = *bytes.first().ok_or(DecodeError::Empty)?;
     match kind {
@@ -323,6 +347,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let ev: ExitEvent = read(bytes, kind)?;
             Ok(Event::Exit(Exit { pid: ev.pid, status: ev.exit_code, ts_ns: ev.ts_ns }))
         }
+        k if k == EventKind::PyContext as u8 => Ok(Event::PyContext(py_context(read(bytes, kind)?)?)),
         k if k == EventKind::AppLog as u8 => {
             let h: DataHeader = read(bytes, kind)?;
             let d = data(bytes, kind)?;
