@@ -31,6 +31,8 @@ struct Load {
     requests: usize,
     connections: usize,
     pipelined: bool,
+    /// The service starts after the agent (probe attached at its first connection).
+    late: bool,
 }
 
 /// What became of the service's CLIENT spans.
@@ -52,9 +54,9 @@ fn interpreter(venv: &str) -> PathBuf {
     python
 }
 
-fn start_service(venv: &str, backend: u16) -> PyServer {
+fn start_service(venv: &str, port: u16, backend: u16) -> PyServer {
     let mut cmd = Command::new(interpreter(venv));
-    cmd.arg(fixture("async_service.py")).args(["0", &backend.to_string()]);
+    cmd.arg(fixture("async_service.py")).args([&port.to_string(), &backend.to_string()]);
     cmd.env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
     PyServer::start_cmd(&mut cmd)
 }
@@ -136,17 +138,24 @@ fn attached_pids(log: &str) -> Vec<u64> {
 fn measure(load: &Load) -> Outcome {
     require_root();
     let backend = PyServer::start("chain_service.py", &["0"]);
-    let app = start_service(load.venv, backend.port());
     let dir = TempDir::new("python-context");
     let out = dir.join("spans.jsonl");
     let config = config_file(&dir);
     let listen = free_port();
-    let agent = start_run_listening(&[app.port(), backend.port()], &out, listen, &["--config", &config]);
-    assert!(
-        attached_pids(&agent.stderr()).contains(&u64::from(app.pid())),
-        "no probe for the service:\n{}",
-        agent.stderr()
-    );
+    let (app, agent) = if load.late {
+        let port = free_port();
+        let agent = start_run_listening(&[port, backend.port()], &out, listen, &["--config", &config]);
+        let app = start_service(load.venv, port, backend.port());
+        // The first connection attaches the probe (requests without a call: not counted).
+        send_load(app.port(), &Load { path: "/plain", requests: 4, connections: 1, ..*load }, &"f".repeat(24));
+        (app, agent)
+    } else {
+        let app = start_service(load.venv, 0, backend.port());
+        let agent = start_run_listening(&[app.port(), backend.port()], &out, listen, &["--config", &config]);
+        (app, agent)
+    };
+    let probed = |agent: &Running| attached_pids(&agent.stderr()).contains(&u64::from(app.pid()));
+    assert!(wait_until(TIMEOUT, || probed(&agent)), "no probe for the service:\n{}", agent.stderr());
     let prefix = format!("{:0>24}", &unique_marker("")[2..]);
     send_load(app.port(), load, &prefix);
     let n = load.requests;
@@ -185,7 +194,7 @@ fn assert_linked(load: &Load) -> Outcome {
 }
 
 const fn load(venv: &'static str, path: &'static str, connections: usize) -> Load {
-    Load { venv, path, requests: 400, connections, pipelined: false }
+    Load { venv, path, requests: 400, connections, pipelined: false, late: false }
 }
 
 #[test]
@@ -210,6 +219,12 @@ fn debian_python311_asyncio_streams_8_and_32_connections() {
 fn debian_python311_def_endpoint_requests_on_the_thread_pool() {
     assert_linked(&load(DEBIAN_311, "/sync", 8));
     assert_linked(&load(DEBIAN_311, "/sync", 32));
+}
+
+/// A service started after the agent gets the probe at its first accepted connection.
+#[test]
+fn a_service_started_after_the_agent_is_probed_at_its_first_connection() {
+    assert_linked(&Load { late: true, ..load(DEBIAN_311, "/async", 8) });
 }
 
 /// A call made by a task the endpoint created and awaited.
@@ -253,7 +268,7 @@ fn pipelined_requests_are_never_linked_to_the_wrong_request() {
 fn only_python_processes_get_the_probe() {
     require_root();
     let sleeper = Running::spawn(Command::new("sleep").arg("60"));
-    let py = start_service(DEBIAN_311, free_port());
+    let py = start_service(DEBIAN_311, 0, free_port());
     let dir = TempDir::new("python-context-probe");
     let out = dir.join("spans.jsonl");
     let listen = free_port();

@@ -125,8 +125,10 @@ pub struct Driver {
     /// borrows): exec'd processes, and processes that started a TLS handshake.
     execs: Vec<u32>,
     handshakes: Vec<u32>,
-    /// Exits seen while draining, for the Python probes.
+    /// Exits, and processes that accepted a connection, seen while draining: for the
+    /// Python probes.
     exits: Vec<u32>,
+    servers: Vec<u32>,
 }
 
 impl Driver {
@@ -139,6 +141,7 @@ impl Driver {
             execs: Vec::new(),
             handshakes: Vec::new(),
             exits: Vec::new(),
+            servers: Vec::new(),
         }
     }
 
@@ -147,6 +150,7 @@ impl Driver {
     fn python_work(&mut self, capture: &mut Capture) {
         let Some(py) = capture.python.as_mut() else {
             self.exits.clear();
+            self.servers.clear();
             return;
         };
         for &pid in &self.execs {
@@ -155,7 +159,9 @@ impl Driver {
         for pid in self.exits.drain(..) {
             py.on_exit(&mut capture.loaded.ebpf, pid);
         }
-        py.tick(&mut capture.loaded.ebpf);
+        for pid in self.servers.drain(..) {
+            py.on_server(&mut capture.loaded.ebpf, pid);
+        }
     }
 
     /// Runs the TLS work collected while draining the ring.
@@ -193,6 +199,12 @@ impl Driver {
         match event {
             Event::Open(ev) => {
                 self.counters.open_records += 1;
+                if ev.role == hoptrace_common::Role::Server
+                    && self.servers.len() < 4096
+                    && self.servers.last() != Some(&ev.pid)
+                {
+                    self.servers.push(ev.pid);
+                }
                 let conn = self.table.on_open(&ev);
                 c.open(&ev, conn)?;
             }

@@ -10,7 +10,7 @@
 use std::{fs::File, os::unix::fs::FileExt, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 /// The function whose return probe reports every new Context.
 pub const COPY_SYMBOL: &str = "PyContext_CopyCurrent";
@@ -18,6 +18,8 @@ pub const COPY_SYMBOL: &str = "PyContext_CopyCurrent";
 /// Exported symbols of an interpreter file (executable or libpython), as file addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Symbols {
+    /// File offset of `PyContext_CopyCurrent` (where the probe goes: attaching by offset
+    /// spares parsing the file again for every process).
     pub copy_current: u64,
     pub runtime: u64,
     pub version: u64,
@@ -34,7 +36,12 @@ pub fn symbols(path: &Path) -> Result<Option<Symbols>> {
     let (mut copy_current, mut runtime, mut version) = (None, None, None);
     for sym in file.dynamic_symbols() {
         match sym.name() {
-            Ok(COPY_SYMBOL) => copy_current = Some(sym.address()),
+            Ok(COPY_SYMBOL) => {
+                copy_current = sym.section_index().and_then(|i| file.section_by_index(i).ok()).and_then(|s| {
+                    let (offset, _) = s.file_range()?;
+                    sym.address().checked_sub(s.address())?.checked_add(offset)
+                })
+            }
             Ok("_PyRuntime") => runtime = Some(sym.address()),
             Ok("Py_Version") => version = Some(sym.address()),
             _ => {}

@@ -4,9 +4,12 @@
 //! Kernel side: `ebpf/programs/src/python.rs`. Unlike the OpenSSL probes (one per library
 //! file, for every process), the probe is attached **per process** (`OneProcess`): only
 //! Python processes that pass the capture filters trap; another process mapping the same
-//! interpreter file, and every non-Python process, pays nothing. A process is looked at:
-//! - at start (every running process), and after each `exec` a few times over the next
-//!   seconds (the interpreter must be initialized before its thread list can be checked);
+//! interpreter file, and every non-Python process, pays nothing. Only Python *services*
+//! need it (a request must claim a Context), so a process is looked at:
+//! - at start, when it runs Python and listens on a TCP port;
+//! - later, at its first accepted connection (the kernel's open record, role server):
+//!   a Python client or script never gets the probe, and attaching (a few milliseconds of
+//!   the capture loop) happens once per service, not per exec;
 //! - its interpreter file is its mapped `libpython3.X.so` or, for a statically linked
 //!   interpreter (Debian's `/usr/bin/python3.11`), its executable; both export
 //!   `PyContext_CopyCurrent`, `_PyRuntime` and `Py_Version`, so stripped builds work.
@@ -16,11 +19,11 @@
 pub mod layout;
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     num::NonZeroU32,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{anyhow, Context, Result};
@@ -35,20 +38,13 @@ use aya::{
 use hoptrace_common::PyProc;
 use serde_json::json;
 
-use self::layout::{find_thread, offsets, symbols, version_of, Mem, Symbols, COPY_SYMBOL};
+use self::layout::{find_thread, offsets, symbols, version_of, Mem, Symbols};
 use crate::{capture::loader::Filters, util::logging::log};
 
 const PROGRAM: &str = "py_copy_ret";
-/// After an exec, the process is looked at again after these delays.
-const EXEC_RESCANS: [Duration; 5] = [
-    Duration::from_millis(50),
-    Duration::from_millis(300),
-    Duration::from_secs(1),
-    Duration::from_secs(3),
-    Duration::from_secs(10),
-];
-const MAX_PENDING_RESCANS: usize = 16384;
 const MAX_FILES_REMEMBERED: usize = 4096;
+/// Processes remembered as looked at (cleared when full: looked at again).
+const MAX_DECIDED: usize = 65536;
 /// `PY_PROCS` capacity (the kernel map's size).
 const MAX_PROCESSES: usize = 4096;
 
@@ -60,8 +56,6 @@ pub struct PythonStats {
     pub processes_unsupported: u64,
     /// Probe attach failures (logged).
     pub attach_errors: u64,
-    /// Rescans not scheduled because too many were pending.
-    pub rescans_dropped: u64,
 }
 
 struct Attached {
@@ -76,7 +70,6 @@ pub struct PythonWatcher {
     attached: HashMap<u32, Attached>,
     /// Processes decided about since their last exec (attached, or left out for good).
     decided: HashSet<u32>,
-    rescans: VecDeque<(Instant, u32)>,
 }
 
 /// Loads the return probe (attached later, per process).
@@ -93,57 +86,36 @@ impl PythonWatcher {
             files: HashMap::new(),
             attached: HashMap::new(),
             decided: HashSet::new(),
-            rescans: VecDeque::new(),
         }
     }
 
-    /// Start: every running process.
+    /// Start: every running Python process that listens on a TCP port.
     pub fn scan_initial(&mut self, ebpf: &mut Ebpf) {
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {
                 if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                    self.consider(ebpf, pid);
+                    if self.interpreter_of(pid).is_some() && !crate::resource::procnet::listening_ports(pid).is_empty()
+                    {
+                        self.consider(ebpf, pid);
+                    }
                 }
             }
         }
     }
 
-    /// A process exec'd: its old image is gone; look at the new one soon.
+    /// A process accepted a connection: a service; attach if it runs Python.
+    pub fn on_server(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        self.consider(ebpf, pid);
+    }
+
+    /// A process exec'd: its old image, and the probe on it, are gone.
     pub fn on_exec(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.forget(ebpf, pid);
-        if self.rescans.len() + EXEC_RESCANS.len() > MAX_PENDING_RESCANS {
-            self.stats.rescans_dropped += 1;
-            return;
-        }
-        let now = Instant::now();
-        for d in EXEC_RESCANS {
-            self.rescans.push_back((now + d, pid));
-        }
     }
 
     /// A process exited: its probe and its `PY_PROCS` entry go.
     pub fn on_exit(&mut self, ebpf: &mut Ebpf, pid: u32) {
         self.forget(ebpf, pid);
-        self.rescans.retain(|&(_, p)| p != pid);
-    }
-
-    /// Runs the rescans that are due.
-    pub fn tick(&mut self, ebpf: &mut Ebpf) {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        self.rescans.retain(|&(at, pid)| {
-            if at <= now {
-                due.push(pid);
-                false
-            } else {
-                true
-            }
-        });
-        due.sort_unstable();
-        due.dedup();
-        for pid in due {
-            self.consider(ebpf, pid);
-        }
     }
 
     fn forget(&mut self, ebpf: &mut Ebpf, pid: u32) {
@@ -159,20 +131,24 @@ impl PythonWatcher {
         }
     }
 
-    /// Attaches to `pid` when it runs a supported CPython and passes the filters.
+    /// Attaches to `pid` when it runs a supported CPython and passes the filters. Each
+    /// process is looked at once per exec (its later connections cost a set lookup).
     fn consider(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        if self.decided.contains(&pid) || !self.passes_filters(pid) {
+        if self.decided.contains(&pid) {
             return;
         }
+        if self.decided.len() >= MAX_DECIDED {
+            self.decided.clear();
+        }
+        self.decided.insert(pid);
+        if !self.passes_filters(pid) {
+            return;
+        }
+        let began = Instant::now();
         let Some((path, syms, start)) = self.interpreter_of(pid) else { return };
-        match self.select(ebpf, pid, &path, &syms, start) {
-            Ok(true) => {
-                self.decided.insert(pid);
-            }
-            // Not initialized yet: a later rescan tries again.
-            Ok(false) => {}
+        match self.select(ebpf, pid, &path, &syms, start, began) {
+            Ok(()) => {}
             Err(e) => {
-                self.decided.insert(pid);
                 self.stats.processes_unsupported += 1;
                 log(
                     "warn",
@@ -205,8 +181,16 @@ impl PythonWatcher {
     }
 
     /// Checks the layout on the live process, then fills `PY_PROCS` and attaches the
-    /// probe. Ok(false): the interpreter is not initialized yet.
-    fn select(&mut self, ebpf: &mut Ebpf, pid: u32, path: &Path, s: &Symbols, start: u64) -> Result<bool> {
+    /// probe.
+    fn select(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        path: &Path,
+        s: &Symbols,
+        start: u64,
+        began: Instant,
+    ) -> Result<()> {
         let bias = start.wrapping_sub(s.base_vaddr);
         let mem = Mem::open(pid)?;
         let (major, minor) = version_of(mem.u64_at(bias.wrapping_add(s.version))? & 0xffff_ffff);
@@ -215,17 +199,10 @@ impl PythonWatcher {
         }
         let runtime = bias.wrapping_add(s.runtime);
         let o = offsets(&mem, minor, runtime)?;
-        if find_thread(&mem, runtime, &o, pid).is_err() {
-            // Before Py_Initialize, or a layout that does not match: retried, then given up
-            // on (and said) at the last rescan.
-            return if self.rescans.iter().any(|&(_, p)| p == pid) {
-                Ok(false)
-            } else {
-                Err(anyhow!(
-                    "the main thread is not in the interpreter's thread list (layout of 3.{minor} does not match?)"
-                ))
-            };
-        }
+        // A process that accepts connections initialized its interpreter long ago: when
+        // its main thread is not found, the layout does not match.
+        find_thread(&mem, runtime, &o, pid)
+            .map_err(|e| anyhow!("{e:#}: the layout of 3.{minor} does not match this interpreter"))?;
         if self.attached.len() >= MAX_PROCESSES {
             return Err(anyhow!("too many Python processes selected ({MAX_PROCESSES})"));
         }
@@ -239,7 +216,7 @@ impl PythonWatcher {
         procs_map(ebpf)?.insert(pid, proc, 0).context("PY_PROCS insert")?;
         let p: &mut UProbe = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("{PROGRAM} missing"))?.try_into()?;
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?);
-        let link = match p.attach(COPY_SYMBOL, path, scope) {
+        let link = match p.attach(s.copy_current, path, scope) {
             Ok(l) => l,
             Err(e) => {
                 self.stats.attach_errors += 1;
@@ -252,9 +229,10 @@ impl PythonWatcher {
         log(
             "info",
             "Python context probe attached",
-            json!({ "pid": pid, "path": path.display().to_string(), "version": format!("3.{minor}") }),
+            json!({ "pid": pid, "path": path.display().to_string(), "version": format!("3.{minor}"),
+                    "took_us": began.elapsed().as_micros() as u64 }),
         );
-        Ok(true)
+        Ok(())
     }
 
     /// The capture filters' pid and cgroup lists (the kernel applies them to the syscall
