@@ -500,4 +500,29 @@ mod tests {
         assert_eq!(o.remote, "[::1]:5000".parse().unwrap());
         assert_eq!((o.role, o.via, o.comm().as_str(), o.ipv6), (Role::Server, Syscall::Accept4, "srv", true));
     }
+
+    #[test]
+    fn python_context_records_decode_by_what_and_reject_unknown_ones() {
+        let mut ev = PyContextEvent {
+            kind: EventKind::PyContext as u8,
+            what: PY_CONTEXT_COPIED,
+            _pad0: [0; 2],
+            pid: 7,
+            tid: 8,
+            _pad1: 0,
+            ts_ns: 100,
+            conn_id: 0,
+            context: 0x1000,
+            parent: 0x2000,
+        };
+        let copied = PyContext::Copied { pid: 7, tid: 8, ts_ns: 100, context: 0x1000, parent: 0x2000 };
+        assert!(matches!(decode(&as_bytes(&ev)), Ok(Event::PyContext(c)) if c == copied));
+        ev.what = PY_CONTEXT_WRITE;
+        ev.conn_id = 5;
+        let write = PyContext::Write { pid: 7, tid: 8, ts_enter_ns: 100, conn_id: 5, context: 0x1000 };
+        assert!(matches!(decode(&as_bytes(&ev)), Ok(Event::PyContext(c)) if c == write));
+        ev.what = 9;
+        assert_eq!(decode(&as_bytes(&ev)).unwrap_err(), DecodeError::BadField { kind: 8, field: "what", value: 9 });
+        assert!(matches!(decode(&as_bytes(&ev)[..40]), Err(DecodeError::Short { .. })));
+    }
 }

@@ -214,13 +214,12 @@ impl TracePipeline {
     /// when other requests overlapped on the thread.
     pub(super) fn emit_py_children(
         &mut self,
-        children: Vec<Held>,
-        gaps: Vec<Option<GapKind>>,
+        children: Vec<(Held, Option<GapKind>)>,
         ctx: &Ctx,
         span_id: SpanId,
         sink: &mut dyn SpanSink,
     ) {
-        for (child, gap) in children.into_iter().zip(gaps) {
+        for (child, gap) in children {
             self.emit_call(child.call, &child.conn, Some(ctx.child_of(span_id)), None, gap, sink);
         }
     }

@@ -239,7 +239,6 @@ impl TracePipeline {
         let (py_claim, py_children) = self.py_children(conn, seq);
         let inbound = self.inbound_context(&x);
         self.learn_from_children(conn.pid, &children, inbound.parent.as_ref());
-        self.learn_from_children(conn.pid, &py_children, inbound.parent.as_ref());
         self.settle_other_threads(conn, start, end, inbound.parent.as_ref(), sink);
         let suppressed = self.cfg.suppress_instrumented && self.is_instrumented(conn.pid);
 
@@ -259,27 +258,20 @@ impl TracePipeline {
         }
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
-        let py_gaps: Vec<_> =
-            py_children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), false)).collect();
+        let py_children = self.judge_py(conn.pid, py_children, &hop, inbound.parent.as_ref());
         if suppressed {
             self.stats.spans_suppressed_instrumented += 1 + (children.len() + py_children.len()) as u64;
             return;
         }
         self.emit_children(children, child_gaps, overlapped, &ctx, span_id, sink);
-        self.emit_py_children(py_children, py_gaps, &ctx, span_id, sink);
+        self.emit_py_children(py_children, &ctx, span_id, sink);
         let resource = hop.resource.clone();
         let child = ctx.child_of(span_id);
         let named = http::Named { route: hop.route.clone(), name: self.span_name(&x.request.method, &hop.route) };
         let addrs = view.addrs(&mut self.ip_names);
         let mut span = http::server_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         // Calls of this request that complete later are linked by their start time.
-        let by_context = super::pylink::ServedByContext {
-            child: child.clone(),
-            inbound: inbound.parent,
-            hop: hop.clone(),
-            at: std::time::Instant::now(),
-        };
-        self.py_answered(conn, seq, &x, py_claim, by_context);
+        self.py_answered(conn, seq, &x, py_claim, (&child, inbound.parent, &hop));
         self.served.push(key, Served { start, end, overlapped, child, inbound: inbound.parent, hop });
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         if let Some(kind) = inbound_gap {

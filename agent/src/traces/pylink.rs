@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::{pycontext::Owner, Call, ConnView, Ctx, Held, SpanSink, TracePipeline};
 use crate::{
     capture::{conntrack::Connection, events::PyContext},
+    gaps::GapKind,
     protocols::HttpExchange,
     traces::{context::TraceParent, judge::Hop},
 };
@@ -109,6 +110,23 @@ impl TracePipeline {
         (Some(owner.claim), children)
     }
 
+    /// The calls held for a request, with their hops judged (and what they say about
+    /// the process learnt), ready to be emitted as its children.
+    pub(super) fn judge_py(
+        &mut self,
+        pid: u32,
+        children: Vec<Held>,
+        hop: &Hop,
+        inbound: Option<&TraceParent>,
+    ) -> Vec<(Held, Option<GapKind>)> {
+        if children.is_empty() {
+            return Vec::new();
+        }
+        self.learn_from_children(pid, &children, inbound);
+        let gaps: Vec<_> = children.iter().map(|c| self.judge_child(hop, c, inbound, false)).collect();
+        children.into_iter().zip(gaps).collect()
+    }
+
     /// A request of a Python process was answered: later calls of its Contexts link to
     /// `served`; a request pipelined behind it gets its Context next.
     pub(super) fn py_answered(
@@ -117,7 +135,7 @@ impl TracePipeline {
         seq: u32,
         x: &HttpExchange,
         claim: Option<u64>,
-        served: ServedByContext,
+        (child, inbound, hop): (&Ctx, Option<TraceParent>, &Hop),
     ) {
         if !self.pyctx.tracks(conn.pid) {
             return;
@@ -133,6 +151,7 @@ impl TracePipeline {
                 self.served_py.clear();
             }
         }
+        let served = ServedByContext { child: child.clone(), inbound, hop: hop.clone(), at: Instant::now() };
         self.served_py.insert(claim, served);
     }
 
