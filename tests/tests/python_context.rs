@@ -55,8 +55,13 @@ fn interpreter(venv: &str) -> PathBuf {
 }
 
 fn start_service(venv: &str, port: u16, backend: u16) -> PyServer {
+    start_service_tls(venv, port, backend, 0)
+}
+
+/// With an HTTPS backend on `tls_backend` for `/tls` (0: none).
+fn start_service_tls(venv: &str, port: u16, backend: u16, tls_backend: u16) -> PyServer {
     let mut cmd = Command::new(interpreter(venv));
-    cmd.arg(fixture("async_service.py")).args([&port.to_string(), &backend.to_string()]);
+    cmd.arg(fixture("async_service.py")).args([&port.to_string(), &backend.to_string(), &tls_backend.to_string()]);
     cmd.env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
     PyServer::start_cmd(&mut cmd)
 }
@@ -137,21 +142,24 @@ fn attached_pids(log: &str) -> Vec<u64> {
 /// Runs the service under the agent, sends the load, and sorts its calls.
 fn measure(load: &Load) -> Outcome {
     require_root();
-    let backend = PyServer::start("chain_service.py", &["0"]);
+    let plain = PyServer::start("chain_service.py", &["0"]);
+    let tls = (load.path == "/tls").then(|| Nginx::start_tls(free_port(), r#"location / { return 200 "ok\n"; }"#));
+    // The server the calls go to: the HTTPS one for `/tls`.
+    let backend = tls.as_ref().map_or(plain.port(), Nginx::port);
     let dir = TempDir::new("python-context");
     let out = dir.join("spans.jsonl");
     let config = config_file(&dir);
     let listen = free_port();
     let (app, agent) = if load.late {
         let port = free_port();
-        let agent = start_run_listening(&[port, backend.port()], &out, listen, &["--config", &config]);
-        let app = start_service(load.venv, port, backend.port());
+        let agent = start_run_listening(&[port, backend], &out, listen, &["--config", &config]);
+        let app = start_service_tls(load.venv, port, plain.port(), backend);
         // The first connection attaches the probe (requests without a call: not counted).
         send_load(app.port(), &Load { path: "/plain", requests: 4, connections: 1, ..*load }, &"f".repeat(24));
         (app, agent)
     } else {
-        let app = start_service(load.venv, 0, backend.port());
-        let agent = start_run_listening(&[app.port(), backend.port()], &out, listen, &["--config", &config]);
+        let app = start_service_tls(load.venv, 0, plain.port(), backend);
+        let agent = start_run_listening(&[app.port(), backend], &out, listen, &["--config", &config]);
         (app, agent)
     };
     let probed = |agent: &Running| attached_pids(&agent.stderr()).contains(&u64::from(app.pid()));
@@ -160,14 +168,14 @@ fn measure(load: &Load) -> Outcome {
     send_load(app.port(), load, &prefix);
     let n = load.requests;
     wait_for_spans_in(&out, &format!("{n} SERVER spans and {n} backend calls"), |spans| {
-        servers(spans, app.port()).len() >= n && calls(spans, backend.port()).len() >= n
+        servers(spans, app.port()).len() >= n && calls(spans, backend).len() >= n
     });
     let coverage = link_counters(listen, "async_service", n as u64);
     let done = stop(agent);
     let spans = spans_in(&out);
-    let (right, wrong, unresolved, root) = classify(&spans, app.port(), backend.port(), &prefix);
+    let (right, wrong, unresolved, root) = classify(&spans, app.port(), backend, &prefix);
     let outcome = Outcome {
-        calls: calls(&spans, backend.port()).len(),
+        calls: calls(&spans, backend).len(),
         right,
         wrong,
         unresolved,
@@ -225,6 +233,13 @@ fn debian_python311_def_endpoint_requests_on_the_thread_pool() {
 #[test]
 fn a_service_started_after_the_agent_is_probed_at_its_first_connection() {
     assert_linked(&Load { late: true, ..load(DEBIAN_311, "/async", 8) });
+}
+
+/// A `def` endpoint calling an HTTPS backend with `requests`: the OpenSSL probes give the
+/// plaintext, written in the thread-pool work's Context.
+#[test]
+fn debian_python311_https_calls_from_the_thread_pool() {
+    assert_linked(&load(DEBIAN_311, "/tls", 8));
 }
 
 /// A call made by a task the endpoint created and awaited.

@@ -273,6 +273,10 @@ pub struct ExitEvent {
     pub ts_ns: u64,
 }
 
+/// Set in a connection id to name its TLS plaintext view (userspace keeps the plaintext
+/// of a TLS socket as a second connection with this id).
+pub const TLS_VIEW_BIT: u64 = 1 << 63;
+
 /// `PyContextEvent::what`: `PyContext_CopyCurrent` returned `context` on the thread,
 /// whose current Context was `parent`.
 pub const PY_CONTEXT_COPIED: u8 = 1;
