@@ -26,6 +26,7 @@ mod metrics;
 mod mq;
 mod otlp;
 mod privacy;
+mod python_context;
 mod resilience;
 mod resilience_hostile;
 mod resilience_overload;

@@ -299,8 +299,66 @@ pub fn airflow_env(root: &Path, p: &mut Progress) -> Result<()> {
     venv_step(root, p, title, "target/airflow-venv", "tests/requirements-airflow.txt", "~2 min")
 }
 
+/// The async services of the Python Context-linking tests, one venv per CPython build
+/// under test: Debian's statically linked, stripped `/usr/bin/python3.11`
+/// (`target/pyenv-debian3.11`) and a 3.12 with a shared libpython (`target/pyenv-3.12`,
+/// from `python3.12` on PATH or a pyenv install). A missing interpreter is said, not
+/// installed: the tests that need it fail naming the venv.
+pub fn python_versions_env(root: &Path, p: &mut Progress) -> Result<()> {
+    let reqs = "tests/requirements-async.txt";
+    let debian = PathBuf::from("/usr/bin/python3.11");
+    let mut found = vec![("target/pyenv-debian3.11", debian.exists().then_some(debian))];
+    found.push(("target/pyenv-3.12", find_python("3.12")));
+    for (dir, python) in found {
+        let title = format!("the async-linking venv {dir} ({reqs})");
+        match python {
+            Some(python) => venv_step_with(root, p, &title, &python, dir, reqs, "~1 min")?,
+            None => p.step(&title).skip("no interpreter for it on this machine"),
+        }
+    }
+    Ok(())
+}
+
+/// `python3.X` on PATH, else the newest `~/.pyenv/versions/3.X.*`.
+fn find_python(minor: &str) -> Option<PathBuf> {
+    let name = format!("python{minor}");
+    if let Some(p) = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join(&name)).find(|p| p.is_file()))
+    {
+        // pyenv shims exist for every name but fail for versions not selected.
+        if Command::new(&p).args(["-c", ""]).status().is_ok_and(|s| s.success()) {
+            return Some(p);
+        }
+    }
+    let home = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))?;
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(home.join("versions"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{minor}.")))
+        .map(|e| e.path().join("bin").join(&name))
+        .filter(|p| p.is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
 /// A venv at `dir` with `requirements` installed, redone when that file changes.
 fn venv_step(root: &Path, p: &mut Progress, title: &str, dir: &str, requirements: &str, usually: &str) -> Result<()> {
+    venv_step_with(root, p, title, Path::new("python3"), dir, requirements, usually)
+}
+
+/// [`venv_step`] with the interpreter the venv is made from.
+fn venv_step_with(
+    root: &Path,
+    p: &mut Progress,
+    title: &str,
+    base: &Path,
+    dir: &str,
+    requirements: &str,
+    usually: &str,
+) -> Result<()> {
     let mut step = p.step(title);
     let venv = root.join(dir);
     let python = venv.join("bin/python");
@@ -321,7 +379,7 @@ fn venv_step(root: &Path, p: &mut Progress, title: &str, dir: &str, requirements
             step.note(&format!("{} is broken; recreating it", venv.display()));
             std::fs::remove_dir_all(&venv).with_context(|| format!("cannot remove {}", venv.display()))?;
         }
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        run(Command::new(base).args(["-m", "venv"]).arg(&venv))
             .context("cannot create the venv (Debian/Ubuntu: apt-get install python3-venv)")?;
     }
     // The stamp goes only after a successful install, so a failed one is retried next time.
@@ -339,7 +397,7 @@ fn venv_step(root: &Path, p: &mut Progress, title: &str, dir: &str, requirements
 }
 
 /// Everything the tests need, in order; `fuzz` adds cargo-fuzz (full runs and `setup`).
-pub const TEST_PREREQ_STEPS: usize = 7;
+pub const TEST_PREREQ_STEPS: usize = 9;
 
 pub fn test_prereqs(root: &Path, p: &mut Progress, fuzz: bool) -> Result<()> {
     let mut all: Vec<&'static str> = RUN_APT.to_vec();
@@ -350,6 +408,7 @@ pub fn test_prereqs(root: &Path, p: &mut Progress, fuzz: bool) -> Result<()> {
     kafka_broker(p)?;
     python_env(root, p)?;
     airflow_env(root, p)?;
+    python_versions_env(root, p)?;
     if fuzz {
         cargo_fuzz(p)?;
     }

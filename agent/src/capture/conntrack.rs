@@ -49,7 +49,7 @@ pub fn role_name(role: Role) -> &'static str {
 
 /// Set in the id of a connection's TLS plaintext view (kernel ids never use bit 63: they
 /// are `(cpu + 1) << 48 | sequence`).
-pub const TLS_VIEW_BIT: u64 = 1 << 63;
+pub const TLS_VIEW_BIT: u64 = hoptrace_common::TLS_VIEW_BIT;
 
 #[derive(Debug)]
 pub struct Connection {

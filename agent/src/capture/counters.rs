@@ -25,12 +25,16 @@ pub struct Counters {
     pub exit_records: u64,
     /// App log records (stdout/stderr writes of `--app-logs` processes).
     pub app_log_records: u64,
+    /// Python Context records (copies and writes of selected Python processes).
+    pub py_context_records: u64,
     /// Once-a-second ticks of the capture loop (eviction, expiry, publishing).
     pub loop_ticks: u64,
     /// Drains of the ring that stopped at their time budget with records left.
     pub drains_bounded: u64,
     /// OpenSSL probes: libraries attached, processes whose TLS is not visible.
     pub tls: crate::capture::tls::TlsStats,
+    /// The Python Context probe: processes attached, left out, failures.
+    pub python: crate::capture::python::PythonStats,
 }
 
 impl Counters {
@@ -56,6 +60,7 @@ impl Counters {
             ("close", self.close_records),
             ("connect_failed", self.connect_failed_records),
             ("app_log", self.app_log_records),
+            ("py_context", self.py_context_records),
         ] {
             out.push(Sample { name: "hoptrace_capture_records_by_kind_total", labels: vec![("kind", kind)], value: v });
         }
@@ -76,6 +81,9 @@ impl Counters {
             labels: vec![("reason", "unattributed_data")],
             value: table.data_unattributed_records,
         });
+        out.push(s("hoptrace_python_context_processes_attached", self.python.processes_attached));
+        out.push(s("hoptrace_python_context_processes_unsupported_total", self.python.processes_unsupported));
+        out.push(s("hoptrace_python_context_attach_errors_total", self.python.attach_errors));
         out.push(s("hoptrace_tls_libraries_attached", self.tls.libraries_attached));
         out.push(s("hoptrace_tls_library_attach_errors_total", self.tls.library_attach_errors));
         out.push(s("hoptrace_tls_handshakes_unjudged_total", self.tls.unjudged_exited));

@@ -24,7 +24,7 @@ use anyhow::Result;
 use crate::{
     capture::conntrack::{ConnTable, Connection, TableStats},
     capture::counters::Counters,
-    capture::events::{decode, AppLog, Close, ConnectFailed, Data, Event, Exec, Exit, Open},
+    capture::events::{decode, AppLog, Close, ConnectFailed, Data, Event, Exec, Exit, Open, PyContext},
     capture::heartbeat::Heartbeat,
     capture::stream::{GapReason, Segment},
     capture::Capture,
@@ -55,6 +55,10 @@ pub trait Consumer {
         Ok(())
     }
     /// A chunk of a selected process's stdout/stderr write (`--app-logs`).
+    /// What a thread of a selected Python process was running in.
+    fn py_context(&mut self, _ev: &PyContext) -> Result<()> {
+        Ok(())
+    }
     fn app_log(&mut self, _ev: &AppLog) -> Result<()> {
         Ok(())
     }
@@ -121,6 +125,10 @@ pub struct Driver {
     /// borrows): exec'd processes, and processes that started a TLS handshake.
     execs: Vec<u32>,
     handshakes: Vec<u32>,
+    /// Exits, and processes that accepted a connection, seen while draining: for the
+    /// Python probes.
+    exits: Vec<u32>,
+    servers: Vec<u32>,
 }
 
 impl Driver {
@@ -132,6 +140,27 @@ impl Driver {
             segs: Vec::new(),
             execs: Vec::new(),
             handshakes: Vec::new(),
+            exits: Vec::new(),
+            servers: Vec::new(),
+        }
+    }
+
+    /// Runs the Python probe work collected while draining the ring (before the TLS work,
+    /// which empties the exec list).
+    fn python_work(&mut self, capture: &mut Capture) {
+        let Some(py) = capture.python.as_mut() else {
+            self.exits.clear();
+            self.servers.clear();
+            return;
+        };
+        for &pid in &self.execs {
+            py.on_exec(&mut capture.loaded.ebpf, pid);
+        }
+        for pid in self.exits.drain(..) {
+            py.on_exit(&mut capture.loaded.ebpf, pid);
+        }
+        for pid in self.servers.drain(..) {
+            py.on_server(&mut capture.loaded.ebpf, pid);
         }
     }
 
@@ -170,6 +199,12 @@ impl Driver {
         match event {
             Event::Open(ev) => {
                 self.counters.open_records += 1;
+                if ev.role == hoptrace_common::Role::Server
+                    && self.servers.len() < 4096
+                    && self.servers.last() != Some(&ev.pid)
+                {
+                    self.servers.push(ev.pid);
+                }
                 let conn = self.table.on_open(&ev);
                 c.open(&ev, conn)?;
             }
@@ -182,6 +217,9 @@ impl Driver {
             }
             Event::Exit(ev) => {
                 self.counters.exit_records += 1;
+                if self.exits.len() < 4096 {
+                    self.exits.push(ev.pid);
+                }
                 if c.exiting(&ev) {
                     let conns = self.table.take_process(ev.pid);
                     self.retire_at(conns, Some(ev.ts_ns), c)?;
@@ -189,6 +227,10 @@ impl Driver {
                 c.exited(&ev)?;
             }
             Event::Data(d) => self.data(&d, c)?,
+            Event::PyContext(ev) => {
+                self.counters.py_context_records += 1;
+                c.py_context(&ev)?;
+            }
             Event::AppLog(ev) => {
                 self.counters.app_log_records += 1;
                 c.app_log(&ev)?;
@@ -278,6 +320,9 @@ impl Driver {
         if let Some(tls) = &capture.tls {
             self.counters.tls = tls.stats.clone();
         }
+        if let Some(py) = &capture.python {
+            self.counters.python = py.stats.clone();
+        }
         c.tick(&self.counters, &self.table.stats, self.table.len())
     }
 
@@ -328,6 +373,7 @@ impl Driver {
             }
             backlog = self.drain(capture, c, DRAIN_BUDGET)?;
             self.counters.drains_bounded += u64::from(backlog);
+            self.python_work(capture);
             self.tls_work(capture);
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();

@@ -11,8 +11,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hoptrace_common::{
-    CloseEvent, ConnectFailedEvent, DataHeader, Direction, EventKind, ExecEvent, ExitEvent, OpenEvent, Role, Syscall,
-    COMM_LEN,
+    CloseEvent, ConnectFailedEvent, DataHeader, Direction, EventKind, ExecEvent, ExitEvent, OpenEvent, PyContextEvent,
+    Role, Syscall, COMM_LEN, PY_CONTEXT_COPIED, PY_CONTEXT_WRITE,
 };
 use thiserror::Error;
 
@@ -144,8 +144,21 @@ pub struct AppLog<'a> {
     pub payload: &'a [u8],
 }
 
+/// What a thread of a selected Python process was running in (see
+/// `traces::pycontext`): Context addresses are only compared, never dereferenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyContext {
+    /// `PyContext_CopyCurrent` returned `context` while the thread was in `parent` (0:
+    /// none yet).
+    Copied { pid: u32, tid: u32, ts_ns: u64, context: u64, parent: u64 },
+    /// The thread wrote on connection `conn_id` while in `context`; `ts_enter_ns` is the
+    /// write's data record's.
+    Write { pid: u32, tid: u32, ts_enter_ns: u64, conn_id: u64, context: u64 },
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
+    PyContext(PyContext),
     Open(Open),
     Data(Data<'a>),
     Close(Close),
@@ -188,6 +201,8 @@ unsafe impl Record for ConnectFailedEvent {}
 unsafe impl Record for ExecEvent {}
 // SAFETY: as above.
 unsafe impl Record for ExitEvent {}
+// SAFETY: as above.
+unsafe impl Record for PyContextEvent {}
 
 fn read<T: Record>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
@@ -297,6 +312,15 @@ fn connect_failed(ev: ConnectFailedEvent) -> ConnectFailed {
     }
 }
 
+fn py_context(ev: PyContextEvent) -> Result<PyContext, DecodeError> {
+    let (pid, tid, context) = (ev.pid, ev.tid, ev.context);
+    match ev.what {
+        PY_CONTEXT_COPIED => Ok(PyContext::Copied { pid, tid, ts_ns: ev.ts_ns, context, parent: ev.parent }),
+        PY_CONTEXT_WRITE => Ok(PyContext::Write { pid, tid, ts_enter_ns: ev.ts_ns, conn_id: ev.conn_id, context }),
+        value => Err(DecodeError::BadField { kind: EventKind::PyContext as u8, field: "what", value }),
+    }
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind = *bytes.first().ok_or(DecodeError::Empty)?;
     match kind {
@@ -323,6 +347,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let ev: ExitEvent = read(bytes, kind)?;
             Ok(Event::Exit(Exit { pid: ev.pid, status: ev.exit_code, ts_ns: ev.ts_ns }))
         }
+        k if k == EventKind::PyContext as u8 => Ok(Event::PyContext(py_context(read(bytes, kind)?)?)),
         k if k == EventKind::AppLog as u8 => {
             let h: DataHeader = read(bytes, kind)?;
             let d = data(bytes, kind)?;
@@ -474,5 +499,30 @@ mod tests {
         assert_eq!(o.local, "10.0.0.1:80".parse().unwrap(), "v4-mapped shows as IPv4");
         assert_eq!(o.remote, "[::1]:5000".parse().unwrap());
         assert_eq!((o.role, o.via, o.comm().as_str(), o.ipv6), (Role::Server, Syscall::Accept4, "srv", true));
+    }
+
+    #[test]
+    fn python_context_records_decode_by_what_and_reject_unknown_ones() {
+        let mut ev = PyContextEvent {
+            kind: EventKind::PyContext as u8,
+            what: PY_CONTEXT_COPIED,
+            _pad0: [0; 2],
+            pid: 7,
+            tid: 8,
+            _pad1: 0,
+            ts_ns: 100,
+            conn_id: 0,
+            context: 0x1000,
+            parent: 0x2000,
+        };
+        let copied = PyContext::Copied { pid: 7, tid: 8, ts_ns: 100, context: 0x1000, parent: 0x2000 };
+        assert!(matches!(decode(&as_bytes(&ev)), Ok(Event::PyContext(c)) if c == copied));
+        ev.what = PY_CONTEXT_WRITE;
+        ev.conn_id = 5;
+        let write = PyContext::Write { pid: 7, tid: 8, ts_enter_ns: 100, conn_id: 5, context: 0x1000 };
+        assert!(matches!(decode(&as_bytes(&ev)), Ok(Event::PyContext(c)) if c == write));
+        ev.what = 9;
+        assert_eq!(decode(&as_bytes(&ev)).unwrap_err(), DecodeError::BadField { kind: 8, field: "what", value: 9 });
+        assert!(matches!(decode(&as_bytes(&ev)[..40]), Err(DecodeError::Short { .. })));
     }
 }

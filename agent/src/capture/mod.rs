@@ -4,6 +4,7 @@
 //! programs of `ebpf/programs`; [`events`] is the only code that reads kernel record bytes;
 //! [`conntrack`] keeps the connection table with one ordered [`stream`] per direction;
 //! [`tls`] attaches the OpenSSL uprobes and reports processes whose TLS cannot be seen;
+//! [`python`] attaches the Context probe to selected CPython processes;
 //! [`driver`] runs the loop and hands what happened to a [`driver::Consumer`], beating a
 //! [`heartbeat`] at every tick;
 //! [`counters`] and [`ringfill`] account for everything captured and dropped.
@@ -14,6 +15,7 @@ pub mod driver;
 pub mod events;
 pub mod heartbeat;
 pub mod loader;
+pub mod python;
 pub mod ringfill;
 pub mod stream;
 pub mod tls;
@@ -22,6 +24,7 @@ use anyhow::Result;
 
 use self::{
     loader::{CaptureOptions, Loaded},
+    python::PythonWatcher,
     tls::TlsWatcher,
 };
 
@@ -31,6 +34,8 @@ pub struct Capture {
     pub loaded: Loaded,
     /// OpenSSL uprobes: libraries attached so far; the driver keeps it up to date.
     pub tls: Option<TlsWatcher>,
+    /// The Python Context probe: processes attached so far.
+    pub python: Option<PythonWatcher>,
 }
 
 impl Capture {
@@ -47,6 +52,14 @@ impl Capture {
         } else {
             None
         };
-        Ok(Self { loaded, tls })
+        let python = if opts.python_context {
+            python::load_program(&mut loaded.ebpf)?;
+            let mut watcher = PythonWatcher::new(opts.filters.clone());
+            watcher.scan_initial(&mut loaded.ebpf);
+            Some(watcher)
+        } else {
+            None
+        };
+        Ok(Self { loaded, tls, python })
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     capture::conntrack::{role_name, Connection},
     capture::counters::Counters,
     capture::driver::{install_signal_handlers, Consumer, Driver},
-    capture::events::{Close, ConnectFailed, Data, Open},
+    capture::events::{Close, ConnectFailed, Data, Open, PyContext},
     capture::stream::Segment,
     capture::Capture,
     cli::probe::{capture_options, conn_table, ProbeArgs},
@@ -187,6 +187,22 @@ impl<W: Write> Consumer for Printer<W> {
             "remote_addr": remote.ip().to_string(),
             "remote_port": remote.port(),
         }))
+    }
+
+    /// Context addresses are process-internal numbers, printed so a reader can follow
+    /// which Context a write ran in and where it was copied from.
+    fn py_context(&mut self, ev: &PyContext) -> Result<()> {
+        let v = match *ev {
+            PyContext::Copied { pid, tid, ts_ns, context, parent } => json!({
+                "event": "py_context_copied", "ts": self.clock.to_unix_ns(ts_ns), "pid": pid, "tid": tid,
+                "context": format!("{context:#x}"), "parent": format!("{parent:#x}"),
+            }),
+            PyContext::Write { pid, tid, ts_enter_ns, conn_id, context } => json!({
+                "event": "py_context_write", "ts": self.clock.to_unix_ns(ts_enter_ns), "pid": pid, "tid": tid,
+                "conn_id": conn_id, "context": format!("{context:#x}"),
+            }),
+        };
+        self.line(v)
     }
 
     fn tick(

@@ -57,6 +57,10 @@ pub struct ProbeArgs {
     /// Do not attach the OpenSSL uprobes (TLS plaintext capture).
     #[arg(long)]
     pub no_tls: bool,
+    /// Do not attach the Python Context probe (`PyContext_CopyCurrent`) that links the
+    /// calls of async Python services (asyncio, FastAPI) to the request they serve.
+    #[arg(long)]
+    pub no_python_context: bool,
     /// Turn on the kernel programs' diagnostics (rare paths: tables full, unexpected
     /// sockets, TLS oddities) as JSON log lines; also HOPTRACE_KERNEL_LOG=1. Off by default.
     #[arg(long)]
@@ -111,6 +115,7 @@ pub fn capture_options(args: &ProbeArgs) -> CaptureOptions {
             exclude_ports: args.exclude_ports.clone(),
         },
         tls: !args.no_tls,
+        python_context: !args.no_python_context,
         kernel_log: args.kernel_log,
         app_logs: false,
     }

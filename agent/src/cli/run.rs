@@ -243,6 +243,10 @@ impl Consumer for Traces {
         self.inner.app_log(ev)
     }
 
+    fn py_context(&mut self, ev: &crate::capture::events::PyContext) -> Result<()> {
+        self.inner.py_context(ev)
+    }
+
     fn tick(&mut self, counters: &Counters, table: &TableStats, tracked: usize) -> Result<()> {
         if let Some(selector) = &mut self.app_logs {
             selector.scan(&mut self.inner.pipeline);

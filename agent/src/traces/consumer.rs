@@ -9,7 +9,7 @@ use crate::capture::{
     conntrack::{Connection, TableStats},
     counters::Counters,
     driver::Consumer,
-    events::{AppLog, Close, ConnectFailed, Data, Exec, Exit, Open},
+    events::{AppLog, Close, ConnectFailed, Data, Exec, Exit, Open, PyContext},
     stream::Segment,
 };
 
@@ -84,7 +84,13 @@ impl<S: SpanSink> Consumer for TraceConsumer<S> {
     }
 
     fn exited(&mut self, ev: &Exit) -> Result<()> {
+        self.pipeline.forget_python(ev.pid);
         self.pipeline.on_exit(ev, &mut self.sink);
+        Ok(())
+    }
+
+    fn py_context(&mut self, ev: &PyContext) -> Result<()> {
+        self.pipeline.on_py_context(ev);
         Ok(())
     }
 

@@ -210,6 +210,20 @@ impl TracePipeline {
         }
     }
 
+    /// The calls a request's Contexts made (see [`super::pylink`]): its children, even
+    /// when other requests overlapped on the thread.
+    pub(super) fn emit_py_children(
+        &mut self,
+        children: Vec<(Held, Option<GapKind>)>,
+        ctx: &Ctx,
+        span_id: SpanId,
+        sink: &mut dyn SpanSink,
+    ) {
+        for (child, gap) in children {
+            self.emit_call(child.call, &child.conn, Some(ctx.child_of(span_id)), None, gap, sink);
+        }
+    }
+
     /// A call that completed after the request its thread was serving when it started:
     /// linked to that request now (or unresolved when requests overlapped then). Returns
     /// the call when the thread's history has no request for it.
@@ -250,6 +264,7 @@ impl TracePipeline {
         }
         self.held.retain(|_, l| !l.is_empty());
         self.held_by_pid.retain(|_, l| !l.is_empty());
+        expired.extend(self.py_tick());
         for h in expired {
             self.stats.held_calls_expired += 1;
             if let Some(suppressed) = self.log_limit.allow(&format!("held_expired/{}", h.conn.pid)) {
@@ -265,9 +280,11 @@ impl TracePipeline {
 
     /// Shutdown: every held call goes out on its own.
     pub fn flush(&mut self, sink: &mut dyn SpanSink) {
+        self.stats.python_contexts = self.pyctx.stats;
         self.app_logs_flush(sink);
         let mut held: Vec<Held> = self.held.drain().flat_map(|(_, l)| l).collect();
         held.extend(self.held_by_pid.drain().flat_map(|(_, l)| l));
+        held.extend(self.held_py.drain().flat_map(|(_, l)| l));
         for h in held {
             self.emit_call(h.call, &h.conn, None, Some(NOT_COMPLETED), None, sink);
         }

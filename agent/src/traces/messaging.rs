@@ -128,7 +128,11 @@ impl TracePipeline {
                 {
                     self.mark_instrumented(view.pid, super::Instrumented::CreatesContext);
                 }
-                self.client_call(view, tid, Call::Mq(op), sink);
+                match self.py_owner(conn, op.timing.first_enter_ns) {
+                    super::pylink::ByContext::Owned(owner) => self.py_call(owner, view, Call::Mq(op), sink),
+                    super::pylink::ByContext::Unowned if !own => self.py_unowned(view, Call::Mq(op), sink),
+                    _ => self.client_call(view, tid, Call::Mq(op), sink),
+                }
             }
             MqKind::Receive => self.receive(conn, op, sink),
         }

@@ -16,6 +16,9 @@
 //!   complete after their request did are found through [`served`], the threads' recent
 //!   requests); when several inbound requests overlap on one thread (an async runtime),
 //!   the agent does not guess and says so in `hoptrace.parent.unresolved`;
+//! * [`pycontext`], [`pylink`] — **linking by Python Context**: in async Python services
+//!   (asyncio, FastAPI on uvicorn) the `contextvars.Context` a call's thread ran in says
+//!   which request it serves, on the event loop and on thread-pool threads alike;
 //! * [`instrumented`] — services that instrument themselves (an OpenTelemetry SDK, seen in
 //!   the environment or seen creating trace context) get no duplicate spans;
 //! * [`judge`] — propagation gaps: which hop lost the context, recorded for `/gaps`;
@@ -42,6 +45,8 @@ mod linking;
 pub mod logs;
 pub mod messaging;
 mod pipeline;
+pub mod pycontext;
+mod pylink;
 pub mod red;
 mod routes;
 mod served;
@@ -108,6 +113,12 @@ pub struct TracePipeline {
     /// threads (async runtimes, thread pools): held until those requests complete to learn
     /// whether the process passed the inbound context through or created its own.
     held_by_pid: HashMap<u32, Vec<Held>>,
+    /// Python Contexts → the requests they belong to (see [`pycontext`]).
+    pyctx: pycontext::PyContexts,
+    /// Calls owned by a request not answered yet, by its claim.
+    held_py: HashMap<u64, Vec<Held>>,
+    /// Answered requests whose Contexts' calls may still complete, by claim.
+    served_py: HashMap<u64, pylink::ServedByContext>,
     /// Processes that instrument themselves, with the start time of the process the
     /// verdict is about: pids are reused, and a new process must not inherit it (its spans
     /// would be suppressed). Bounded like the peer tables.

@@ -13,6 +13,7 @@ use hoptrace_common::{Direction, Role};
 use super::{
     context::{self, TraceParent},
     http,
+    pylink::ByContext,
     served::{Served, ServedHistory},
     ConnL7, ConnView, Ctx, IdGenerator, SpanSink, TraceConfig, TracePipeline, TraceStats,
 };
@@ -64,6 +65,9 @@ impl TracePipeline {
             served: ServedHistory::default(),
             held: Default::default(),
             held_by_pid: Default::default(),
+            pyctx: Default::default(),
+            held_py: Default::default(),
+            served_py: Default::default(),
             instrumented: Default::default(),
             processes: ProcessCache::default(),
             resources,
@@ -103,6 +107,9 @@ impl TracePipeline {
         }
         if conn.role == Role::Server && dir == Direction::Ingress {
             self.mark_serving(conn, segs);
+            if self.pyctx.tracks(conn.pid) {
+                self.pyctx.on_inbound(conn.pid, conn.id, segs);
+            }
         }
         // A buffer kept across calls: most segments produce no event, the rest one.
         let mut events = std::mem::take(&mut self.events_scratch);
@@ -154,6 +161,7 @@ impl TracePipeline {
         self.conns.remove(&conn.id);
         self.close_ns = None;
         self.forget_serving(conn.id);
+        self.pyctx.forget_conn(conn.id);
     }
 
     /// Handles (and drains) `events`.
@@ -187,7 +195,14 @@ impl TracePipeline {
     fn client_exchange(&mut self, conn: &Connection, seq: u32, x: HttpExchange, sink: &mut dyn SpanSink) {
         let tid = x.request.timing.first_tid;
         let view = ConnView { seq, ..ConnView::of(conn) };
-        self.client_call(view, tid, super::Call::Http(x), sink);
+        match self.py_owner(conn, x.request.timing.first_enter_ns) {
+            ByContext::Owned(owner) => self.py_call(owner, view, super::Call::Http(x), sink),
+            // A call sending its own context (an SDK) is judged like any other.
+            ByContext::Unowned if super::judge::outbound_context(&x).is_none() => {
+                self.py_unowned(view, super::Call::Http(x), sink)
+            }
+            _ => self.client_call(view, tid, super::Call::Http(x), sink),
+        }
     }
 
     /// An outgoing connection attempt failed: an error CLIENT span, linked like any call.
@@ -207,6 +222,7 @@ impl TracePipeline {
         let view = ConnView { pid, comm: crate::model::span::Str::from(comm.to_string()), local, remote, seq: 0 };
         let call = super::Call::Failed { error, start_ns: ts_ns };
         match tid {
+            Some(_) if self.pyctx.links_by_context(pid) => self.py_unowned(view, call, sink),
             Some(tid) => self.client_call(view, tid, call, sink),
             None => self.emit_call(call, &view, None, None, None, sink),
         }
@@ -223,6 +239,7 @@ impl TracePipeline {
             None => self.close_ns.unwrap_or(x.request.timing.last_exit_ns),
         };
         let children = self.take_children(key, start, end);
+        let (py_claim, py_children) = self.py_children(conn, seq);
         let inbound = self.inbound_context(&x);
         self.learn_from_children(conn.pid, &children, inbound.parent.as_ref());
         self.settle_other_threads(conn, start, end, inbound.parent.as_ref(), sink);
@@ -247,17 +264,20 @@ impl TracePipeline {
         }
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
+        let py_children = self.judge_py(conn.pid, py_children, &hop, inbound.parent.as_ref());
         if suppressed {
-            self.stats.spans_suppressed_instrumented += 1 + children.len() as u64;
+            self.stats.spans_suppressed_instrumented += 1 + (children.len() + py_children.len()) as u64;
             return;
         }
         self.emit_children(children, child_gaps, overlapped, &ctx, span_id, sink);
+        self.emit_py_children(py_children, &ctx, span_id, sink);
         let resource = hop.resource.clone();
         let child = ctx.child_of(span_id);
         let named = http::Named { route: hop.route.clone(), name: self.span_name(&x.request.method, &hop.route) };
         let addrs = view.addrs(&mut self.ip_names);
         let mut span = http::server_span(&self.cfg, &self.clock, &x, named, &addrs, resource, ctx.ids(span_id));
         // Calls of this request that complete later are linked by their start time.
+        self.py_answered(conn, seq, &x, py_claim, (&child, inbound.parent, &hop));
         self.served.push(key, Served { start, end, overlapped, child, inbound: inbound.parent, hop });
         span.end_unix_ns = span.end_unix_ns.max(self.clock.to_unix_ns(end));
         if let Some(kind) = inbound_gap {

@@ -17,6 +17,12 @@ pub struct TraceStats {
     /// Of those, calls that completed after their request had (linked by start time).
     pub parents_linked_after_request: u64,
     pub parents_unresolved_concurrent: u64,
+    /// Calls linked by the Python Context their first write ran in (see `pycontext`).
+    pub parents_linked_context: u64,
+    /// Calls of async Python services whose Context no request owned: unresolved.
+    pub parents_unresolved_context: u64,
+    /// What the Python Context mapping did (copies claimed, inherited…).
+    pub python_contexts: super::pycontext::PyContextStats,
     /// CLIENT and PRODUCER spans per service: linked, unresolved or root.
     pub parent_links: super::coverage::ParentLinks,
     pub held_calls_expired: u64,

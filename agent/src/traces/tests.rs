@@ -113,6 +113,60 @@ fn overlapping_requests_on_one_thread_are_not_guessed() {
     assert_eq!(p.stats.propagation_gaps, 0, "an unattributable call is not judged");
 }
 
+/// The same two overlapping requests in an async Python service: each request's task
+/// Context (the first copy after its read) is known, so the call made in a copy of the
+/// second request's Context is that request's child, not unresolved.
+#[test]
+fn overlapping_requests_of_an_async_python_service_are_told_apart_by_context() {
+    use crate::capture::events::PyContext;
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let a = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+    let b = conn(3, Role::Server, "127.0.0.1:8000", "127.0.0.1:50002");
+    let client = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+    let copy = |ts, context, parent| PyContext::Copied { pid: PID, tid: TID, ts_ns: ts, context, parent };
+    p.on_py_context(&copy(1, 0x50, 0x40)); // the event loop's own housekeeping
+    p.on_segments(&a, Direction::Ingress, &seg(10, REQ), &mut spans);
+    p.on_py_context(&copy(12, 0xa0, 0x40)); // request a's task
+    p.on_segments(&b, Direction::Ingress, &seg(13, REQ), &mut spans);
+    p.on_py_context(&copy(15, 0xb0, 0x40)); // request b's task
+    p.on_py_context(&copy(16, 0xb1, 0xb0)); // a task b creates
+    p.on_py_context(&PyContext::Write { pid: PID, tid: TID, ts_enter_ns: 20, conn_id: 2, context: 0xb1 });
+    p.on_segments(&client, Direction::Egress, &seg(20, CALL), &mut spans);
+    p.on_segments(&client, Direction::Ingress, &seg(30, OK), &mut spans);
+    p.on_segments(&a, Direction::Egress, &seg(40, OK), &mut spans);
+    assert!(spans.iter().all(|s| s.kind != crate::model::span::SpanKind::Client), "held for request b");
+    p.on_segments(&b, Direction::Egress, &seg(41, OK), &mut spans);
+    let server_b = spans.iter().filter(|s| s.kind == crate::model::span::SpanKind::Server).nth(1).expect("b's span");
+    let cli = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Client).expect("client span");
+    assert_eq!(cli.parent_span_id, server_b.span_id);
+    assert_eq!((p.stats.parents_linked_context, p.stats.parents_unresolved_concurrent), (1, 0));
+    let st = p.python_stats();
+    assert_eq!((st.claimed, st.inherited, st.writes_owned), (2, 1, 1));
+}
+
+/// In such a service, a call made in a Context no request owns is unresolved, never
+/// guessed from its thread.
+#[test]
+fn an_unowned_call_of_an_async_python_service_is_unresolved() {
+    use crate::capture::events::PyContext;
+    let mut p = pipeline();
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let a = conn(1, Role::Server, "127.0.0.1:8000", "127.0.0.1:50000");
+    let client = conn(2, Role::Client, "127.0.0.1:50001", "127.0.0.1:9000");
+    p.on_py_context(&PyContext::Copied { pid: PID, tid: TID, ts_ns: 1, context: 0x50, parent: 0x40 });
+    p.on_segments(&a, Direction::Ingress, &seg(10, REQ), &mut spans);
+    p.on_py_context(&PyContext::Copied { pid: PID, tid: TID, ts_ns: 12, context: 0xa0, parent: 0x40 });
+    p.on_py_context(&PyContext::Write { pid: PID, tid: TID, ts_enter_ns: 20, conn_id: 2, context: 0x40 });
+    p.on_segments(&client, Direction::Egress, &seg(20, CALL), &mut spans);
+    p.on_segments(&client, Direction::Ingress, &seg(30, OK), &mut spans);
+    let cli = spans.iter().find(|s| s.kind == crate::model::span::SpanKind::Client).expect("emitted at once");
+    assert!(cli.is_root());
+    let unresolved = cli.attributes.iter().find(|a| a.key == "hoptrace.parent.unresolved");
+    assert_eq!(unresolved.map(|a| &a.value), Some(&crate::model::span::AnyValue::Str("python_context_unowned".into())));
+    assert_eq!(p.stats.parents_unresolved_context, 1);
+}
+
 #[test]
 fn an_instrumented_verdict_does_not_pass_to_a_reused_pid() {
     // This test process is real: /proc gives its start time.

@@ -43,6 +43,10 @@ pub enum EventKind {
     /// opened on the same pipe, file or terminal): a `DataHeader` with `conn_id` 0 and
     /// the stream (1 or 2) in `_pad0`, then the bytes.
     AppLog = 7,
+    /// A selected Python process's current `contextvars.Context` (a [`PyContextEvent`]):
+    /// one was copied (`PyContext_CopyCurrent` returned), or a thread wrote on a socket
+    /// while in it.
+    PyContext = 8,
 }
 
 /// Direction of a data event, from the point of view of the socket owner.
@@ -272,6 +276,54 @@ pub struct ExitEvent {
     pub ts_ns: u64,
 }
 
+/// Set in a connection id to name its TLS plaintext view (userspace keeps the plaintext
+/// of a TLS socket as a second connection with this id).
+pub const TLS_VIEW_BIT: u64 = 1 << 63;
+
+/// `PyContextEvent::what`: `PyContext_CopyCurrent` returned `context` on the thread,
+/// whose current Context was `parent`.
+pub const PY_CONTEXT_COPIED: u8 = 1;
+/// `PyContextEvent::what`: the thread wrote on connection `conn_id` (the write entered at
+/// `ts_ns`, the same value as the data record's `ts_enter_ns`) while its current Context
+/// was `context`.
+pub const PY_CONTEXT_WRITE: u8 = 2;
+
+/// What a selected Python process's thread was running in: the address of its
+/// `contextvars.Context` (0: none, or it could not be read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyContextEvent {
+    pub kind: u8,
+    /// `PY_CONTEXT_COPIED` or `PY_CONTEXT_WRITE`.
+    pub what: u8,
+    pub _pad0: [u8; 2],
+    pub pid: u32,
+    pub tid: u32,
+    pub _pad1: u32,
+    pub ts_ns: u64,
+    pub conn_id: u64,
+    pub context: u64,
+    pub parent: u64,
+}
+
+/// Where a selected Python process keeps its threads' current Context, written by the
+/// agent into `PY_PROCS` per process (tgid): the address of `_PyRuntime.interpreters.head`
+/// and the field offsets of the process's CPython minor version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProc {
+    /// Address of the `PyInterpreterState *` of the main (first) interpreter.
+    pub interp_head_addr: u64,
+    /// `PyInterpreterState.threads.head`.
+    pub off_threads_head: u32,
+    /// `PyThreadState.next`.
+    pub off_next: u32,
+    /// `PyThreadState.native_thread_id`.
+    pub off_native_thread_id: u32,
+    /// `PyThreadState.context`.
+    pub off_context: u32,
+}
+
 /// Why the kernel side lost or cut something; index into the `DROPS` per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -413,6 +465,8 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as for `Config`: repr(C) u32 fields only.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: repr(C), a u64 and four u32: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::PyProc {}
 }
 
 const _: () = {
@@ -424,4 +478,6 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 20 + 31 * 4);
     assert!(core::mem::size_of::<ConnectFailedEvent>() == 72);
     assert!(core::mem::size_of::<ExecEvent>() == 16);
+    assert!(core::mem::size_of::<PyContextEvent>() == 48);
+    assert!(core::mem::size_of::<PyProc>() == 24);
 };

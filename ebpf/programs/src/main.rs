@@ -47,6 +47,8 @@ bpf_modules! {
     mod lifecycle;
     /// OpenSSL uprobes.
     mod tls;
+    /// The current `contextvars.Context` of selected Python processes.
+    mod python;
 }
 
 #[cfg(target_arch = "bpf")]

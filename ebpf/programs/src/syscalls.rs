@@ -153,6 +153,10 @@ fn data_exit(ctx: &TracePointContext) {
         // counted in the socket's offsets (close totals) but neither copied nor parsed.
         return;
     }
+    if direction == Direction::Egress && conn.get().role != Role::Server as u8 {
+        // Before the data record: userspace knows the Context when the call completes.
+        crate::python::note_write(conn.get().conn_id, inf.ts_enter);
+    }
     let call = CallInfo {
         direction,
         syscall: inf.syscall,

@@ -182,6 +182,10 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let syscall = if call.syscall == Syscall::SslRead as u8 { Syscall::SslRead } else { Syscall::SslWrite };
     let direction = syscall.direction();
     conn.mark_tls();
+    if direction == Direction::Egress && conn.get().role != Role::Server as u8 {
+        // A Python service's HTTPS call: the Context it was written in, before the record.
+        crate::python::note_write(conn.get().conn_id | TLS_VIEW_BIT, call.ts_enter);
+    }
     let call_offset = conn.advance_tls(direction, len);
     let info = CallInfo {
         direction,

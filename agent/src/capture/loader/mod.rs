@@ -82,6 +82,9 @@ pub struct CaptureOptions {
     pub filters: Filters,
     /// Load the OpenSSL uprobe programs (see [`crate::capture::Capture::load`]).
     pub tls: bool,
+    /// Attach the Python Context probe to selected CPython processes (see
+    /// [`crate::capture::python`]).
+    pub python_context: bool,
     /// Turn on the kernel programs' diagnostics (aya-log), drained into the agent's log.
     pub kernel_log: bool,
     /// Capture selected processes' stdout/stderr writes (see [`applog`]).
@@ -96,6 +99,7 @@ impl Default for CaptureOptions {
             allow_mount_tracefs: true,
             filters: Filters::default(),
             tls: true,
+            python_context: true,
             kernel_log: false,
             app_logs: false,
         }

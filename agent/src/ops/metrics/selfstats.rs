@@ -193,6 +193,30 @@ fn trace_samples(traces: &crate::traces::TraceStats, out: &mut Vec<OwnedSample>)
         out.push(OwnedSample::new("hoptrace_invalid_trace_context_total", help, *n as f64).label("reason", *reason));
     }
     parent_link_samples(&traces.parent_links, out);
+    python_context_samples(&traces.python_contexts, traces.parents_linked_context, out);
+}
+
+/// What the Python Context mapping did (see `traces::pycontext`).
+fn python_context_samples(p: &crate::traces::pycontext::PyContextStats, linked: u64, out: &mut Vec<OwnedSample>) {
+    let help = "Python Context events: copies (claimed by a request, claimed_pipelined, inherited from a \
+                request's Context, unowned), arms no copy took (arms_expired), Contexts re-created at an owned \
+                address (reused), writes and writes_owned, owners_expired.";
+    for (event, n) in [
+        ("copies", p.copies),
+        ("claimed", p.claimed),
+        ("claimed_pipelined", p.claimed_pipelined),
+        ("inherited", p.inherited),
+        ("unowned", p.unowned),
+        ("arms_expired", p.arms_expired),
+        ("reused", p.reused),
+        ("writes", p.writes),
+        ("writes_owned", p.writes_owned),
+        ("owners_expired", p.owners_expired),
+    ] {
+        out.push(OwnedSample::new("hoptrace_python_contexts_total", help, n as f64).label("event", event));
+    }
+    let help = "Outbound calls linked to their request by the Python Context they ran in.";
+    out.push(OwnedSample::new("hoptrace_parents_linked_by_context_total", help, linked as f64));
 }
 
 /// CLIENT and PRODUCER spans per service by parent link outcome: how well each service's

@@ -9,5 +9,6 @@ pub(crate) mod emit;
 pub(crate) mod fds;
 pub(crate) mod filters;
 pub(crate) mod inflight;
+pub(crate) mod python;
 pub(crate) mod ring;
 pub(crate) mod tls;
