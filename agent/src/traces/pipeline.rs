@@ -242,6 +242,9 @@ impl TracePipeline {
         let (py_claim, py_children) = self.py_children(conn, seq);
         let inbound = self.inbound_context(&x);
         self.learn_from_children(conn.pid, &children, inbound.parent.as_ref());
+        // Before the verdict below: an SDK service's calls (held by their Context) say it
+        // instruments itself, and then its SERVER span is its SDK's to report.
+        self.learn_from_children(conn.pid, &py_children, inbound.parent.as_ref());
         self.settle_other_threads(conn, start, end, inbound.parent.as_ref(), sink);
         let suppressed = self.cfg.suppress_instrumented && self.is_instrumented(conn.pid);
 
@@ -264,7 +267,7 @@ impl TracePipeline {
         }
         let child_gaps: Vec<_> =
             children.iter().map(|c| self.judge_child(&hop, c, inbound.parent.as_ref(), overlapped)).collect();
-        let py_children = self.judge_py(conn.pid, py_children, &hop, inbound.parent.as_ref());
+        let py_children = self.judge_py(py_children, &hop, inbound.parent.as_ref());
         if suppressed {
             self.stats.spans_suppressed_instrumented += 1 + (children.len() + py_children.len()) as u64;
             return;

@@ -110,11 +110,10 @@ impl TracePipeline {
         (Some(owner.claim), children)
     }
 
-    /// The calls held for a request, with their hops judged (and what they say about
-    /// the process learnt), ready to be emitted as its children.
+    /// The calls held for a request, with their hops judged, ready to be emitted as its
+    /// children (what they say about the process is learnt before: `server_exchange`).
     pub(super) fn judge_py(
         &mut self,
-        pid: u32,
         children: Vec<Held>,
         hop: &Hop,
         inbound: Option<&TraceParent>,
@@ -122,7 +121,6 @@ impl TracePipeline {
         if children.is_empty() {
             return Vec::new();
         }
-        self.learn_from_children(pid, &children, inbound);
         let gaps: Vec<_> = children.iter().map(|c| self.judge_child(hop, c, inbound, false)).collect();
         children.into_iter().zip(gaps).collect()
     }
